@@ -1,0 +1,1 @@
+"""A pure-PyTorch image-classifier trainer."""

@@ -1,0 +1,52 @@
+"""EngineState: everything about where a run is, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EngineState:
+    """The engine's mutable state; hooks read it and may set ``should_stop``.
+
+    Attributes:
+        phase: "idle", "sanity", "train", "val" or "test".
+        epoch: index of the current (or last finished) epoch, from 0.
+        max_epochs: epochs the fit runs for.
+        step: optimizer steps taken since the run began (not micro-batches).
+        batch_idx: index of the current batch within its loader.
+        num_batches: batches in the loader being run.
+        metrics: this epoch's scalar metrics, e.g. ``train/loss``, ``val/acc``, ``lr``.
+        per_class_acc: last validation's accuracy per class name; None where val has no sample.
+        history: one dict per finished epoch (``epoch`` plus every metric); ``fit()`` returns it.
+        best: the history row of the best epoch by ``Engine.monitor``, or None before any.
+        is_best: whether the epoch that just ended is the new best.
+        should_stop: set True (by a hook) to end the fit at the next batch or epoch boundary.
+        finished: True once a fit ran all its epochs or was stopped; a resumed finished run
+            does not train again.
+        stop_reason: why the fit ended early, for the summary.
+    """
+
+    phase: str = "idle"
+    epoch: int = 0
+    max_epochs: int = 0
+    step: int = 0
+    batch_idx: int = 0
+    num_batches: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_class_acc: dict[str, float | None] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
+    is_best: bool = False
+    should_stop: bool = False
+    finished: bool = False
+    stop_reason: str = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
