@@ -1,0 +1,209 @@
+"""ONNX export: dynamic batch, metadata round trip, verification and its failure report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from trainer.export import (
+    ExportVerificationError,
+    OnnxModelError,
+    export_and_verify,
+    export_onnx,
+    read_onnx_metadata,
+    verify_onnx,
+)
+
+IMG = 16
+CLASSES = ["cat", "dog", "fox"]
+
+
+class TinyNet(nn.Module):
+    """Conv-BN-ReLU-pool-linear: enough ops to exercise BN folding and the dynamic batch."""
+
+    def __init__(self, num_classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class ExportsDifferently(TinyNet):
+    """Returns other logits while being exported: stands in for an op that exports wrongly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return -logits if torch.compiler.is_exporting() else logits
+
+
+def make_mapping(image_size: int = IMG) -> dict[str, Any]:
+    return {
+        "class_to_idx": {c: i for i, c in enumerate(CLASSES)},
+        "idx_to_class": {str(i): c for i, c in enumerate(CLASSES)},
+        "image_size": image_size,
+        "resize_size": int(image_size / 0.875),
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "interpolation": "bilinear",
+    }
+
+
+def make_model(cls: type[TinyNet] = TinyNet) -> TinyNet:
+    torch.manual_seed(0)
+    model = cls()
+    # Non-trivial BN statistics, so eval mode and BN folding actually matter.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, IMG, IMG) * 2 + 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyNet, float]:
+    model = make_model()
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    start = time.perf_counter()
+    export_onnx(model, path, labels_mapping=make_mapping(), model_name="tiny")
+    return path, model, time.perf_counter() - start
+
+
+def test_export_is_one_file_without_temp_leftovers(exported: tuple[Path, TinyNet, float]) -> None:
+    path, _, seconds = exported
+    print(f"tiny-model export took {seconds:.2f}s")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in proto.graph.initializer)
+    assert next(o.version for o in proto.opset_import if o.domain == "") >= 17
+
+
+def test_caller_model_is_not_modified(exported: tuple[Path, TinyNet, float]) -> None:
+    _, model, _ = exported
+    assert model.training  # export ran on an eval-mode copy
+    assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_dynamic_batch_matches_pytorch(exported: tuple[Path, TinyNet, float], batch: int) -> None:
+    path, model, _ = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    x = torch.randn(batch, 3, IMG, IMG)
+    (logits,) = session.run(["logits"], {"input": x.numpy()})
+    ref = make_model()
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = ref.eval()(x).numpy()
+    assert logits.shape == (batch, len(CLASSES))
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_round_trip(exported: tuple[Path, TinyNet, float]) -> None:
+    path, _, _ = exported
+    assert read_onnx_metadata(path) == make_mapping()
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert json.loads(props["class_names"]) == CLASSES
+    assert props["image_size"] == str(IMG)
+    assert json.loads(props["normalization"]) == make_mapping()["normalization"]
+    assert props["model_name"] == "tiny"
+
+
+def test_verify_passes(exported: tuple[Path, TinyNet, float]) -> None:
+    path, model, _ = exported
+    report = verify_onnx(path, model, torch.randn(20, 3, IMG, IMG))
+    assert report["passed"], report
+    assert report["top1_agreement"] == 1.0
+    assert report["max_abs_diff"] < 1e-4
+    assert report["n_images"] == 20
+    assert report["opset"] >= 17
+    assert report["onnxruntime_version"] == ort.__version__
+
+
+def test_mapping_falls_back_to_sidecar(
+    exported: tuple[Path, TinyNet, float], tmp_path: Path
+) -> None:
+    path, _, _ = exported
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, bare)
+    with pytest.raises(OnnxModelError, match=r"metadata.*labels_mapping\.json"):
+        read_onnx_metadata(bare)
+    (tmp_path / "labels_mapping.json").write_text(json.dumps(make_mapping()))
+    assert read_onnx_metadata(bare) == make_mapping()
+
+
+def test_read_metadata_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(OnnxModelError, match="not found"):
+        read_onnx_metadata(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not an onnx model\xff" * 10)
+    with pytest.raises(OnnxModelError, match="not a readable ONNX model"):
+        read_onnx_metadata(junk)
+
+
+def test_export_and_verify_writes_report(tmp_path: Path) -> None:
+    report = export_and_verify(
+        make_model(),
+        tmp_path / "m.onnx",
+        labels_mapping=make_mapping(),
+        images=torch.randn(8, 3, IMG, IMG),
+        report_path=tmp_path / "verify.json",
+    )
+    assert report["passed"]
+    assert json.loads((tmp_path / "verify.json").read_text())["n_images"] == 8
+
+
+def test_mismatch_raises_after_writing_report(tmp_path: Path) -> None:
+    images = torch.randn(8, 3, IMG, IMG)
+    with pytest.raises(ExportVerificationError) as info:
+        export_and_verify(
+            make_model(ExportsDifferently),
+            tmp_path / "bad.onnx",
+            labels_mapping=make_mapping(),
+            images=images,
+        )
+    message = str(info.value)
+    assert "bad.onnx" in message and "agreement" in message and "logit diff" in message
+    report = json.loads((tmp_path / "bad.verify.json").read_text())
+    assert report["passed"] is False
+    assert report["max_abs_diff"] > 1e-3
+    assert {"top1_agreement", "max_abs_diff", "n_images"} <= set(report)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(TinyNet(), tmp_path / "m.onnx", labels_mapping=make_mapping(), opset=13)
+    mapping = make_mapping()
+    del mapping["image_size"]
+    with pytest.raises(ValueError, match="image_size"):
+        export_onnx(TinyNet(), tmp_path / "m.onnx", labels_mapping=mapping)
+    assert not list(tmp_path.iterdir())
+
+
+def test_huge_models_fall_back_to_external_data(
+    exported: tuple[Path, TinyNet, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.export as export_module
+
+    path, _, _ = exported
+    monkeypatch.setattr(export_module, "_SINGLE_FILE_LIMIT", 0)
+    export_module._save_proto(onnx.load(path), tmp_path / "big.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    session = ort.InferenceSession(str(tmp_path / "big.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((2, 3, IMG, IMG), np.float32)})[0].shape == (2, 3)
+    assert read_onnx_metadata(tmp_path / "big.onnx")["image_size"] == IMG

@@ -1,0 +1,318 @@
+"""ONNX export with the labels mapping embedded, and an onnxruntime check against PyTorch.
+
+The exported file is all ``tools/predict.py`` needs: the graph takes ``input`` (float NCHW,
+normalised with the mapping's mean/std, any batch size) and returns ``logits``; the labels
+mapping travels in the model's ``metadata_props``.
+
+Example:
+    >>> report = export_and_verify(model, "runs/demo/model.onnx",
+    ...                            labels_mapping=data.labels_mapping, images=val_batch)
+    >>> report["top1_agreement"], report["max_abs_diff"]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.errors import UserError
+from trainer.io import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "INPUT_NAME",
+    "MIN_OPSET",
+    "OUTPUT_NAME",
+    "ExportVerificationError",
+    "OnnxModelError",
+    "export_and_verify",
+    "export_onnx",
+    "read_onnx_metadata",
+    "verify_onnx",
+]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# Opset 17 is the oldest with LayerNormalization; older runtimes are not worth supporting.
+MIN_OPSET = 17
+SIDECAR_NAME = "labels_mapping.json"
+# Protobuf cannot serialise a message over 2 GiB; past this, weights go to a side file.
+_SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported ONNX model disagrees with the PyTorch model beyond the tolerance."""
+
+
+class OnnxModelError(UserError, ValueError):
+    """An ONNX file is missing, unreadable, or lacks the labels mapping."""
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    labels_mapping: Mapping[str, Any],
+    opset: int = 18,
+    model_name: str = "",
+) -> Path:
+    """Export ``model`` to a single self-contained ONNX file with a dynamic batch axis.
+
+    The caller's model is left untouched: a CPU float32 copy in eval mode is exported.
+    The file is written atomically, so a crash never leaves a half-written ``model.onnx``.
+
+    Args:
+        model: Classifier taking normalised float NCHW input and returning (B, C) logits.
+        path: Destination ``.onnx`` file; parent folders are created.
+        labels_mapping: The run's labels mapping (``class_to_idx``, ``idx_to_class``,
+            ``image_size``, ``normalization``, ...); stored in the model's metadata.
+        opset: ONNX opset version, at least 17.
+        model_name: Architecture name recorded in the metadata (e.g. ``"resnet18"``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``opset`` is below 17 or the mapping lacks ``image_size``/``idx_to_class``.
+    """
+    import onnx  # deferred: onnx is only needed by export, not by training
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}; use opset=18.")
+    for key in ("image_size", "idx_to_class"):
+        if key not in labels_mapping:
+            raise ValueError(
+                f"labels_mapping lacks {key!r} (has {sorted(labels_mapping)}); pass the mapping "
+                "written to labels_mapping.json by the data module."
+            )
+    path = Path(path)
+    size = int(labels_mapping["image_size"])
+    export_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    # A batch of 2, not 1: torch.export specialises size-1 dims, which would pin the batch.
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        export_model,
+        (example,),
+        None,  # no file: torch would default to writing weights to a separate .data file
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=({0: batch},),
+        verbose=False,  # otherwise torch prints a progress line per export stage to stdout
+    )
+    assert program is not None  # dynamo=True always returns an ONNXProgram
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, _metadata_props(labels_mapping, model_name))
+    onnx.checker.check_model(proto, full_check=True)
+    _save_proto(proto, path)
+    return path
+
+
+def _metadata_props(labels_mapping: Mapping[str, Any], model_name: str) -> dict[str, str]:
+    idx_to_class = {str(k): v for k, v in labels_mapping["idx_to_class"].items()}
+    class_names = [idx_to_class[str(i)] for i in range(len(idx_to_class))]
+    return {
+        "labels_mapping": json.dumps(dict(labels_mapping), ensure_ascii=False),
+        "class_names": json.dumps(class_names, ensure_ascii=False),
+        "image_size": str(int(labels_mapping["image_size"])),
+        "normalization": json.dumps(labels_mapping.get("normalization", {})),
+        "model_name": model_name,
+    }
+
+
+def _save_proto(proto: Any, path: Path) -> None:
+    import onnx
+
+    if proto.ByteSize() < _SINGLE_FILE_LIMIT:
+        atomic_write_bytes(path, proto.SerializeToString())
+        return
+    # Too big for one protobuf: weights go to "<name>.data" beside the file. The .data file is
+    # written in place; the .onnx that points to it is still replaced atomically last.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save_model(
+        proto,
+        tmp,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        size_threshold=0,
+        location=f"{path.name}.data",
+    )
+    os.replace(tmp, path)
+
+
+def _torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    ref = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = [ref(chunk.float()) for chunk in images.cpu().split(batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _onnx_logits(onnx_path: Path, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    chunks = images.detach().cpu().float().numpy()
+    out = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: chunks[i : i + batch_size]})[0]
+        for i in range(0, len(chunks), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def verify_onnx(
+    onnx_path: str | os.PathLike[str],
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    atol: float = 1e-3,
+    min_agreement: float = 0.995,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Compare onnxruntime (CPU) logits with PyTorch's on the same normalised images.
+
+    Tolerance: float32 rounding grows with the size of the logits, so the allowed error is
+    ``atol * max(1, max |torch logit|)``: an absolute ``atol`` for logits within +-1, relative
+    to the largest logit beyond that. ``max_abs_diff`` is the raw largest difference.
+
+    Args:
+        onnx_path: The exported model.
+        model: The PyTorch model it came from (not modified; a CPU float32 copy is run).
+        images: Float (N, 3, H, W) images already normalised with the mapping's mean/std.
+        atol: Tolerance on logits as described above.
+        min_agreement: Smallest acceptable fraction of images with the same top-1 class.
+        batch_size: Images per forward pass on each side.
+
+    Returns:
+        ``{"top1_agreement", "max_abs_diff", "tolerance", "n_images", "atol", "min_agreement",
+        "passed", "onnxruntime_version", "opset"}``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}"
+        )
+    onnx_path = Path(onnx_path)
+    expected = _torch_logits(model, images, batch_size)
+    actual = _onnx_logits(onnx_path, images, batch_size)
+    max_abs_diff = float(np.abs(actual - expected).max())
+    tolerance = atol * max(1.0, float(np.abs(expected).max()))
+    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    header = onnx.load(onnx_path, load_external_data=False)
+    opset = next((o.version for o in header.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "top1_agreement": agreement,
+        "max_abs_diff": max_abs_diff,
+        "tolerance": tolerance,
+        "n_images": len(images),
+        "atol": atol,
+        "min_agreement": min_agreement,
+        "passed": agreement >= min_agreement and max_abs_diff <= tolerance,
+        "onnxruntime_version": ort.__version__,
+        "opset": opset,
+    }
+
+
+def export_and_verify(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    labels_mapping: Mapping[str, Any],
+    images: torch.Tensor,
+    report_path: str | os.PathLike[str] | None = None,
+    opset: int = 18,
+    model_name: str = "",
+    atol: float = 1e-3,
+    min_agreement: float = 0.995,
+) -> dict[str, Any]:
+    """Export ``model``, check it with onnxruntime, and write the report JSON.
+
+    Args:
+        model: The classifier to export (not modified).
+        path: Destination ``.onnx`` file.
+        labels_mapping: Stored in the model's metadata (see :func:`export_onnx`).
+        images: Normalised float (N, 3, H, W) images to compare on, e.g. a validation batch.
+        report_path: Where the report goes; defaults to ``<path stem>.verify.json`` beside it.
+        opset: ONNX opset version.
+        model_name: Architecture name recorded in the metadata.
+        atol: Logit tolerance (see :func:`verify_onnx`).
+        min_agreement: Smallest acceptable top-1 agreement.
+
+    Returns:
+        The report of :func:`verify_onnx` plus ``"path"``.
+
+    Raises:
+        ExportVerificationError: The check failed; the report has been written first.
+    """
+    path = export_onnx(
+        model, path, labels_mapping=labels_mapping, opset=opset, model_name=model_name
+    )
+    report = verify_onnx(path, model, images, atol=atol, min_agreement=min_agreement)
+    report["path"] = str(path)
+    report_path = Path(report_path) if report_path else path.with_suffix(".verify.json")
+    atomic_write_json(report_path, report)
+    if not report["passed"]:
+        raise ExportVerificationError(
+            f"ONNX export {path} does not match the PyTorch model on {report['n_images']} images: "
+            f"top-1 agreement {report['top1_agreement']:.4f} (need >= {min_agreement}), "
+            f"max |logit diff| {report['max_abs_diff']:.3g} (allowed {report['tolerance']:.3g}). "
+            f"Report: {report_path}. Ops that export differently (custom ops, train-mode layers) "
+            "are the usual cause; export with opset 18 and check the model is deterministic."
+        )
+    return report
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the labels mapping of an ONNX model exported by :func:`export_onnx`.
+
+    Looks in the model's ``metadata_props`` first, then in a ``labels_mapping.json`` beside it.
+
+    Raises:
+        OnnxModelError: The file is missing or not ONNX, or neither place holds a mapping.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(
+            f"ONNX model not found: {path}. Pass the model.onnx written by training "
+            "(runs/<name>/model.onnx) or by tools/export.py."
+        )
+    try:
+        # External weights are not needed for the metadata, and may live elsewhere.
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf raises a variety of decode errors
+        raise OnnxModelError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
+            "Pass a .onnx file exported by this trainer."
+        ) from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "labels_mapping" in props:
+        try:
+            return dict(json.loads(props["labels_mapping"]))
+        except json.JSONDecodeError as exc:
+            raise OnnxModelError(
+                f"{path} has a corrupt 'labels_mapping' metadata entry ({exc}); re-export it."
+            ) from exc
+    sidecar = path.with_name(SIDECAR_NAME)
+    if sidecar.is_file():
+        try:
+            return dict(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OnnxModelError(f"Cannot read labels mapping {sidecar}: {exc}") from exc
+    raise OnnxModelError(
+        f"No labels mapping for {path}: the model's metadata has no 'labels_mapping' entry and "
+        f"there is no {sidecar}. Re-export with trainer.export.export_onnx, or copy the run's "
+        f"{SIDECAR_NAME} next to the model."
+    )
