@@ -7,7 +7,7 @@ The engine calls them in Lightning's order (see ``Engine`` for the loop written 
       for each epoch:
         on_train_epoch_start
           for each batch: on_train_batch_start -> on_before_backward -> on_after_backward
-                          -> on_before_optimizer_step (only on steps that step) -> on_train_batch_end
+              -> on_before_optimizer_step (only on batches that step) -> on_train_batch_end
           on_validation_start -> on_validation_epoch_start
             for each batch: on_validation_batch_start -> on_validation_batch_end
           on_validation_epoch_end -> on_validation_end

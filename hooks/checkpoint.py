@@ -1,0 +1,101 @@
+"""CheckpointHook: last.pt every epoch, best.pt and the top-k by a monitored metric."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.checkpoint import save_checkpoint
+from trainer.hook import Hook
+from trainer.io import clean_stale_temp_files
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger("trainer.hooks")
+
+
+class CheckpointHook(Hook):
+    """Saves ``checkpoints/last.pt`` each epoch, ``best.pt`` on improvement, and the top-k.
+
+    Every file is written atomically, so a crash leaves the previous checkpoint whole. With EMA
+    on, the monitored metric is the EMA model's (validation uses it), and both raw and EMA
+    weights are in every file. A failed save (disk full, read-only folder) stops the run: a
+    run that cannot checkpoint would lose its work silently.
+
+    Args:
+        out_dir: the run folder; files go to ``out_dir/checkpoints``.
+        monitor: metric in ``engine.state.metrics``; defaults to the engine's ``monitor``.
+        mode: "max" or "min"; defaults to the engine's ``mode``.
+        top_k: also keep the k best epochs as ``epoch_XXX.pt``; 0 keeps none.
+
+    Example:
+        >>> Engine(model, data, hooks=[CheckpointHook("runs/a", top_k=3)]).fit()
+    """
+
+    order = 90
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        monitor: str | None = None,
+        mode: str | None = None,
+        top_k: int = 0,
+    ) -> None:
+        self.dir = Path(out_dir) / "checkpoints"
+        self.monitor, self.mode, self.top_k = monitor, mode, top_k
+        self.best_value: float | None = None
+        self.top: list[tuple[float, str]] = []  # (value, file name), best first
+
+    def on_fit_start(self, engine: Engine) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_files(self.dir)
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        monitor = self.monitor or engine.monitor
+        mode = self.mode or engine.mode
+        value = engine.state.metrics.get(monitor)
+        improved = (
+            value is not None
+            and not math.isnan(value)
+            and (
+                self.best_value is None
+                or (value > self.best_value if mode == "max" else value < self.best_value)
+            )
+        )
+        if improved:
+            self.best_value = value
+        ckpt = engine.checkpoint_dict()
+        save_checkpoint(ckpt, self.dir / "last.pt")
+        if improved:
+            save_checkpoint(ckpt, self.dir / "best.pt")
+        if self.top_k > 0 and value is not None and not math.isnan(value):
+            self._update_top_k(ckpt, value, engine.state.epoch, mode)
+
+    def _update_top_k(self, ckpt: dict[str, Any], value: float, epoch: int, mode: str) -> None:
+        name = f"epoch_{epoch:03d}.pt"
+        self.top.append((value, name))
+        self.top.sort(key=lambda t: t[0], reverse=(mode == "max"))
+        if name in [n for _, n in self.top[: self.top_k]]:
+            save_checkpoint(ckpt, self.dir / name)
+        for _, old in self.top[self.top_k :]:
+            (self.dir / old).unlink(missing_ok=True)
+        self.top = self.top[: self.top_k]
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "last.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "top": [list(t) for t in self.top]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_value = state.get("best_value")
+        self.top = [(float(v), str(n)) for v, n in state.get("top", [])]

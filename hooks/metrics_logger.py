@@ -1,0 +1,54 @@
+"""MetricsLogger: ``metrics.csv``, one row per epoch, rewritten atomically from the history."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.hook import Hook
+from trainer.io import atomic_write_csv
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger("trainer.hooks")
+
+_FIRST = ["epoch", "step", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5"]
+
+
+class MetricsLogger(Hook):
+    """Writes ``out_dir/metrics.csv`` from ``engine.state.history`` at each epoch end.
+
+    Rewriting the whole (small) file keeps it consistent after a resume, and atomic.
+
+    Args:
+        out_dir: the run folder.
+
+    Example:
+        >>> Engine(model, data, hooks=[MetricsLogger("runs/a")]).fit()
+    """
+
+    order = 20
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(out_dir) / "metrics.csv"
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        history = engine.state.history
+        keys = {k for row in history for k in row}
+        header = [k for k in _FIRST if k in keys] + sorted(keys - set(_FIRST))
+        rows = [[_fmt(row.get(k)) for k in header] for row in history]
+        try:
+            atomic_write_csv(self.path, header, rows)
+        except OSError as e:
+            log.warning("could not write %s (%s); training goes on", self.path, e)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"

@@ -1,0 +1,47 @@
+"""Checkpoints: atomic saves, weights_only loads, and finding the one to resume from."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import CheckpointError
+from trainer.io import atomic_write_bytes
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Serialise to memory, then write atomically: a crash leaves the old file or the new one."""
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain Python data only."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(
+                f"no checkpoint to resume in {path}: expected {last}. Pass the .pt file itself, "
+                "or the --out folder of an earlier run."
+            )
+        path = last
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path to the .pt file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(e).__name__}: {e}); it may be truncated "
+            "or not a checkpoint of this trainer. Use another file, e.g. checkpoints/best.pt."
+        ) from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (no 'model' entry)")
+    return ckpt

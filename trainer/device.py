@@ -1,0 +1,53 @@
+"""Picking the device and the numeric precision."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.errors import ConfigError
+
+PRECISIONS = ("32", "16-mixed", "bf16-mixed", "auto")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device} asked for CUDA, but no CUDA GPU is available; use --device cpu"
+        )
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map "auto" to bf16 on CUDA cards that support it, fp16 on other CUDA cards, fp32 elsewhere.
+
+    Mixed precision asked for on the CPU uses bf16 autocast (CPU autocast has no fp16 scaler).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32"
+    if precision == "16-mixed" and device.type == "cpu":
+        return "bf16-mixed"
+    return precision
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for a resolved precision, or None for full fp32."""
+    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)

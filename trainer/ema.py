@@ -1,0 +1,64 @@
+"""ModelEMA: an exponential moving average of a model's weights, kept beside the raw model."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """Keeps ``module``, a copy of ``model`` whose weights follow ``model`` by EMA.
+
+    After optimizer update ``n`` (counting from 0) the effective decay is
+    ``min(decay, (1 + n) / (10 + n))``, so early weights, which are far from good, fade fast.
+    Floating-point parameters and buffers are averaged with ``_foreach_`` ops; integer buffers
+    (BatchNorm's ``num_batches_tracked``) are copied.
+
+    Args:
+        model: the model being trained (unwrapped, not DDP).
+        decay: the long-run decay, e.g. 0.999; closer to 1 averages over more steps.
+
+    Example:
+        >>> ema = ModelEMA(model, decay=0.999)
+        >>> optimizer.step(); ema.update(model)
+        >>> logits = ema.module(images)
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}; use 0 to disable EMA")
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        n = self.updates
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        self.updates += 1
+        ema_float, model_float = [], []
+        for e, m in zip(
+            self.module.state_dict().values(), model.state_dict().values(), strict=True
+        ):
+            if e.dtype.is_floating_point:
+                ema_float.append(e)
+                model_float.append(m.detach())
+            else:
+                e.copy_(m)
+        # ema = d * ema + (1 - d) * model, i.e. a lerp towards the model by (1 - d).
+        torch._foreach_lerp_(ema_float, model_float, 1.0 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+        self.decay = float(state.get("decay", self.decay))

@@ -1,0 +1,599 @@
+"""Engine: the training loop, written out, with hooks called at each point of it.
+
+One fit, top to bottom::
+
+    fit():
+        [resume: load the checkpoint into model, optimizer, scheduler, EMA, state, hooks]
+        on_fit_start
+        sanity validation (2 batches, phase "sanity"), unless resuming
+        for epoch in range(start, max_epochs):
+            train_epoch(): on_train_epoch_start, per batch: forward, loss, backward, and every
+                `accumulate` batches an optimizer step (clip, step, scheduler, EMA), then
+                validation (phase "val"), epoch row appended to history, on_train_epoch_end
+            stop if a hook set state.should_stop
+        on_fit_end
+
+Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.ema import ModelEMA
+from trainer.errors import CheckpointError
+from trainer.hook import HOOK_METHODS, Hook
+from trainer.state import EngineState
+
+log = logging.getLogger("trainer")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DataSource(Protocol):
+    """What the engine needs from ``data`` (``ImageFolderData`` is one)."""
+
+    classes: list[str]
+    num_classes: int
+
+    def train_loader(self) -> Iterable[Any]: ...
+    def val_loader(self) -> Iterable[Any] | None: ...
+    def test_loader(self) -> Iterable[Any] | None: ...
+
+
+class Engine:
+    """Trains, validates and tests a classifier; hooks watch and steer.
+
+    Args:
+        model: an ``nn.Module`` mapping normalised NCHW float images to logits.
+        data: batches of ``(images, targets)``; uint8 images are scaled and normalised on the
+            device with ``data.mean`` / ``data.std``, float images are used as they come.
+        max_epochs: epochs to train.
+        optimizer: defaults to AdamW (fused on CUDA), no weight decay on biases and norms.
+        scheduler: defaults to linear warmup then cosine decay, stepped per optimizer step.
+        loss: defaults to cross-entropy with ``label_smoothing``.
+        lr: peak learning rate of the default optimizer.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_epochs: length of the linear warmup, in epochs (fractions allowed).
+        label_smoothing: for the default loss.
+        precision: "32", "16-mixed", "bf16-mixed" or "auto" (bf16 on CUDA where supported,
+            else fp16 on CUDA, fp32 on the CPU).
+        ema_decay: decay of the weights' moving average; 0 disables EMA. When on, validation,
+            best-checkpoint selection and export use the EMA weights.
+        grad_clip: clip gradients to this total norm; 0 disables.
+        accumulate: micro-batches per optimizer step.
+        device: "auto" (cuda, then mps, then cpu) or a torch device string.
+        hooks: ``Hook`` instances; lower ``order`` runs first, ties keep list order.
+        seed: seeds Python, NumPy and torch.
+        sanity_steps: validation batches run before training to catch errors early; 0 skips.
+        monitor: metric in ``state.metrics`` that picks ``state.best``.
+        mode: "max" or "min" for ``monitor``.
+        compile: wrap the model in ``torch.compile`` for the training forward pass.
+        args: the run's configuration, stored in checkpoints so a run can be replayed.
+
+    Example:
+        >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
+        >>> engine = Engine(build_model("resnet18", data.num_classes), data, max_epochs=5)
+        >>> history = engine.fit()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        *,
+        max_epochs: int = 10,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        loss: LossFn | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.1,
+        precision: str = "auto",
+        ema_decay: float = 0.0,
+        grad_clip: float = 0.0,
+        accumulate: int = 1,
+        device: str | torch.device = "auto",
+        hooks: Sequence[Hook] = (),
+        seed: int = 0,
+        sanity_steps: int = 2,
+        monitor: str = "val/acc",
+        mode: str = "max",
+        compile: bool = False,
+        args: dict[str, Any] | None = None,
+    ) -> None:
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        seed_everything(seed)
+        self.data = data
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.max_epochs = max_epochs
+        self.accumulate = accumulate
+        self.grad_clip = grad_clip
+        self.sanity_steps = sanity_steps
+        self.monitor, self.mode = monitor, mode
+        self.seed = seed
+        self.args = dict(args or {})
+        self.state = EngineState(max_epochs=max_epochs)
+
+        self.channels_last = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward_model: nn.Module = torch.compile(self.model) if compile else self.model  # type: ignore[assignment]
+        self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
+
+        self.loss_fn: LossFn = (
+            loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        )
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device)
+        self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
+        self._train_loader = data.train_loader()
+        self._val_loader = data.val_loader()
+        self.steps_per_epoch = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        self.scheduler = scheduler or warmup_cosine(
+            self.optimizer,
+            round(warmup_epochs * self.steps_per_epoch),
+            max_epochs * self.steps_per_epoch,
+        )
+        self._amp_dtype = autocast_dtype(self.precision)
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
+        )
+
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
+        if mean is not None and std is not None:
+            m = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+            s = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+            # (x / 255 - mean) / std as one multiply-add.
+            self._norm = (1.0 / (255.0 * s), -m / s)
+
+        n = data.num_classes
+        self._confmat = MulticlassConfusionMatrix(n, validate_args=False).to(self.device)
+        self._top5 = (
+            MulticlassAccuracy(n, top_k=5, average="micro", validate_args=False).to(self.device)
+            if n >= 5
+            else None
+        )
+        self.hooks = list(hooks)
+        self._plan = resolve_hook_plan(self.hooks)
+        self._pending_rng: dict[str, Any] | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, best-checkpoint selection and export use: EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ----------------------------------------------------------------------------------- fit
+    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+        """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``.
+
+        Args:
+            resume: a checkpoint file, or a run folder holding ``checkpoints/last.pt``.
+        """
+        s = self.state
+        if resume is not None:
+            self.load_checkpoint(resume)
+            if len(s.history) >= self.max_epochs or s.stop_reason:
+                log.warning(
+                    "the run in %s already finished (%d of %d epochs%s); nothing to train. "
+                    "Raise --epochs to train further, or start a new run with another --out.",
+                    resume,
+                    len(s.history),
+                    self.max_epochs,
+                    f", stopped: {s.stop_reason}" if s.stop_reason else "",
+                )
+                return s.history
+        s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
+        try:
+            self._call("on_fit_start")
+            if resume is None and self.sanity_steps > 0:
+                self._eval_loop("sanity", self._val_loader, limit=self.sanity_steps)
+            if self._pending_rng is not None:
+                set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            for epoch in range(len(s.history), self.max_epochs):
+                s.epoch = epoch
+                self._train_epoch()
+                if s.should_stop:
+                    s.stop_reason = s.stop_reason or "stopped by a hook"
+                    break
+            s.finished = True
+            self._call("on_fit_end")
+        except BaseException as e:
+            self._call_on_exception(e)
+            raise
+        finally:
+            s.phase = "idle"
+        return s.history
+
+    def validate(self) -> dict[str, float]:
+        """Run the validation split once and return its metrics."""
+        return self._eval_loop("val", self._val_loader)
+
+    def test(self) -> dict[str, float]:
+        """Run the test split (falls back to val when there is none) and return its metrics."""
+        loader = self.data.test_loader()
+        if loader is None:
+            log.warning("no test split; testing on the validation split")
+            loader = self._val_loader
+        return self._eval_loop("test", loader)
+
+    # ------------------------------------------------------------------------- train epoch
+    def _train_epoch(self) -> None:
+        s = self.state
+        s.phase, s.metrics = "train", {}
+        sampler: Any = getattr(self._train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(s.epoch)
+        self.model.train()
+        s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        t0 = time.perf_counter()
+        self._call("on_train_epoch_start")
+        for batch_idx, batch in enumerate(self._train_loader):
+            s.batch_idx = batch_idx
+            self._call("on_train_batch_start", batch, batch_idx)
+            x, y = self._to_device(batch)
+            with self._autocast():
+                logits = self._forward_model(x)
+                loss = self.loss_fn(logits, y)
+            self._call("on_before_backward", loss)
+            self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
+            self._call("on_after_backward")
+            if (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == s.num_batches:
+                self._optimizer_step()
+            # Device-side sums only: the host reads them once, after the epoch.
+            loss = loss.detach()
+            logits = logits.detach()
+            loss_sum += loss * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            self._call(
+                "on_train_batch_end",
+                {"loss": loss, "logits": logits, "targets": y},
+                batch,
+                batch_idx,
+            )
+            if s.should_stop:
+                break
+        train_time = time.perf_counter() - t0
+        s.metrics["train/loss"] = loss_sum.item() / max(seen, 1)
+        s.metrics["train/acc"] = correct.item() / max(seen, 1)
+        s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        s.metrics["train/img_s"] = seen / max(time.perf_counter() - t0, 1e-9)
+        if self._val_loader is not None:
+            self._eval_loop("val", self._val_loader)
+        s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
+        s.phase = "train"
+        self._end_epoch()
+        self._call("on_train_epoch_end")
+
+    def _end_epoch(self) -> None:
+        """Append this epoch's row to history and track the best epoch by ``monitor``."""
+        s = self.state
+        row = {"epoch": float(s.epoch), "step": float(s.step), **s.metrics}
+        s.history.append(row)
+        value = row.get(self.monitor)
+        best = None if s.best is None else s.best.get(self.monitor)
+        better = (
+            value is not None
+            and not math.isnan(value)
+            and (best is None or (value > best if self.mode == "max" else value < best))
+        )
+        s.is_best = bool(better)
+        if better:
+            s.best = dict(row)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> None:
+        opt = self.optimizer
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)  # hooks and clipping see true gradients
+        self._call("on_before_optimizer_step", opt)
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.state.step += 1
+
+    # --------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _eval_loop(
+        self, phase: str, loader: Iterable[Any] | None, limit: int | None = None
+    ) -> dict[str, float]:
+        """Validation ("sanity", "val") or test ("test"): hooks of that kind, metrics per phase."""
+        if loader is None:
+            return {}
+        s = self.state
+        kind = "test" if phase == "test" else "validation"
+        prefix = "test" if phase == "test" else "val"
+        s.phase = phase
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        self._confmat.reset()
+        if self._top5 is not None:
+            self._top5.reset()
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        t0 = time.perf_counter()
+        s.num_batches = len(loader) if limit is None else min(limit, len(loader))  # type: ignore[arg-type]
+        self._call(f"on_{kind}_start")
+        self._call(f"on_{kind}_epoch_start")
+        for batch_idx, batch in enumerate(loader):
+            if limit is not None and batch_idx >= limit:
+                break
+            s.batch_idx = batch_idx
+            self._call(f"on_{kind}_batch_start", batch, batch_idx)
+            x, y = self._to_device(batch)
+            with self._autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss = self.loss_fn(logits, y)
+            loss_sum += loss * y.shape[0]
+            seen += y.shape[0]
+            self._confmat.update(logits, y)
+            if self._top5 is not None:
+                self._top5.update(logits, y)
+            self._call(
+                f"on_{kind}_batch_end",
+                {"loss": loss, "logits": logits, "targets": y},
+                batch,
+                batch_idx,
+            )
+        metrics: dict[str, float] = {}
+        if phase != "sanity" and seen > 0:
+            cm = self._confmat.compute().cpu().double()
+            support = cm.sum(1)
+            metrics[f"{prefix}/loss"] = loss_sum.item() / seen
+            metrics[f"{prefix}/acc"] = float(cm.diag().sum() / cm.sum())
+            if self._top5 is not None:
+                metrics[f"{prefix}/acc_top5"] = float(self._top5.compute())
+            metrics[f"{prefix}/time"] = time.perf_counter() - t0
+            s.per_class_acc = {
+                name: (float(cm[i, i] / support[i]) if support[i] > 0 else None)
+                for i, name in enumerate(self.data.classes)
+            }
+            s.metrics.update(metrics)
+        self._call(f"on_{kind}_epoch_end")
+        self._call(f"on_{kind}_end")
+        model.train(was_training)
+        return metrics
+
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dtype == torch.uint8:
+            x = x.float()
+            if self._norm is not None:
+                x = torch.addcmul(self._norm[1], x, self._norm[0])
+        return x, y
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+
+    # ------------------------------------------------------------------------------- hooks
+    def _call(self, method: str, *args: Any) -> None:
+        for fn in self._plan[method]:
+            try:
+                fn(self, *args)
+            except Exception as e:
+                hook = getattr(fn, "__self__", fn)
+                note = f"raised in hook {type(hook).__name__}.{method}"
+                if hasattr(e, "add_note"):
+                    e.add_note(note)
+                raise
+
+    def _call_on_exception(self, error: BaseException) -> None:
+        for fn in self._plan["on_exception"]:
+            try:
+                fn(self, error)
+            except Exception:  # the original error matters more than a failing handler
+                log.exception("hook %s failed in on_exception", getattr(fn, "__self__", fn))
+
+    def describe_hooks(self) -> str:
+        """Print and return the resolved hook plan: order, hook, and the methods it runs."""
+        ordered = sorted(enumerate(self.hooks), key=lambda t: (t[1].order, t[0]))
+        lines = ["order  hook                         methods"]
+        for _, h in ordered:
+            methods = [m for m in HOOK_METHODS if _overrides(h, m)]
+            lines.append(f"{h.order:>5}  {h.name:<28} {', '.join(methods) or '-'}")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    # -------------------------------------------------------------------------- checkpoints
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly; loadable with ``torch.load(weights_only=True)``."""
+        sampler: Any = getattr(self._train_loader, "sampler", None)
+        ckpt: dict[str, Any] = {
+            "version": 1,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "state": self.state.state_dict(),
+            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
+            "rng": get_rng_state(),
+            "hooks": {key: h.state_dict() for key, h in self._hook_keys().items()},
+            "classes": list(self.data.classes),
+            "args": self.args,
+            "precision": self.precision,
+        }
+        self._call("on_save_checkpoint", ckpt)
+        return ckpt
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write ``checkpoint_dict()`` atomically to ``path``."""
+        return save_checkpoint(self.checkpoint_dict(), path)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
+        ckpt = load_checkpoint(path)
+        classes = list(ckpt.get("classes", []))
+        if classes != list(self.data.classes):
+            gone = sorted(set(classes) - set(self.data.classes))
+            new = sorted(set(self.data.classes) - set(classes))
+            raise CheckpointError(
+                f"checkpoint {path} was trained on other classes: only in the checkpoint: {gone}, "
+                f"only in the data: {new}"
+                + ("" if gone or new else " (same names, different order)")
+                + ". Resume with the data it was trained on, or start a new run."
+            )
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state.load_state_dict(ckpt["state"])
+        sampler: Any = getattr(self._train_loader, "sampler", None)
+        if ckpt.get("sampler") is not None and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(ckpt["sampler"])
+        keys = self._hook_keys()
+        for key, hook_state in ckpt.get("hooks", {}).items():
+            if key in keys:
+                keys[key].load_state_dict(hook_state)
+        self._pending_rng = ckpt.get("rng")
+        self._call("on_load_checkpoint", ckpt)
+        return ckpt
+
+    def _hook_keys(self) -> dict[str, Hook]:
+        keys: dict[str, Hook] = {}
+        for h in self.hooks:
+            key, n = h.name, 1
+            while key in keys:
+                n += 1
+                key = f"{h.name}#{n}"
+            keys[key] = h
+        return keys
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _overrides(hook: Hook, method: str) -> bool:
+    return getattr(type(hook), method, None) is not getattr(Hook, method)
+
+
+def resolve_hook_plan(hooks: Sequence[Hook]) -> dict[str, list[Callable[..., None]]]:
+    """For each hook method, the bound methods to call: by ``order``, then list position.
+
+    Methods a hook does not override are left out, so an unused method costs nothing per step.
+    """
+    for h in hooks:
+        if not isinstance(h, Hook):
+            raise TypeError(f"hooks must be Hook instances, got {type(h).__name__}")
+    ordered = [h for _, h in sorted(enumerate(hooks), key=lambda t: (t[1].order, t[0]))]
+    return {m: [getattr(h, m) for h in ordered if _overrides(h, m)] for m in HOOK_METHODS}
+
+
+def default_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norm weights (1-d tensors), as timm does."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, **kwargs)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base lr over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA RNG states as tensors and plain data (weights_only-safe)."""
+    np_state = np.random.get_state(legacy=False)
+    assert isinstance(np_state, dict)
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

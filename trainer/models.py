@@ -1,0 +1,107 @@
+"""build_model: torchvision classifiers with their head sized to the dataset, plus a small CNN."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trainer.errors import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """A four-block CNN for quick CPU runs and tests (about 100k parameters at width 32).
+
+    Args:
+        num_classes: size of the output layer.
+        width: channels of the first block; each later block doubles it (capped at 4x).
+    """
+
+    def __init__(self, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        chans = [3, width, width * 2, width * 4, width * 4]
+        blocks: list[nn.Module] = []
+        for cin, cout in itertools.pairwise(chans):
+            blocks += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def _replace_linear(parent: nn.Module, attr: str, num_classes: int) -> None:
+    old = getattr(parent, attr)
+    assert isinstance(old, nn.Linear)
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+
+
+def _torchvision(name: str) -> Callable[[int, bool], nn.Module]:
+    def build(num_classes: int, pretrained: bool) -> nn.Module:
+        import torchvision
+
+        weights = "DEFAULT" if pretrained else None
+        model = torchvision.models.get_model(name, weights=weights)
+        if name.startswith("resnet"):
+            _replace_linear(model, "fc", num_classes)
+        elif name.startswith(("mobilenet_v3", "efficientnet", "convnext")):
+            _replace_linear(model.classifier, str(len(model.classifier) - 1), num_classes)
+        return model
+
+    return build
+
+
+MODELS: dict[str, Callable[[int, bool], nn.Module]] = {
+    "small_cnn": lambda num_classes, pretrained: SmallCNN(num_classes),
+    **{
+        n: _torchvision(n)
+        for n in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "mobilenet_v3_small",
+            "mobilenet_v3_large",
+            "efficientnet_b0",
+            "convnext_tiny",
+        )
+    },
+}
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """Build a classifier with a fresh ``num_classes``-way head.
+
+    Args:
+        name: one of ``MODELS`` (torchvision resnet18/34/50, mobilenet_v3_small/large,
+            efficientnet_b0, convnext_tiny, or small_cnn).
+        num_classes: classes in the dataset.
+        pretrained: load torchvision's ImageNet weights (downloaded once, needs internet) and
+            replace the head. small_cnn has no pretrained weights.
+
+    Example:
+        >>> model = build_model("resnet18", num_classes=10, pretrained=True)
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if pretrained and name == "small_cnn":
+        raise ConfigError("small_cnn has no pretrained weights; drop --pretrained or pick resnet18")
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    try:
+        return MODELS[name](num_classes, pretrained)
+    except OSError as e:  # urllib's URLError is an OSError: no network, no cached weights
+        if not pretrained:
+            raise
+        raise ConfigError(
+            f"could not download pretrained weights for {name} ({e}); connect to the internet "
+            "once, or put the weights file in torch's hub cache ($TORCH_HOME/hub/checkpoints), "
+            "or train without --pretrained"
+        ) from e
