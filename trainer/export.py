@@ -144,7 +144,8 @@ def _save_proto(proto: Any, path: Path) -> None:
         tmp,
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        size_threshold=0,
+        # Small constants (axes, shapes) stay inline: onnxruntime's shape inference reads them.
+        size_threshold=1024,
         location=f"{path.name}.data",
     )
     os.replace(tmp, path)
