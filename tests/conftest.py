@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny image tree on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_COUNTS: dict[str, int] = {"cat": 6, "dog": 5, "bird": 4}
+
+
+def make_tree(
+    root: Path,
+    counts: Mapping[str, int] | None = None,
+    size: tuple[int, int] = (20, 16),
+    splits: Sequence[str] = ("train", "val"),
+    seed: int = 0,
+) -> Path:
+    """Write ``root/<split>/<class>/<i>.png|jpg`` random images and return ``root``.
+
+    Args:
+        root: folder to create the tree in (created if missing).
+        counts: images per class, written in every split; defaults to ``TINY_COUNTS``.
+        size: image size as PIL gives it, ``(width, height)``.
+        splits: split folders to create; empty writes the class folders straight into ``root``.
+        seed: seeds the pixel noise, so two calls with the same arguments write the same files.
+    """
+    counts = TINY_COUNTS if counts is None else counts
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for cls, n in counts.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                # Each class gets its own mean colour so a model could learn the tree.
+                base = (sum(map(ord, cls)) % 7) * 30
+                arr = rng.integers(base, base + 60, (size[1], size[0], 3), dtype=np.uint8)
+                img = Image.fromarray(arr)
+                if i % 2:
+                    img.save(folder / f"{i}.jpg", quality=90)
+                else:
+                    img.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    """A 3-class (cat 6, dog 5, bird 4 images per split) train/val tree of 20x16 images."""
+    return make_tree(tmp_path / "tiny")
