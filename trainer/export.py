@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import UserError
+from trainer.errors import ConfigError, UserError
 from trainer.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -81,6 +81,8 @@ def export_onnx(
 
     Raises:
         ValueError: ``opset`` is below 17 or the mapping lacks ``image_size``/``idx_to_class``.
+        ConfigError: torch could not produce the requested opset (it implements >= 18 and
+            down-converts, which fails for some ops, e.g. ReduceMean from BatchNorm/pooling).
     """
     import onnx  # deferred: onnx is only needed by export, not by training
 
@@ -111,10 +113,23 @@ def export_onnx(
     )
     assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
+    got = _default_opset(proto)
+    if got != opset:
+        # torch implements opset >= 18 and down-converts; when that fails it keeps 18 and only
+        # logs it, which would hand an opset-17 runtime a file it cannot load.
+        raise ConfigError(
+            f"torch.onnx could not export this model at opset {opset} (it produced opset {got}; "
+            f"the onnx version converter failed). Use opset={got} or newer, or export a model "
+            "whose ops convert."
+        )
     onnx.helper.set_model_props(proto, _metadata_props(labels_mapping, model_name))
     onnx.checker.check_model(proto, full_check=True)
     _save_proto(proto, path)
     return path
+
+
+def _default_opset(proto: Any) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _metadata_props(labels_mapping: Mapping[str, Any], model_name: str) -> dict[str, str]:
@@ -210,8 +225,7 @@ def verify_onnx(
     max_abs_diff = float(np.abs(actual - expected).max())
     tolerance = atol * max(1.0, float(np.abs(expected).max()))
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
-    header = onnx.load(onnx_path, load_external_data=False)
-    opset = next((o.version for o in header.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = _default_opset(onnx.load(onnx_path, load_external_data=False))
     return {
         "top1_agreement": agreement,
         "max_abs_diff": max_abs_diff,

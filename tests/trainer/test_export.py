@@ -207,3 +207,10 @@ def test_huge_models_fall_back_to_external_data(
     session = ort.InferenceSession(str(tmp_path / "big.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.zeros((2, 3, IMG, IMG), np.float32)})[0].shape == (2, 3)
     assert read_onnx_metadata(tmp_path / "big.onnx")["image_size"] == IMG
+
+
+def test_unreachable_opset_is_an_error_not_a_silent_upgrade(tmp_path: Path) -> None:
+    # torch 2.x implements opset 18+; converting this graph's ReduceMean down to 17 fails.
+    with pytest.raises(ValueError, match="opset 17"):
+        export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=make_mapping(), opset=17)
+    assert not list(tmp_path.iterdir())
