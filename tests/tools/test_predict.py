@@ -1,0 +1,194 @@
+"""tools/predict.py: folders/globs, CSV/JSON output, parity with PyTorch, user errors."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from trainer.data import eval_preprocess, load_image
+from trainer.export import export_onnx
+
+IMG = 16
+CLASSES = ["bird", "cat", "dog"]
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "predict.py"
+
+
+def _load_script() -> ModuleType:
+    # tools/ is a folder of scripts, not a package; load the file without touching sys.path.
+    spec = importlib.util.spec_from_file_location("predict_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+predict = _load_script()
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, len(CLASSES)),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("predict")
+    model = tiny_model()
+    mapping = {
+        "class_to_idx": {c: i for i, c in enumerate(CLASSES)},
+        "idx_to_class": {str(i): c for i, c in enumerate(CLASSES)},
+        "image_size": IMG,
+        "resize_size": int(IMG / 0.875),
+        "normalization": {"mean": MEAN, "std": STD},
+        "interpolation": "bilinear",
+    }
+    onnx_path = export_onnx(model, root / "model" / "model.onnx", labels_mapping=mapping)
+    rng = np.random.default_rng(0)
+    photos = root / "photos"
+    (photos / "nested").mkdir(parents=True)
+    # Odd sizes and aspect ratios, so resize + centre crop really do something.
+    for name, (w, h) in {"a.png": (20, 30), "b.png": (40, 18), "nested/c.png": (17, 17)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    return {"model": model, "onnx": onnx_path, "photos": photos}
+
+
+def torch_probs(model: nn.Module, path: Path) -> np.ndarray:
+    img = eval_preprocess(load_image(path), IMG).float() / 255.0
+    x = (img - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    with torch.no_grad():
+        return torch.softmax(model(x[None]), dim=1)[0].numpy()
+
+
+def test_predict_paths_matches_pytorch(setup: dict[str, Any]) -> None:
+    rows = predict.predict_paths(setup["onnx"], [setup["photos"]], top_k=2, batch_size=2)
+    assert [Path(r["path"]).name for r in rows] == ["a.png", "b.png", "c.png"]
+    for row in rows:
+        expected = torch_probs(setup["model"], Path(row["path"]))
+        assert row["label"] == CLASSES[int(expected.argmax())]
+        assert row["prob"] == pytest.approx(float(expected.max()), abs=1e-5)
+        assert len(row["topk"]) == 2
+        assert row["topk"][0] == {"label": row["label"], "prob": row["prob"]}
+        assert row["topk"][0]["prob"] >= row["topk"][1]["prob"]
+
+
+def test_csv_output(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    assert (
+        predict.main(
+            [
+                "--model",
+                str(setup["onnx"]),
+                str(setup["photos"]),
+                "--output",
+                str(out),
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        assert row["label"] in CLASSES
+        pairs = [item.split(":") for item in row["topk"].split(";")]
+        assert pairs[0][0] == row["label"]
+        assert sum(float(p) for _, p in pairs) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_json_output_with_glob(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "preds.json"
+    pattern = str(setup["photos"] / "**" / "*.png")
+    assert predict.main(["--model", str(setup["onnx"]), pattern, "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert sorted(Path(r["path"]).name for r in rows) == ["a.png", "b.png", "c.png"]
+    for row in rows:
+        assert len(row["topk"]) == len(CLASSES)  # --top-k 5 capped at the class count
+        assert sum(t["prob"] for t in row["topk"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_table_when_no_output(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert predict.main(["--model", str(setup["onnx"]), str(setup["photos"] / "a.png")]) == 0
+    assert "a.png" in capsys.readouterr().out
+
+
+def test_unreadable_file_is_skipped(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "preds.json"
+    code = predict.main(
+        [
+            "--model",
+            str(setup["onnx"]),
+            str(broken),
+            str(setup["photos"] / "a.png"),
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "broken.png" in capsys.readouterr().err
+    assert [Path(r["path"]).name for r in json.loads(out.read_text())] == ["a.png"]
+
+
+@pytest.mark.parametrize("case", ["missing_model", "not_onnx", "no_images", "bad_output"])
+def test_user_errors_exit_2_without_traceback(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    model, paths, extra = str(setup["onnx"]), [str(setup["photos"])], []
+    if case == "missing_model":
+        model = str(tmp_path / "nope.onnx")
+    elif case == "not_onnx":
+        model = str(tmp_path / "fake.onnx")
+        Path(model).write_text("hello")
+    elif case == "no_images":
+        (tmp_path / "empty").mkdir()
+        paths = [str(tmp_path / "empty"), str(tmp_path / "*.jpg")]
+    else:
+        extra = ["--output", str(tmp_path / "preds.xlsx")]
+    assert predict.main(["--model", model, *paths, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = {
+        "missing_model": "nope.onnx",
+        "not_onnx": "fake.onnx",
+        "no_images": "empty",
+        "bad_output": "preds.xlsx",
+    }[case]
+    assert expected in err
+
+
+def test_script_runs_as_a_file(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tmp_path / "nope.onnx"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "nope.onnx" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,276 @@
+"""Classify images with an exported ONNX model, using exactly the validation preprocessing.
+
+Usage:
+    python tools/predict.py --model runs/demo/model.onnx photos/ extra/*.jpg
+    python tools/predict.py --model model.onnx photos/ --top-k 3 --output preds.csv
+
+Only the ``.onnx`` file is needed: the labels mapping (class names, image size, mean/std) is
+read from its metadata, or from a ``labels_mapping.json`` beside it. PATHs may be image files,
+folders (searched recursively) or glob patterns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.data import IMG_EXTENSIONS, eval_preprocess, load_image
+from trainer.errors import UserError
+from trainer.export import INPUT_NAME, OUTPUT_NAME, OnnxModelError, read_onnx_metadata
+from trainer.io import atomic_write_csv, atomic_write_json
+
+# Above this many rows the table floods the terminal; the output file is the place for them.
+TABLE_MAX_ROWS = 20
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _images_in(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        # Hidden entries are editor/OS debris (.DS_Store, ._x.jpg, .ipynb_checkpoints).
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMG_EXTENSIONS:
+                yield Path(dirpath) / name
+
+
+def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a de-duplicated image list.
+
+    A file named explicitly is kept whatever its extension; folders and globs contribute only
+    files with an image extension.
+
+    Raises:
+        UserError: Nothing at the given paths is an image.
+    """
+    found: list[Path] = []
+    missing: list[str] = []
+    for raw in paths:
+        text = os.fspath(raw)
+        p = Path(text)
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(_images_in(p))
+        elif _GLOB_CHARS & set(text):
+            for match in sorted(glob.glob(text, recursive=True)):
+                m = Path(match)
+                if m.is_dir():
+                    found.extend(_images_in(m))
+                elif m.suffix.lower() in IMG_EXTENSIONS:
+                    found.append(m)
+        else:
+            missing.append(text)
+    images = list(dict.fromkeys(found))  # keeps first-seen order
+    if not images:
+        shown = ", ".join(os.fspath(p) for p in paths) or "(none given)"
+        raise UserError(
+            f"No images found at: {shown}. Pass image files, folders (searched recursively) or "
+            f"glob patterns such as 'photos/*.jpg'; recognised extensions are "
+            f"{', '.join(sorted(IMG_EXTENSIONS))}."
+        )
+    for text in missing:
+        print(f"Warning: {text} does not exist; skipped.", file=sys.stderr)
+    return images
+
+
+def _open_session(model_path: Path) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise OnnxModelError(
+            f"onnxruntime cannot load {model_path} ({type(exc).__name__}: {exc}). "
+            "Re-export the model with tools/export.py."
+        ) from exc
+
+
+def _check_model_path(model_path: Path) -> None:
+    if not model_path.is_file():
+        raise OnnxModelError(
+            f"Model file not found: {model_path}. Pass --model with the model.onnx from a run "
+            "folder (runs/<name>/model.onnx) or one written by tools/export.py."
+        )
+    if model_path.suffix.lower() in {".pt", ".pth", ".ckpt", ".bin", ".safetensors"}:
+        raise OnnxModelError(
+            f"{model_path} looks like a PyTorch checkpoint, not an ONNX model. Export it first "
+            "with tools/export.py and pass the resulting .onnx file to --model."
+        )
+
+
+def _print_skip(path: Path, reason: str) -> None:
+    tqdm.write(f"Skipped {path}: {reason}", file=sys.stderr)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict_paths(
+    model_path: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    top_k: int = 5,
+    batch_size: int = 32,
+    *,
+    on_skip: Callable[[Path, str], None] = _print_skip,
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Classify every image found at ``paths`` with the ONNX model at ``model_path``.
+
+    Each image goes through ``trainer.data.load_image`` and ``eval_preprocess`` (the validation
+    transform), then is scaled to [0, 1] and normalised with the model's mean/std.
+
+    Args:
+        model_path: An ``.onnx`` file exported by ``trainer.export.export_onnx``.
+        paths: Image files, folders (recursive) or glob patterns.
+        top_k: How many classes to list per image (capped at the number of classes).
+        batch_size: Images per onnxruntime call.
+        on_skip: Called with the path and reason for each file that cannot be decoded.
+        progress: Show a tqdm bar; None shows it only on a terminal.
+
+    Returns:
+        One dict per readable image, in input order:
+        ``{"path", "label", "prob", "topk": [{"label", "prob"}, ...]}``.
+
+    Raises:
+        UserError: The model is missing or unusable, or no images were found.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UserError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}.")
+    model_path = Path(model_path)
+    _check_model_path(model_path)
+    mapping = read_onnx_metadata(model_path)
+    try:
+        idx_to_class = {int(k): str(v) for k, v in mapping["idx_to_class"].items()}
+        img_size = int(mapping["image_size"])
+        norm = mapping["normalization"]
+        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(norm["std"], dtype=torch.float32).view(3, 1, 1)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise OnnxModelError(
+            f"The labels mapping of {model_path} is incomplete ({type(exc).__name__}: {exc}); it "
+            "needs idx_to_class, image_size and normalization.mean/std. Re-export the model."
+        ) from exc
+    class_names = [idx_to_class[i] for i in range(len(idx_to_class))]
+    images = collect_images(paths)
+    session = _open_session(model_path)
+    k = min(top_k, len(class_names))
+
+    results: list[dict[str, Any]] = []
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(images), unit="img", desc="predict", disable=not show) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            kept: list[Path] = []
+            tensors: list[torch.Tensor] = []
+            for path in chunk:
+                try:
+                    img = eval_preprocess(load_image(path), img_size)
+                except Exception as exc:  # any decoder failure means "not a readable image"
+                    on_skip(path, f"cannot decode ({type(exc).__name__}: {exc})")
+                    continue
+                kept.append(path)
+                tensors.append((img.float() / 255.0 - mean) / std)
+            bar.update(len(chunk))
+            if not tensors:
+                continue
+            batch = torch.stack(tensors).numpy()
+            (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            probs = _softmax(logits.astype(np.float64))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            for path, p, top in zip(kept, probs, order, strict=True):
+                topk = [{"label": class_names[i], "prob": float(p[i])} for i in top]
+                results.append({"path": str(path), **topk[0], "topk": topk})
+    return results
+
+
+def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
+    """Write rows as JSON, or CSV ``path,label,prob,topk`` (``topk`` like ``cat:0.91;dog:0.05``)."""
+    if output.suffix.lower() == ".json":
+        atomic_write_json(output, list(rows))
+        return
+    atomic_write_csv(
+        output,
+        ["path", "label", "prob", "topk"],
+        (
+            [
+                r["path"],
+                r["label"],
+                f"{r['prob']:.6f}",
+                ";".join(f"{t['label']}:{t['prob']:.4f}" for t in r["topk"]),
+            ]
+            for r in rows
+        ),
+    )
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """Print predictions as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} predictions")
+    table.add_column("path", overflow="fold")
+    table.add_column("label")
+    table.add_column("prob", justify="right")
+    table.add_column("top-k")
+    for r in rows:
+        others = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
+        table.add_row(r["path"], r["label"], f"{r['prob']:.3f}", others)
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Classify images with an exported ONNX model (validation preprocessing).",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
+    parser.add_argument("--model", required=True, type=Path, help="the exported .onnx file")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="write predictions to a .csv or .json file"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for a mistake in the arguments or inputs)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.output is not None and args.output.suffix.lower() not in {".csv", ".json"}:
+            raise UserError(
+                f"--output {args.output} has an unknown format; use a .csv or .json file name."
+            )
+        rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size)
+        if not rows:
+            raise UserError(
+                "None of the images could be decoded (see the messages above); check the files "
+                "are images and not truncated."
+            )
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    if args.output is None or len(rows) <= TABLE_MAX_ROWS:
+        print_table(rows)
+    if args.output is not None:
+        write_predictions(rows, args.output)
+        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
