@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from hooks.checkpoint import CheckpointHook
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.errors import CheckpointError
+
+from .test_engine import make_engine
+
+
+def test_checkpoint_files_load_with_weights_only(tmp_path) -> None:
+    engine = make_engine([CheckpointHook(tmp_path, top_k=1)], max_epochs=2, ema_decay=0.9)
+    engine.fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    names = sorted(p.name for p in ckpt_dir.iterdir())
+    assert "last.pt" in names and "best.pt" in names
+    assert len([n for n in names if n.startswith("epoch_")]) == 1
+    assert not [n for n in names if n.endswith(".tmp")]
+    ckpt = torch.load(ckpt_dir / "last.pt", weights_only=True)
+    for key in ("model", "ema", "optimizer", "scheduler", "state", "sampler", "rng", "hooks"):
+        assert key in ckpt, key
+    assert ckpt["classes"] == ["c0", "c1", "c2"]
+    assert ckpt["state"]["epoch"] == 1 and len(ckpt["state"]["history"]) == 2
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}}, path)
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_errors(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="last.pt"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from trainer.ema import ModelEMA
+
+
+def test_ema_matches_hand_computed_reference() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.9)
+    ref = {k: v.clone().double() for k, v in model.state_dict().items()}
+    for n in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked.add_(1)
+        d = min(0.9, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ref[k] = d * ref[k] + (1 - d) * v.double()
+            else:
+                ref[k] = v.clone()
+        ema.update(model)
+    assert ema.updates == 30
+    for k, v in ema.module.state_dict().items():
+        torch.testing.assert_close(v.to(ref[k].dtype), ref[k], rtol=1e-5, atol=1e-5)
+    assert ema.module.state_dict()["1.num_batches_tracked"] == 30
+
+
+def test_ema_warmup_decay_and_state_roundtrip() -> None:
+    ema = ModelEMA(nn.Linear(2, 2), decay=0.999)
+    assert ema.current_decay() == pytest.approx(0.1)
+    ema.updates = 10_000
+    assert ema.current_decay() == pytest.approx(0.999)
+    other = ModelEMA(nn.Linear(2, 2), decay=0.999)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 10_000
+    with pytest.raises(ValueError, match="decay"):
+        ModelEMA(nn.Linear(2, 2), decay=1.5)

@@ -1,0 +1,305 @@
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hooks.checkpoint import CheckpointHook
+from trainer.engine import Engine, resolve_hook_plan, warmup_cosine
+from trainer.hook import HOOK_METHODS, Hook
+from trainer.models import build_model
+
+from .synthetic import SyntheticData
+
+
+def make_engine(hooks: list[Hook] | None = None, **kw: Any) -> Engine:
+    data = kw.pop("data", None) or SyntheticData()
+    torch.manual_seed(0)
+    model = build_model("small_cnn", data.num_classes)
+    kw.setdefault("max_epochs", 2)
+    kw.setdefault("lr", 3e-3)
+    return Engine(model, data, device="cpu", hooks=hooks or [], **kw)
+
+
+class Recorder(Hook):
+    """Records every hook call with the phase it happened in."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+
+def _recording(method: str):
+    def fn(self: Recorder, engine: Engine, *args: Any) -> None:
+        self.calls.append(method)
+
+    return fn
+
+
+for _m in HOOK_METHODS:
+    setattr(Recorder, _m, _recording(_m))
+
+
+def test_fit_learns_and_returns_history() -> None:
+    engine = make_engine(max_epochs=4)
+    history = engine.fit()
+    assert len(history) == 4 and history is engine.state.history
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert history[-1]["val/acc"] > 0.6  # chance is 1/3
+    assert set(engine.state.per_class_acc) == {"c0", "c1", "c2"}
+    assert engine.state.best is not None and engine.state.step == 4 * 4
+
+
+def test_hook_firing_order_matches_lightning() -> None:
+    rec = Recorder()
+    data = SyntheticData(n=32, batch_size=16)  # 2 train and 2 val batches
+    engine = make_engine([rec], data=data, max_epochs=1, sanity_steps=1)
+    engine.fit()
+    train_batch = [
+        "on_train_batch_start",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_train_batch_end",
+    ]
+    val_batch = ["on_validation_batch_start", "on_validation_batch_end"]
+    val = lambda n: (  # noqa: E731
+        ["on_validation_start", "on_validation_epoch_start"]
+        + val_batch * n
+        + ["on_validation_epoch_end", "on_validation_end"]
+    )
+    expected = (
+        ["on_fit_start"]
+        + val(1)  # sanity
+        + ["on_train_epoch_start"]
+        + train_batch * 2
+        + val(2)
+        + ["on_train_epoch_end", "on_fit_end"]
+    )
+    assert rec.calls == expected
+
+
+def test_checkpoint_hooks_fire_after_train_epoch_end(tmp_path) -> None:
+    rec = Recorder()
+    engine = make_engine([CheckpointHook(tmp_path), rec], max_epochs=1, sanity_steps=0)
+    engine.fit()
+    tail = rec.calls[-4:]
+    assert tail == ["on_validation_end", "on_train_epoch_end", "on_save_checkpoint", "on_fit_end"]
+
+
+def test_test_loop_fires_test_hooks() -> None:
+    rec = Recorder()
+    engine = make_engine([rec], data=SyntheticData(n=16, batch_size=16))
+    metrics = engine.test()
+    assert rec.calls == [
+        "on_test_start",
+        "on_test_epoch_start",
+        "on_test_batch_start",
+        "on_test_batch_end",
+        "on_test_epoch_end",
+        "on_test_end",
+    ]
+    assert set(metrics) >= {"test/loss", "test/acc"}
+
+
+def test_order_resolution_and_skipping() -> None:
+    seen: list[str] = []
+
+    class A(Hook):
+        def __init__(self, tag: str, order: int) -> None:
+            self.tag, self.order = tag, order
+
+        def on_fit_start(self, engine: Engine) -> None:
+            seen.append(self.tag)
+
+    class Quiet(Hook):
+        pass
+
+    hooks = [A("late", 60), A("first", 10), A("tie-a", 50), Quiet(), A("tie-b", 50)]
+    plan = resolve_hook_plan(hooks)
+    assert plan["on_train_batch_end"] == []  # nobody overrides it: nothing runs per step
+    assert len(plan["on_fit_start"]) == 4
+    for fn in plan["on_fit_start"]:
+        fn(None)
+    assert seen == ["first", "tie-a", "tie-b", "late"]
+    text = make_engine(hooks).describe_hooks()
+    assert text.index("Quiet") > text.index("A ") and "on_fit_start" in text
+
+
+def test_hook_error_names_hook_and_fires_on_exception() -> None:
+    class Boom(Hook):
+        def on_train_batch_end(self, engine, outputs, batch, batch_idx) -> None:
+            raise RuntimeError("boom")
+
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="boom") as info:
+        make_engine([Boom(), rec], sanity_steps=0).fit()
+    assert "Boom.on_train_batch_end" in "".join(getattr(info.value, "__notes__", []))
+    assert rec.calls[-1] == "on_exception"
+
+
+def test_should_stop_ends_fit() -> None:
+    class StopAfterFirst(Hook):
+        def on_train_epoch_end(self, engine: Engine) -> None:
+            engine.state.should_stop = True
+
+    engine = make_engine([StopAfterFirst()], max_epochs=5)
+    engine.fit()
+    assert len(engine.state.history) == 1 and engine.state.stop_reason
+
+
+def test_gradient_accumulation_steps() -> None:
+    data = SyntheticData(n=80, batch_size=16)  # 5 batches per epoch
+    engine = make_engine(data=data, accumulate=2, max_epochs=1)
+    engine.fit()
+    assert engine.state.step == 3  # after batches 2, 4 and the last one
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_grad_clip_limits_the_update() -> None:
+    norms: list[float] = []
+
+    engine = make_engine(grad_clip=1e-3, max_epochs=1, sanity_steps=0)
+    real_step = engine.optimizer.step
+
+    def step(*a: Any, **k: Any) -> Any:
+        grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(*a, **k)
+
+    engine.optimizer.step = step  # type: ignore[method-assign]
+    engine.fit()
+    assert norms and max(norms) <= 1e-3 * 1.01
+
+
+def test_user_optimizer_scheduler_and_loss_are_used() -> None:
+    data = SyntheticData()
+    model = build_model("small_cnn", 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    calls = []
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return nn.functional.cross_entropy(logits, y)
+
+    engine = Engine(model, data, max_epochs=1, optimizer=opt, scheduler=sched, loss=loss)
+    engine.fit()
+    assert engine.optimizer is opt and engine.scheduler is sched
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**4)
+    assert len(calls) >= 4
+
+
+def test_warmup_then_cosine() -> None:
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=12, min_ratio=0.0)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert lrs[-1] < 0.05
+
+
+def test_ema_weights_used_for_validation() -> None:
+    engine = make_engine(ema_decay=0.9, max_epochs=1)
+    assert engine.eval_model is engine.ema.module  # type: ignore[union-attr]
+    engine.fit()
+    raw = dict(engine.model.named_parameters())
+    ema = dict(engine.ema.module.named_parameters())  # type: ignore[union-attr]
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+
+def test_resume_is_bitwise_equal(tmp_path) -> None:
+    straight = make_engine([CheckpointHook(tmp_path / "a")], max_epochs=4, ema_decay=0.9)
+    straight.fit()
+
+    class Kill(Hook):
+        order = 100  # after the checkpoint is written
+
+        def on_train_epoch_end(self, engine: Engine) -> None:
+            if engine.state.epoch == 1:
+                raise KeyboardInterrupt
+
+    first = make_engine([CheckpointHook(tmp_path / "b"), Kill()], max_epochs=4, ema_decay=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert len(first.state.history) == 2
+    torch.manual_seed(123)  # a fresh process would not share the RNG state either
+    resumed = make_engine([CheckpointHook(tmp_path / "b")], max_epochs=4, ema_decay=0.9)
+    resumed.fit(resume=tmp_path / "b")
+
+    for (k, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    for a, b in zip(
+        straight.ema.module.state_dict().values(),  # type: ignore[union-attr]
+        resumed.ema.module.state_dict().values(),  # type: ignore[union-attr]
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+    def strip(h):
+        return [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
+
+    assert strip(straight.state.history) == strip(resumed.state.history)
+
+
+def test_resume_finished_run_trains_nothing(tmp_path, caplog) -> None:
+    make_engine([CheckpointHook(tmp_path)], max_epochs=1).fit()
+    engine = make_engine([CheckpointHook(tmp_path)], max_epochs=1)
+    before = copy.deepcopy(engine.model.state_dict())
+    with caplog.at_level("WARNING"):
+        engine.fit(resume=tmp_path)
+    assert "already finished" in caplog.text
+    assert len(engine.state.history) == 1
+    assert not all(torch.equal(before[k], v) for k, v in engine.model.state_dict().items())
+
+
+def test_resume_with_other_classes_is_an_error(tmp_path) -> None:
+    from trainer.errors import CheckpointError
+
+    make_engine([CheckpointHook(tmp_path)], max_epochs=1).fit()
+    other = SyntheticData()
+    other.classes = ["c0", "c1", "zebra"]
+    with pytest.raises(CheckpointError, match="zebra"):
+        make_engine(data=other).fit(resume=tmp_path)
+
+
+def test_no_host_reads_inside_training_steps(monkeypatch) -> None:
+    """The step path never reads a tensor on the host; reads happen only after the epoch."""
+    in_step = {"on": False, "reads": 0}
+
+    class Window(Hook):
+        def on_train_batch_start(self, engine, batch, batch_idx) -> None:
+            in_step["on"] = True
+
+        def on_train_batch_end(self, engine, outputs, batch, batch_idx) -> None:
+            in_step["on"] = False
+
+    def spy(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a: Any, **k: Any) -> Any:
+            # torch.optim reads its own step counters, which live on the host by design
+            # (a CPU tensor even when training on CUDA): not a device sync.
+            caller = sys._getframe(1).f_code.co_filename
+            if in_step["on"] and "torch/optim" not in caller.replace("\\", "/"):
+                in_step["reads"] += 1
+            return real(self, *a, **k)
+
+        return wrapped
+
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    engine = make_engine([Window()], max_epochs=2, ema_decay=0.9, grad_clip=1.0, accumulate=2)
+    engine.fit()
+    assert engine.state.step > 0
+    assert in_step["reads"] == 0
