@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from typing import Any
 
@@ -203,7 +204,7 @@ def test_warmup_then_cosine() -> None:
         opt.step()
         sched.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
     assert lrs[-1] < 0.05
 
 
