@@ -223,7 +223,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("label")
     table.add_column("prob", justify="right")
-    table.add_column("top-k")
+    table.add_column("runners-up")
     for r in rows:
         others = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
         table.add_row(r["path"], r["label"], f"{r['prob']:.3f}", others)
