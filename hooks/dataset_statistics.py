@@ -1,0 +1,166 @@
+"""DatasetStatisticsHook: class distribution per split, imbalance and thin classes, at fit start."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hooks._artifacts import guarded, label, save_png
+from trainer.hook import Hook
+from trainer.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger("trainer.hooks")
+
+
+class DatasetStatisticsHook(Hook):
+    """Prints and saves how the images spread over classes and splits, once, at fit start.
+
+    Writes ``dataset_stats.json``::
+
+        {"splits": {"train": {"counts": {name: n}, "total": N, "imbalance_ratio": r}, ...},
+         "few_images": [{"class_idx": i, "class_name": name, "count": n}, ...]}
+
+    and ``plots/class_distribution.png``. Splits with no image (often ``test``) are left out.
+    ``imbalance_ratio`` is the largest class count over the smallest, None when a class has
+    no image in that split. Classes with fewer than ``few_threshold`` training images are
+    logged as warnings and listed under the table.
+
+    Args:
+        out_dir: the run folder.
+        few_threshold: a class with fewer training images than this is flagged.
+        console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+
+    Attributes:
+        stats: the dict written to ``dataset_stats.json``.
+        figure: the class distribution figure.
+
+    Example:
+        >>> hook = DatasetStatisticsHook("runs/a", few_threshold=20)
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> hook.stats["splits"]["train"]["imbalance_ratio"]
+    """
+
+    order = 30
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        few_threshold: int = 10,
+        console: Console | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.few_threshold = few_threshold
+        self.console = console
+        self.stats: dict[str, Any] = {}
+        self.figure: Figure | None = None
+
+    def on_fit_start(self, engine: Engine) -> None:
+        data: Any = engine.data
+        classes: list[str] = list(data.classes)
+        split_counts = {
+            split: list(counts)
+            for split, counts in getattr(data, "class_counts", {}).items()
+            if sum(counts) > 0
+        }
+        if not split_counts:
+            log.info("DatasetStatisticsHook: data has no class_counts; nothing to report")
+            return
+        self.stats = dataset_stats(classes, split_counts, self.few_threshold)
+        for item in self.stats["few_images"]:
+            log.warning(
+                "class %d (%s) has only %d training image(s), fewer than %d",
+                item["class_idx"],
+                item["class_name"],
+                item["count"],
+                self.few_threshold,
+            )
+        (self.console or Console()).print(self._table(classes, split_counts))
+        path = self.out_dir / "dataset_stats.json"
+        with guarded(path):
+            atomic_write_json(path, self.stats)
+        path = self.out_dir / "plots" / "class_distribution.png"
+        with guarded(path):
+            self.figure = plot_class_distribution(classes, split_counts)
+            save_png(self.figure, path)
+
+    def _table(self, classes: list[str], split_counts: dict[str, list[int]]) -> Table:
+        few = {item["class_idx"] for item in self.stats["few_images"]}
+        table = Table(title="Class distribution", show_footer=True)
+        table.add_column("#", justify="right", footer="")
+        table.add_column("class", footer="total / imbalance (max/min)", overflow="ellipsis")
+        for split, counts in split_counts.items():
+            ratio = self.stats["splits"][split]["imbalance_ratio"]
+            table.add_column(split, justify="right", footer=str(sum(counts)))
+            table.add_column("%", justify="right", footer="-" if ratio is None else f"{ratio:.1f}x")
+        for i, name in enumerate(classes):
+            # Class names are data, not markup: "[x]" must print as is.
+            cells = [str(i), escape(name) + (" (few)" if i in few else "")]
+            for counts in split_counts.values():
+                total = max(sum(counts), 1)
+                cells += [str(counts[i]), f"{100 * counts[i] / total:.1f}"]
+            table.add_row(*cells, style="yellow" if i in few else None)
+        if few:
+            table.caption = (
+                f"warning: {len(few)} class(es) have fewer than {self.few_threshold} training "
+                f"images: {escape(', '.join(classes[i] for i in sorted(few)))}"
+            )
+        return table
+
+
+def dataset_stats(
+    classes: list[str], split_counts: dict[str, list[int]], few_threshold: int
+) -> dict[str, Any]:
+    """The ``dataset_stats.json`` document from per-split, per-class-index counts."""
+    splits: dict[str, Any] = {}
+    for split, counts in split_counts.items():
+        low, high = min(counts), max(counts)
+        splits[split] = {
+            "counts": dict(zip(classes, counts, strict=True)),
+            "total": sum(counts),
+            "imbalance_ratio": round(high / low, 4) if low > 0 else None,
+        }
+    train = split_counts.get("train", [])
+    few = [
+        {"class_idx": i, "class_name": classes[i], "count": n}
+        for i, n in enumerate(train)
+        if n < few_threshold
+    ]
+    return {"splits": splits, "few_images": few}
+
+
+def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int]]) -> Figure:
+    """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
+    n = len(classes)
+    fig = Figure(figsize=(float(np.clip(2 + 0.22 * n, 6, 30)), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(split_counts)
+    x = np.arange(n)
+    for k, (split, counts) in enumerate(split_counts.items()):
+        ax.bar(x + (k - (len(split_counts) - 1) / 2) * width, counts, width, label=split)
+    named = n <= 30
+    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
+    step = max(1, int(np.ceil(n / 100)))
+    ax.set_xticks(
+        x[::step],
+        ticks[::step],
+        rotation=45 if named else 90,
+        ha="right" if named else "center",
+        fontsize=float(np.clip(300 / n, 5, 9)),
+    )
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xlabel("class" if named else "class index (names in dataset_stats.json)")
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split")
+    ax.legend()
+    return fig
