@@ -1,5 +1,62 @@
 """Hooks: one per file. ``default_hooks(out_dir)`` assembles the standard set."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hooks.checkpoint import CheckpointHook
+from hooks.early_stopping import EarlyStoppingHook
+from hooks.metrics_logger import MetricsLogger
+from hooks.progress_bar import ProgressBarHook
 from trainer.hook import Hook
 
-__all__ = ["Hook"]
+__all__ = [
+    "CheckpointHook",
+    "EarlyStoppingHook",
+    "Hook",
+    "MetricsLogger",
+    "ProgressBarHook",
+    "default_hooks",
+]
+
+
+def default_hooks(
+    out_dir: str | os.PathLike[str],
+    *,
+    monitor: str = "val/acc",
+    top_k: int = 1,
+    early_stopping: int = 0,
+    progress: bool = True,
+    confusion_matrix: bool = True,
+    dataset_stats: bool = True,
+    model_info: bool = True,
+    history_plots: bool = True,
+    sampler_stats: bool = True,
+    samples: bool = True,
+    export: bool = True,
+) -> list[Hook]:
+    """The standard hooks for a run folder; each flag switches one off.
+
+    Order is by each hook's ``order``: metric writers first, then plots and reports, the
+    progress bar, early stopping, and checkpointing and export last.
+
+    Args:
+        out_dir: the run folder.
+        monitor: metric for best.pt and early stopping ("...loss" metrics are minimised).
+        top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
+        early_stopping: patience in epochs; 0 disables early stopping.
+        progress: tqdm bars and per-epoch lines.
+
+    Example:
+        >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
+    """
+    out = Path(out_dir)
+    mode = "min" if monitor.endswith("loss") else "max"
+    hooks: list[Hook] = [MetricsLogger(out)]
+    if progress:
+        hooks.append(ProgressBarHook())
+    if early_stopping > 0:
+        hooks.append(EarlyStoppingHook(monitor, patience=early_stopping, mode=mode))
+    hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=top_k))
+    return hooks
