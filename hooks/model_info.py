@@ -1,0 +1,107 @@
+"""ModelInfoHook: what is being trained (size, input, precision, device) and the labels mapping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from torch import nn
+
+from hooks._artifacts import guarded
+from trainer.hook import Hook
+from trainer.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+
+class ModelInfoHook(Hook):
+    """At fit start: prints a model summary, writes ``model_info.json`` and ``labels_mapping.json``.
+
+    ``model_info.json`` holds ``model``, ``parameters``, ``trainable_parameters``, ``size_bytes``
+    and ``size_mb`` (parameters and buffers; 10^6 bytes, as torchinfo and Lightning count), ``input_size``
+    ``[3, H, W]``, ``num_classes``, ``precision`` and ``device``. ``labels_mapping.json``
+    comes from ``engine.data.save_labels_mapping`` (what ``tools/predict.py`` reads).
+
+    Args:
+        out_dir: the run folder.
+        model_name: shown name; defaults to ``engine.args["model"]``, else the model's class.
+        console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+
+    Attributes:
+        info: the dict written to ``model_info.json``.
+
+    Example:
+        >>> hook = ModelInfoHook("runs/a", model_name="resnet18")
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> hook.info["parameters"]
+    """
+
+    order = 30
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        model_name: str | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.model_name = model_name
+        self.console = console
+        self.info: dict[str, Any] = {}
+
+    def on_fit_start(self, engine: Engine) -> None:
+        data: Any = engine.data
+        img_size = getattr(data, "img_size", None) or engine.args.get("img_size")
+        self.info = {
+            "model": self.model_name or engine.args.get("model") or type(engine.model).__name__,
+            **model_size(engine.model),
+            "input_size": [3, int(img_size), int(img_size)] if img_size else None,
+            "num_classes": data.num_classes,
+            "precision": engine.precision,
+            "device": str(engine.device),
+        }
+        (self.console or Console()).print(self._table())
+        path = self.out_dir / "model_info.json"
+        with guarded(path):
+            atomic_write_json(path, self.info)
+        if hasattr(data, "save_labels_mapping"):
+            path = self.out_dir / "labels_mapping.json"
+            with guarded(path):
+                data.save_labels_mapping(path)
+
+    def _table(self) -> Table:
+        i = self.info
+        table = Table(title="Model", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        rows = [
+            ("model", escape(str(i["model"]))),
+            ("parameters", f"{i['parameters']:,}"),
+            ("trainable", f"{i['trainable_parameters']:,}"),
+            ("size", f"{i['size_mb']:.2f} MB"),
+            ("input", " x ".join(map(str, i["input_size"] or ["?"]))),
+            ("classes", str(i["num_classes"])),
+            ("precision", i["precision"]),
+            ("device", i["device"]),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+
+def model_size(model: nn.Module) -> dict[str, Any]:
+    """Parameter counts and the weights' size in MB (10^6 bytes), buffers included."""
+    params = list(model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "size_bytes": nbytes,
+        "size_mb": round(nbytes / 1e6, 6),
+    }

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from hooks.model_info import ModelInfoHook, model_size
+
+from .standin import StandInData, assert_survives_unwritable, console_text, quiet_console, run_fit
+
+
+def test_model_info_and_labels_mapping(tmp_path: Path, data: StandInData) -> None:
+    console = quiet_console()
+    hook = ModelInfoHook(tmp_path, console=console)
+    engine = run_fit([hook], data, epochs=1)
+    info = json.loads((tmp_path / "model_info.json").read_text())
+    assert info == hook.info
+    params = sum(p.numel() for p in engine.model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in engine.model.buffers())
+    assert info["model"] == "small_cnn"  # from engine.args
+    assert info["parameters"] == info["trainable_parameters"] == params
+    assert info["size_mb"] == pytest.approx((params * 4 + buffers) / 1e6, abs=1e-4)
+    assert info["input_size"] == [3, 16, 16]
+    assert info["num_classes"] == 3
+    assert (info["precision"], info["device"]) == ("32", "cpu")
+    mapping = json.loads((tmp_path / "labels_mapping.json").read_text())
+    assert mapping == data.labels_mapping()
+    assert "small_cnn" in console_text(console) and f"{params:,}" in console_text(console)
+
+
+def test_model_size_counts_frozen_weights_and_buffers() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model[0].weight.requires_grad_(False)
+    size = model_size(model)
+    assert size["parameters"] == 4 * 3 + 3 + 3 + 3
+    assert size["trainable_parameters"] == 3 + 3 + 3
+    # Buffers: running mean and var (float32) plus num_batches_tracked (int64).
+    assert size["size_bytes"] == 21 * 4 + 6 * 4 + 8
+    assert size["size_mb"] == pytest.approx(size["size_bytes"] / 1e6)
+
+
+def test_explicit_name_wins(tmp_path: Path) -> None:
+    hook = ModelInfoHook(tmp_path, model_name="my net", console=quiet_console())
+    run_fit([hook], epochs=1)
+    assert hook.info["model"] == "my net"
+
+
+def test_unwritable_out_dir_warns_and_training_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert_survives_unwritable(
+        lambda d: ModelInfoHook(d, console=quiet_console()), tmp_path, caplog
+    )
