@@ -1,0 +1,99 @@
+"""TrainingHistoryHook: loss, accuracy and learning-rate curves, redrawn every epoch."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from hooks._artifacts import guarded, save_png
+from trainer.hook import Hook
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+# file stem -> (title, y label, [(history key, legend label)])
+PLOTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
+    "loss": ("Loss", "loss", [("train/loss", "train"), ("val/loss", "val")]),
+    "accuracy": (
+        "Accuracy",
+        "accuracy",
+        [("train/acc", "train top-1"), ("val/acc", "val top-1"), ("val/acc_top5", "val top-5")],
+    ),
+    "lr": ("Learning rate (end of epoch)", "lr", [("lr", "lr")]),
+}
+
+
+class TrainingHistoryHook(Hook):
+    """Rewrites ``plots/loss.png``, ``plots/accuracy.png`` and ``plots/lr.png`` each epoch.
+
+    Curves come from ``engine.state.history``, so a resumed run plots its whole past. The x
+    axis counts epochs from 1. Every point has a marker, so a one-epoch run still shows, and
+    a NaN or infinite value leaves a gap instead of breaking the plot. A series absent from
+    the history (e.g. ``val/acc_top5`` under 5 classes) is left out.
+
+    Args:
+        out_dir: the run folder.
+
+    Attributes:
+        figures: the latest figure per plot, keyed "loss", "accuracy" and "lr".
+
+    Example:
+        >>> hook = TrainingHistoryHook("runs/a")
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> hook.figure  # the loss curves, in a notebook
+    """
+
+    order = 50
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(out_dir) / "plots"
+        self.figures: dict[str, Figure] = {}
+
+    @property
+    def figure(self) -> Figure | None:
+        """The latest loss figure (all three are in ``figures``)."""
+        return self.figures.get("loss")
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        history = engine.state.history
+        epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
+        for stem, (title, ylabel, series) in PLOTS.items():
+            path = self.dir / f"{stem}.png"
+            with guarded(path):
+                fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+                ax = fig.add_subplot()
+                plotted: list[float] = []
+                for key, name in series:
+                    if any(key in row for row in history):
+                        ys = [_finite(row.get(key)) for row in history]
+                        size = 3 if len(ys) > 30 else 5
+                        ax.plot(epochs, ys, marker="o", markersize=size, label=name)
+                        plotted += [y for y in ys if not math.isnan(y)]
+                if (
+                    stem == "lr"
+                    and plotted
+                    and min(plotted) > 0
+                    and max(plotted) / min(plotted) > 20
+                ):
+                    ax.set_yscale("log")  # warmup and cosine decay span decades
+                ax.set_title(title)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(ylabel)
+                # Whole epochs only; matplotlib would otherwise tick 1.0, 1.5, 2.0 ...
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.grid(alpha=0.3)
+                if len(series) > 1 and ax.get_lines():
+                    ax.legend()
+                save_png(fig, path)
+                self.figures[stem] = fig
+
+
+def _finite(value: float | None) -> float:
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return float(value)
