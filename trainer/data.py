@@ -678,7 +678,11 @@ class ImageFolderData:
             color_jitter=self.color_jitter))
 
     def train_loader(self) -> DataLoader[Any]:
-        """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets."""
+        """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
+
+        Build it once per fit: each call makes a new loader (and, with workers, a new pool).
+        With a sampler, call ``data.sampler.set_epoch(epoch)`` before each epoch.
+        """
         # Seeding the loader's generator also seeds the workers' augmentation streams.
         g = torch.Generator().manual_seed(self.seed)
         if self.sampler is not None:
