@@ -1,1 +1,19 @@
 """A pure-PyTorch image-classifier trainer."""
+
+from trainer.data import ImageFolderData
+from trainer.engine import Engine
+from trainer.ema import ModelEMA
+from trainer.hook import Hook
+from trainer.models import build_model
+from trainer.sampler import TrackingWeightedRandomSampler
+from trainer.state import EngineState
+
+__all__ = [
+    "Engine",
+    "EngineState",
+    "Hook",
+    "ImageFolderData",
+    "ModelEMA",
+    "TrackingWeightedRandomSampler",
+    "build_model",
+]
