@@ -1,0 +1,188 @@
+"""SamplerDistributionHook: which classes training really saw each epoch, against what was planned."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hooks._artifacts import guarded, label, save_png
+from trainer.hook import Hook
+from trainer.io import atomic_write_csv
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+HEADER = ["epoch", "class_idx", "class_name", "dataset_count", "expected", "drawn"]
+
+
+class SamplerDistributionHook(Hook):
+    """Counts the training targets per class each epoch and compares them with the plan.
+
+    ``drawn`` is counted from the batches themselves (on the device, read once per epoch), so
+    it is right for any sampler or loader. ``expected`` is what the
+    ``TrackingWeightedRandomSampler`` weights predict (``engine.data.sampler``), or the
+    dataset count when there is no such sampler (plain shuffling shows each image once).
+    Each epoch: a rich table, ``sampler_distribution.csv`` with one row per (epoch, class),
+    ``HEADER`` columns and epochs from 0 as in ``metrics.csv``, and
+    ``plots/sampler_distribution.png`` (dataset, expected and drawn share of the latest epoch).
+
+    Args:
+        out_dir: the run folder.
+        console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+        max_rows: the table shows at most this many classes, those furthest from expected.
+
+    Attributes:
+        rows: every CSV row so far; kept in checkpoints so a resumed run continues the file.
+        figure: the latest figure.
+
+    Example:
+        >>> hook = SamplerDistributionHook("runs/a")
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> hook.rows[-1]  # [epoch, class_idx, class_name, dataset_count, expected, drawn]
+    """
+
+    order = 40
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        console: Console | None = None,
+        max_rows: int = 30,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.console = console
+        self.max_rows = max_rows
+        self.rows: list[list[Any]] = []
+        self.figure: Figure | None = None
+        self._drawn: torch.Tensor | None = None
+        self._class_ids: torch.Tensor | None = None
+
+    def on_train_epoch_start(self, engine: Engine) -> None:
+        n = engine.data.num_classes
+        self._drawn = torch.zeros(n, dtype=torch.int64, device=engine.device)
+        self._class_ids = torch.arange(n, device=engine.device)
+
+    def on_train_batch_end(
+        self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
+    ) -> None:
+        if self._drawn is None or self._class_ids is None:
+            return
+        # A compare-and-sum rather than bincount: bincount reads the device on CUDA to size
+        # its output, which would stall every step.
+        self._drawn += (outputs["targets"].unsqueeze(1) == self._class_ids).sum(0)
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        if self._drawn is None:
+            return
+        data: Any = engine.data
+        classes: list[str] = list(data.classes)
+        drawn = self._drawn.tolist()  # the one host read of the epoch
+        self._drawn = None
+        dataset = _train_counts(data)
+        sampler = getattr(data, "sampler", None)
+        expected = (
+            [float(e) for e in sampler.expected_counts]
+            if sampler is not None and hasattr(sampler, "expected_counts")
+            else [float(c) for c in dataset]
+        )
+        epoch = engine.state.epoch
+        # A resume from an earlier checkpoint redoes epochs: replace, never duplicate, rows.
+        self.rows = [r for r in self.rows if r[0] < epoch]
+        self.rows += [
+            [epoch, i, name, dataset[i], round(expected[i], 3), drawn[i]]
+            for i, name in enumerate(classes)
+        ]
+        (self.console or Console()).print(self._table(epoch, classes, dataset, expected, drawn))
+        path = self.out_dir / "sampler_distribution.csv"
+        with guarded(path):
+            atomic_write_csv(path, HEADER, self.rows)
+        path = self.out_dir / "plots" / "sampler_distribution.png"
+        with guarded(path):
+            self.figure = plot_shares(classes, dataset, expected, drawn, epoch)
+            save_png(self.figure, path)
+
+    def _table(
+        self,
+        epoch: int,
+        classes: list[str],
+        dataset: list[int],
+        expected: list[float],
+        drawn: list[int],
+    ) -> Table:
+        table = Table(title=f"Sampled classes, epoch {epoch + 1}")
+        for name in ("#", "class", "dataset", "expected", "drawn", "drawn %"):
+            table.add_column(name, justify="left" if name == "class" else "right")
+        order = list(range(len(classes)))
+        if len(order) > self.max_rows:
+            # Show the classes the draw treated most differently from the plan.
+            order = sorted(order, key=lambda i: -abs(drawn[i] - expected[i]) / max(expected[i], 1))
+            order = sorted(order[: self.max_rows])
+            table.caption = (
+                f"{len(classes) - self.max_rows} more classes in sampler_distribution.csv"
+            )
+        total = max(sum(drawn), 1)
+        for i in order:
+            table.add_row(
+                str(i),
+                escape(classes[i]),
+                str(dataset[i]),
+                f"{expected[i]:.1f}",
+                str(drawn[i]),
+                f"{100 * drawn[i] / total:.1f}",
+            )
+        return table
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [list(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [list(r) for r in state.get("rows", [])]
+
+
+def _train_counts(data: Any) -> list[int]:
+    counts = getattr(data, "class_counts", {}).get("train")
+    if counts is not None:
+        return [int(c) for c in counts]
+    counts = [0] * data.num_classes
+    for _, t in getattr(data, "train_samples", []):
+        counts[t] += 1
+    return counts
+
+
+def plot_shares(
+    classes: list[str], dataset: list[int], expected: list[float], drawn: list[int], epoch: int
+) -> Figure:
+    """Grouped bars per class: share of the dataset, expected share and drawn share, in %."""
+    n = len(classes)
+    fig = Figure(figsize=(float(np.clip(2 + 0.3 * n, 6, 30)), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    bars = [("dataset", dataset), ("expected", expected), ("drawn", drawn)]
+    for k, (name, values) in enumerate(bars):
+        v = np.asarray(values, dtype=float)
+        share = 100 * v / v.sum() if v.sum() > 0 else v
+        ax.bar(x + (k - 1) * 0.27, share, 0.27, label=name)
+    named = n <= 30
+    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
+    step = max(1, int(np.ceil(n / 100)))
+    ax.set_xticks(
+        x[::step],
+        ticks[::step],
+        rotation=45 if named else 90,
+        ha="right" if named else "center",
+        fontsize=float(np.clip(300 / n, 5, 9)),
+    )
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylabel("share of images (%)")
+    ax.set_xlabel("class" if named else "class index (names in sampler_distribution.csv)")
+    ax.set_title(f"Training draw by class, epoch {epoch + 1}")
+    ax.legend()
+    return fig
