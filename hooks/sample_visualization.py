@@ -1,0 +1,249 @@
+"""SampleVisualizationHook: a fixed set of validation images and the worst mistakes, per epoch."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from hooks._artifacts import guarded, label, save_png, to_display
+from trainer.hook import Hook
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger("trainer.hooks")
+
+
+class SampleVisualizationHook(Hook):
+    """Draws predictions on validation images, from the outputs the engine already computed.
+
+    Writes ``plots/samples/epoch_XXX_fixed.png``: the same validation images every epoch
+    (picked once at fit start, seeded, spread over classes), with predicted and true labels
+    and the predicted probability, framed green when right and red when wrong; and
+    ``epoch_XXX_mistakes.png``: the epoch's most confident wrong predictions. ``XXX`` is
+    ``engine.state.epoch`` (from 0, as in ``metrics.csv``). The sanity check is skipped.
+
+    No second forward pass and no per-batch host read: the validation loader is not
+    shuffled, so an image's index is the count of images before its batch plus its position.
+    The fixed images' pixels are copied from the (host) batch, their logits kept as device
+    slices; the mistakes are a running top-k on the device, of which only the dataset
+    indices are read at the epoch end, and those few images are then re-read from the
+    validation dataset (``data.val_dataset()`` or ``data.val_loader().dataset``).
+
+    Args:
+        out_dir: the run folder.
+        num_images: images in each grid.
+        seed: picks the fixed images.
+
+    Attributes:
+        fixed_indices: validation indices of the fixed images, in display order.
+        samples: the latest epoch's fixed images: dicts of index, true, pred, prob, correct.
+        mistakes: the latest epoch's top mistakes, the same dicts, most confident first.
+        figure: the latest fixed-images figure; ``mistakes_figure`` the latest mistakes one.
+
+    Example:
+        >>> hook = SampleVisualizationHook("runs/a", num_images=25)
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> hook.figure  # in a notebook
+    """
+
+    order = 50
+
+    def __init__(self, out_dir: str | os.PathLike[str], num_images: int = 16, seed: int = 0):
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.dir = Path(out_dir) / "plots" / "samples"
+        self.num_images = num_images
+        self.seed = seed
+        self.fixed_indices: list[int] = []
+        self.samples: list[dict[str, Any]] = []
+        self.mistakes: list[dict[str, Any]] = []
+        self.fixed_images: dict[int, torch.Tensor] = {}
+        self.figure: Figure | None = None
+        self.mistakes_figure: Figure | None = None
+        self._lookup: list[int] = []  # fixed_indices ascending, for bisect
+        self._seen = 0
+        self._fixed_logits: dict[int, torch.Tensor] = {}
+        self._fixed_targets: dict[int, torch.Tensor] = {}
+        self._top: tuple[torch.Tensor, ...] | None = None  # score, index, pred, target
+
+    def on_fit_start(self, engine: Engine) -> None:
+        samples = getattr(engine.data, "val_samples", None)
+        if samples is not None:
+            targets = [int(t) for _, t in samples]
+            self.fixed_indices = pick_stratified(targets, self.num_images, self.seed)
+        else:  # no per-image labels to stratify by: the first images will do
+            self.fixed_indices = list(range(self.num_images))
+        self._lookup = sorted(self.fixed_indices)
+
+    def on_validation_epoch_start(self, engine: Engine) -> None:
+        self._seen = 0
+        self._fixed_logits, self._fixed_targets, self.fixed_images = {}, {}, {}
+        self._top = None
+
+    def on_validation_batch_end(
+        self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
+    ) -> None:
+        if engine.state.phase != "val":
+            return
+        images, logits, targets = batch[0], outputs["logits"], outputs["targets"]
+        start, size = self._seen, len(targets)  # a shape, not a device read
+        self._seen += size
+        lo = bisect.bisect_left(self._lookup, start)
+        hi = bisect.bisect_left(self._lookup, start + size)
+        for g in self._lookup[lo:hi]:
+            # Copies, so the batch and its logits can be freed; the pixels stay where the
+            # loader put them (the host), the logits on the device.
+            self.fixed_images[g] = images[g - start].clone()
+            self._fixed_logits[g] = logits[g - start].clone()
+            self._fixed_targets[g] = targets[g - start].clone()
+        self._update_mistakes(logits, targets, start)
+
+    def _update_mistakes(self, logits: torch.Tensor, targets: torch.Tensor, start: int) -> None:
+        conf, pred = logits.float().softmax(1).max(1)
+        # Right answers and NaN scores rank below every mistake.
+        score = torch.where((pred != targets) & conf.isfinite(), conf, -1.0)
+        index = torch.arange(start, start + len(targets), device=logits.device)
+        new: tuple[torch.Tensor, ...] = (score, index, pred, targets)
+        if self._top is not None:
+            new = tuple(torch.cat([old, cur]) for old, cur in zip(self._top, new, strict=True))
+        _, keep = torch.topk(new[0], min(self.num_images, len(new[0])))
+        self._top = tuple(t[keep] for t in new)
+
+    def on_validation_epoch_end(self, engine: Engine) -> None:
+        if engine.state.phase != "val":
+            return
+        data: Any = engine.data
+        classes: list[str] = list(data.classes)
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        stem = self.dir / f"epoch_{engine.state.epoch:03d}"
+        order = [g for g in self.fixed_indices if g in self._fixed_logits]
+        if order:
+            # One host read for all fixed images.
+            logits = torch.stack([self._fixed_logits[g] for g in order]).float()
+            prob, pred = (t.tolist() for t in logits.softmax(1).max(1))
+            true = torch.stack([self._fixed_targets[g] for g in order]).tolist()
+            self.samples = _records(order, true, pred, prob)
+            path = stem.parent / f"{stem.name}_fixed.png"
+            with guarded(path):
+                self.figure = plot_grid(
+                    [self.fixed_images[g] for g in order],
+                    self.samples,
+                    classes,
+                    mean,
+                    std,
+                    f"Fixed validation images, epoch {engine.state.epoch + 1}",
+                )
+                save_png(self.figure, path)
+        self._fixed_logits, self._fixed_targets = {}, {}
+        if self._top is not None:
+            score, index, pred_t, true_t = (t.tolist() for t in self._top)
+            self._top = None
+            wrong = [i for i, s in enumerate(score) if s >= 0]
+            self.mistakes = _records(
+                [index[i] for i in wrong],
+                [true_t[i] for i in wrong],
+                [pred_t[i] for i in wrong],
+                [score[i] for i in wrong],
+            )
+            path = stem.parent / f"{stem.name}_mistakes.png"
+            with guarded(path):
+                self.mistakes_figure = plot_grid(
+                    _read_val_images(data, [m["index"] for m in self.mistakes]),
+                    self.mistakes,
+                    classes,
+                    mean,
+                    std,
+                    f"Most confident mistakes, epoch {engine.state.epoch + 1}",
+                )
+                save_png(self.mistakes_figure, path)
+
+
+def pick_stratified(targets: list[int], k: int, seed: int) -> list[int]:
+    """Up to ``k`` indices, taking classes in turn (seeded order inside each); sorted by class."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    for pool in by_class.values():
+        rng.shuffle(pool)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(k, len(targets)):
+        for c in sorted(by_class):
+            if depth < len(by_class[c]) and len(picked) < k:
+                picked.append(by_class[c][depth])
+        depth += 1
+    return sorted(picked, key=lambda i: (targets[i], i))
+
+
+def _records(
+    index: list[int], true: list[int], pred: list[int], prob: list[float]
+) -> list[dict[str, Any]]:
+    return [
+        {"index": g, "true": t, "pred": p, "prob": round(float(q), 4), "correct": t == p}
+        for g, t, p, q in zip(index, true, pred, prob, strict=True)
+    ]
+
+
+def _read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]:
+    """The validation images at ``indices``, re-read with the validation preprocessing."""
+    if not indices:
+        return []
+    make = getattr(data, "val_dataset", None)
+    dataset = make() if callable(make) else getattr(data.val_loader(), "dataset", None)
+    if dataset is None:
+        log.info("SampleVisualizationHook: no indexable validation dataset; mistakes unshown")
+        return [None] * len(indices)
+    return [dataset[i][0] for i in indices]
+
+
+def plot_grid(
+    images: Sequence[torch.Tensor | None],
+    records: list[dict[str, Any]],
+    classes: list[str],
+    mean: Any = None,
+    std: Any = None,
+    title: str = "",
+) -> Figure:
+    """A grid of images titled ``pred (prob)`` / ``true``, framed green if right, red if wrong."""
+    n = max(len(images), 1)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(max(3.0, 2.1 * cols), 2.3 * rows + 0.5), layout="constrained")
+    fig.suptitle(title)
+    if not images:
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+        return fig
+    for k, (img, rec) in enumerate(zip(images, records, strict=True)):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        if img is not None:
+            arr = to_display(img, mean, std)
+            ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
+        else:
+            ax.imshow(np.full((8, 8), 0.5), cmap="gray", vmin=0, vmax=1)
+        color = "tab:green" if rec["correct"] else "tab:red"
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color(color)
+            spine.set_linewidth(4)
+        ax.set_title(
+            f"pred: {label(classes[rec['pred']], 16)} ({rec['prob']:.2f})\n"
+            f"true: {label(classes[rec['true']], 16)}  #{rec['index']}",
+            fontsize=8,
+            color=color,
+        )
+    return fig
