@@ -106,14 +106,22 @@ class ConfusionMatrixHook(Hook):
                 },
             )
         with guarded(stem.with_suffix(".png")):
-            self.figure = plot_confusion_matrix(counts, normalized, classes, engine.state.epoch)
+            # Titles count epochs from 1, like the history plots; file names keep the index.
+            self.figure = plot_confusion_matrix(counts, normalized, classes, engine.state.epoch + 1)
             save_png(self.figure, stem.with_suffix(".png"))
 
 
 def plot_confusion_matrix(
     counts: np.ndarray, normalized: np.ndarray, classes: list[str], epoch: int
 ) -> Figure:
-    """Counts and row-normalised panels side by side, sized so 100 classes stay readable."""
+    """Counts and row-normalised panels side by side, sized so 100 classes stay readable.
+
+    Args:
+        counts: the confusion matrix, rows = true class.
+        normalized: ``counts`` divided by each row's sum (zero rows stay zero).
+        classes: class names by index.
+        epoch: the epoch number shown in the titles.
+    """
     n = len(classes)
     named = n <= _MAX_NAMED
     panel = float(np.clip(2.5 + 0.16 * n, 4.5, 18.0))  # inches per panel
