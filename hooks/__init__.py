@@ -6,17 +6,29 @@ import os
 from pathlib import Path
 
 from hooks.checkpoint import CheckpointHook
+from hooks.confusion_matrix import ConfusionMatrixHook
+from hooks.dataset_statistics import DatasetStatisticsHook
 from hooks.early_stopping import EarlyStoppingHook
 from hooks.metrics_logger import MetricsLogger
+from hooks.model_info import ModelInfoHook
 from hooks.progress_bar import ProgressBarHook
+from hooks.sample_visualization import SampleVisualizationHook
+from hooks.sampler_distribution import SamplerDistributionHook
+from hooks.training_history import TrainingHistoryHook
 from trainer.hook import Hook
 
 __all__ = [
     "CheckpointHook",
+    "ConfusionMatrixHook",
+    "DatasetStatisticsHook",
     "EarlyStoppingHook",
     "Hook",
     "MetricsLogger",
+    "ModelInfoHook",
     "ProgressBarHook",
+    "SampleVisualizationHook",
+    "SamplerDistributionHook",
+    "TrainingHistoryHook",
     "default_hooks",
 ]
 
@@ -54,6 +66,18 @@ def default_hooks(
     out = Path(out_dir)
     mode = "min" if monitor.endswith("loss") else "max"
     hooks: list[Hook] = [MetricsLogger(out)]
+    if dataset_stats:
+        hooks.append(DatasetStatisticsHook(out))
+    if model_info:
+        hooks.append(ModelInfoHook(out))
+    if confusion_matrix:
+        hooks.append(ConfusionMatrixHook(out))
+    if sampler_stats:
+        hooks.append(SamplerDistributionHook(out))
+    if history_plots:
+        hooks.append(TrainingHistoryHook(out))
+    if samples:
+        hooks.append(SampleVisualizationHook(out))
     if progress:
         hooks.append(ProgressBarHook())
     if early_stopping > 0:

@@ -1,8 +1,8 @@
 """A pure-PyTorch image-classifier trainer."""
 
 from trainer.data import ImageFolderData
-from trainer.engine import Engine
 from trainer.ema import ModelEMA
+from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
 from trainer.sampler import TrackingWeightedRandomSampler

@@ -374,13 +374,13 @@ class ImageFolderData:
             split: self._count(samples) for split, samples in self._splits().items()
         }
 
-        self.sampler: TrackingWeightedRandomSampler | None = None
-        if sampler != "none":
-            num_replicas, rank = _dist_world()
-            self.sampler = TrackingWeightedRandomSampler(
-                [t for _, t in self.train_samples], self.num_classes, mode=sampler,
-                class_weights=weights_by_idx, seed=seed, num_replicas=num_replicas, rank=rank,
-            )
+        # Even unweighted runs draw through the tracking sampler (a seeded permutation per
+        # epoch): it records what was drawn, and a resumed run draws the same order.
+        num_replicas, rank = _dist_world()
+        self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
+            [t for _, t in self.train_samples], self.num_classes, mode=sampler,
+            class_weights=weights_by_idx, seed=seed, num_replicas=num_replicas, rank=rank,
+        )
 
     # ------------------------------------------------------------------ checks
 
@@ -685,13 +685,15 @@ class ImageFolderData:
         """
         # Seeding the loader's generator also seeds the workers' augmentation streams.
         g = torch.Generator().manual_seed(self.seed)
-        if self.sampler is not None:
-            return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
-        return self._loader(self.train_dataset(), shuffle=True, generator=g)
+        return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
+
+    def val_dataset(self) -> ImageListDataset:
+        """The validation samples, in file order, with the validation preprocessing."""
+        return self._dataset("val", val_transform(self.img_size))
 
     def val_loader(self) -> DataLoader[Any]:
         """Validation batches in file order, with the validation preprocessing."""
-        return self._loader(self._dataset("val", val_transform(self.img_size)), shuffle=False)
+        return self._loader(self.val_dataset(), shuffle=False)
 
     def test_loader(self) -> DataLoader[Any] | None:
         """Test batches like validation, or None when the tree has no test/ split."""

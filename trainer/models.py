@@ -31,7 +31,8 @@ class SmallCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Max, not average: a small shape on a large background would be averaged away.
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(chans[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def test_tiny_tree_classes_counts_and_batches(tiny_tree: Path) -> None:
     assert data.idx_to_class == {0: "bird", 1: "cat", 2: "dog"}
     assert data.num_classes == 3
     assert data.class_counts == {"train": [4, 6, 5], "val": [4, 6, 5], "test": [0, 0, 0]}
-    assert data.sampler is None and data.test_loader() is None
+    assert data.sampler.mode == "none" and data.test_loader() is None
     assert data.bad_files == [] and data.ignored_files == []
     for loader in (data.train_loader(), data.val_loader()):
         images, targets = next(iter(loader))
