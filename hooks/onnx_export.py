@@ -1,0 +1,204 @@
+"""OnnxExportHook: at the end of a fit, export the best weights to ONNX and verify them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from trainer import export
+from trainer.checkpoint import load_checkpoint
+from trainer.hook import Hook
+from trainer.io import atomic_write_json
+from trainer.restore import checkpoint_weights, normalize
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger("trainer.hooks")
+
+REPORT_NAME = "export_report.json"
+
+
+class OnnxExportHook(Hook):
+    """Exports the best weights to ``model.onnx`` and checks it with onnxruntime.
+
+    At the end of a fit that finished (not on an error), the weights of
+    ``checkpoints/best.pt`` (its EMA weights when it has them) are exported; without a best.pt,
+    ``engine.eval_model`` is. The ONNX model is then compared with PyTorch on up to
+    ``num_verify_images`` validation images, preprocessed as validation does, and the report
+    (``top1_agreement``, ``max_abs_diff``, ``n_images``, ...) goes to ``export_report.json``.
+    ``labels_mapping.json`` is written beside the model when missing.
+
+    A model that fails the check raises ``ExportVerificationError`` out of ``fit``: a silently
+    wrong ``model.onnx`` would be worse than none. The checkpoints are on disk by then and kept.
+
+    Args:
+        out_dir: the run folder.
+        opset: ONNX opset version.
+        num_verify_images: validation images to compare PyTorch and onnxruntime on.
+        order: position among the hooks; after checkpointing (90) so best.pt is final.
+
+    Attributes:
+        path: the exported ``model.onnx`` once written, else None.
+        report: the verification report (also when it failed), else None.
+
+    Example:
+        >>> hook = OnnxExportHook("runs/a")
+        >>> Engine(model, data, hooks=[CheckpointHook("runs/a"), hook]).fit()
+        >>> hook.report["top1_agreement"]
+    """
+
+    order = 95
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        opset: int = 18,
+        num_verify_images: int = 64,
+        order: int = 95,
+    ) -> None:
+        if num_verify_images < 1:
+            raise ValueError(f"num_verify_images must be >= 1, got {num_verify_images}")
+        self.out_dir = Path(out_dir)
+        self.opset = opset
+        self.num_verify_images = num_verify_images
+        self.order = order
+        self.path: Path | None = None
+        self.report: dict[str, Any] | None = None
+
+    def on_fit_end(self, engine: Engine) -> None:
+        if not _is_rank_zero():
+            return  # under DDP every rank holds the same weights; one file is enough
+        data: Any = engine.data  # labels_mapping, mean and std are beyond the engine's protocol
+        model, weights, checkpoint = self._best_model(engine)
+        images = first_images(data.val_loader(), self.num_verify_images, data.mean, data.std)
+        verified_on = "val"
+        if images is None:
+            log.warning("no validation images to verify the ONNX export on; using random ones")
+            images, verified_on = random_images(data, self.num_verify_images), "random"
+        sidecar = self.out_dir / "labels_mapping.json"
+        if not sidecar.is_file():
+            data.save_labels_mapping(sidecar)
+        self.path = self.out_dir / "model.onnx"
+        report_path = self.out_dir / REPORT_NAME
+        try:
+            self.report = export_with_report(
+                model,
+                self.path,
+                labels_mapping=data.labels_mapping(),
+                images=images,
+                report_path=report_path,
+                opset=self.opset,
+                model_name=str(engine.args.get("model", type(engine.model).__name__)),
+                extra={"verified_on": verified_on, "weights": weights, "checkpoint": checkpoint},
+            )
+        except export.ExportVerificationError:
+            # Notebook users inspect the failed comparison here; the error carries the summary.
+            self.report = json.loads(report_path.read_text(encoding="utf-8"))
+            raise
+        log.info(
+            "exported %s: top-1 agreement %.4f on %d %s images, max |logit diff| %.2g",
+            self.path,
+            self.report["top1_agreement"],
+            self.report["n_images"],
+            verified_on,
+            self.report["max_abs_diff"],
+        )
+
+    def _best_model(self, engine: Engine) -> tuple[nn.Module, str, str | None]:
+        """best.pt's weights in a copy of the engine's model, else ``engine.eval_model``.
+
+        Returns the model, which weights it holds ("ema" or "model") and the checkpoint file.
+        """
+        final = engine.eval_model, "ema" if engine.ema is not None else "model", None
+        best = self.out_dir / "checkpoints" / "best.pt"
+        if not best.is_file():
+            return final
+        ckpt = load_checkpoint(best)
+        if list(ckpt.get("classes", [])) != list(engine.data.classes):
+            # A best.pt left by an earlier run on other data: exporting it would be wrong.
+            log.warning("%s was trained on other classes; exporting the final weights", best)
+            return final
+        state, weights = checkpoint_weights(ckpt)
+        model = copy.deepcopy(engine.model)
+        model.load_state_dict(state)
+        return model.eval(), weights, str(best)
+
+
+def first_images(
+    loader: Iterable[Any] | None, n: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor | None:
+    """Up to ``n`` images from ``loader``, normalised like the engine does; None if it is empty."""
+    if loader is None:
+        return None
+    chunks: list[torch.Tensor] = []
+    have = 0
+    for batch in loader:
+        x = batch[0][: n - have]
+        chunks.append(normalize(x.cpu(), mean, std))
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(chunks) if chunks else None
+
+
+def random_images(data: Any, n: int) -> torch.Tensor:
+    """Standard-normal images, i.e. normalised images of typical spread, at the data's size."""
+    size = int(data.labels_mapping()["image_size"])
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def export_with_report(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    labels_mapping: Mapping[str, Any],
+    images: torch.Tensor,
+    report_path: str | os.PathLike[str],
+    opset: int = 18,
+    model_name: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``trainer.export.export_and_verify``, with ``extra`` fields added to the report file.
+
+    The fields are added whether the check passes or fails, so a failed report still says
+    what was compared.
+
+    Raises:
+        ExportVerificationError: the check failed; the report is on disk.
+    """
+    report_path = Path(report_path)
+    try:
+        report = export.export_and_verify(
+            model,
+            path,
+            labels_mapping=labels_mapping,
+            images=images,
+            report_path=report_path,
+            opset=opset,
+            model_name=model_name,
+        )
+    except export.ExportVerificationError:
+        if extra and report_path.is_file():
+            failed = json.loads(report_path.read_text(encoding="utf-8"))
+            atomic_write_json(report_path, {**failed, **extra})
+        raise
+    if extra:
+        report = {**report, **extra}
+        atomic_write_json(report_path, report)
+    return report
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
