@@ -1,0 +1,62 @@
+"""One tiny trained run on disk (tree, checkpoints, args) for the export and evaluate tools."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from hooks.checkpoint import CheckpointHook
+from tests.conftest import make_tree
+from trainer.data import ImageFolderData
+from trainer.engine import Engine
+from trainer.models import build_model
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def load_tool(name: str) -> ModuleType:
+    """Load ``tools/<name>.py``; tools/ is a folder of scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_tiny_run(base: Path, *, ema_decay: float = 0.9, test_split: bool = True) -> Path:
+    """Fit small_cnn for 2 epochs on a 3-class 16-pixel tree; return the run folder.
+
+    The run folder holds ``checkpoints/{best,last}.pt`` whose ``args`` name the tree, like a
+    tools/train.py run; the tree is ``base/tree`` (with a test/ split when ``test_split``).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches gain nothing from threads on a busy 2-core box
+    try:
+        splits = ("train", "val", "test") if test_split else ("train", "val")
+        root = make_tree(base / "tree", splits=splits)
+        out = base / "run"
+        data = ImageFolderData(root, img_size=16, batch_size=8, workers=0)
+        args = {
+            "model": "small_cnn",
+            "img_size": 16,
+            "data": str(root),
+            "seed": 0,
+            "val_fraction": 0.2,
+        }
+        Engine(
+            build_model("small_cnn", data.num_classes),
+            data,
+            max_epochs=2,
+            hooks=[CheckpointHook(out)],
+            device="cpu",
+            lr=3e-3,
+            ema_decay=ema_decay,
+            sanity_steps=0,
+            args=args,
+        ).fit()
+    finally:
+        torch.set_num_threads(threads)
+    return out
