@@ -1,0 +1,152 @@
+"""tools/evaluate.py: .pt and .onnx agree, JSON/PNG outputs, split choice, class checks, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import make_tree
+from tests.tools.tiny_run import load_tool, train_tiny_run
+from trainer.checkpoint import save_checkpoint
+from trainer.models import build_model
+
+evaluate = load_tool("evaluate")
+export = load_tool("export")
+
+KEYS = {
+    "model",
+    "format",
+    "weights",
+    "data",
+    "split",
+    "n_images",
+    "num_classes",
+    "classes",
+    "top1",
+    "top5",
+    "macro",
+    "per_class",
+    "confusion_matrix",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained tiny run (train/val/test tree) and its best.pt exported to ONNX once."""
+    out = train_tiny_run(tmp_path_factory.mktemp("evaluate"))
+    best = out / "checkpoints" / "best.pt"
+    report = export.export_checkpoint(best, out / "model.onnx", num_images=8)
+    return {"tree": out.parent / "tree", "best": best, "onnx": Path(report["path"])}
+
+
+def _eval(model: Path, tree: Path, out: Path, *extra: str) -> dict[str, Any]:
+    args = [str(model), "--data", str(tree), "--out", str(out), "--workers", "0", *extra]
+    assert evaluate.main(args) == 0
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    with Image.open(out / "confusion_matrix.png") as img:
+        assert img.format == "PNG"
+    return json.loads((out / "evaluation.json").read_text())
+
+
+def test_checkpoint_and_onnx_agree(
+    run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pt = _eval(run["best"], run["tree"], tmp_path / "pt")
+    assert "macro avg" in capsys.readouterr().out  # the table
+    onnx = _eval(run["onnx"], run["tree"], tmp_path / "onnx")
+    for result, fmt in ((pt, "pytorch"), (onnx, "onnx")):
+        assert set(result) == KEYS
+        assert result["format"] == fmt
+        assert result["split"] == "test"  # the tree has one, so it is the default
+        assert result["classes"] == ["bird", "cat", "dog"]
+        assert result["n_images"] == 15 and result["top5"] is None  # 3 classes: no top-5
+        pc = result["per_class"]
+        assert {len(v) for v in pc.values()} == {3}
+        assert pc["support"] == [4, 6, 5]
+        cm = torch.tensor(result["confusion_matrix"])
+        assert result["top1"] == pytest.approx(float(cm.diag().sum() / cm.sum()))
+    assert pt["weights"] == "ema"
+    # The same (EMA) weights through two runtimes: same predictions.
+    assert onnx["confusion_matrix"] == pt["confusion_matrix"]
+    assert onnx["top1"] == pytest.approx(pt["top1"])
+
+
+def test_val_split_and_default_out(run: dict[str, Path], tmp_path: Path) -> None:
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(run["onnx"].read_bytes())
+    argv = [str(onnx), "--data", str(run["tree"]), "--split", "val", "--workers", "0"]
+    assert evaluate.main(argv) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    assert result["split"] == "val" and result["n_images"] == 15
+    assert (tmp_path / "confusion_matrix.png").is_file()
+
+
+def test_top5_and_per_class_with_five_classes(tmp_path: Path) -> None:
+    classes = ["a", "b", "c", "d", "e"]
+    tree = make_tree(tmp_path / "tree", dict.fromkeys(classes, 2), splits=("train", "val"))
+    torch.manual_seed(0)
+    ckpt = {
+        "model": build_model("small_cnn", 5).state_dict(),
+        "classes": classes,
+        "args": {"model": "small_cnn", "img_size": 16},
+    }
+    path = save_checkpoint(ckpt, tmp_path / "untrained.pt")
+    result = _eval(path, tree, tmp_path / "out")
+    assert result["split"] == "val"  # no test/ in this tree
+    assert result["top5"] == pytest.approx(1.0)  # 5 classes: the true one is always in the top 5
+    assert result["weights"] == "model"
+    assert all(len(v) == 5 for v in result["per_class"].values())
+
+
+def test_class_mismatch_names_the_difference(
+    run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = make_tree(tmp_path / "other", {"cat": 2, "dog": 2, "fish": 2})
+    code = evaluate.main([str(run["onnx"]), "--data", str(tree), "--workers", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "only in the model: ['bird']" in err and "only in the data: ['fish']" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "expected"),
+    [
+        ("missing.pt", [], "does not exist"),
+        ("missing.onnx", [], "not found"),
+        ("best", ["--split", "test", "--data", "NO_TEST"], "no test images"),
+        ("best", ["--data", "MISSING_DATA"], "does not exist"),
+    ],
+    ids=["missing-checkpoint", "missing-onnx", "no-test-split", "missing-data"],
+)
+def test_user_mistakes_exit_2(
+    run: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    extra: list[str],
+    expected: str,
+) -> None:
+    model_path = run["best"] if model == "best" else tmp_path / model
+    no_test = make_tree(tmp_path / "no_test", splits=("train", "val"))
+    data = {"NO_TEST": str(no_test), "MISSING_DATA": str(tmp_path / "nowhere")}
+    extra = [data.get(x, x) for x in extra]
+    if "--data" not in extra:
+        extra += ["--data", str(run["tree"])]
+    assert evaluate.main([str(model_path), *extra, "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

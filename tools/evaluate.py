@@ -1,0 +1,367 @@
+"""Evaluate a checkpoint or an exported ONNX model on an ImageFolder split.
+
+Usage:
+    python tools/evaluate.py runs/demo/checkpoints/best.pt --data DIR
+    python tools/evaluate.py runs/demo/model.onnx --data DIR --split val --out eval/
+
+Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
+as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
+default: beside the model). Images get exactly the validation preprocessing. The split is
+``test`` when the tree has one, else ``val``. The model's classes must be the data's.
+Exit status: 0 done, 2 for a mistake in the arguments or inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from hooks._artifacts import save_png
+from hooks.confusion_matrix import plot_confusion_matrix
+from trainer.checkpoint import load_checkpoint
+from trainer.data import ImageFolderData
+from trainer.device import resolve_device
+from trainer.errors import UserError
+from trainer.export import INPUT_NAME, OUTPUT_NAME, OnnxModelError, read_onnx_metadata
+from trainer.io import atomic_write_json
+from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
+
+log = logging.getLogger("trainer")
+
+RESULT_NAME = "evaluation.json"
+PLOT_NAME = "confusion_matrix.png"
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to score normalised images, with what preprocessing it needs.
+
+    Args:
+        path: the file it came from.
+        format: "pytorch" or "onnx".
+        classes: class names by output index.
+        image_size: side of the square input.
+        mean: normalisation mean per channel.
+        std: normalisation std per channel.
+        logits: maps a normalised float (B, 3, H, W) CPU batch to (B, C) CPU logits.
+        weights: "ema" or "model" for a checkpoint, None for ONNX.
+        split_args: ``val_fraction`` and ``seed`` the run split an unsplit tree with.
+    """
+
+    path: Path
+    format: str
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    weights: str | None = None
+    split_args: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(
+    path: str | os.PathLike[str], *, device: str = "auto", img_size: int | None = None
+) -> LoadedModel:
+    """Load a trainer checkpoint (``.pt``, EMA weights when present) or an exported ``.onnx``.
+
+    Raises:
+        UserError: the file is missing or is neither a checkpoint nor an ONNX model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{path} is a folder; pass the model file itself, e.g. {path}/checkpoints/best.pt "
+            f"or {path}/model.onnx."
+        )
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path)
+    ckpt = load_checkpoint(path)
+    model, weights = model_from_checkpoint(ckpt, path)
+    mapping = labels_mapping_from_checkpoint(ckpt, path, img_size=img_size)
+    dev = resolve_device(device)
+    model = model.to(dev)
+
+    @torch.inference_mode()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(dev)).float().cpu()
+
+    args = ckpt.get("args") or {}
+    return LoadedModel(
+        path=path,
+        format="pytorch",
+        classes=[mapping["idx_to_class"][str(i)] for i in range(len(mapping["idx_to_class"]))],
+        image_size=int(mapping["image_size"]),
+        mean=list(mapping["normalization"]["mean"]),
+        std=list(mapping["normalization"]["std"]),
+        logits=logits,
+        weights=weights,
+        split_args={k: args[k] for k in ("val_fraction", "seed") if k in args},
+    )
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    import onnxruntime as ort
+
+    mapping = read_onnx_metadata(path)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        idx_to_class = {int(k): str(v) for k, v in mapping["idx_to_class"].items()}
+        norm = mapping["normalization"]
+        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+        size = int(mapping["image_size"])
+    except Exception as e:  # onnxruntime's load errors and a malformed mapping alike
+        raise OnnxModelError(
+            f"cannot use {path} ({type(e).__name__}: {e}). Re-export it with tools/export.py."
+        ) from e
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.float().numpy()})
+        return torch.from_numpy(out)
+
+    return LoadedModel(
+        path=path,
+        format="onnx",
+        classes=[idx_to_class[i] for i in range(len(idx_to_class))],
+        image_size=size,
+        mean=mean,
+        std=std,
+        logits=logits,
+    )
+
+
+def check_classes(model: LoadedModel, data: ImageFolderData) -> None:
+    """Raise a UserError naming the difference when the model's classes are not the data's."""
+    if model.classes == data.classes:
+        return
+    only_model = sorted(set(model.classes) - set(data.classes))
+    only_data = sorted(set(data.classes) - set(model.classes))
+    detail = (
+        f"only in the model: {only_model}; only in the data: {only_data}"
+        if only_model or only_data
+        else f"same names in another order (model: {model.classes}, data: {data.classes})"
+    )
+    raise UserError(
+        f"{model.path} was trained on other classes than {data.root} holds: {detail}. "
+        "Evaluate on a tree with the classes the model was trained on."
+    )
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    img_size: int | None = None,
+) -> dict[str, Any]:
+    """Score a model on one split of an ImageFolder tree.
+
+    Args:
+        model_path: a ``.pt`` checkpoint of the trainer or an exported ``.onnx`` model.
+        data: the ImageFolder tree.
+        split: "test" or "val"; None: test when the tree has one, else val.
+        batch_size: images per forward pass.
+        workers: data-loading processes; None: ``ImageFolderData``'s default.
+        device: for checkpoints: "auto", "cpu", "cuda", ...; ONNX runs on the CPU.
+        img_size: input size, for checkpoints that do not record it.
+
+    Returns:
+        ``{"model", "format", "weights", "data", "split", "n_images", "classes", "top1",
+        "top5", "macro", "per_class": {"precision", "recall", "f1", "support"},
+        "confusion_matrix"}``; ``top5`` is None below 5 classes.
+
+    Raises:
+        UserError: the model, the data or the split cannot be used (the message says why).
+    """
+    if split not in (None, "test", "val"):
+        raise UserError(f"--split must be test or val, got {split!r}.")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
+    model = load_model(model_path, device=device, img_size=img_size)
+    tree = ImageFolderData(
+        data,
+        img_size=model.image_size,
+        batch_size=batch_size,
+        workers=workers,
+        verify=False,  # every image is decoded once below anyway
+        **model.split_args,
+    )
+    check_classes(model, tree)
+    if split is None:
+        split = "test" if tree.test_samples else "val"
+        log.info("evaluating on the %s split of %s", split, tree.root)
+    loader = tree.test_loader() if split == "test" else tree.val_loader()
+    if loader is None or len(loader.dataset) == 0:  # type: ignore[arg-type]
+        raise UserError(
+            f"{tree.root} has no {split} images; add {split}/<class>/<images> or pass "
+            f"--split {'val' if split == 'test' else 'test'}."
+        )
+    n = len(model.classes)
+    metrics = _metrics(n)
+    for images, targets in loader:
+        logits = model.logits(normalize(images, model.mean, model.std))
+        for m in metrics.values():
+            m.update(logits, targets)
+    return _result(model, tree, split, metrics)
+
+
+def _metrics(n: int) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "top1": MulticlassAccuracy(n, top_k=1, average="micro"),
+        "precision": MulticlassPrecision(n, average=None),
+        "recall": MulticlassRecall(n, average=None),
+        "f1": MulticlassF1Score(n, average=None),
+        "confmat": MulticlassConfusionMatrix(n),
+    }
+    if n >= 5:
+        metrics["top5"] = MulticlassAccuracy(n, top_k=5, average="micro")
+    return metrics
+
+
+def _result(
+    model: LoadedModel, tree: ImageFolderData, split: str, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    counts = metrics["confmat"].compute().long()
+    support = counts.sum(1)
+    per_class = {k: [float(v) for v in metrics[k].compute()] for k in ("precision", "recall", "f1")}
+    # Macro averages over the classes present in the split: an absent class has no recall.
+    present = support > 0
+    macro = {
+        k: float(torch.tensor(v)[present].mean()) if bool(present.any()) else 0.0
+        for k, v in per_class.items()
+    }
+    return {
+        "model": str(model.path),
+        "format": model.format,
+        "weights": model.weights,
+        "data": str(tree.root),
+        "split": split,
+        "n_images": int(support.sum()),
+        "num_classes": len(model.classes),
+        "classes": list(model.classes),
+        "top1": float(metrics["top1"].compute()),
+        "top5": float(metrics["top5"].compute()) if "top5" in metrics else None,
+        "macro": macro,
+        "per_class": {**per_class, "support": [int(s) for s in support]},
+        "confusion_matrix": counts.tolist(),
+    }
+
+
+def print_report(result: dict[str, Any], console: Console | None = None) -> None:
+    """The per-class table and the overall numbers, on stdout (or ``console``)."""
+    title = (
+        f"{Path(result['model']).name} on {result['split']} ({result['n_images']} images): "
+        f"top-1 {result['top1']:.4f}"
+        + (f", top-5 {result['top5']:.4f}" if result["top5"] is not None else "")
+    )
+    table = Table(title=title)
+    table.add_column("class", overflow="fold")
+    for name in ("precision", "recall", "F1", "support"):
+        table.add_column(name, justify="right")
+    pc = result["per_class"]
+    for i, name in enumerate(result["classes"]):
+        table.add_row(
+            name,
+            f"{pc['precision'][i]:.4f}",
+            f"{pc['recall'][i]:.4f}",
+            f"{pc['f1'][i]:.4f}",
+            str(pc["support"][i]),
+        )
+    m = result["macro"]
+    table.add_section()
+    table.add_row(
+        "macro avg",
+        f"{m['precision']:.4f}",
+        f"{m['recall']:.4f}",
+        f"{m['f1']:.4f}",
+        str(result["n_images"]),
+    )
+    (console or Console()).print(table)
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``evaluation.json`` and ``confusion_matrix.png`` to ``out_dir``; return both."""
+    out = Path(out_dir)
+    json_path, png_path = out / RESULT_NAME, out / PLOT_NAME
+    atomic_write_json(json_path, result)
+    counts = np.asarray(result["confusion_matrix"], dtype=np.int64)
+    support = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    fig = plot_confusion_matrix(counts, normalized, result["classes"], epoch=0)
+    # The hook's titles name an epoch; here the split and its size say what was counted.
+    for ax in fig.axes:
+        ax.set_title(
+            ax.get_title().replace("(epoch 0)", f"({result['split']}, {result['n_images']} images)")
+        )
+    save_png(fig, png_path)
+    return json_path, png_path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/evaluate.py",
+        description="Evaluate a .pt checkpoint or an .onnx model on an ImageFolder split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="a .pt checkpoint of the trainer or an exported .onnx model")
+    p.add_argument("--data", required=True, help="ImageFolder tree (train/, val/, test/)")
+    p.add_argument(
+        "--split", choices=("test", "val"), default=None, help="default: test if present, else val"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda, mps")
+    p.add_argument("--img-size", type=int, default=None, help="for checkpoints lacking it")
+    p.add_argument("--out", default=None, help="output folder; default: beside the model")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; 0 when done, 2 for a mistake in the arguments or inputs."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    a = build_parser().parse_args(argv)
+    try:
+        result = evaluate(
+            a.model,
+            a.data,
+            split=a.split,
+            batch_size=a.batch_size,
+            workers=a.workers,
+            device=a.device,
+            img_size=a.img_size,
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    print_report(result)
+    out = Path(a.out) if a.out else Path(a.model).parent
+    json_path, png_path = write_outputs(result, out)
+    print(f"wrote {json_path} and {png_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
