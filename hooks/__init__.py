@@ -11,6 +11,7 @@ from hooks.dataset_statistics import DatasetStatisticsHook
 from hooks.early_stopping import EarlyStoppingHook
 from hooks.metrics_logger import MetricsLogger
 from hooks.model_info import ModelInfoHook
+from hooks.onnx_export import OnnxExportHook
 from hooks.progress_bar import ProgressBarHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
@@ -25,6 +26,7 @@ __all__ = [
     "Hook",
     "MetricsLogger",
     "ModelInfoHook",
+    "OnnxExportHook",
     "ProgressBarHook",
     "SampleVisualizationHook",
     "SamplerDistributionHook",
@@ -83,4 +85,6 @@ def default_hooks(
     if early_stopping > 0:
         hooks.append(EarlyStoppingHook(monitor, patience=early_stopping, mode=mode))
     hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=top_k))
+    if export:
+        hooks.append(OnnxExportHook(out))
     return hooks

@@ -22,8 +22,9 @@ from rich.logging import RichHandler
 from hooks import default_hooks
 from trainer.data import ImageFolderData
 from trainer.demo import demo_dataset
-from trainer.engine import Engine
+from trainer.engine import Engine, seed_everything
 from trainer.errors import ConfigError, UserError
+from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json
 from trainer.losses import build_loss
 from trainer.models import MODELS, build_model
@@ -311,6 +312,7 @@ def run(config: dict[str, Any]) -> Engine:
     atomic_write_json(out / "args.json", saved)
     data.save_labels_mapping(out / "labels_mapping.json")
 
+    seed_everything(config["seed"])  # the model's initial weights too
     model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])
     loss = build_loss(
         config["loss"],
@@ -400,8 +402,18 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="[%X]",
         handlers=[RichHandler(show_path=False, console=Console(stderr=True))],
     )
+    config: dict[str, Any] = {}
     try:
-        run(parse_config(argv))
+        config = parse_config(argv)
+        run(config)
+    except ExportVerificationError as e:
+        print(
+            f"error: training finished, but the ONNX export failed verification: {e} "
+            f"The checkpoints in {config.get('out')}/checkpoints are kept; re-export with "
+            "tools/export.py, or train with --no-export.",
+            file=sys.stderr,
+        )
+        return 1
     except UserError as e:
         # The user's input needs fixing: say what and how, without a traceback.
         print(f"error: {e}", file=sys.stderr)
