@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--crop-scale",
         type=float,
-        default=0.08,
+        default=None,
         metavar="LOW",
-        help="smallest area share kept by RandomResizedCrop",
+        help="smallest area share kept by RandomResizedCrop (demo: 0.5, else 0.08)",
     )
     g.add_argument(
         "--hflip",
