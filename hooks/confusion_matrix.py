@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from hooks._artifacts import guarded, label, save_png
 from trainer.hook import Hook
@@ -17,6 +15,8 @@ from trainer.io import atomic_write_json
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from torchmetrics.classification import MulticlassConfusionMatrix
 
     from trainer.engine import Engine
 
@@ -62,6 +62,9 @@ class ConfusionMatrixHook(Hook):
         self._targets: list[torch.Tensor] = []
 
     def _ensure_metric(self, engine: Engine) -> MulticlassConfusionMatrix:
+        # Deferred, like matplotlib below: torchmetrics pulls in matplotlib.pyplot on import.
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         n = engine.data.num_classes
         if self._metric is None or self._metric.num_classes != n:
             self._metric = MulticlassConfusionMatrix(n, validate_args=False).to(engine.device)
@@ -122,6 +125,8 @@ def plot_confusion_matrix(
         classes: class names by index.
         epoch: the epoch number shown in the titles.
     """
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
     n = len(classes)
     named = n <= _MAX_NAMED
     panel = float(np.clip(2.5 + 0.16 * n, 4.5, 18.0))  # inches per panel

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from hooks._artifacts import guarded, label, save_png
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.table import Table
+
     from trainer.engine import Engine
 
 log = logging.getLogger("trainer.hooks")
@@ -85,6 +85,8 @@ class DatasetStatisticsHook(Hook):
                 item["count"],
                 self.few_threshold,
             )
+        from rich.console import Console  # deferred: only needed once a fit starts
+
         (self.console or Console()).print(self._table(classes, split_counts))
         path = self.out_dir / "dataset_stats.json"
         with guarded(path):
@@ -95,6 +97,9 @@ class DatasetStatisticsHook(Hook):
             save_png(self.figure, path)
 
     def _table(self, classes: list[str], split_counts: dict[str, list[int]]) -> Table:
+        from rich.markup import escape
+        from rich.table import Table
+
         few = {item["class_idx"] for item in self.stats["few_images"]}
         table = Table(title="Class distribution", show_footer=True)
         table.add_column("#", justify="right", footer="")
@@ -141,6 +146,8 @@ def dataset_stats(
 
 def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int]]) -> Figure:
     """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
     n = len(classes)
     fig = Figure(figsize=(float(np.clip(2 + 0.22 * n, 6, 30)), 4.5), layout="constrained")
     ax = fig.add_subplot()

@@ -6,9 +6,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from torch import nn
 
 from hooks._artifacts import guarded
@@ -16,6 +13,9 @@ from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from trainer.engine import Engine
 
 
@@ -65,6 +65,8 @@ class ModelInfoHook(Hook):
             "precision": engine.precision,
             "device": str(engine.device),
         }
+        from rich.console import Console  # deferred: only needed once a fit starts
+
         (self.console or Console()).print(self._table())
         path = self.out_dir / "model_info.json"
         with guarded(path):
@@ -75,6 +77,9 @@ class ModelInfoHook(Hook):
                 data.save_labels_mapping(path)
 
     def _table(self) -> Table:
+        from rich.markup import escape
+        from rich.table import Table
+
         i = self.info
         table = Table(title="Model", show_header=False)
         table.add_column(style="bold")

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from hooks._artifacts import guarded, label, save_png, to_display
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from trainer.engine import Engine
 
 log = logging.getLogger("trainer.hooks")
@@ -217,6 +218,8 @@ def plot_grid(
     title: str = "",
 ) -> Figure:
     """A grid of images titled ``pred (prob)`` / ``true``, framed green if right, red if wrong."""
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
     n = max(len(images), 1)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from hooks._artifacts import guarded, label, save_png
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.table import Table
+
     from trainer.engine import Engine
 
 HEADER = ["epoch", "class_idx", "class_name", "dataset_count", "expected", "drawn"]
@@ -100,6 +100,8 @@ class SamplerDistributionHook(Hook):
             [epoch, i, name, dataset[i], round(expected[i], 3), drawn[i]]
             for i, name in enumerate(classes)
         ]
+        from rich.console import Console  # deferred: only needed once a fit starts
+
         (self.console or Console()).print(self._table(epoch, classes, dataset, expected, drawn))
         path = self.out_dir / "sampler_distribution.csv"
         with guarded(path):
@@ -117,6 +119,9 @@ class SamplerDistributionHook(Hook):
         expected: list[float],
         drawn: list[int],
     ) -> Table:
+        from rich.markup import escape
+        from rich.table import Table
+
         table = Table(title=f"Sampled classes, epoch {epoch + 1}")
         for name in ("#", "class", "dataset", "expected", "drawn", "drawn %"):
             table.add_column(name, justify="left" if name == "class" else "right")
@@ -161,6 +166,8 @@ def plot_shares(
     classes: list[str], dataset: list[int], expected: list[float], drawn: list[int], epoch: int
 ) -> Figure:
     """Grouped bars per class: share of the dataset, expected share and drawn share, in %."""
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
     n = len(classes)
     fig = Figure(figsize=(float(np.clip(2 + 0.3 * n, 6, 30)), 4.5), layout="constrained")
     ax = fig.add_subplot()

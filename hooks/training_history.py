@@ -7,13 +7,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from hooks._artifacts import guarded, save_png
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from trainer.engine import Engine
 
 # file stem -> (title, y label, [(history key, legend label)])
@@ -60,6 +59,10 @@ class TrainingHistoryHook(Hook):
         return self.figures.get("loss")
 
     def on_train_epoch_end(self, engine: Engine) -> None:
+        # Deferred: matplotlib costs ~0.2 s to import, paid only by runs that plot.
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
         history = engine.state.history
         epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
         for stem, (title, ylabel, series) in PLOTS.items():
