@@ -1,0 +1,126 @@
+"""tools/bench.py on micro workloads: the JSON it writes and the runs it compares.
+
+No timing is asserted: a speed on a shared CI machine says nothing. These tests check that
+every run happens, that the numbers are well formed, and that the flags reach the output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import make_tree
+from tests.tools.tiny_run import load_tool
+
+WORKLOAD_KEYS = {"name", "bare_img_s", "engine_img_s", "engine_hooks_img_s", "ratio_hooks"}
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_tool("bench")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tiny batches gain nothing from threads on a busy 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_tiny_preset_writes_the_documented_json(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert bench.main(["--preset", "tiny", "--device", "cpu", "--ema", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["workloads"]) == len(bench.PRESETS["tiny"].workloads)
+    for w in doc["workloads"]:
+        assert w.keys() >= WORKLOAD_KEYS
+        assert isinstance(w["name"], str) and w["name"]
+        for key in (
+            "bare_img_s",
+            "engine_img_s",
+            "engine_hooks_img_s",
+            "ratio_hooks",
+            "ratio_engine",
+            "ratio_hooks_epoch",
+            "ema_img_s",
+        ):
+            assert _positive(w[key]), (key, w[key])
+        assert math.isfinite(w["ema_cost"])
+        assert w["hooks_epoch_end_s"] >= 0
+    assert doc["device"] == "cpu"
+    printed = capsys.readouterr().out
+    assert "bare" in printed and "EMA 0.999" in printed
+
+
+def test_hooks_run_writes_the_default_artifacts(bench: ModuleType, tmp_path: Path) -> None:
+    # The "+hooks" run must really run the default hooks, not an empty list.
+    w = bench.Workload("small_cnn", 16, 4, steps=2, num_classes=3, val_batches=1)
+    data = bench.DeviceBatches(w, torch.device("cpu"))
+    hooks = bench.hooks_for_bench(tmp_path)
+    run = bench.EngineRun("hooks", w, data, torch.device("cpu"), "32", 1, hooks)
+    e = run.run_epoch()
+    assert e.images == 8 and 0 < e.train_s <= e.wall_s
+    for name in ("metrics.csv", "checkpoints/last.pt", "plots/loss.png", "model_info.json"):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "model.onnx").exists()  # export is left out of the bench
+
+
+def test_lightning_flag_without_lightning_notes_and_goes_on(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes the import fail, as when the package is absent.
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+    out = tmp_path / "bench.json"
+    assert (
+        bench.main(["--preset", "tiny", "--device", "cpu", "--lightning", "--json", str(out)]) == 0
+    )
+    (w,) = json.loads(out.read_text())["workloads"]
+    assert "not installed" in w["lightning_note"]
+
+
+def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree", counts={"a": 6, "b": 6})
+    out = tmp_path / "data.json"
+    argv = [
+        "--data",
+        str(root),
+        "--model",
+        "small_cnn",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--rounds",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
+    assert bench.main(argv) == 0
+    d = json.loads(out.read_text())["data"]
+    for key in ("loader_img_s", "model_img_s", "end_to_end_img_s"):
+        assert _positive(d[key]), (key, d[key])
+    assert 0 <= d["data_wait_share"] <= 1
+    assert d["batches_per_epoch"] == 3
+
+
+def test_bad_rounds_is_a_usage_error(bench: ModuleType) -> None:
+    assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2

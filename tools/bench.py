@@ -1,0 +1,816 @@
+"""Training throughput of the Engine against a hand-written loop, side by side in one process.
+
+python tools/bench.py --preset cpu            # small_cnn and resnet18, about 2 minutes on 2 cores
+python tools/bench.py --preset gpu --json bench.json
+python tools/bench.py --preset cpu --ema --compile --lightning
+python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64
+
+Per workload it builds three runs of the same model, optimizer (AdamW, the Engine's default
+groups), loss (cross-entropy, label smoothing 0.1), precision and channels_last, on the same
+uint8 batches already on the device:
+
+  bare    a minimal hand-written loop: normalise, forward under autocast, loss, backward,
+          optimizer and scheduler step, zero_grad(set_to_none=True); then the same
+          validation batches, read once.
+  engine  ``Engine`` with no hooks.
+  hooks   ``Engine`` with ``default_hooks(export=False)``: ONNX export runs once at fit end,
+          so it is left out; the progress bar is on and writes into a discarded buffer.
+
+After a warm-up epoch the runs take turns, one epoch each (the order rotating every round), so
+a busy machine slows all of them alike; each figure is the median over rounds, and a ratio is
+the median of the per-round ratios. Two speeds are reported:
+
+  step    training images / time of the training loop only (the Engine's ``train/img_s``):
+          what the issue's targets are about.
+  epoch   training images / wall time of the whole epoch: training, the (short) validation,
+          and every epoch-end hook (plots, metrics.csv, checkpoints). With the bench's short
+          epochs the hooks' fixed cost per epoch weighs far more than in a real run, so it is
+          also printed in seconds ("epoch end"), to scale to a real epoch's length.
+
+``--data DIR`` instead times a real ImageFolder tree end to end: the loader alone, the model
+alone (device batches of the same shape), both together, and the share of the training loop
+spent waiting for the next batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hooks import ProgressBarHook, default_hooks
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderData, resize_size
+from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.engine import Engine, default_optimizer, warmup_cosine
+from trainer.errors import UserError
+from trainer.hook import Hook
+from trainer.io import atomic_write_json
+from trainer.models import MODELS, build_model
+
+# The settings every run shares (the Engine's defaults, written out for the bare loop).
+LR, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP_EPOCHS = 1e-3, 0.05, 0.1, 1.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model at one input size.
+
+    Args:
+        model: a ``build_model`` name.
+        img_size: side of the square input.
+        batch_size: images per step.
+        steps: training batches per (timed) epoch.
+        num_classes: size of the head.
+        val_batches: validation batches per epoch, kept short: the targets are about training.
+    """
+
+    model: str
+    img_size: int
+    batch_size: int
+    steps: int
+    num_classes: int = 10
+    val_batches: int = 2
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} {self.img_size}px b{self.batch_size}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    workloads: tuple[Workload, ...]
+    rounds: int  # timed epochs per run, after one warm-up epoch
+
+
+PRESETS: dict[str, Preset] = {
+    # For tests: seconds, and no meaning.
+    "tiny": Preset((Workload("small_cnn", 16, 8, steps=2, num_classes=3, val_batches=1),), 1),
+    "cpu": Preset(
+        (Workload("small_cnn", 32, 64, steps=24), Workload("resnet18", 32, 32, steps=12)), 5
+    ),
+    "gpu": Preset(
+        (Workload("resnet18", 32, 512, steps=60), Workload("resnet50", 224, 256, steps=25)), 5
+    ),
+}
+
+
+@dataclass
+class EpochTime:
+    """One epoch of one run: training images, training-loop seconds, whole-epoch seconds."""
+
+    images: int
+    train_s: float
+    wall_s: float
+
+
+@dataclass
+class RunTimes:
+    """The epochs a run has timed; ``first`` is the warm-up (compile time shows there)."""
+
+    name: str
+    first: EpochTime | None = None
+    epochs: list[EpochTime] = field(default_factory=list)
+
+    def img_s(self, *, wall: bool = False) -> float:
+        return statistics.median(_speed(e, wall) for e in self.epochs)
+
+
+def _speed(e: EpochTime, wall: bool) -> float:
+    return e.images / max(e.wall_s if wall else e.train_s, 1e-9)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------- data
+class _ListDataset:
+    """Indexable ``(image, target)`` pairs, as the sample-visualisation hook re-reads them."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.targets[i])
+
+
+class DeviceBatches:
+    """A data source whose loaders are lists of uint8 batches already on ``device``.
+
+    The Engine's ``.to(device, non_blocking=True)`` is then a no-op, so the bare loop and the
+    Engine start from the same tensors and only the loop around the model differs. It has
+    what the default hooks read from ``ImageFolderData``: class counts, ``val_samples``,
+    ``val_dataset()``, ``img_size`` and the labels mapping.
+
+    Args:
+        w: the workload (shapes, number of batches and classes).
+        device: where the batches live.
+        distinct: distinct batches per split, repeated to ``w.steps`` (saves device memory).
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    sampler = None
+
+    def __init__(self, w: Workload, device: torch.device, distinct: int = 4) -> None:
+        self.img_size = w.img_size
+        self.num_classes = w.num_classes
+        self.classes = [f"class_{i}" for i in range(w.num_classes)]
+        g = torch.Generator().manual_seed(0)
+
+        def batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            made = []
+            for _ in range(min(n, distinct)):
+                x = torch.randint(0, 256, (w.batch_size, 3, w.img_size, w.img_size), generator=g)
+                y = torch.randint(0, w.num_classes, (w.batch_size,), generator=g)
+                made.append((x.to(torch.uint8).to(device), y.to(device)))
+            return [made[i % len(made)] for i in range(n)]
+
+        self.train = batches(w.steps)
+        self.val = batches(w.val_batches)
+        val_x = torch.zeros(0, 3, w.img_size, w.img_size, dtype=torch.uint8)
+        val_y = torch.zeros(0, dtype=torch.long)
+        if self.val:
+            val_x = torch.cat([x for x, _ in self.val]).cpu()
+            val_y = torch.cat([y for _, y in self.val]).cpu()
+        self._val_set = _ListDataset(val_x, val_y)
+        self.val_samples = [(Path(f"val/{i}.png"), int(t)) for i, t in enumerate(val_y)]
+        train_y = torch.cat([y for _, y in self.train]).cpu()
+        self.class_counts = {
+            "train": torch.bincount(train_y, minlength=w.num_classes).tolist(),
+            "val": torch.bincount(val_y, minlength=w.num_classes).tolist(),
+        }
+
+    def train_loader(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.train
+
+    def val_loader(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return self.val or None
+
+    def test_loader(self) -> None:
+        return None
+
+    def val_dataset(self) -> _ListDataset:
+        return self._val_set
+
+    def labels_mapping(self) -> dict[str, Any]:
+        return {
+            "class_to_idx": {c: i for i, c in enumerate(self.classes)},
+            "idx_to_class": {str(i): c for i, c in enumerate(self.classes)},
+            "image_size": self.img_size,
+            "resize_size": resize_size(self.img_size),
+            "interpolation": "bilinear",
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+        }
+
+    def save_labels_mapping(self, path: str | Path) -> None:
+        atomic_write_json(path, self.labels_mapping())
+
+
+# ---------------------------------------------------------------------------------- runs
+class BareLoop:
+    """The minimal hand-written loop the Engine is measured against.
+
+    It does the work any loop must do and nothing more: no metric sums, no hooks, one host
+    read per epoch. Same optimizer groups, scheduler, loss, precision and memory format as
+    the Engine.
+    """
+
+    name = "bare"
+
+    def __init__(
+        self, w: Workload, data: DeviceBatches, device: torch.device, precision: str, epochs: int
+    ) -> None:
+        torch.manual_seed(0)
+        self.device, self.data = device, data
+        self.channels_last = device.type in ("cuda", "cpu")  # as the Engine decides
+        model = build_model(w.model, w.num_classes).to(device)
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        self.opt = default_optimizer(self.model, LR, WEIGHT_DECAY, device)
+        self.sched = warmup_cosine(self.opt, round(WARMUP_EPOCHS * w.steps), epochs * w.steps)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING).to(device)
+        self.amp = autocast_dtype(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+        m = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * s), -m / s
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def run_epoch(self) -> EpochTime:
+        t0 = time.perf_counter()
+        self.model.train()
+        images = 0
+        for x, y in self.data.train:
+            with self._autocast():
+                loss = self.loss_fn(self.model(self._prep(x)), y)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            images += y.shape[0]
+        _sync(self.device)
+        train_s = time.perf_counter() - t0
+        self.model.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        with torch.no_grad():
+            for x, y in self.data.val:
+                with self._autocast():
+                    correct += (self.model(self._prep(x)).argmax(1) == y).sum()
+        correct.item()
+        return EpochTime(images, train_s, time.perf_counter() - t0)
+
+
+class _EpochStart(Hook):
+    order = -(10**9)  # first of all, so the epoch's clock starts before any other hook
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def on_train_epoch_start(self, engine: Engine) -> None:
+        self.t = time.perf_counter()
+
+
+class _EpochEnd(Hook):
+    order = 10**9  # last of all: the epoch's wall time includes every epoch-end hook
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        _sync(engine.device)
+        self.t = time.perf_counter()
+
+
+class EngineRun:
+    """An Engine driven one epoch per ``run_epoch`` through the public ``fit``.
+
+    Each call raises ``max_epochs`` by one and fits, so the Engine trains exactly one more
+    epoch; the schedule is built for the whole bench. ``on_fit_start`` hooks (dataset and
+    model tables) run every call, outside the timed epoch. Output goes to a discarded buffer.
+    Speeds come from the Engine's own ``train/img_s``; ``images`` (per epoch) turns them back
+    into seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        w: Workload,
+        data: Any,
+        device: torch.device,
+        precision: str,
+        epochs: int,
+        hooks: Sequence[Hook] = (),
+        **engine_kwargs: Any,
+    ) -> None:
+        torch.manual_seed(0)
+        self.name = name
+        self.images = w.steps * w.batch_size
+        self._start, self._end = _EpochStart(), _EpochEnd()
+        self.engine = Engine(
+            build_model(w.model, w.num_classes),
+            data,
+            max_epochs=epochs,
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            warmup_epochs=WARMUP_EPOCHS,
+            label_smoothing=LABEL_SMOOTHING,
+            precision=precision,
+            device=device,
+            hooks=[self._start, *hooks, self._end],
+            sanity_steps=0,
+            **engine_kwargs,
+        )
+        self.engine.max_epochs = 0
+
+    def run_epoch(self) -> EpochTime:
+        e = self.engine
+        e.max_epochs = len(e.state.history) + 1
+        with quiet():
+            e.fit()
+        train_s = self.images / e.state.history[-1]["train/img_s"]
+        return EpochTime(self.images, train_s, self._end.t - self._start.t)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Send stdout and stderr (tables, progress bar) to a buffer that is thrown away."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def hooks_for_bench(out_dir: Path) -> list[Hook]:
+    """The default hooks minus export, with the progress bar forced on (it would turn itself
+    off writing to a non-terminal, and then cost nothing)."""
+    return [
+        ProgressBarHook(disable=False) if isinstance(h, ProgressBarHook) else h
+        for h in default_hooks(out_dir, export=False)
+    ]
+
+
+# ------------------------------------------------------------------------------ lightning
+def lightning_run(
+    w: Workload, data: DeviceBatches, device: torch.device, precision: str, epochs: int
+) -> RunTimes | str:
+    """The same workload under Lightning, when it is installed; else a note saying it is not.
+
+    Not interleaved (a Lightning fit cannot be resumed one epoch at a time cheaply): its epochs
+    run after the others, so compare it with care on a busy machine.
+    """
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        try:
+            import pytorch_lightning as pl
+        except ImportError:
+            return "Lightning is not installed (pip install lightning); skipped"
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = build_model(w.model, w.num_classes)
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+            m = torch.tensor(data.mean).view(1, -1, 1, 1)
+            s = torch.tensor(data.std).view(1, -1, 1, 1)
+            self.register_buffer("scale", 1.0 / (255.0 * s), persistent=False)
+            self.register_buffer("shift", -m / s, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(torch.addcmul(self.shift, x.float(), self.scale))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return self.loss_fn(self(x), y)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val/acc", (self(x).argmax(1) == y).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            opt = default_optimizer(self.model, LR, WEIGHT_DECAY, device)
+            sched = warmup_cosine(opt, round(WARMUP_EPOCHS * w.steps), epochs * w.steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.times = RunTimes("lightning")
+            self.t0 = self.t1 = 0.0
+
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_validation_start(self, trainer: Any, module: Any) -> None:
+            _sync(device)  # Lightning validates inside the training epoch
+            self.t1 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            _sync(device)
+            e = EpochTime(w.steps * w.batch_size, self.t1 - self.t0, time.perf_counter() - self.t0)
+            if self.times.first is None:
+                self.times.first = e
+            else:
+                self.times.epochs.append(e)
+
+    lightning_precision = {"32": "32-true"}.get(precision, precision)
+    clock = Clock()
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_epochs=epochs,
+        precision=lightning_precision,
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    module = Module().to(memory_format=torch.channels_last)
+    with quiet():
+        trainer.fit(module, data.train, data.val)
+    return clock.times
+
+
+# ---------------------------------------------------------------------------- benchmark
+def interleave(runs: Sequence[Any], rounds: int) -> list[RunTimes]:
+    """One warm-up epoch per run, then ``rounds`` rounds of one epoch each, order rotating."""
+    times = [RunTimes(r.name) for r in runs]
+    for r, t in zip(runs, times, strict=True):
+        t.first = r.run_epoch()
+    for k in range(rounds):
+        for i in range(len(runs)):
+            j = (i + k) % len(runs)
+            times[j].epochs.append(runs[j].run_epoch())
+    return times
+
+
+def paired_ratio(a: RunTimes, b: RunTimes, *, wall: bool = False) -> float:
+    """Median over rounds of ``speed(a) / speed(b)``, each pair timed in the same round."""
+    return statistics.median(
+        _speed(x, wall) / _speed(y, wall) for x, y in zip(a.epochs, b.epochs, strict=True)
+    )
+
+
+def bench_workload(
+    w: Workload, device: torch.device, precision: str, rounds: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Time bare, engine and engine+hooks (and the opt-in runs) on one workload."""
+    epochs = rounds + 1
+    data = DeviceBatches(w, device)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        runs: list[Any] = [
+            BareLoop(w, data, device, precision, epochs),
+            EngineRun("engine", w, data, device, precision, epochs),
+            EngineRun("hooks", w, data, device, precision, epochs, hooks_for_bench(Path(tmp))),
+        ]
+        if args.ema:
+            runs.append(EngineRun("ema", w, data, device, precision, epochs, ema_decay=0.999))
+        if args.compile:
+            runs.append(EngineRun("compile", w, data, device, precision, epochs, compile=True))
+        times = {t.name: t for t in interleave(runs, rounds)}
+    bare, engine, hooks = times["bare"], times["engine"], times["hooks"]
+    result: dict[str, Any] = {
+        "name": w.name,
+        "bare_img_s": bare.img_s(),
+        "engine_img_s": engine.img_s(),
+        "engine_hooks_img_s": hooks.img_s(),
+        "ratio_engine": paired_ratio(engine, bare),
+        "ratio_hooks": paired_ratio(hooks, bare),
+        "ratio_hooks_min": min(
+            _speed(h, False) / _speed(b, False)
+            for h, b in zip(hooks.epochs, bare.epochs, strict=True)
+        ),
+        "bare_epoch_img_s": bare.img_s(wall=True),
+        "engine_epoch_img_s": engine.img_s(wall=True),
+        "engine_hooks_epoch_img_s": hooks.img_s(wall=True),
+        "ratio_engine_epoch": paired_ratio(engine, bare, wall=True),
+        "ratio_hooks_epoch": paired_ratio(hooks, bare, wall=True),
+        # Seconds per epoch beyond the training loop (validation + epoch-end hooks).
+        "bare_epoch_end_s": statistics.median(e.wall_s - e.train_s for e in bare.epochs),
+        "engine_epoch_end_s": statistics.median(e.wall_s - e.train_s for e in engine.epochs),
+        "hooks_epoch_end_s": statistics.median(e.wall_s - e.train_s for e in hooks.epochs),
+        "model": w.model,
+        "img_size": w.img_size,
+        "batch_size": w.batch_size,
+        "steps": w.steps,
+        "rounds": rounds,
+    }
+    if "ema" in times:
+        result["ema_img_s"] = times["ema"].img_s()
+        # EMA's share of step time: 1 - speed with EMA / speed without, same round.
+        result["ema_cost"] = 1.0 - paired_ratio(times["ema"], engine)
+    if "compile" in times:
+        c = times["compile"]
+        assert c.first is not None
+        result["compile_img_s"] = c.img_s()
+        result["ratio_compile"] = paired_ratio(c, bare)
+        # The warm-up epoch's extra time over a steady epoch is what compiling cost.
+        result["compile_s"] = c.first.wall_s - statistics.median(e.wall_s for e in c.epochs)
+    if args.lightning:
+        lt = lightning_run(w, data, device, precision, epochs)
+        if isinstance(lt, str):
+            result["lightning_note"] = lt
+        elif lt.epochs:
+            result["lightning_img_s"] = lt.img_s()
+            result["ratio_lightning"] = lt.img_s() / bare.img_s()
+    return result
+
+
+# ------------------------------------------------------------------------------ --data
+class _TimedLoader:
+    """Wraps a loader: at most ``max_batches`` per epoch; counts images and time in ``next()``."""
+
+    def __init__(self, loader: Any, max_batches: int | None) -> None:
+        self.loader = loader
+        self.max_batches = max_batches
+        self.sampler = getattr(loader, "sampler", None)  # the Engine calls sampler.set_epoch
+        self.wait_s = 0.0
+        self.images = 0
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return n if self.max_batches is None else min(n, self.max_batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        for _ in range(len(self)):
+            t0 = time.perf_counter()
+            batch = next(it)
+            self.wait_s += time.perf_counter() - t0
+            self.images += len(batch[1])
+            yield batch
+
+
+class _TrainOnly:
+    """What the Engine needs to train on ``loader``, with no validation."""
+
+    def __init__(self, data: ImageFolderData, loader: _TimedLoader) -> None:
+        self.classes, self.num_classes = data.classes, data.num_classes
+        self.mean, self.std = data.mean, data.std
+        self.loader = loader
+
+    def train_loader(self) -> _TimedLoader:
+        return self.loader
+
+    def val_loader(self) -> None:
+        return None
+
+    def test_loader(self) -> None:
+        return None
+
+
+def bench_data(
+    args: argparse.Namespace, device: torch.device, precision: str, rounds: int
+) -> dict[str, Any]:
+    """Loader alone, model alone and both, on the ImageFolder tree at ``args.data``."""
+    data = ImageFolderData(
+        args.data, img_size=args.img_size, batch_size=args.batch_size, workers=args.workers
+    )
+    steps = args.steps
+    # Loader alone: the first batch (worker start-up) is left out of the speed.
+    loader = _TimedLoader(data.train_loader(), steps)
+    it = iter(loader)
+    next(it, None)
+    t0 = time.perf_counter()
+    first = loader.images
+    for _ in it:
+        pass
+    loader_img_s = (loader.images - first) / max(time.perf_counter() - t0, 1e-9)
+    n = len(loader)
+    del loader, it  # its worker processes go
+
+    w = Workload(args.model, args.img_size, args.batch_size, n, data.num_classes, val_batches=0)
+    timed = _TimedLoader(data.train_loader(), steps)
+    model_only = EngineRun("model", w, DeviceBatches(w, device), device, precision, rounds + 1)
+    end_to_end = EngineRun("end_to_end", w, _TrainOnly(data, timed), device, precision, rounds + 1)
+    shares: list[float] = []  # per epoch, the warm-up first
+
+    class _E2E:
+        """end_to_end with the loader's wait share recorded per epoch."""
+
+        name = "end_to_end"
+
+        def run_epoch(self) -> EpochTime:
+            timed.wait_s, timed.images = 0.0, 0
+            end_to_end.images = len(timed) * args.batch_size  # a first guess for run_epoch
+            e = end_to_end.run_epoch()
+            # The last batch may be short: the wrapper counted the images really trained on.
+            e.images, e.train_s = timed.images, e.train_s * timed.images / end_to_end.images
+            shares.append(timed.wait_s / max(e.train_s, 1e-9))
+            return e
+
+    times = {t.name: t for t in interleave([model_only, _E2E()], rounds)}
+    model_img_s = times["model"].img_s()
+    e2e_img_s = times["end_to_end"].img_s()
+    return {
+        "root": str(args.data),
+        "model": args.model,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "workers": data.workers,
+        "batches_per_epoch": n,
+        "loader_img_s": loader_img_s,
+        "model_img_s": model_img_s,
+        "end_to_end_img_s": e2e_img_s,
+        # Measured: time blocked in next(loader) over the training loop's time.
+        "data_wait_share": statistics.median(shares[1:]),
+        # Inferred: the slowdown from real data, for a cross-check.
+        "data_wait_share_from_speeds": max(0.0, 1.0 - e2e_img_s / model_img_s),
+    }
+
+
+# ---------------------------------------------------------------------------------- output
+def print_results(results: list[dict[str, Any]], device: torch.device, precision: str) -> None:
+    from rich.console import Console  # deferred, as in the hooks
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Training throughput, img/s ({device}, precision {precision})")
+    for col in (
+        "workload",
+        "bare",
+        "engine",
+        "+hooks",
+        "epoch: engine",
+        "epoch: +hooks",
+        "epoch end s",
+    ):
+        table.add_column(col, justify="left" if col == "workload" else "right")
+    for r in results:
+        table.add_row(
+            r["name"],
+            f"{r['bare_img_s']:.0f}",
+            f"{r['engine_img_s']:.0f} ({r['ratio_engine']:.3f}x)",
+            f"{r['engine_hooks_img_s']:.0f} ({r['ratio_hooks']:.3f}x)",
+            f"{r['ratio_engine_epoch']:.3f}x",
+            f"{r['ratio_hooks_epoch']:.3f}x",
+            f"{r['bare_epoch_end_s']:.2f} / {r['hooks_epoch_end_s']:.2f}",
+        )
+    table.caption = (
+        "step: training loop only (median of rounds; ratio = median of per-round ratios to bare). "
+        "epoch: whole-epoch wall incl. validation and epoch-end hooks; 'epoch end s' = seconds "
+        "per epoch beyond the training loop, bare / +hooks. +hooks = default_hooks minus ONNX "
+        "export (once per fit), progress bar on."
+    )
+    console.print(table)
+    for r in results:
+        extra = []
+        if "ema_cost" in r:
+            extra.append(
+                f"EMA 0.999: {r['ema_img_s']:.0f} img/s, {100 * r['ema_cost']:.1f}% of step time"
+            )
+        if "compile_s" in r:
+            extra.append(
+                f"compile: {r['compile_img_s']:.0f} img/s steady "
+                f"({r['ratio_compile']:.3f}x bare), first epoch +{r['compile_s']:.1f} s"
+            )
+        if "lightning_img_s" in r:
+            extra.append(
+                f"Lightning: {r['lightning_img_s']:.0f} img/s "
+                f"({r['ratio_lightning']:.3f}x bare, not interleaved)"
+            )
+        if "lightning_note" in r:
+            extra.append(r["lightning_note"])
+        if extra:
+            console.print(f"{r['name']}: " + "; ".join(extra))
+
+
+def print_data(d: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{d['root']}: {d['model']} {d['img_size']}px b{d['batch_size']}, "
+        f"{d['workers']} workers"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("loader only", f"{d['loader_img_s']:.0f} img/s")
+    table.add_row("model only (device batches)", f"{d['model_img_s']:.0f} img/s")
+    table.add_row("end to end", f"{d['end_to_end_img_s']:.0f} img/s")
+    table.add_row("waiting for data (measured)", f"{100 * d['data_wait_share']:.1f}%")
+    table.add_row(
+        "slowdown from data (1 - e2e/model)", f"{100 * d['data_wait_share_from_speeds']:.1f}%"
+    )
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/bench.py",
+        description="Throughput of the Engine (no hooks, default hooks) against a hand-written "
+        "loop, interleaved in one process; or, with --data, a real tree end to end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="workloads to run; default gpu when CUDA is there, else cpu",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", help="32, 16-mixed, bf16-mixed or auto")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="timed epochs per run after a warm-up epoch (default: the preset's)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training batches per epoch (default: the preset's; with --data, all)",
+    )
+    p.add_argument("--ema", action="store_true", help="also time the Engine with ema_decay=0.999")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the Engine with torch.compile; compile time shown apart",
+    )
+    p.add_argument(
+        "--lightning",
+        action="store_true",
+        help="also time the workload under Lightning, if it is installed",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    g = p.add_argument_group("--data: a real ImageFolder tree end to end")
+    g.add_argument("--data", type=Path, default=None, help="the tree's root")
+    g.add_argument("--model", default="resnet18", choices=sorted(MODELS))
+    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=None, help="loader processes")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("rounds", "steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"error: --{flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    try:
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        if args.data is not None:
+            d = bench_data(args, device, precision, args.rounds or 3)
+            print_data(d)
+            out: dict[str, Any] = {"workloads": [], "data": d}
+        else:
+            name = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+            preset = PRESETS[name]
+            results = []
+            for w in preset.workloads:
+                if args.steps is not None:
+                    w = Workload(
+                        w.model, w.img_size, w.batch_size, args.steps, w.num_classes, w.val_batches
+                    )
+                print(f"benchmarking {w.name} ...", file=sys.stderr, flush=True)
+                results.append(
+                    bench_workload(w, device, precision, args.rounds or preset.rounds, args)
+                )
+            print_results(results, device, precision)
+            out = {"workloads": results}
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out.update(device=str(device), precision=precision, torch=torch.__version__)
+    if args.json is not None:
+        atomic_write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
