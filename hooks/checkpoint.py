@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import save_checkpoint
+from trainer.distributed import is_global_zero, rank_zero_only
 from trainer.hook import Hook
 from trainer.io import clean_stale_temp_files
 
@@ -24,7 +25,8 @@ class CheckpointHook(Hook):
     Every file is written atomically, so a crash leaves the previous checkpoint whole. With EMA
     on, the monitored metric is the EMA model's (validation uses it), and both raw and EMA
     weights are in every file. A failed save (disk full, read-only folder) stops the run: a
-    run that cannot checkpoint would lose its work silently.
+    run that cannot checkpoint would lose its work silently. Under DDP every rank runs the hook
+    (building the checkpoint gathers each rank's RNG state) and rank 0 writes the files.
 
     Args:
         out_dir: the run folder; files go to ``out_dir/checkpoints``.
@@ -50,6 +52,7 @@ class CheckpointHook(Hook):
         self.best_value: float | None = None
         self.top: list[tuple[float, str]] = []  # (value, file name), best first
 
+    @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temp_files(self.dir)
@@ -68,7 +71,9 @@ class CheckpointHook(Hook):
         )
         if improved:
             self.best_value = value
-        ckpt = engine.checkpoint_dict()
+        ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
+        if not is_global_zero():
+            return  # the ranks hold the same weights; rank 0 writes them
         save_checkpoint(ckpt, self.dir / "last.pt")
         if improved:
             save_checkpoint(ckpt, self.dir / "best.pt")

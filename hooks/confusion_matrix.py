@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hooks._artifacts import guarded, label, save_png
+from trainer.distributed import all_reduce_sum, is_distributed, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
@@ -36,7 +37,8 @@ class ConfusionMatrixHook(Hook):
 
     Each validation batch only stores the predicted and true class indices on the device; the
     torchmetrics matrix is updated once at the epoch end, because its update (``bincount``)
-    reads the device on CUDA and would stall every batch.
+    reads the device on CUDA and would stall every batch. Under DDP each rank sees its shard of
+    the validation split; the matrices are summed over ranks and rank 0 writes the files.
 
     Args:
         out_dir: the run folder.
@@ -85,13 +87,21 @@ class ConfusionMatrixHook(Hook):
         self._targets.append(outputs["targets"])
 
     def on_validation_epoch_end(self, engine: Engine) -> None:
-        if engine.state.phase != "val" or not self._preds:
+        # Under DDP a rank with an empty shard must still join the all-reduce.
+        if engine.state.phase != "val" or not (self._preds or is_distributed()):
             return
         metric = self._ensure_metric(engine)
         metric.reset()
-        metric.update(torch.cat(self._preds), torch.cat(self._targets))
+        if self._preds:
+            metric.update(torch.cat(self._preds), torch.cat(self._targets))
+            local = metric.compute()
+        else:
+            n = engine.data.num_classes
+            local = torch.zeros(n, n, dtype=torch.long, device=engine.device)
         self._preds, self._targets = [], []
-        self.matrix = metric.compute().cpu().long()
+        self.matrix = all_reduce_sum(local.clone()).cpu().long()
+        if not is_global_zero():
+            return
         classes = list(engine.data.classes)
         stem = self.dir / f"epoch_{engine.state.epoch:03d}"
         counts = self.matrix.numpy()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hooks._artifacts import guarded, label, save_png
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
@@ -65,6 +66,7 @@ class DatasetStatisticsHook(Hook):
         self.stats: dict[str, Any] = {}
         self.figure: Figure | None = None
 
+    @rank_zero_only  # rank 0 writes the files under DDP
     def on_fit_start(self, engine: Engine) -> None:
         data: Any = engine.data
         classes: list[str] = list(data.classes)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 
@@ -35,6 +36,7 @@ class MetricsLogger(Hook):
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.path = Path(out_dir) / "metrics.csv"
 
+    @rank_zero_only  # rank 0 writes the files under DDP
     def on_train_epoch_end(self, engine: Engine) -> None:
         history = engine.state.history
         keys = {k for row in history for k in row}

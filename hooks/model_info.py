@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from hooks._artifacts import guarded
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
@@ -54,6 +55,7 @@ class ModelInfoHook(Hook):
         self.console = console
         self.info: dict[str, Any] = {}
 
+    @rank_zero_only  # rank 0 writes the files under DDP
     def on_fit_start(self, engine: Engine) -> None:
         data: Any = engine.data
         img_size = getattr(data, "img_size", None) or engine.args.get("img_size")

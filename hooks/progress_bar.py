@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class ProgressBarHook(Hook):
             self.bar.close()
             self.bar = None
 
+    @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
     def on_train_epoch_start(self, engine: Engine) -> None:
         s = engine.state
         self._open(engine, f"epoch {s.epoch + 1}/{s.max_epochs}")
@@ -63,6 +65,7 @@ class ProgressBarHook(Hook):
             # The one host read of the step path, at a refresh point only.
             self.bar.set_postfix(loss=f"{outputs['loss'].item():.4f}", refresh=False)
 
+    @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
     def on_validation_epoch_start(self, engine: Engine) -> None:
         if engine.state.phase == "sanity":
             return
@@ -75,6 +78,7 @@ class ProgressBarHook(Hook):
         if self.bar is not None:
             self.bar.update(1)
 
+    @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
     def on_train_epoch_end(self, engine: Engine) -> None:
         self._close()
         m = engine.state.metrics

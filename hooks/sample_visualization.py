@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hooks._artifacts import guarded, label, save_png, to_display
+from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class SampleVisualizationHook(Hook):
     slices; the mistakes are a running top-k on the device, of which only the dataset
     indices are read at the epoch end, and those few images are then re-read from the
     validation dataset (``data.val_dataset()`` or ``data.val_loader().dataset``).
+
+    Under DDP rank ``r`` validates images ``r, r + world_size, ...`` (``ShardSampler``): the
+    grids are drawn on rank 0, from its shard, with dataset indices mapped accordingly.
 
     Args:
         out_dir: the run folder.
@@ -73,18 +77,21 @@ class SampleVisualizationHook(Hook):
         self.figure: Figure | None = None
         self.mistakes_figure: Figure | None = None
         self._lookup: list[int] = []  # fixed_indices ascending, for bisect
+        self._rank, self._world = 0, 1  # this rank's shard: indices rank, rank + world, ...
         self._seen = 0
         self._fixed_logits: dict[int, torch.Tensor] = {}
         self._fixed_targets: dict[int, torch.Tensor] = {}
         self._top: tuple[torch.Tensor, ...] | None = None  # score, index, pred, target
 
     def on_fit_start(self, engine: Engine) -> None:
+        r, w = self._rank, self._world = get_rank(), get_world_size()
         samples = getattr(engine.data, "val_samples", None)
         if samples is not None:
-            targets = [int(t) for _, t in samples]
-            self.fixed_indices = pick_stratified(targets, self.num_images, self.seed)
+            targets = [int(t) for _, t in samples][r::w]
+            local = pick_stratified(targets, self.num_images, self.seed)
         else:  # no per-image labels to stratify by: the first images will do
-            self.fixed_indices = list(range(self.num_images))
+            local = list(range(self.num_images))
+        self.fixed_indices = [r + w * i for i in local]
         self._lookup = sorted(self.fixed_indices)
 
     def on_validation_epoch_start(self, engine: Engine) -> None:
@@ -92,6 +99,7 @@ class SampleVisualizationHook(Hook):
         self._fixed_logits, self._fixed_targets, self.fixed_images = {}, {}, {}
         self._top = None
 
+    @rank_zero_only  # rank 0 draws the grids; the other ranks need not collect
     def on_validation_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
     ) -> None:
@@ -100,14 +108,16 @@ class SampleVisualizationHook(Hook):
         images, logits, targets = batch[0], outputs["logits"], outputs["targets"]
         start, size = self._seen, len(targets)  # a shape, not a device read
         self._seen += size
-        lo = bisect.bisect_left(self._lookup, start)
-        hi = bisect.bisect_left(self._lookup, start + size)
+        r, w = self._rank, self._world
+        lo = bisect.bisect_left(self._lookup, r + w * start)
+        hi = bisect.bisect_left(self._lookup, r + w * (start + size))
         for g in self._lookup[lo:hi]:
+            j = (g - r) // w - start  # position in this batch
             # Copies, so the batch and its logits can be freed; the pixels stay where the
             # loader put them (the host), the logits on the device.
-            self.fixed_images[g] = images[g - start].clone()
-            self._fixed_logits[g] = logits[g - start].clone()
-            self._fixed_targets[g] = targets[g - start].clone()
+            self.fixed_images[g] = images[j].clone()
+            self._fixed_logits[g] = logits[j].clone()
+            self._fixed_targets[g] = targets[j].clone()
         self._update_mistakes(logits, targets, start)
 
     def _update_mistakes(self, logits: torch.Tensor, targets: torch.Tensor, start: int) -> None:
@@ -115,12 +125,14 @@ class SampleVisualizationHook(Hook):
         # Right answers and NaN scores rank below every mistake.
         score = torch.where((pred != targets) & conf.isfinite(), conf, -1.0)
         index = torch.arange(start, start + len(targets), device=logits.device)
+        index = self._rank + self._world * index  # dataset indices of this rank's shard
         new: tuple[torch.Tensor, ...] = (score, index, pred, targets)
         if self._top is not None:
             new = tuple(torch.cat([old, cur]) for old, cur in zip(self._top, new, strict=True))
         _, keep = torch.topk(new[0], min(self.num_images, len(new[0])))
         self._top = tuple(t[keep] for t in new)
 
+    @rank_zero_only
     def on_validation_epoch_end(self, engine: Engine) -> None:
         if engine.state.phase != "val":
             return

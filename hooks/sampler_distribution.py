@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hooks._artifacts import guarded, label, save_png
+from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 
@@ -33,6 +34,7 @@ class SamplerDistributionHook(Hook):
     Each epoch: a rich table, ``sampler_distribution.csv`` with one row per (epoch, class),
     ``HEADER`` columns and epochs from 0 as in ``metrics.csv``, and
     ``plots/sampler_distribution.png`` (dataset, expected and drawn share of the latest epoch).
+    Under DDP the counts are summed over ranks (all ranks run the hook) and rank 0 writes.
 
     Args:
         out_dir: the run folder.
@@ -84,15 +86,16 @@ class SamplerDistributionHook(Hook):
             return
         data: Any = engine.data
         classes: list[str] = list(data.classes)
-        drawn = self._drawn.tolist()  # the one host read of the epoch
+        # Under DDP each rank drew its share: the table shows the global draw.
+        drawn = all_reduce_sum(self._drawn).tolist()  # the one host read of the epoch
         self._drawn = None
         dataset = _train_counts(data)
         sampler = getattr(data, "sampler", None)
-        expected = (
-            [float(e) for e in sampler.expected_counts]
-            if sampler is not None and hasattr(sampler, "expected_counts")
-            else [float(c) for c in dataset]
-        )
+        expected = [float(c) for c in dataset]
+        for attr in ("global_expected_counts", "expected_counts"):
+            if sampler is not None and hasattr(sampler, attr):
+                expected = [float(e) for e in getattr(sampler, attr)]
+                break
         epoch = engine.state.epoch
         # A resume from an earlier checkpoint redoes epochs: replace, never duplicate, rows.
         self.rows = [r for r in self.rows if r[0] < epoch]
@@ -100,6 +103,8 @@ class SamplerDistributionHook(Hook):
             [epoch, i, name, dataset[i], round(expected[i], 3), drawn[i]]
             for i, name in enumerate(classes)
         ]
+        if not is_global_zero():
+            return  # rank 0 prints and writes
         from rich.console import Console  # deferred: only needed once a fit starts
 
         (self.console or Console()).print(self._table(epoch, classes, dataset, expected, drawn))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hooks._artifacts import guarded, save_png
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class TrainingHistoryHook(Hook):
         """The latest loss figure (all three are in ``figures``)."""
         return self.figures.get("loss")
 
+    @rank_zero_only  # rank 0 writes the files under DDP
     def on_train_epoch_end(self, engine: Engine) -> None:
         # Deferred: matplotlib costs ~0.2 s to import, paid only by runs that plot.
         from matplotlib.figure import Figure

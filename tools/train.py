@@ -3,7 +3,7 @@
 python tools/train.py --data DIR [--model resnet18 --pretrained --epochs 20 ...]
 python tools/train.py                         # demo: drawn shapes, a small CNN, ~2 min on a CPU
 python tools/train.py --resume runs/NAME      # continue a run where it stopped
-torchrun --nproc_per_node 2 tools/train.py --data DIR
+torchrun --nproc_per_node 2 tools/train.py --data DIR     # DDP: one process per GPU
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ from rich.logging import RichHandler
 from hooks import default_hooks
 from trainer.data import ImageFolderData
 from trainer.demo import demo_dataset
+from trainer.distributed import (
+    barrier,
+    broadcast_object,
+    destroy_distributed,
+    get_local_rank,
+    init_distributed,
+    is_global_zero,
+)
 from trainer.engine import Engine, seed_everything
 from trainer.errors import ConfigError, UserError
 from trainer.export import ExportVerificationError
@@ -172,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-clip", type=float, default=0.0, help="clip gradient norm; 0 disables")
     g.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("--out", type=str, default=None, help="run folder; default runs/<timestamp>")
@@ -277,7 +290,22 @@ def _parse_class_weights(text: str | None) -> dict[str, float] | None:
 
 
 def run(config: dict[str, Any]) -> Engine:
-    """Build data, model, engine and hooks from a parsed config and train."""
+    """Build data, model, engine and hooks from a parsed config and train.
+
+    Under torchrun, joins the process group first (so the data shards from the start) and
+    leaves it at the end, on errors too.
+    """
+    owns_group = init_distributed(config["device"])
+    if not is_global_zero():
+        logging.getLogger("trainer").setLevel(logging.WARNING)  # rank 0 tells the story
+    try:
+        return _train(config)
+    finally:
+        if owns_group:
+            destroy_distributed()
+
+
+def _train(config: dict[str, Any]) -> Engine:
     resume = config["resume"]
     if resume == "auto":
         if not config["out"]:
@@ -285,9 +313,13 @@ def run(config: dict[str, Any]) -> Engine:
         resume = config["out"]
     if resume is not None and not config["out"]:
         config["out"] = str(_run_dir_of(Path(resume)))
-    out = Path(config["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    # Rank 0's name for the run folder: the ranks' clocks (and machines) differ.
+    out = Path(broadcast_object(config["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
     config["out"] = str(out)
 
+    if config["data"] is None and get_local_rank() == 0:
+        demo_dataset()  # one process per machine generates it; the others wait, then reuse it
+    barrier()
     root = Path(config["data"]) if config["data"] else demo_dataset()
     if config["data"] is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
@@ -307,10 +339,11 @@ def run(config: dict[str, Any]) -> Engine:
         max_bad_fraction=config["max_bad_fraction"],
     )
     log.info(data.summary())
-    out.mkdir(parents=True, exist_ok=True)
     saved = {k: v for k, v in config.items() if k not in ("resume", "config")}
-    atomic_write_json(out / "args.json", saved)
-    data.save_labels_mapping(out / "labels_mapping.json")
+    if is_global_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "args.json", saved)
+        data.save_labels_mapping(out / "labels_mapping.json")
 
     seed_everything(config["seed"])  # the model's initial weights too
     model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])
@@ -352,6 +385,7 @@ def run(config: dict[str, Any]) -> Engine:
         monitor=config["monitor"],
         mode="min" if config["monitor"].endswith("loss") else "max",
         compile=config["compile"],
+        sync_bn=config["sync_bn"],
         args=saved,
     )
     log.info(
@@ -364,7 +398,8 @@ def run(config: dict[str, Any]) -> Engine:
     )
     t0 = time.perf_counter()
     engine.fit(resume=resume)
-    _summary(engine, out, time.perf_counter() - t0)
+    if engine.is_global_zero:
+        _summary(engine, out, time.perf_counter() - t0)
     return engine
 
 

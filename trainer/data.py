@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from trainer.distributed import get_rank, get_world_size, rank_seed
 from trainer.errors import ConfigError, DataError
 from trainer.io import atomic_write_json
-from trainer.sampler import SAMPLER_MODES, TrackingWeightedRandomSampler
+from trainer.sampler import SAMPLER_MODES, ShardSampler, TrackingWeightedRandomSampler
 
 logger = logging.getLogger("trainer.data")
 
@@ -375,11 +376,12 @@ class ImageFolderData:
         }
 
         # Even unweighted runs draw through the tracking sampler (a seeded permutation per
-        # epoch): it records what was drawn, and a resumed run draws the same order.
-        num_replicas, rank = _dist_world()
+        # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
+        # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
         self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
             [t for _, t in self.train_samples], self.num_classes, mode=sampler,
-            class_weights=weights_by_idx, seed=seed, num_replicas=num_replicas, rank=rank,
+            class_weights=weights_by_idx, seed=seed, num_replicas=get_world_size(),
+            rank=get_rank(),
         )
 
     # ------------------------------------------------------------------ checks
@@ -681,10 +683,16 @@ class ImageFolderData:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
 
         Build it once per fit: each call makes a new loader (and, with workers, a new pool).
-        With a sampler, call ``data.sampler.set_epoch(epoch)`` before each epoch.
+        With a sampler, call ``data.sampler.set_epoch(epoch)`` before each epoch. Under a
+        torch.distributed process group the loader yields this rank's shard of the epoch's
+        global draw (see ``TrackingWeightedRandomSampler``).
         """
-        # Seeding the loader's generator also seeds the workers' augmentation streams.
-        g = torch.Generator().manual_seed(self.seed)
+        # The world is read here, not only at construction, so data built before the process
+        # group came up (e.g. by a notebook, before Engine joined it) still shards.
+        self.sampler.set_replicas(get_world_size(), get_rank())
+        # Seeding the loader's generator also seeds the workers' augmentation streams; each
+        # rank gets its own, so ranks do not apply the same crops in lockstep.
+        g = torch.Generator().manual_seed(rank_seed(self.seed))
         return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
 
     def val_dataset(self) -> ImageListDataset:
@@ -692,14 +700,22 @@ class ImageFolderData:
         return self._dataset("val", val_transform(self.img_size))
 
     def val_loader(self) -> DataLoader[Any]:
-        """Validation batches in file order, with the validation preprocessing."""
-        return self._loader(self.val_dataset(), shuffle=False)
+        """Validation batches in file order, with the validation preprocessing.
+
+        Under a process group, rank ``r`` gets images ``r, r + world_size, ...`` (no padding, so
+        the engine's summed metrics count every image exactly once).
+        """
+        return self._eval_loader(self.val_dataset())
 
     def test_loader(self) -> DataLoader[Any] | None:
         """Test batches like validation, or None when the tree has no test/ split."""
         if not self.test_samples:
             return None
-        return self._loader(self._dataset("test", val_transform(self.img_size)), shuffle=False)
+        return self._eval_loader(self._dataset("test", val_transform(self.img_size)))
+
+    def _eval_loader(self, dataset: ImageListDataset) -> DataLoader[Any]:
+        shard = ShardSampler(len(dataset), num_replicas=get_world_size(), rank=get_rank())
+        return self._loader(dataset, sampler=shard)
 
     # ------------------------------------------------------------------ labels mapping
 
@@ -731,11 +747,3 @@ class ImageFolderData:
             lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
         return "\n".join(lines)
 
-
-def _dist_world() -> tuple[int, int]:
-    # The sampler splits its draw across DDP ranks when a process group is up.
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0

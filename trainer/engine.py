@@ -10,14 +10,20 @@ One fit, top to bottom::
             train_epoch(): on_train_epoch_start, per batch: forward, loss, backward, and every
                 `accumulate` batches an optimizer step (clip, step, scheduler, EMA), then
                 validation (phase "val"), epoch row appended to history, on_train_epoch_end
-            stop if a hook set state.should_stop
+            stop if a hook set state.should_stop (on any rank)
         on_fit_end
 
 Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
+
+Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the same loop runs in every
+process: the engine joins the process group, trains through DistributedDataParallel, each rank
+validates its shard of the split and the metrics are summed over ranks, so every rank holds the
+same ``state``. Hooks run on every rank; those that write files or print do so on rank 0 only.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -30,12 +36,25 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.distributed import (
+    all_gather_object,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    destroy_distributed,
+    device_for_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    rank_seed,
+)
 from trainer.ema import ModelEMA
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, ConfigError
 from trainer.hook import HOOK_METHODS, Hook
 from trainer.state import EngineState
 
@@ -83,7 +102,17 @@ class Engine:
         monitor: metric in ``state.metrics`` that picks ``state.best``.
         mode: "max" or "min" for ``monitor``.
         compile: wrap the model in ``torch.compile`` for the training forward pass.
+        sync_bn: under DDP, turn BatchNorm layers into SyncBatchNorm (CUDA only), so the
+            statistics span the global batch; useful when the per-GPU batch is small.
         args: the run's configuration, stored in checkpoints so a run can be replayed.
+
+    Distributed: started by torchrun, the engine joins the process group itself (see
+    ``trainer.distributed.init_distributed``; call it before building the data to shard from
+    the start) and leaves it at exit if it created it. ``model`` stays the plain module that
+    hooks, EMA, checkpoints and export use; the DDP wrapper drives the training forward only.
+    Give every rank the same hooks: some of them reduce over ranks. ``should_stop`` set on any
+    rank stops all of them at the end of the epoch (a mid-epoch stop would leave the other
+    ranks waiting in the gradient all-reduce).
 
     Example:
         >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
@@ -115,15 +144,20 @@ class Engine:
         monitor: str = "val/acc",
         mode: str = "max",
         compile: bool = False,
+        sync_bn: bool = False,
         args: dict[str, Any] | None = None,
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        seed_everything(seed)
+        # Under torchrun, join the process group before the loaders below are sharded.
+        if init_distributed(device):
+            atexit.register(destroy_distributed)
+        self.world_size, self.rank = get_world_size(), get_rank()
+        seed_everything(rank_seed(seed, self.rank))  # ranks must not drop out in lockstep
         self.data = data
-        self.device = resolve_device(device)
+        self.device = device_for_rank(resolve_device(device))
         self.precision = resolve_precision(precision, self.device)
         self.max_epochs = max_epochs
         self.accumulate = accumulate
@@ -139,9 +173,23 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device)
+        if sync_bn and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    f"sync_bn needs CUDA GPUs (SyncBatchNorm has no {self.device.type} kernel); "
+                    "drop --sync-bn, or train on GPUs."
+                )
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward_model: nn.Module = torch.compile(self.model) if compile else self.model  # type: ignore[assignment]
+        # DDP wraps the training forward only; it broadcasts rank 0's weights to all ranks here.
+        self._ddp: DistributedDataParallel | None = None
+        train_model: nn.Module = self.model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            train_model = self._ddp
+        self._forward_model: nn.Module = torch.compile(train_model) if compile else train_model  # type: ignore[assignment]
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
         self.loss_fn: LossFn = (
@@ -176,6 +224,11 @@ class Engine:
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
         self._pending_rng: dict[str, Any] | None = None
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process is rank 0 (always True without DDP): the one that writes files."""
+        return self.rank == 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -213,11 +266,14 @@ class Engine:
             for epoch in range(len(s.history), self.max_epochs):
                 s.epoch = epoch
                 self._train_epoch()
+                # All ranks leave together, or the others would wait in the next all-reduce.
+                s.should_stop = any_rank(s.should_stop, self.device)
                 if s.should_stop:
                     s.stop_reason = s.stop_reason or "stopped by a hook"
                     break
             s.finished = True
             self._call("on_fit_end")
+            barrier()  # when fit returns on any rank, rank 0's files are all written
         except BaseException as e:
             self._call_on_exception(e)
             raise
@@ -255,13 +311,15 @@ class Engine:
             s.batch_idx = batch_idx
             self._call("on_train_batch_start", batch, batch_idx)
             x, y = self._to_device(batch)
-            with self._autocast():
-                logits = self._forward_model(x)
-                loss = self.loss_fn(logits, y)
-            self._call("on_before_backward", loss)
-            self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
-            self._call("on_after_backward")
-            if (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == s.num_batches:
+            stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == s.num_batches
+            with self._grad_sync(stepping):
+                with self._autocast():
+                    logits = self._forward_model(x)
+                    loss = self.loss_fn(logits, y)
+                self._call("on_before_backward", loss)
+                self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
+                self._call("on_after_backward")
+            if stepping:
                 self._optimizer_step()
             # Device-side sums only: the host reads them once, after the epoch.
             loss = loss.detach()
@@ -275,13 +333,17 @@ class Engine:
                 batch,
                 batch_idx,
             )
-            if s.should_stop:
+            if s.should_stop and self._ddp is None:
                 break
         train_time = time.perf_counter() - t0
-        s.metrics["train/loss"] = loss_sum.item() / max(seen, 1)
-        s.metrics["train/acc"] = correct.item() / max(seen, 1)
+        # One reduction and one host read per epoch: the metrics of all ranks' batches.
+        counts = [loss_sum, correct, torch.tensor(seen, device=self.device)]
+        totals = all_reduce_sum(torch.stack([c.double() for c in counts]))
+        loss_total, correct_total, seen_total = totals.tolist()
+        s.metrics["train/loss"] = loss_total / max(seen_total, 1)
+        s.metrics["train/acc"] = correct_total / max(seen_total, 1)
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        s.metrics["train/img_s"] = seen / max(time.perf_counter() - t0, 1e-9)
+        s.metrics["train/img_s"] = seen_total / max(time.perf_counter() - t0, 1e-9)
         if self._val_loader is not None:
             self._eval_loop("val", self._val_loader)
         s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
@@ -304,6 +366,12 @@ class Engine:
         s.is_best = bool(better)
         if better:
             s.best = dict(row)
+
+    def _grad_sync(self, stepping: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP all-reduces gradients in backward; micro-batches that only accumulate skip it."""
+        if self._ddp is None or stepping:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:
@@ -378,15 +446,23 @@ class Engine:
                 batch_idx,
             )
         metrics: dict[str, float] = {}
-        if phase != "sanity" and seen > 0:
-            self._confmat.reset()
-            self._confmat.update(torch.cat(preds), torch.cat(targets))
-            cm = self._confmat.compute().cpu().double()
+        if phase != "sanity":
+            # Each rank saw its own shard of the split: summing the counts gives every rank
+            # the whole split's (float64 holds counts exactly up to 2**53). One all-reduce.
+            n = self.data.num_classes
+            sums = [loss_sum, top5_hits, torch.tensor(seen, device=self.device)]
+            local = torch.cat(
+                [self._confusion_matrix(preds, targets)] + [t.double()[None] for t in sums]
+            )
+            totals = all_reduce_sum(local).cpu()
+            cm = totals[: n * n].view(n, n)
+            loss_total, top5_total, seen_total = totals[n * n :].tolist()
+        if phase != "sanity" and seen_total > 0:
             support = cm.sum(1)
-            metrics[f"{prefix}/loss"] = loss_sum.item() / seen
+            metrics[f"{prefix}/loss"] = loss_total / seen_total
             metrics[f"{prefix}/acc"] = float(cm.diag().sum() / cm.sum())
             if self.data.num_classes >= 5:
-                metrics[f"{prefix}/acc_top5"] = top5_hits.item() / seen
+                metrics[f"{prefix}/acc_top5"] = top5_total / seen_total
             metrics[f"{prefix}/time"] = time.perf_counter() - t0
             s.per_class_acc = {
                 name: (float(cm[i, i] / support[i]) if support[i] > 0 else None)
@@ -397,6 +473,17 @@ class Engine:
         self._call(f"on_{kind}_end")
         model.train(was_training)
         return metrics
+
+    def _confusion_matrix(
+        self, preds: list[torch.Tensor], targets: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """This rank's confusion matrix, flattened, float64; zeros when its shard was empty."""
+        n = self.data.num_classes
+        if not preds:
+            return torch.zeros(n * n, dtype=torch.float64, device=self.device)
+        self._confmat.reset()
+        self._confmat.update(torch.cat(preds), torch.cat(targets))
+        return self._confmat.compute().flatten().double()
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
@@ -447,8 +534,13 @@ class Engine:
 
     # -------------------------------------------------------------------------- checkpoints
     def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly; loadable with ``torch.load(weights_only=True)``."""
+        """Everything needed to resume exactly; loadable with ``torch.load(weights_only=True)``.
+
+        Under DDP every rank must call it: it gathers each rank's RNG state (``rng_per_rank``),
+        so a resumed rank continues its own augmentation stream.
+        """
         sampler: Any = getattr(self._train_loader, "sampler", None)
+        rng = get_rng_state()
         ckpt: dict[str, Any] = {
             "version": 1,
             "model": self.model.state_dict(),
@@ -458,18 +550,21 @@ class Engine:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "state": self.state.state_dict(),
             "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
-            "rng": get_rng_state(),
+            "rng": rng,
             "hooks": {key: h.state_dict() for key, h in self._hook_keys().items()},
             "classes": list(self.data.classes),
             "args": self.args,
             "precision": self.precision,
         }
+        if self.world_size > 1:
+            ckpt["rng_per_rank"] = all_gather_object(rng)
         self._call("on_save_checkpoint", ckpt)
         return ckpt
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write ``checkpoint_dict()`` atomically to ``path``."""
-        return save_checkpoint(self.checkpoint_dict(), path)
+        """Write ``checkpoint_dict()`` atomically to ``path``; under DDP all ranks call, rank 0 writes."""
+        ckpt = self.checkpoint_dict()
+        return save_checkpoint(ckpt, path) if self.is_global_zero else Path(path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
@@ -500,6 +595,21 @@ class Engine:
             if key in keys:
                 keys[key].load_state_dict(hook_state)
         self._pending_rng = ckpt.get("rng")
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.world_size:
+            self._pending_rng = per_rank[self.rank]
+        elif self.world_size > 1 or per_rank is not None:
+            # Saved by another number of processes: the sampler still draws exactly what it
+            # would have, but the augmentation streams cannot continue; each rank gets a new one.
+            log.warning(
+                "%s was saved by %d process(es), this run has %d: data order is exact, "
+                "augmentation randomness is reseeded",
+                path,
+                len(per_rank or [None]),
+                self.world_size,
+            )
+            self._pending_rng = None
+            seed_everything(rank_seed(self.seed + len(self.state.history), self.rank))
         self._call("on_load_checkpoint", ckpt)
         return ckpt
 

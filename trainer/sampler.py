@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from trainer.distributed import all_gather_object
+
 SAMPLER_MODES: tuple[str, ...] = ("none", "balanced", "manual")
 
 
@@ -30,7 +32,11 @@ class TrackingWeightedRandomSampler(Sampler[int]):
 
     Distributed: with ``num_replicas > 1`` every rank makes the same global draw (same seed), pads
     it by wrapping to a multiple of ``num_replicas`` so all ranks run the same number of steps, and
-    rank ``r`` takes ``indices[r::num_replicas]``.
+    rank ``r`` takes ``indices[r::num_replicas]``: the shards never overlap (beyond the padding)
+    and their union is the single-process draw of the same seed and epoch. Mode "none" then
+    yields exactly what ``torch.utils.data.DistributedSampler(shuffle=True, seed=seed)`` yields
+    (same generator seeding, permutation, padding and split), with the draw recorded.
+    ``global_class_counts()`` and ``global_indices()`` gather the other ranks' shares.
 
     The engine calls ``set_epoch`` every epoch. Without it, each further ``iter()`` acts as if
     the epoch had advanced, so successive epochs still differ.
@@ -118,6 +124,14 @@ class TrackingWeightedRandomSampler(Sampler[int]):
             raise ValueError("class_weights give every sample weight 0; nothing could be drawn.")
         return weights
 
+    def set_replicas(self, num_replicas: int, rank: int) -> None:
+        """Shard the next draws over ``num_replicas`` processes, this one being ``rank``."""
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}.")
+        self.num_replicas, self.rank = num_replicas, rank
+        self.expected_counts = [s * len(self) for s in self._class_share]
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draw the next ``iter()`` makes."""
         self.epoch = int(epoch)
@@ -138,7 +152,7 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         indices = self._global_draw()
         if self.num_replicas > 1:
             total = len(self) * self.num_replicas
-            indices = torch.cat([indices, indices[: total - len(indices)]])
+            indices = indices.repeat(math.ceil(total / len(indices)))[:total]
             indices = indices[self.rank :: self.num_replicas]
         self._iterations += 1
         self.last_indices = indices
@@ -147,6 +161,28 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         ).tolist()
         self.expected_counts = [s * len(indices) for s in self._class_share]
         return iter(indices.tolist())
+
+    @property
+    def global_expected_counts(self) -> list[float]:
+        """What the weights predict per class for the draw of all ranks together (padding too)."""
+        return [s * len(self) * self.num_replicas for s in self._class_share]
+
+    def global_class_counts(self) -> list[int]:
+        """Per-class counts of the last draw summed over all ranks; a collective under DDP.
+
+        Every rank must call it. A single process gets its own ``class_counts``.
+        """
+        per_rank = all_gather_object(self.class_counts)
+        return [sum(c) for c in zip(*per_rank, strict=True)]
+
+    def global_indices(self) -> torch.Tensor:
+        """The last draw of all ranks, in the global order (padding included); a collective.
+
+        Rank ``r``'s shard is every ``num_replicas``-th index from ``r``, so interleaving the
+        shards rebuilds the global draw.
+        """
+        shards = all_gather_object(self.last_indices)
+        return torch.stack(shards, dim=1).flatten() if len(shards) > 1 else shards[0]
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.num_replicas)
@@ -159,3 +195,34 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._iterations = int(state.get("iterations", 0))
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation indices for one rank, in order, with no padding: each sample counted once.
+
+    Rank ``r`` of ``num_replicas`` takes ``r, r + num_replicas, r + 2 * num_replicas, ...``;
+    shards differ by at most one sample. torch's ``DistributedSampler`` pads shards to equal
+    length by repeating samples, which would count those samples twice in validation metrics.
+    With one replica it is the plain sequential order.
+
+    Args:
+        length: size of the dataset.
+        num_replicas: number of processes sharing it.
+        rank: this process's index among them.
+
+    Example:
+        >>> list(ShardSampler(5, num_replicas=2, rank=1))
+        [1, 3]
+    """
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}.")
+        self.length, self.num_replicas, self.rank = length, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))

@@ -1,0 +1,175 @@
+"""torch.distributed under torchrun: setup and teardown, rank helpers, reductions.
+
+The trainer never starts processes itself. ``torchrun`` starts one per device and sets
+``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+``init_distributed()`` joins those processes into a process group (nccl on CUDA, gloo
+elsewhere). Without torchrun, or with a single process, every helper here is a no-op, so the
+same code runs on one device unchanged.
+
+Collectives (``all_reduce_sum``, ``any_rank``, ``all_gather_object``, ``broadcast_object``,
+``barrier``) must be called by every rank, in the same order, or the ranks wait for each other
+forever.
+
+Example:
+    >>> owns = init_distributed("auto")  # no-op outside torchrun
+    >>> try:
+    ...     Engine(model, data).fit()
+    ... finally:
+    ...     if owns:
+    ...         destroy_distributed()
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from trainer.device import resolve_device
+
+log = logging.getLogger("trainer")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Offsets each rank's seed so ranks augment (and drop out) differently; rank 0 keeps the
+# plain seed, so a single process draws what it always drew.
+_RANK_SEED_STRIDE = 1_000_003
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher setting its variables) started several processes."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str | torch.device = "auto") -> bool:
+    """Join the torchrun process group; idempotent.
+
+    Uses nccl when ``device`` resolves to CUDA (and pins this process to the GPU of its local
+    rank), gloo otherwise. Does nothing outside torchrun, with one process, or when a group
+    is already up.
+
+    Args:
+        device: the device the run trains on, as ``Engine`` takes it ("auto", "cpu", "cuda"...).
+
+    Returns:
+        True when this call created the group; the caller then owns ``destroy_distributed()``.
+    """
+    if not dist.is_available() or dist.is_initialized() or not launched_by_torchrun():
+        return False
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        local = get_local_rank()
+        torch.cuda.set_device(local)
+        # device_id binds the group to this GPU at once, so barriers know which GPU to use.
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo")
+    log.debug("joined process group: rank %d of %d", get_rank(), get_world_size())
+    return True
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, if one is up; safe to call more than once."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """Whether a process group of more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """This process's global rank; 0 without a process group."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the group; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_local_rank() -> int:
+    """This process's rank on its machine (torchrun's ``LOCAL_RANK``); 0 without torchrun."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0, the one that writes files and prints."""
+    return get_rank() == 0
+
+
+def rank_seed(seed: int, rank: int | None = None) -> int:
+    """``seed`` for rank 0, a different seed for every other rank."""
+    return seed + _RANK_SEED_STRIDE * (get_rank() if rank is None else rank)
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """Under a process group, a CUDA device without an index becomes this rank's GPU."""
+    if device.type == "cuda" and device.index is None and is_distributed():
+        return torch.device("cuda", get_local_rank())
+    return device
+
+
+def rank_zero_only(fn: F) -> F:
+    """Run ``fn`` on rank 0 only (returning None elsewhere): for hook methods that write or print.
+
+    Only for methods with no collective inside: the other ranks skip the call entirely.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if is_global_zero():
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapped  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- collectives
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place, and return it; unchanged in a single process.
+
+    The tensor must live on the group's device kind: CUDA for nccl, CPU for gloo.
+    """
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is True on any rank (e.g. ``should_stop``)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (e.g. a run folder named after rank 0's clock)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here; a no-op in a single process."""
+    if is_distributed():
+        dist.barrier()
