@@ -1,9 +1,12 @@
-"""build_model: torchvision classifiers with their head sized to the dataset, plus a small CNN."""
+"""build_model: torchvision and timm classifiers with their head sized to the dataset, and a small CNN."""
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,21 +80,38 @@ MODELS: dict[str, Callable[[int, bool], nn.Module]] = {
 }
 
 
+TIMM_PREFIX = "timm/"
+TIMM_MISSING = (
+    "{name} is a timm model, and timm is not installed: pip install -e '.[timm]' "
+    "(or pip install timm), or pick one of the built-in models: {known}"
+)
+
+
 def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """Build a classifier with a fresh ``num_classes``-way head.
 
     Args:
         name: one of ``MODELS`` (torchvision resnet18/34/50, mobilenet_v3_small/large,
-            efficientnet_b0, convnext_tiny, or small_cnn).
+            efficientnet_b0, convnext_tiny, or small_cnn), or ``timm/<name>`` for any model
+            of ``timm.list_models()`` when timm is installed (``pip install -e '.[timm]'``);
+            a pretrained tag is allowed, e.g. ``timm/resnet50.a1_in1k``.
         num_classes: classes in the dataset.
-        pretrained: load torchvision's ImageNet weights (downloaded once, needs internet) and
-            replace the head. small_cnn has no pretrained weights.
+        pretrained: load the ImageNet weights (torchvision's or timm's, from the Hugging Face
+            Hub; downloaded once, needs internet) and replace the head. small_cnn has none.
 
     Example:
         >>> model = build_model("resnet18", num_classes=10, pretrained=True)
+        >>> model = build_model("timm/convnext_nano", num_classes=10)
     """
+    if name.startswith(TIMM_PREFIX):
+        if num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+        return _timm_model(name, num_classes, pretrained)
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(MODELS)}, "
+            "or timm/<name> for a timm model"
+        )
     if pretrained and name == "small_cnn":
         raise ConfigError("small_cnn has no pretrained weights; drop --pretrained or pick resnet18")
     if num_classes < 2:
@@ -106,3 +126,45 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
             "once, or put the weights file in torch's hub cache ($TORCH_HOME/hub/checkpoints), "
             "or train without --pretrained"
         ) from e
+
+
+def _timm_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    arch = name[len(TIMM_PREFIX) :]
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(TIMM_MISSING.format(name=name, known=", ".join(MODELS))) from e
+    if not arch:
+        raise ConfigError(f"{name!r} names no timm model; e.g. --model timm/resnet50")
+    if not timm.is_model(arch):
+        raise ConfigError(
+            f"timm has no model {arch!r}; close names: {', '.join(close_timm_names(timm, arch))}. "
+            "List more with: python -c "
+            f"\"import timm; print(timm.list_models('*{_stem(arch)}*'))\""
+        )
+    if pretrained and not timm.is_model_pretrained(arch):
+        raise ConfigError(f"timm has no pretrained weights for {arch!r}; drop --pretrained")
+    try:
+        # timm sizes the head itself: num_classes replaces the classifier of any architecture.
+        model: nn.Module = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
+    except OSError as e:  # no network and no cached weights (huggingface_hub raises OSErrors)
+        raise ConfigError(
+            f"could not download pretrained weights for {name} ({e}); connect to the internet "
+            "once, or put the weights in the Hugging Face cache ($HF_HOME), "
+            "or train without --pretrained"
+        ) from e
+    return model
+
+
+def close_timm_names(timm: Any, arch: str, n: int = 6) -> list[str]:
+    """Up to ``n`` timm model names near ``arch``: same stem first, then similar spellings."""
+    names: list[str] = list(timm.list_models(f"*{_stem(arch)}*"))
+    close = difflib.get_close_matches(arch, timm.list_models(), n=n, cutoff=0.6)
+    found = list(dict.fromkeys(close + names))[:n]
+    return found or ["none"]
+
+
+def _stem(arch: str) -> str:
+    """The family of a timm name: "resnet" for "resnet18x", "convnext" for "convnext_nano"."""
+    match = re.match(r"[A-Za-z]+", arch)
+    return match.group(0) if match else arch
