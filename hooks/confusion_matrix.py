@@ -69,7 +69,11 @@ class ConfusionMatrixHook(Hook):
 
         n = engine.data.num_classes
         if self._metric is None or self._metric.num_classes != n:
-            self._metric = MulticlassConfusionMatrix(n, validate_args=False).to(engine.device)
+            # Summed over ranks below, explicitly: torchmetrics' own sync would be a second
+            # collective that a rank with an empty validation shard never reaches.
+            self._metric = MulticlassConfusionMatrix(
+                n, validate_args=False, sync_on_compute=False
+            ).to(engine.device)
         return self._metric
 
     def on_fit_start(self, engine: Engine) -> None:

@@ -220,7 +220,9 @@ class Engine:
             self._norm = (1.0 / (255.0 * s), -m / s)
 
         n = data.num_classes
-        self._confmat = MulticlassConfusionMatrix(n, validate_args=False).to(self.device)
+        # No torchmetrics sync: the engine sums all its validation counts in one all-reduce.
+        confmat = MulticlassConfusionMatrix(n, validate_args=False, sync_on_compute=False)
+        self._confmat = confmat.to(self.device)
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
         self._pending_rng: dict[str, Any] | None = None

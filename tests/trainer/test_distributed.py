@@ -1,0 +1,331 @@
+"""DDP on the CPU: 2 gloo processes against 1 process with the same global batch.
+
+The 2-process runs are started by the tests themselves (``torch.multiprocessing.spawn``, and
+``torch.distributed.run`` for the CLI), each bounded in time. One spawn runs several scenarios,
+because starting the processes costs more than the tiny runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from hooks import default_hooks
+from hooks.confusion_matrix import ConfusionMatrixHook
+from hooks.sample_visualization import SampleVisualizationHook
+from hooks.sampler_distribution import SamplerDistributionHook
+from trainer.data import ImageFolderData, ImageListDataset, val_transform
+from trainer.distributed import destroy_distributed, init_distributed
+from trainer.engine import Engine
+from trainer.hook import Hook
+from trainer.sampler import ShardSampler, TrackingWeightedRandomSampler
+
+from ..conftest import make_tree
+
+REPO = Path(__file__).resolve().parents[2]
+# 16 training images: an even draw, so 2 ranks need no padding and see exactly the images
+# 1 process sees. 13 validation images: the ranks' val shards differ in size (7 and 6).
+TRAIN_COUNTS = {"bird": 4, "cat": 8, "dog": 4}
+VAL_COUNTS = {"bird": 5, "cat": 4, "dog": 4}
+BATCH = 4  # per rank; the 1-process run uses 2 * BATCH
+EPOCHS = 2
+
+
+# ------------------------------------------------------------------------ sampler, no processes
+@pytest.mark.parametrize("mode", ["none", "balanced", "manual"])
+@pytest.mark.parametrize("n", [16, 15])
+def test_union_of_rank_draws_is_the_single_process_draw(mode: str, n: int) -> None:
+    targets = [i % 3 for i in range(n)]
+    weights = {0: 3.0, 1: 1.0} if mode == "manual" else None
+
+    def sampler(replicas: int, rank: int) -> TrackingWeightedRandomSampler:
+        s = TrackingWeightedRandomSampler(
+            targets, 3, mode=mode, class_weights=weights, seed=7, num_replicas=replicas, rank=rank
+        )
+        s.set_epoch(3)
+        return s
+
+    single = torch.tensor(list(sampler(1, 0)))
+    shards = [list(sampler(2, r)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == (n + 1) // 2
+    merged = torch.tensor(shards).T.flatten()  # rank r holds every 2nd index from r
+    # The union is the single-process draw, plus one wrapped index when n is odd.
+    assert torch.equal(merged[:n], single)
+    assert torch.equal(merged[n:], single[: len(merged) - n])
+
+
+def test_unweighted_draw_is_distributed_samplers() -> None:
+    targets = [i % 3 for i in range(11)]
+    for rank in range(2):
+        ours = TrackingWeightedRandomSampler(
+            targets, 3, mode="none", seed=5, num_replicas=2, rank=rank
+        )
+        theirs = DistributedSampler(range(11), num_replicas=2, rank=rank, shuffle=True, seed=5)
+        for epoch in range(3):
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            assert list(ours) == list(theirs)
+
+
+def test_eval_shards_cover_every_sample_once() -> None:
+    shards = [list(ShardSampler(13, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(13))
+    assert [len(s) for s in shards] == [5, 4, 4]
+
+
+# ------------------------------------------------------------------------ 2 processes
+class FixedData(ImageFolderData):
+    """Training without random augmentation, so 1 and 2 processes see identical pixels."""
+
+    def train_dataset(self) -> ImageListDataset:
+        return self._dataset("train", val_transform(self.img_size))
+
+
+def tiny_model(num_classes: int) -> nn.Module:
+    # No BatchNorm: its batch statistics would differ between a batch of 8 and two of 4.
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, num_classes),
+    )
+
+
+def make_engine(root: Path, batch: int, hooks: list[Hook], epochs: int = EPOCHS) -> Engine:
+    data = FixedData(root, img_size=16, batch_size=batch, workers=0, sampler="balanced")
+    return Engine(
+        tiny_model(data.num_classes),
+        data,
+        max_epochs=epochs,
+        lr=1e-2,
+        warmup_epochs=0,
+        device="cpu",
+        hooks=hooks,
+        sanity_steps=1,
+    )
+
+
+class RecordDraws(Hook):
+    """Gathers every epoch's global draw (a collective, so every rank records)."""
+
+    def __init__(self) -> None:
+        self.draws: list[torch.Tensor] = []
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        sampler: Any = engine.data.sampler  # type: ignore[attr-defined]
+        self.draws.append(sampler.global_indices())
+        counts = sampler.global_class_counts()
+        assert (
+            counts
+            == torch.bincount(
+                sampler.targets[self.draws[-1]], minlength=engine.data.num_classes
+            ).tolist()
+        )
+
+
+class Kill(Hook):
+    order = 100  # after the checkpoint is written
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        raise KeyboardInterrupt
+
+
+def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    # Every file write goes through os.replace (atomic writes): count those of rank 1.
+    writes: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        writes.append(str(dst))
+        real_replace(src, dst, *a, **k)
+
+    os.replace = spy  # type: ignore[assignment]
+    assert init_distributed("cpu")
+    try:
+        # A straight run with every default hook but export (the ONNX hook checks rank itself).
+        out = tmp / "straight"
+        draws = RecordDraws()
+        hooks = [*default_hooks(out, progress=False, export=False), draws]
+        engine = make_engine(root, BATCH, hooks)
+        engine.fit()
+        val = engine.validate()
+        cm_hook = next(h for h in hooks if isinstance(h, ConfusionMatrixHook))
+        vis = next(h for h in hooks if isinstance(h, SampleVisualizationHook))
+        sd = next(h for h in hooks if isinstance(h, SamplerDistributionHook))
+
+        # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
+        with pytest.raises(KeyboardInterrupt):
+            make_engine(
+                root, BATCH, [*default_hooks(tmp / "b", progress=False, export=False), Kill()]
+            ).fit()
+        resumed = make_engine(root, BATCH, default_hooks(tmp / "b", progress=False, export=False))
+        resumed.fit(resume=tmp / "b")
+
+        torch.save(
+            {
+                "history": engine.state.history,
+                "val": val,
+                "model": engine.model.state_dict(),
+                "draws": draws.draws,
+                "confusion": cm_hook.matrix,
+                "mistakes": vis.mistakes,
+                "fixed": vis.fixed_indices,
+                "sampler_rows": sd.rows,
+                "resumed_model": resumed.model.state_dict(),
+                "resumed_history": resumed.state.history,
+                "writes": writes,
+            },
+            tmp / f"rank{rank}.pt",
+        )
+    finally:
+        destroy_distributed()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    root = make_tree(tmp / "tree", counts=TRAIN_COUNTS, size=(16, 16), splits=("train",))
+    make_tree(root, counts=VAL_COUNTS, size=(16, 16), splits=("val",), seed=1)
+    ctx = mp.start_processes(
+        _worker, args=(2, _free_port(), root, tmp), nprocs=2, join=False, start_method="spawn"
+    )
+    # Bounded: a hung collective fails the test instead of the suite.
+    deadline = 120.0
+    t0 = time.monotonic()
+    while not ctx.join(timeout=max(1.0, deadline - (time.monotonic() - t0))):
+        if time.monotonic() - t0 > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("2-process run did not finish in 120 s")
+    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return {"root": root, "tmp": tmp, "ranks": ranks}
+
+
+def test_two_processes_match_one_with_the_same_global_batch(ddp: dict[str, Any]) -> None:
+    single = make_engine(ddp["root"], 2 * BATCH, [])
+    single.fit()
+    r0, r1 = ddp["ranks"]
+    for key in ("train/loss", "val/loss", "val/acc", "train/acc"):
+        one = [row[key] for row in single.state.history]
+        two = [row[key] for row in r0["history"]]
+        assert two == pytest.approx(one, rel=1e-4, abs=1e-5), key
+    # Every rank holds the same (reduced) history and weights.
+    assert [r["val/acc"] for r in r0["history"]] == [r["val/acc"] for r in r1["history"]]
+    for k, v in r0["model"].items():
+        assert torch.equal(v, r1["model"][k]), k
+        assert torch.allclose(v, single.model.state_dict()[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_union_of_ddp_draws_is_the_single_process_draw(ddp: dict[str, Any]) -> None:
+    data = FixedData(ddp["root"], img_size=16, batch_size=8, workers=0, sampler="balanced")
+    for epoch, draw in enumerate(ddp["ranks"][0]["draws"]):
+        data.sampler.set_epoch(epoch)
+        assert torch.equal(draw, torch.tensor(list(data.sampler)))
+    rows = ddp["ranks"][0]["sampler_rows"]  # [epoch, class, name, dataset, expected, drawn]
+    for epoch in range(EPOCHS):
+        drawn = [r[5] for r in rows if r[0] == epoch]
+        assert (
+            drawn
+            == torch.bincount(
+                data.sampler.targets[ddp["ranks"][0]["draws"][epoch]], minlength=3
+            ).tolist()
+        )
+
+
+def test_val_metrics_equal_single_process_ones(ddp: dict[str, Any]) -> None:
+    r0, r1 = ddp["ranks"]
+    hook = ConfusionMatrixHook(ddp["tmp"] / "single")
+    single = make_engine(ddp["root"], 2 * BATCH, [hook])
+    single.model.load_state_dict(r0["model"])
+    val = single.validate()
+    assert r0["val"]["val/acc"] == val["val/acc"] == r1["val"]["val/acc"]
+    assert r0["val"]["val/loss"] == pytest.approx(val["val/loss"], rel=1e-6)
+    # The hook's matrix is the global one: every validation image counted exactly once.
+    assert int(r0["confusion"].sum()) == sum(VAL_COUNTS.values())
+    assert torch.equal(r0["confusion"], hook.matrix)
+
+
+def test_rank_zero_writes_every_file_once(ddp: dict[str, Any]) -> None:
+    r0, r1 = ddp["ranks"]
+    assert r1["writes"] == []
+    assert r0["writes"]
+    out = ddp["tmp"] / "straight"
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "sampler_distribution.csv"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "plots" / "confusion_matrix").glob("*.json")) == [
+        f"epoch_{e:03d}.json" for e in range(EPOCHS)
+    ]
+
+
+def test_sample_grids_map_rank_zero_shard_to_dataset_indices(ddp: dict[str, Any]) -> None:
+    data = FixedData(ddp["root"], img_size=16, batch_size=8, workers=0)
+    r0 = ddp["ranks"][0]
+    assert r0["fixed"] and all(i % 2 == 0 for i in r0["fixed"])
+    for m in r0["mistakes"]:
+        assert m["index"] % 2 == 0
+        assert m["true"] == data.val_samples[m["index"]][1]
+
+
+def test_resume_under_ddp_continues_exactly(ddp: dict[str, Any]) -> None:
+    r0, r1 = ddp["ranks"]
+
+    def strip(h: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
+
+    assert strip(r0["resumed_history"]) == strip(r0["history"])
+    for k, v in r0["model"].items():
+        assert torch.equal(v, r0["resumed_model"][k]), k
+        assert torch.equal(v, r1["resumed_model"][k]), k
+
+
+# ------------------------------------------------------------------------ the CLI under torchrun
+def test_torchrun_cli_runs_two_processes(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree", counts={"bird": 8, "cat": 8, "dog": 8}, size=(16, 16))
+    common = [
+        "tools/train.py", "--data", str(root), "--device", "cpu", "--model", "small_cnn",
+        "--img-size", "16", "--epochs", "2", "--workers", "0", "--quiet", "--no-export",
+        "--no-samples", "--no-history-plots",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    with open(tmp_path / "two" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    assert (tmp_path / "two" / "checkpoints" / "last.pt").is_file()
+    assert float(rows[-1]["val/acc"]) >= 0  # a real number, reduced over both ranks
