@@ -11,8 +11,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 # matplotlib and rich only draw at epoch ends; onnx/onnxruntime only export; each costs
 # 0.1 to 0.6 s to import. torchmetrics is listed because importing it imports matplotlib.pyplot.
 HEAVY = ("matplotlib", "matplotlib.pyplot", "onnx", "onnxruntime", "rich", "torchmetrics")
@@ -32,11 +30,5 @@ def _loaded_after_import() -> list[str]:
     return list(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer/engine.py imports torchmetrics (which imports matplotlib.pyplot) at module "
-    "level; remove this marker with the engine edit that builds the confusion matrix with "
-    "torch.bincount",
-)
 def test_import_trainer_and_hooks_loads_no_heavy_optional_library() -> None:
     assert _loaded_after_import() == []

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.device import autocast_dtype, resolve_device, resolve_precision
@@ -220,6 +219,9 @@ class Engine:
             self._norm = (1.0 / (255.0 * s), -m / s)
 
         n = data.num_classes
+        # Imported here: torchmetrics pulls in matplotlib, too slow for `import trainer`.
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         # No torchmetrics sync: the engine sums all its validation counts in one all-reduce.
         confmat = MulticlassConfusionMatrix(n, validate_args=False, sync_on_compute=False)
         self._confmat = confmat.to(self.device)
