@@ -13,8 +13,10 @@ from hooks.metrics_logger import MetricsLogger
 from hooks.model_info import ModelInfoHook
 from hooks.onnx_export import OnnxExportHook
 from hooks.progress_bar import ProgressBarHook
+from hooks.report import ReportHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
+from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
 from trainer.hook import Hook
 
@@ -28,8 +30,10 @@ __all__ = [
     "ModelInfoHook",
     "OnnxExportHook",
     "ProgressBarHook",
+    "ReportHook",
     "SampleVisualizationHook",
     "SamplerDistributionHook",
+    "TensorBoardHook",
     "TrainingHistoryHook",
     "default_hooks",
 ]
@@ -49,6 +53,8 @@ def default_hooks(
     sampler_stats: bool = True,
     samples: bool = True,
     export: bool = True,
+    report: bool = True,
+    tensorboard: bool = False,
 ) -> list[Hook]:
     """The standard hooks for a run folder; each flag switches one off.
 
@@ -61,6 +67,9 @@ def default_hooks(
         top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
         early_stopping: patience in epochs; 0 disables early stopping.
         progress: tqdm bars and per-epoch lines.
+        report: ``report.html``, the run on one page, rewritten each epoch and at the end.
+        tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
+            ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
 
     Example:
         >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
@@ -87,4 +96,8 @@ def default_hooks(
     hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=top_k))
     if export:
         hooks.append(OnnxExportHook(out))
+    if tensorboard:
+        hooks.append(TensorBoardHook(out))
+    if report:
+        hooks.append(ReportHook(out))
     return hooks

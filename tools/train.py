@@ -35,7 +35,7 @@ from trainer.errors import ConfigError, UserError
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json
 from trainer.losses import build_loss
-from trainer.models import MODELS, build_model
+from trainer.models import MODELS, TIMM_PREFIX, build_model
 
 log = logging.getLogger("trainer")
 
@@ -140,14 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        choices=sorted(MODELS),
         default=None,
-        help="architecture (demo: small_cnn, else resnet18)",
+        metavar="NAME",
+        help=f"architecture: {', '.join(sorted(MODELS))}, or {TIMM_PREFIX}<name> for any timm "
+        "model (needs the [timm] extra) (demo: small_cnn, else resnet18)",
     )
     g.add_argument(
         "--pretrained",
         action="store_true",
-        help="start from torchvision's ImageNet weights (downloads once)",
+        help="start from ImageNet weights, torchvision's or timm's (downloads once)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -205,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="replay a run's args.json; flags given here win",
     )
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (what args.json would hold) as JSON and exit",
+    )
     g.add_argument("--monitor", default="val/acc", help="metric for best.pt and early stopping")
     g.add_argument("--top-k", type=int, default=1, help="also keep the k best epochs' checkpoints")
     g.add_argument(
@@ -226,8 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("sampler-stats", "per-epoch sampler class counts"),
         ("samples", "predicted-vs-true image grids"),
         ("export", "ONNX export at the end, verified with onnxruntime"),
+        ("report", "report.html: the whole run on one page, rewritten each epoch"),
     ):
         g.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True, help=what)
+    g.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="TensorBoard event files in OUT/tensorboard (off by default; needs the "
+        "[tensorboard] extra)",
+    )
     return p
 
 
@@ -256,6 +270,7 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"--config {replay} has unknown keys {unknown}; is it an args.json?")
         saved.pop("resume", None)
         saved.pop("config", None)
+        saved.pop("print_config", None)
         parser.set_defaults(**saved)
         args = parser.parse_args(argv)
     config = vars(args)
@@ -265,6 +280,12 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
             config[key] = value
     if config["class_weights"] and config["sampler"] == "none":
         config["sampler"] = "manual"
+    if config["model"] not in MODELS and not config["model"].startswith(TIMM_PREFIX):
+        # Checked here, not only in build_model, so a typo fails before the data is scanned.
+        raise ConfigError(
+            f"--model {config['model']!r} is not one of {', '.join(sorted(MODELS))}, "
+            f"nor {TIMM_PREFIX}<name> for a timm model"
+        )
     return config
 
 
@@ -339,7 +360,7 @@ def _train(config: dict[str, Any]) -> Engine:
         max_bad_fraction=config["max_bad_fraction"],
     )
     log.info(data.summary())
-    saved = {k: v for k, v in config.items() if k not in ("resume", "config")}
+    saved = {k: v for k, v in config.items() if k not in ("resume", "config", "print_config")}
     if is_global_zero():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "args.json", saved)
@@ -365,6 +386,8 @@ def _train(config: dict[str, Any]) -> Engine:
         sampler_stats=config["sampler_stats"],
         samples=config["samples"],
         export=config["export"],
+        report=config["report"],
+        tensorboard=config["tensorboard"],
     )
     engine = Engine(
         model,
@@ -440,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     config: dict[str, Any] = {}
     try:
         config = parse_config(argv)
+        if config.pop("print_config"):
+            # Exactly what args.json would hold, so the output replays with --config.
+            saved = {k: v for k, v in config.items() if k not in ("resume", "config")}
+            print(json.dumps(saved, indent=2, ensure_ascii=False))
+            return 0
         run(config)
     except ExportVerificationError as e:
         print(

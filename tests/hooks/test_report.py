@@ -178,3 +178,10 @@ def test_report_in_headless_chromium(run: Run, tmp_path: Path) -> None:
     assert all(url.startswith("file://") for url in check.requests), check.requests
     width, height = png_size(shot)
     assert width == 1280 and height > 1500  # the whole page, not just the first screen
+
+
+def test_default_hooks_include_the_report_last(tmp_path: Path) -> None:
+    hooks = default_hooks(tmp_path)
+    assert isinstance(hooks[-1], ReportHook)
+    assert max(h.order for h in hooks) == ReportHook.order
+    assert not any(isinstance(h, ReportHook) for h in default_hooks(tmp_path, report=False))

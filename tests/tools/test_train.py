@@ -150,3 +150,33 @@ def test_bad_flag_values_are_clear_errors(tiny_tree: Path, tmp_path: Path, capsy
     assert "--out" in capsys.readouterr().err
     assert train.main(["--config", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_print_config_prints_what_args_json_would_hold(
+    tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "3", *FAST]
+    assert train.main([*argv, "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["epochs"] == 3 and printed["model"] == "small_cnn" and printed["report"]
+    assert "print_config" not in printed and "config" not in printed
+    assert not out.exists()  # nothing trained, nothing written
+    # The output replays: --config on it resolves to the same configuration.
+    saved = tmp_path / "cfg.json"
+    saved.write_text(json.dumps(printed))
+    assert train.main(["--config", str(saved), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+
+
+def test_model_accepts_timm_names_and_rejects_typos(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.parse_config(["--model", "timm/resnet10t"])["model"] == "timm/resnet10t"
+    assert train.main(["--model", "resnet19", "--print-config"]) == 2
+    assert "timm/<name>" in capsys.readouterr().err
+
+
+def test_cli_writes_report_html(tiny_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST, *NO_PLOTS]
+    assert train.main([*argv, "--report"]) == 0
+    assert "metrics.csv" in (out / "report.html").read_text(encoding="utf-8")
