@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import save_checkpoint
-from trainer.distributed import is_global_zero, rank_zero_only
+from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
+from trainer.errors import Interrupted
 from trainer.hook import Hook
 from trainer.io import clean_stale_temp_files
 
@@ -89,6 +90,24 @@ class CheckpointHook(Hook):
         for _, old in self.top[self.top_k :]:
             (self.dir / old).unlink(missing_ok=True)
         self.top = self.top[: self.top_k]
+
+    def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        """Emergency checkpoint: ``checkpoints/interrupted.pt``, the weights as they are now.
+
+        ``last.pt`` keeps the last finished epoch, so ``--resume`` stays exact; this file keeps
+        the work of the unfinished one. Under DDP only a signal (which reaches every rank)
+        triggers it, since building a checkpoint is a collective the other ranks may not join.
+        """
+        if get_world_size() > 1 and not isinstance(exception, Interrupted):
+            return
+        path = self.dir / "interrupted.pt"
+        try:
+            ckpt = engine.checkpoint_dict()
+            if is_global_zero():
+                save_checkpoint(ckpt, path)
+                log.warning("saved an emergency checkpoint to %s", path)
+        except Exception as e:  # the original error is the one to report
+            log.error("could not save an emergency checkpoint to %s: %s", path, e)
 
     @property
     def best_path(self) -> Path:

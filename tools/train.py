@@ -31,7 +31,7 @@ from trainer.distributed import (
     is_global_zero,
 )
 from trainer.engine import Engine, seed_everything
-from trainer.errors import ConfigError, UserError
+from trainer.errors import ConfigError, NonFiniteLossError, UserError
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json
 from trainer.losses import build_loss
@@ -481,9 +481,17 @@ def main(argv: list[str] | None = None) -> int:
         # The user's input needs fixing: say what and how, without a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
-        return 130
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        out = config.get("out")
+        print(
+            f"interrupted. {out}/checkpoints/interrupted.pt holds the weights as they were; "
+            f"--resume --out {out} continues exactly from the last finished epoch.",
+            file=sys.stderr,
+        )
+        return getattr(e, "exit_code", 130)
     return 0
 
 

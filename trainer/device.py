@@ -35,7 +35,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Map "auto" to bf16 on CUDA cards that support it, fp16 on other CUDA cards, fp32 elsewhere.
 
-    Mixed precision asked for on the CPU uses bf16 autocast (CPU autocast has no fp16 scaler).
+    An explicit choice is kept: "16-mixed" on the CPU runs fp16 autocast with a GradScaler.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -43,8 +43,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         return "32"
-    if precision == "16-mixed" and device.type == "cpu":
-        return "bf16-mixed"
     return precision
 
 

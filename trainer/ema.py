@@ -40,7 +40,14 @@ class ModelEMA:
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, apply: torch.Tensor | None = None) -> None:
+        """Move the average towards ``model``.
+
+        Args:
+            model: the trained model.
+            apply: optional 0-d bool tensor; where False the average stays as it was. It lets
+                the engine skip a non-finite step without reading the flag on the host.
+        """
         d = self.current_decay()
         self.updates += 1
         ema_float, model_float = [], []
@@ -53,7 +60,11 @@ class ModelEMA:
             else:
                 e.copy_(m)
         # ema = d * ema + (1 - d) * model, i.e. a lerp towards the model by (1 - d).
-        torch._foreach_lerp_(ema_float, model_float, 1.0 - d)
+        if apply is None:
+            torch._foreach_lerp_(ema_float, model_float, 1.0 - d)
+        elif ema_float:
+            weight = apply.to(ema_float[0].device, torch.float32) * (1.0 - d)
+            torch._foreach_lerp_(ema_float, model_float, [weight] * len(ema_float))
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

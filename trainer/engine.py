@@ -28,8 +28,10 @@ import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,13 +55,16 @@ from trainer.distributed import (
     rank_seed,
 )
 from trainer.ema import ModelEMA
-from trainer.errors import CheckpointError, ConfigError
+from trainer.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
 from trainer.hook import HOOK_METHODS, Hook
 from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Optimizer steps between host reads of the non-finite-loss counters (one tiny sync each).
+NONFINITE_CHECK_EVERY = 50
 
 
 class DataSource(Protocol):
@@ -104,6 +109,13 @@ class Engine:
         sync_bn: under DDP, turn BatchNorm layers into SyncBatchNorm (CUDA only), so the
             statistics span the global batch; useful when the per-GPU batch is small.
         args: the run's configuration, stored in checkpoints so a run can be replayed.
+        max_nonfinite: a NaN or infinite loss skips its optimizer step (and the EMA update);
+            this many skipped steps in a row end the fit with ``NonFiniteLossError``. The
+            skips are counted in ``state.metrics["train/skipped_steps"]``.
+
+    Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
+    ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
+    ``checkpoints/interrupted.pt``). A second signal exits at once.
 
     Distributed: started by torchrun, the engine joins the process group itself (see
     ``trainer.distributed.init_distributed``; call it before building the data to shard from
@@ -145,6 +157,7 @@ class Engine:
         compile: bool = False,
         sync_bn: bool = False,
         args: dict[str, Any] | None = None,
+        max_nonfinite: int = 5,
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
@@ -228,6 +241,13 @@ class Engine:
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
         self._pending_rng: dict[str, Any] | None = None
+        self.max_nonfinite = max_nonfinite
+        # Non-finite losses are tracked on the device: whether this optimizer step's
+        # micro-batches were all finite, skips this epoch, and skips in a row.
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        self._skipped_run = torch.zeros((), dtype=torch.long, device=self.device)
+        self._signal: int | None = None
 
     @property
     def is_global_zero(self) -> bool:
@@ -260,6 +280,12 @@ class Engine:
                 )
                 return s.history
         s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
+        self._signal = None
+        with self._signal_handlers():
+            return self._fit(resume)
+
+    def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
+        s = self.state
         try:
             self._call("on_fit_start")
             if resume is None and self.sanity_steps > 0:
@@ -270,6 +296,8 @@ class Engine:
             for epoch in range(len(s.history), self.max_epochs):
                 s.epoch = epoch
                 self._train_epoch()
+                if self._signal is not None:  # under DDP the epoch ran to its end first
+                    raise Interrupted(self._signal)
                 # All ranks leave together, or the others would wait in the next all-reduce.
                 s.should_stop = any_rank(s.should_stop, self.device)
                 if s.should_stop:
@@ -320,6 +348,7 @@ class Engine:
                 with self._autocast():
                     logits = self._forward_model(x)
                     loss = self.loss_fn(logits, y)
+                self._finite.logical_and_(torch.isfinite(loss.detach()))
                 self._call("on_before_backward", loss)
                 self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
                 self._call("on_after_backward")
@@ -339,11 +368,22 @@ class Engine:
             )
             if s.should_stop and self._ddp is None:
                 break
+        if self._signal is not None and self._ddp is None:
+            raise Interrupted(self._signal)  # no validation or epoch-end checkpoint of a part
         train_time = time.perf_counter() - t0
         # One reduction and one host read per epoch: the metrics of all ranks' batches.
         counts = [loss_sum, correct, torch.tensor(seen, device=self.device)]
         totals = all_reduce_sum(torch.stack([c.double() for c in counts]))
         loss_total, correct_total, seen_total = totals.tolist()
+        skipped = self._check_nonfinite()
+        if skipped:
+            s.metrics["train/skipped_steps"] = skipped
+            log.warning(
+                "epoch %d: skipped %d optimizer step(s) with a NaN or infinite loss",
+                s.epoch + 1,
+                skipped,
+            )
+        self._skipped.zero_()
         s.metrics["train/loss"] = loss_total / max(seen_total, 1)
         s.metrics["train/acc"] = correct_total / max(seen_total, 1)
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -388,18 +428,73 @@ class Engine:
         if self.scaler is not None:
             self.scaler.unscale_(opt)  # hooks and clipping see true gradients
         self._call("on_before_optimizer_step", opt)
+        finite = self._finite
         if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+            finite = finite & torch.isfinite(norm)
+        if self._ddp is not None:  # one rank's NaN must skip the step on every rank
+            finite = all_reduce_sum((~finite).to(torch.int32)) == 0
         if self.scaler is not None:
-            self.scaler.step(opt)
+            self.scaler.step(opt)  # the scaler skips steps with non-finite gradients itself
             self.scaler.update()
-        else:
+        elif getattr(opt, "_step_supports_amp_scaling", False):
+            # Fused optimizers (the default AdamW) skip on the device when found_inf is 1,
+            # the mechanism GradScaler uses: no host sync.
+            opt.grad_scale, opt.found_inf = None, (~finite).float()  # type: ignore[attr-defined]
+            opt.step()
+            del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
+        elif finite.item():  # another optimizer: one host read per step decides
             opt.step()
         opt.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, apply=finite)
+        skip = (~finite).long()
+        self._skipped += skip
+        self._skipped_run.mul_(skip).add_(skip)  # run = (run + 1) if skipped else 0
+        self._finite.fill_(True)
         self.state.step += 1
+        if self.state.step % NONFINITE_CHECK_EVERY == 0:
+            self._check_nonfinite()
+
+    def _check_nonfinite(self) -> int:
+        """Read the skip counters (a host sync: every NONFINITE_CHECK_EVERY steps and at epoch
+        end only); raise once ``max_nonfinite`` steps in a row were skipped."""
+        skipped, run = torch.stack([self._skipped, self._skipped_run]).tolist()
+        if run >= self.max_nonfinite:
+            raise NonFiniteLossError(
+                f"the loss was NaN or infinite for {run} optimizer steps in a row (epoch "
+                f"{self.state.epoch + 1}, step {self.state.step}); training stopped. Try a lower "
+                "--lr, --grad-clip 1.0, or --precision bf16-mixed / 32 instead of 16-mixed, and "
+                "check the data. Checkpoints of finished epochs are kept."
+            )
+        return int(skipped)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: stop after the current step; a second signal exits at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                raise KeyboardInterrupt  # the second signal: leave now
+            self._signal = signum
+            self.state.should_stop = True
+            self.state.stop_reason = f"interrupted by {signal.Signals(signum).name}"
+            log.warning(
+                "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
+                "press Ctrl-C again to exit at once",
+                signal.Signals(signum).name,
+            )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -658,7 +753,8 @@ def default_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    kwargs: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Fused on CPU and CUDA: fastest, and it can skip a non-finite step on the device.
+    kwargs: dict[str, Any] = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=lr, **kwargs)
 
 

@@ -17,3 +17,16 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or does not match this run."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the fit after the current step; exit with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite for too many optimizer steps in a row."""

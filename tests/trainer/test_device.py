@@ -16,7 +16,7 @@ from trainer.errors import ConfigError
         ("32", "cuda", True, "32"),
         ("16-mixed", "cuda", True, "16-mixed"),
         ("bf16-mixed", "cpu", False, "bf16-mixed"),
-        ("16-mixed", "cpu", False, "bf16-mixed"),  # CPU autocast has no fp16 scaler
+        ("16-mixed", "cpu", False, "16-mixed"),  # fp16 autocast with a CPU GradScaler
     ],
 )
 def test_precision_selection(monkeypatch, precision, device, bf16_ok, expected) -> None:

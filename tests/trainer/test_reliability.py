@@ -1,0 +1,223 @@
+"""Signals, non-finite losses and failing hooks: the run stops cleanly and keeps its work."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hooks.checkpoint import CheckpointHook
+from hooks.early_stopping import EarlyStoppingHook
+from tests.conftest import make_tree
+from trainer.checkpoint import load_checkpoint
+from trainer.engine import Engine
+from trainer.errors import Interrupted, NonFiniteLossError
+from trainer.hook import Hook
+
+from .synthetic import SyntheticData
+from .test_engine import make_engine
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
+
+
+class RaiseSignal(Hook):
+    """Sends the process ``times`` SIGINTs from inside a training step."""
+
+    def __init__(self, at_step: int, times: int = 1) -> None:
+        self.at_step, self.times = at_step, times
+
+    def on_after_backward(self, engine: Engine) -> None:
+        if engine.state.epoch == 1 and engine.state.batch_idx == self.at_step:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_sigint_finishes_the_step_saves_and_raises(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Watch(Hook):
+        def on_train_batch_end(self, engine, outputs, batch, batch_idx) -> None:
+            seen.append(f"end{batch_idx}")
+
+        def on_exception(self, engine, exception) -> None:
+            seen.append(type(exception).__name__)
+
+    engine = make_engine([CheckpointHook(tmp_path), RaiseSignal(at_step=1), Watch()], max_epochs=3)
+    with pytest.raises(Interrupted) as info:
+        engine.fit()
+    assert info.value.exit_code == 130
+    # The step that got the signal completed (optimizer, batch end), then the fit stopped.
+    assert seen[-2:] == ["end1", "Interrupted"]
+    assert engine.state.step == 4 + 2
+    assert len(engine.state.history) == 1  # the unfinished epoch is not recorded
+    emergency = load_checkpoint(tmp_path / "checkpoints" / "interrupted.pt")
+    assert emergency["state"]["step"] == 6
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["step"] == 4
+    # The handlers are restored after fit.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_second_signal_exits_at_once(tmp_path: Path) -> None:
+    engine = make_engine([RaiseSignal(at_step=1, times=2)], max_epochs=3)
+    with pytest.raises(KeyboardInterrupt) as info:
+        engine.fit()
+    assert not isinstance(info.value, Interrupted)  # raised inside the step, not after it
+
+
+def test_sigterm_exits_143_and_the_run_resumes(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "data", {"a": 40, "b": 40}, size=(16, 16))
+    out = tmp_path / "run"
+    argv = [
+        sys.executable,
+        str(SCRIPT),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "50",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--model",
+        "small_cnn",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--no-export",
+        "--no-report",
+        "--no-samples",
+        "--no-confusion-matrix",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "--resume" in err
+    assert (out / "checkpoints" / "interrupted.pt").is_file()
+    done = len(load_checkpoint(out)["state"]["history"])
+    resumed = subprocess.run(
+        [*argv[:2], "--resume", str(out), "--epochs", str(done + 1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(load_checkpoint(out)["state"]["history"]) == done + 1
+
+
+class NaNAt:
+    """Cross-entropy, except NaN on the given (0-based) training calls."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls - 1 in self.bad:
+                return loss * float("nan")
+        return loss
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
+    weights: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(Hook):
+        def on_train_batch_end(self, engine, outputs, batch, batch_idx) -> None:
+            weights.append({k: v.clone() for k, v in engine.model.state_dict().items()})
+
+    engine = make_engine(
+        [Snapshot()], loss=NaNAt({5}), max_epochs=2, precision=precision, ema_decay=0.9
+    )
+    ema_before: dict[str, torch.Tensor] = {}
+
+    class EmaSnapshot(Hook):
+        def on_train_batch_start(self, engine, batch, batch_idx) -> None:
+            if engine.state.epoch == 1 and batch_idx == 1:
+                ema_before.update({k: v.clone() for k, v in engine.ema.module.state_dict().items()})
+
+        def on_train_batch_end(self, engine, outputs, batch, batch_idx) -> None:
+            if engine.state.epoch == 1 and batch_idx == 1:
+                for k, v in engine.ema.module.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        assert torch.equal(v, ema_before[k]), k
+
+    engine.hooks.append(EmaSnapshot())
+    from trainer.engine import resolve_hook_plan
+
+    engine._plan = resolve_hook_plan(engine.hooks)
+    engine.fit()
+    # Call 5 is epoch 1, batch 1: its step changed no parameter and no EMA weight.
+    for k, v in weights[5].items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.equal(v, weights[4][k]), k
+    assert engine.state.history[1]["train/skipped_steps"] == 1
+    assert "train/skipped_steps" not in engine.state.history[0]
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_nan_in_a_row_stops_with_a_clear_error_and_keeps_best(tmp_path: Path, monkeypatch) -> None:
+    import trainer.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "NONFINITE_CHECK_EVERY", 1)
+    make_engine([CheckpointHook(tmp_path)], max_epochs=1).fit()
+    best = tmp_path / "checkpoints" / "best.pt"
+    before = _digest(best)
+    engine = make_engine([CheckpointHook(tmp_path)], loss=NaNAt(set(range(100))), max_epochs=3)
+    with pytest.raises(NonFiniteLossError, match="5 optimizer steps in a row"):
+        engine.fit(resume=tmp_path)
+    assert _digest(best) == before
+    assert (tmp_path / "checkpoints" / "interrupted.pt").is_file()
+
+
+def test_state_hook_failure_saves_an_emergency_checkpoint_and_names_the_hook(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(
+        [CheckpointHook(tmp_path), EarlyStoppingHook(monitor="val/nonexistent")], max_epochs=2
+    )
+    with pytest.raises(KeyError) as info:
+        engine.fit()
+    assert "EarlyStoppingHook.on_validation_end" in "".join(info.value.__notes__)
+    assert (tmp_path / "checkpoints" / "interrupted.pt").is_file()
+
+
+def test_artefact_hook_failure_does_not_stop_training(tmp_path: Path, caplog) -> None:
+    from hooks.training_history import TrainingHistoryHook
+
+    blocker = tmp_path / "plots"
+    blocker.write_text("a file where the plots folder should be")
+    with caplog.at_level("WARNING"):
+        history = make_engine([TrainingHistoryHook(tmp_path)], max_epochs=2).fit()
+    assert len(history) == 2
+    assert str(blocker) in caplog.text
+
+
+def test_fp16_on_cpu_uses_a_grad_scaler() -> None:
+    engine = make_engine(precision="16-mixed", max_epochs=1, data=SyntheticData(n=32))
+    assert engine.scaler is not None
+    engine.fit()
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
