@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint import save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
-from trainer.errors import Interrupted
+from trainer.errors import Interrupted, OutputError
 from trainer.hook import Hook
 from trainer.io import clean_stale_temp_files
 
@@ -75,11 +75,19 @@ class CheckpointHook(Hook):
         ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
         if not is_global_zero():
             return  # the ranks hold the same weights; rank 0 writes them
-        save_checkpoint(ckpt, self.dir / "last.pt")
-        if improved:
-            save_checkpoint(ckpt, self.dir / "best.pt")
-        if self.top_k > 0 and value is not None and not math.isnan(value):
-            self._update_top_k(ckpt, value, engine.state.epoch, mode)
+        try:
+            save_checkpoint(ckpt, self.dir / "last.pt")
+            if improved:
+                save_checkpoint(ckpt, self.dir / "best.pt")
+            if self.top_k > 0 and value is not None and not math.isnan(value):
+                self._update_top_k(ckpt, value, engine.state.epoch, mode)
+        except OSError as e:
+            # A run that cannot checkpoint would lose its work silently: stop it.
+            raise OutputError(
+                f"could not write a checkpoint in {self.dir} ({e.strerror or e}). The files "
+                "already there are intact (writes are atomic). Free some space or make the "
+                "folder writable, then continue with --resume; or pick another --out."
+            ) from e
 
     def _update_top_k(self, ckpt: dict[str, Any], value: float, epoch: int, mode: str) -> None:
         name = f"epoch_{epoch:03d}.pt"

@@ -31,7 +31,7 @@ from trainer.distributed import (
     is_global_zero,
 )
 from trainer.engine import Engine, seed_everything
-from trainer.errors import ConfigError, NonFiniteLossError, UserError
+from trainer.errors import ConfigError, NonFiniteLossError, OutputError, UserError
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json
 from trainer.losses import build_loss
@@ -362,9 +362,16 @@ def _train(config: dict[str, Any]) -> Engine:
     log.info(data.summary())
     saved = {k: v for k, v in config.items() if k not in ("resume", "config", "print_config")}
     if is_global_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "args.json", saved)
-        data.save_labels_mapping(out / "labels_mapping.json")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "args.json", saved)
+            atomic_write_json(out / "data_report.json", data.report())
+            data.save_labels_mapping(out / "labels_mapping.json")
+        except OSError as e:
+            raise OutputError(
+                f"cannot write to the run folder {out} ({e.strerror or e}); "
+                "choose a writable --out with free space"
+            ) from e
 
     seed_everything(config["seed"])  # the model's initial weights too
     model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])

@@ -734,6 +734,16 @@ class ImageFolderData:
         """Write ``labels_mapping()`` as JSON, atomically."""
         atomic_write_json(path, self.labels_mapping())
 
+    def report(self) -> dict[str, Any]:
+        """What the scan found, for ``data_report.json``: counts, unusable and ignored files."""
+        return {
+            "root": str(self.root),
+            "classes": list(self.classes),
+            "class_counts": {k: list(v) for k, v in self.class_counts.items()},
+            "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
+            "ignored_files": [str(p) for p in self.ignored_files],
+        }
+
     def summary(self) -> str:
         """A few lines on classes and split sizes, for the start of a run."""
         lines = [f"data: {self.root} ({self.num_classes} classes)"]

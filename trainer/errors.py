@@ -19,6 +19,10 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or does not match this run."""
 
 
+class OutputError(UserError, OSError):
+    """A file of the run could not be written (disk full, read-only folder)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the fit after the current step; exit with 128 + the signal."""
 
