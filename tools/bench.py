@@ -1,8 +1,9 @@
 """Training throughput of the Engine against a hand-written loop, side by side in one process.
 
 python tools/bench.py --preset cpu            # small_cnn and resnet18, about 2 minutes on 2 cores
-python tools/bench.py --preset gpu --json bench.json
-python tools/bench.py --preset cpu --ema --compile --lightning
+python tools/bench.py --preset cpu --threads 1 --clock cpu   # steadier on a shared machine
+python tools/bench.py --preset gpu --ema --lightning --json bench.json
+python tools/bench.py --preset gpu --compile  # compile time apart from steady-state speed
 python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64
 
 Per workload it builds three runs of the same model, optimizer (AdamW, the Engine's default
@@ -18,7 +19,9 @@ uint8 batches already on the device:
 
 After a warm-up epoch the runs take turns, one epoch each (the order rotating every round), so
 a busy machine slows all of them alike; each figure is the median over rounds, and a ratio is
-the median of the per-round ratios. Two speeds are reported:
+the median of the per-round ratios. On a CPU shared with other jobs, wall time swings by 10%
+and more between epochs; ``--threads 1 --clock cpu`` times the CPU time of the one thread that
+does the work instead, which other processes disturb far less. Two speeds are reported:
 
   step    training images / time of the training loop only (the Engine's ``train/img_s``):
           what the issue's targets are about.
@@ -36,12 +39,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,8 @@ from trainer.models import MODELS, build_model
 
 # The settings every run shares (the Engine's defaults, written out for the bare loop).
 LR, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP_EPOCHS = 1e-3, 0.05, 0.1, 1.0
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,10 @@ PRESETS: dict[str, Preset] = {
     # For tests: seconds, and no meaning.
     "tiny": Preset((Workload("small_cnn", 16, 8, steps=2, num_classes=3, val_batches=1),), 1),
     "cpu": Preset(
-        (Workload("small_cnn", 32, 64, steps=24), Workload("resnet18", 32, 32, steps=12)), 5
+        (Workload("small_cnn", 32, 64, steps=16), Workload("resnet18", 32, 32, steps=8)), 5
     ),
     "gpu": Preset(
-        (Workload("resnet18", 32, 512, steps=100), Workload("resnet50", 224, 256, steps=25)), 5
+        (Workload("resnet18", 32, 512, steps=300), Workload("resnet50", 224, 256, steps=25)), 5
     ),
 }
 
@@ -234,10 +240,16 @@ class BareLoop:
     name = "bare"
 
     def __init__(
-        self, w: Workload, data: DeviceBatches, device: torch.device, precision: str, epochs: int
+        self,
+        w: Workload,
+        data: DeviceBatches,
+        device: torch.device,
+        precision: str,
+        epochs: int,
+        clock: Clock = time.perf_counter,
     ) -> None:
         torch.manual_seed(0)
-        self.device, self.data = device, data
+        self.device, self.data, self.clock = device, data, clock
         # As the Engine decides: NHWC where cuDNN / oneDNN are faster with it, cuDNN autotuning.
         self.channels_last = device.type in ("cuda", "cpu")
         if device.type == "cuda":
@@ -264,7 +276,7 @@ class BareLoop:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def run_epoch(self) -> EpochTime:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.model.train()
         images = 0
         for x, y in self.data.train:
@@ -281,7 +293,7 @@ class BareLoop:
             self.sched.step()
             images += y.shape[0]
         _sync(self.device)
-        train_s = time.perf_counter() - t0
+        train_s = self.clock() - t0
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         with torch.no_grad():
@@ -289,28 +301,37 @@ class BareLoop:
                 with self._autocast():
                     correct += (self.model(self._prep(x)).argmax(1) == y).sum()
         correct.item()
-        return EpochTime(images, train_s, time.perf_counter() - t0)
+        return EpochTime(images, train_s, self.clock() - t0)
 
 
 class _EpochStart(Hook):
-    order = -(10**9)  # first of all, so the epoch's clock starts before any other hook
+    """Clocks the start of each epoch and of its validation (the training loop's end)."""
 
-    def __init__(self) -> None:
-        self.t = 0.0
+    order = -(10**9)  # first of all, so no other hook's work falls outside the clock
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.t = self.t_val = 0.0
 
     def on_train_epoch_start(self, engine: Engine) -> None:
-        self.t = time.perf_counter()
+        self.t = self.t_val = self.clock()
+
+    def on_validation_start(self, engine: Engine) -> None:
+        if engine.state.phase == "val":
+            _sync(engine.device)
+            self.t_val = self.clock()
 
 
 class _EpochEnd(Hook):
     order = 10**9  # last of all: the epoch's wall time includes every epoch-end hook
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.t = 0.0
 
     def on_train_epoch_end(self, engine: Engine) -> None:
         _sync(engine.device)
-        self.t = time.perf_counter()
+        self.t = self.clock()
 
 
 class EngineRun:
@@ -319,8 +340,8 @@ class EngineRun:
     Each call raises ``max_epochs`` by one and fits, so the Engine trains exactly one more
     epoch; the schedule is built for the whole bench. ``on_fit_start`` hooks (dataset and
     model tables) run every call, outside the timed epoch. Output goes to a discarded buffer.
-    Speeds come from the Engine's own ``train/img_s``; ``images`` (per epoch) turns them back
-    into seconds.
+    The training loop is timed from the first ``on_train_epoch_start`` to the first
+    ``on_validation_start`` (or, with no validation, by the Engine's ``train/img_s``).
     """
 
     def __init__(
@@ -332,12 +353,13 @@ class EngineRun:
         precision: str,
         epochs: int,
         hooks: Sequence[Hook] = (),
+        clock: Clock = time.perf_counter,
         **engine_kwargs: Any,
     ) -> None:
         torch.manual_seed(0)
         self.name = name
         self.images = w.steps * w.batch_size
-        self._start, self._end = _EpochStart(), _EpochEnd()
+        self._start, self._end = _EpochStart(clock), _EpochEnd(clock)
         self.engine = Engine(
             build_model(w.model, w.num_classes),
             data,
@@ -359,7 +381,10 @@ class EngineRun:
         e.max_epochs = len(e.state.history) + 1
         with quiet():
             e.fit()
-        train_s = self.images / e.state.history[-1]["train/img_s"]
+        if self._start.t_val > self._start.t:
+            train_s = self._start.t_val - self._start.t
+        else:  # no validation: the Engine's own clock of its training loop
+            train_s = self.images / e.state.history[-1]["train/img_s"]
         return EpochTime(self.images, train_s, self._end.t - self._start.t)
 
 
@@ -483,10 +508,14 @@ def interleave(runs: Sequence[Any], rounds: int) -> list[RunTimes]:
     """One warm-up epoch per run, then ``rounds`` rounds of one epoch each, order rotating."""
     times = [RunTimes(r.name) for r in runs]
     for r, t in zip(runs, times, strict=True):
+        gc.collect()
         t.first = r.run_epoch()
     for k in range(rounds):
         for i in range(len(runs)):
             j = (i + k) % len(runs)
+            # Each epoch starts from a collected heap: the plotting run's garbage would
+            # otherwise be collected inside whichever run's step loop comes next.
+            gc.collect()
             times[j].epochs.append(runs[j].run_epoch())
     return times
 
@@ -503,17 +532,27 @@ def bench_workload(
 ) -> dict[str, Any]:
     """Time bare, engine and engine+hooks (and the opt-in runs) on one workload."""
     epochs = rounds + 1
+    if args.compile:
+        # A fresh compile cache: a model compiled for the previous workload's shapes would make
+        # this one recompile with dynamic shapes (slower code), which a real run never sees.
+        torch._dynamo.reset()
     data = DeviceBatches(w, device)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        default = hooks_for_bench(Path(tmp))
         runs: list[Any] = [
-            BareLoop(w, data, device, precision, epochs),
-            EngineRun("engine", w, data, device, precision, epochs),
-            EngineRun("hooks", w, data, device, precision, epochs, hooks_for_bench(Path(tmp))),
+            BareLoop(w, data, device, precision, epochs, clock),
+            EngineRun("engine", w, data, device, precision, epochs, clock=clock),
+            EngineRun("hooks", w, data, device, precision, epochs, default, clock=clock),
         ]
         if args.ema:
-            runs.append(EngineRun("ema", w, data, device, precision, epochs, ema_decay=0.999))
+            runs.append(
+                EngineRun("ema", w, data, device, precision, epochs, clock=clock, ema_decay=0.999)
+            )
         if args.compile:
-            runs.append(EngineRun("compile", w, data, device, precision, epochs, compile=True))
+            runs.append(
+                EngineRun("compile", w, data, device, precision, epochs, clock=clock, compile=True)
+            )
         times = {t.name: t for t in interleave(runs, rounds)}
     bare, engine, hooks = times["bare"], times["engine"], times["hooks"]
     result: dict[str, Any] = {
@@ -791,6 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the results to this file (rewritten after each workload)",
     )
     p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time the main thread's CPU time (with --threads 1 on --device cpu), which "
+        "other processes on a shared machine barely disturb",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -817,11 +863,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)
+        if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+            print(
+                "error: --clock cpu needs --device cpu --threads 1 (it times one thread)",
+                file=sys.stderr,
+            )
+            return 2
         meta = {
             "device": str(device),
             "precision": precision,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "clock": args.clock,
         }
         if args.data is not None:
             d = bench_data(args, device, precision, args.rounds or 3)

@@ -86,9 +86,9 @@ def test_lightning_flag_without_lightning_notes_and_goes_on(
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
         monkeypatch.setitem(__import__("sys").modules, name, None)
     out = tmp_path / "bench.json"
-    assert (
-        bench.main(["--preset", "tiny", "--device", "cpu", "--lightning", "--json", str(out)]) == 0
-    )
+    argv = ["--preset", "tiny", "--device", "cpu", "--lightning", "--json", str(out)]
+    argv += ["--threads", "1", "--clock", "cpu"]  # and the CPU-time clock, on the way
+    assert bench.main(argv) == 0
     (w,) = json.loads(out.read_text())["workloads"]
     assert "not installed" in w["lightning_note"]
 
@@ -124,3 +124,4 @@ def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_pa
 
 def test_bad_rounds_is_a_usage_error(bench: ModuleType) -> None:
     assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2
+    assert bench.main(["--preset", "tiny", "--clock", "cpu", "--threads", "2"]) == 2
