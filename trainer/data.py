@@ -35,7 +35,8 @@ logger = logging.getLogger("trainer.data")
 # torchvision 0.29 deprecates torchvision.io decoding in favour of TorchCodec, which has no
 # still-image decoder we can rely on yet; the warning would repeat for every worker.
 warnings.filterwarnings(
-    "ignore", message="The image decoding and encoding capabilities of TorchVision",
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
     category=DeprecationWarning,
 )
 
@@ -104,6 +105,28 @@ def _load_with_pil(data: bytes) -> torch.Tensor:
     return _to_rgb_uint8(arr.permute(2, 0, 1))
 
 
+def _refuse_bombs(raw: bytes) -> None:
+    """Refuse images over twice PIL's decompression-bomb limit (about 179 million pixels).
+
+    Only the header is read. Such a file (often a few KB claiming 50,000 x 50,000 pixels) would
+    need gigabytes to decode; it is reported as unusable instead of crashing the run.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(raw)).close()
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"too large to decode safely ({e}); downscale it, or remove it from the tree"
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass  # not for this check to judge: the decoders below report it
+
+
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor ``(3, H, W)``, EXIF orientation applied.
 
@@ -120,6 +143,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """
     data = read_file(os.fspath(path))
     raw = data.numpy().tobytes()
+    _refuse_bombs(raw)
     mode = _torchvision_mode(raw)
     if mode is None:
         return _load_with_pil(raw)
@@ -159,9 +183,7 @@ def resize_size(img_size: int) -> int:
 
 def val_transform(img_size: int) -> v2.Compose:
     """Validation/test preprocessing on uint8 tensors: resize short side, centre crop."""
-    return v2.Compose(
-        [v2.Resize(resize_size(img_size), antialias=True), v2.CenterCrop(img_size)]
-    )
+    return v2.Compose([v2.Resize(resize_size(img_size), antialias=True), v2.CenterCrop(img_size)])
 
 
 def train_transform(
@@ -341,8 +363,18 @@ class ImageFolderData:
         max_bad_fraction: float = 0.05,
         verify: bool = True,
     ) -> None:
-        self._check_args(img_size, batch_size, workers, val_fraction, crop_scale, color_jitter,
-                         sampler, class_weights, cache, max_bad_fraction)
+        self._check_args(
+            img_size,
+            batch_size,
+            workers,
+            val_fraction,
+            crop_scale,
+            color_jitter,
+            sampler,
+            class_weights,
+            cache,
+            max_bad_fraction,
+        )
         self.root = Path(root).expanduser()
         self.img_size = img_size
         self.batch_size = batch_size
@@ -379,8 +411,12 @@ class ImageFolderData:
         # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
         # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
         self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
-            [t for _, t in self.train_samples], self.num_classes, mode=sampler,
-            class_weights=weights_by_idx, seed=seed, num_replicas=get_world_size(),
+            [t for _, t in self.train_samples],
+            self.num_classes,
+            mode=sampler,
+            class_weights=weights_by_idx,
+            seed=seed,
+            num_replicas=get_world_size(),
             rank=get_rank(),
         )
 
@@ -388,9 +424,16 @@ class ImageFolderData:
 
     @staticmethod
     def _check_args(
-        img_size: int, batch_size: int, workers: int | None, val_fraction: float,
-        crop_scale: float, color_jitter: float, sampler: str,
-        class_weights: dict[str, float] | None, cache: str | None, max_bad_fraction: float,
+        img_size: int,
+        batch_size: int,
+        workers: int | None,
+        val_fraction: float,
+        crop_scale: float,
+        color_jitter: float,
+        sampler: str,
+        class_weights: dict[str, float] | None,
+        cache: str | None,
+        max_bad_fraction: float,
     ) -> None:
         problems = []
         if img_size < 1:
@@ -499,7 +542,9 @@ class ImageFolderData:
             if missing:
                 logger.warning(
                     "%s has no images for class(es) %s; their %s accuracy will be undefined.",
-                    split_dir, ", ".join(missing), split_dir.name,
+                    split_dir,
+                    ", ".join(missing),
+                    split_dir.name,
                 )
             setattr(self, attr, [(p, to_idx[c]) for c in self.classes for p in found.get(c, [])])
 
@@ -546,8 +591,13 @@ class ImageFolderData:
             self.train_samples += [(p, idx) for p in sorted(files[n_val:])]
         logger.info(
             "%s has no train/val folders: split %d images into %d train / %d val "
-            "(val_fraction=%s, seed=%d).", self.root, sum(map(len, found.values())),
-            len(self.train_samples), len(self.val_samples), self.val_fraction, self.seed,
+            "(val_fraction=%s, seed=%d).",
+            self.root,
+            sum(map(len, found.values())),
+            len(self.train_samples),
+            len(self.val_samples),
+            self.val_fraction,
+            self.seed,
         )
 
     def _check_not_empty(self, found: dict[str, list[Path]], where: Path) -> None:
@@ -610,14 +660,21 @@ class ImageFolderData:
         try:
             from tqdm import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency, but only for the bar
+
             def tqdm(x: Any, **_: Any) -> Any:
                 return x
 
         threads = max(1, min(16, self.workers or 1, len(paths)))
         with ThreadPoolExecutor(max_workers=threads) as pool:
             results = list(
-                tqdm(pool.map(check, paths), total=len(paths), desc="checking images",
-                     unit="img", disable=not sys.stderr.isatty(), leave=False)
+                tqdm(
+                    pool.map(check, paths),
+                    total=len(paths),
+                    desc="checking images",
+                    unit="img",
+                    disable=not sys.stderr.isatty(),
+                    leave=False,
+                )
             )
         bad = {p: r for p, (_, r) in zip(paths, results, strict=True) if r is not None}
         self.bad_files = [(p, bad[p]) for p in paths if p in bad]
@@ -631,8 +688,14 @@ class ImageFolderData:
                     f"First ones: {shown}. Remove or replace the broken files, or raise "
                     "--max-bad-fraction to skip them."
                 )
-            logger.warning("Skipping %d unreadable image(s) of %d under %s: %s%s", len(bad),
-                           len(paths), self.root, shown, " ..." if len(bad) > 5 else "")
+            logger.warning(
+                "Skipping %d unreadable image(s) of %d under %s: %s%s",
+                len(bad),
+                len(paths),
+                self.root,
+                shown,
+                " ..." if len(bad) > 5 else "",
+            )
 
         images = iter(results)
         cache: dict[str, list[torch.Tensor]] = {}
@@ -645,14 +708,19 @@ class ImageFolderData:
                 warnings.warn(
                     f"The decoded images of {self.root} need more than cache_max_bytes="
                     f"{_human(self.cache_max_bytes)}; not caching, reading from disk instead. "
-                    "Raise cache_max_bytes or use a smaller img_size to cache.", stacklevel=3,
+                    "Raise cache_max_bytes or use a smaller img_size to cache.",
+                    stacklevel=3,
                 )
-                logger.warning("RAM cache does not fit in %s; reading from disk.",
-                               _human(self.cache_max_bytes))
+                logger.warning(
+                    "RAM cache does not fit in %s; reading from disk.", _human(self.cache_max_bytes)
+                )
             else:
                 self._cache = cache
-                logger.info("Cached %d images in RAM (%s).", len(paths) - len(bad),
-                            _human(self.cache_max_bytes - budget[0]))
+                logger.info(
+                    "Cached %d images in RAM (%s).",
+                    len(paths) - len(bad),
+                    _human(self.cache_max_bytes - budget[0]),
+                )
 
     @property
     def cached(self) -> bool:
@@ -661,23 +729,35 @@ class ImageFolderData:
 
     # ------------------------------------------------------------------ loaders
 
-    def _dataset(self, split: str, transform: Callable[[torch.Tensor], torch.Tensor]
-                 ) -> ImageListDataset:
+    def _dataset(
+        self, split: str, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> ImageListDataset:
         cache = None if self._cache is None else self._cache[split]
         return ImageListDataset(self._splits()[split], transform, cache)
 
     def _loader(self, dataset: ImageListDataset, **kwargs: Any) -> DataLoader[Any]:
         return DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.workers > 0,
-            drop_last=False, collate_fn=default_collate, **kwargs,
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            drop_last=False,
+            collate_fn=default_collate,
+            **kwargs,
         )
 
     def train_dataset(self) -> ImageListDataset:
         """The training samples with the training augmentation."""
-        return self._dataset("train", train_transform(
-            self.img_size, crop_scale=self.crop_scale, hflip=self.hflip,
-            color_jitter=self.color_jitter))
+        return self._dataset(
+            "train",
+            train_transform(
+                self.img_size,
+                crop_scale=self.crop_scale,
+                hflip=self.hflip,
+                color_jitter=self.color_jitter,
+            ),
+        )
 
     def train_loader(self) -> DataLoader[Any]:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
@@ -749,11 +829,12 @@ class ImageFolderData:
         lines = [f"data: {self.root} ({self.num_classes} classes)"]
         for split, counts in self.class_counts.items():
             if sum(counts):
-                lines.append(f"  {split}: {sum(counts)} images, per class min {min(counts)} "
-                             f"max {max(counts)}")
+                lines.append(
+                    f"  {split}: {sum(counts)} images, per class min {min(counts)} "
+                    f"max {max(counts)}"
+                )
         if self.bad_files:
             lines.append(f"  skipped {len(self.bad_files)} unreadable file(s)")
         if self.ignored_files:
             lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
         return "\n".join(lines)
-

@@ -112,11 +112,22 @@ def test_file_rules_nested_hidden_ignored_case_and_symlinks(tmp_path: Path) -> N
         (lambda r: make_tree(r, {"a": 2}), "at least two"),
         (lambda r: make_tree(r, {"a": 2}, splits=()), "at least two"),
         (lambda r: (make_tree(r, {"a": 1, "b": 1}), (r / "train" / "empty").mkdir()), "'empty'"),
-        (lambda r: (make_tree(r, {"a": 1, "b": 1}), make_tree(r, {"zebra": 1}, splits=("val",))),
-         "'zebra'.*Train classes: a, b"),
+        (
+            lambda r: (make_tree(r, {"a": 1, "b": 1}), make_tree(r, {"zebra": 1}, splits=("val",))),
+            "'zebra'.*Train classes: a, b",
+        ),
     ],
-    ids=["missing", "file", "empty", "val-only", "train-only", "one-class", "one-class-flat",
-         "empty-class", "unknown-val-class"],
+    ids=[
+        "missing",
+        "file",
+        "empty",
+        "val-only",
+        "train-only",
+        "one-class",
+        "one-class-flat",
+        "empty-class",
+        "unknown-val-class",
+    ],
 )
 def test_tree_errors(tmp_path: Path, setup: object, match: str) -> None:
     root = tmp_path / "data"
@@ -270,8 +281,12 @@ def _on_white(img: Image.Image) -> np.ndarray:
         ("p.png", lambda: Image.fromarray(RGB).convert("P"), lambda i: i.convert("RGB"), 0),
         ("p.gif", lambda: Image.fromarray(RGB).convert("P"), lambda i: i.convert("RGB"), 0),
         ("rgba.png", lambda: Image.fromarray(np.concatenate([RGB, ALPHA], 2)), _on_white, 1),
-        ("la.png", lambda: Image.fromarray(np.concatenate([RGB, ALPHA], 2)).convert("LA"),
-         _on_white, 1),
+        (
+            "la.png",
+            lambda: Image.fromarray(np.concatenate([RGB, ALPHA], 2)).convert("LA"),
+            _on_white,
+            1,
+        ),
         ("rgba.webp", lambda: Image.fromarray(np.concatenate([RGB, ALPHA], 2)), _on_white, 1),
         ("cmyk.jpg", lambda: Image.fromarray(RGB).convert("CMYK"), lambda i: i.convert("RGB"), 1),
         ("rgb.bmp", lambda: Image.fromarray(RGB), lambda i: i.convert("RGB"), 0),
@@ -320,3 +335,22 @@ def test_load_image_reads_from_memory_equivalent_bytes(tmp_path: Path) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(buf.getvalue())
     assert np.array_equal(load_image(path).permute(1, 2, 0).numpy(), RGB)
+
+
+def test_decompression_bomb_is_skipped_with_a_reason(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from trainer.data import load_image
+
+    root = make_tree(tmp_path / "data", {"a": 30, "b": 30}, size=(8, 8))
+    Image.new("RGB", (40, 40)).save(root / "train" / "a" / "huge.png")
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(root / "train" / "b" / "tiny.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40x40 is now "over twice the limit"
+    with pytest.raises(ValueError, match="too large"):
+        load_image(root / "train" / "a" / "huge.png")
+    data = _data(root)
+    assert [(p.name, "too large" in r) for p, r in data.bad_files] == [("huge.png", True)]
+    tiny = load_image(root / "train" / "b" / "tiny.png")  # a 1x1 image works
+    assert tiny.shape == (3, 1, 1) and tiny[:, 0, 0].tolist() == [10, 200, 30]
+    images, _ = next(iter(data.train_loader()))
+    assert images.shape[1:] == (3, data.img_size, data.img_size)
