@@ -34,6 +34,18 @@ class ModelEMA:
         self.module.requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        # (model, ema floats, model floats, ema others, model others): built on the first
+        # update, so each step is two foreach calls, not a walk over two state_dicts.
+        self._pairs: (
+            tuple[
+                nn.Module,
+                list[torch.Tensor],
+                list[torch.Tensor],
+                list[torch.Tensor],
+                list[torch.Tensor],
+            ]
+            | None
+        ) = None
 
     def current_decay(self) -> float:
         n = self.updates
@@ -50,21 +62,37 @@ class ModelEMA:
         """
         d = self.current_decay()
         self.updates += 1
-        ema_float, model_float = [], []
-        for e, m in zip(
-            self.module.state_dict().values(), model.state_dict().values(), strict=True
-        ):
-            if e.dtype.is_floating_point:
-                ema_float.append(e)
-                model_float.append(m.detach())
-            else:
-                e.copy_(m)
+        _, ema_float, model_float, ema_other, model_other = self._tensor_lists(model)
+        if ema_other:
+            torch._foreach_copy_(ema_other, model_other)  # BatchNorm's num_batches_tracked
         # ema = d * ema + (1 - d) * model, i.e. a lerp towards the model by (1 - d).
         if apply is None:
             torch._foreach_lerp_(ema_float, model_float, 1.0 - d)
         elif ema_float:
             weight = apply.to(ema_float[0].device, torch.float32) * (1.0 - d)
             torch._foreach_lerp_(ema_float, model_float, [weight] * len(ema_float))
+
+    def _tensor_lists(
+        self, model: nn.Module
+    ) -> tuple[
+        nn.Module, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]
+    ]:
+        if self._pairs is None or self._pairs[0] is not model:
+            ema_f: list[torch.Tensor] = []
+            model_f: list[torch.Tensor] = []
+            ema_o: list[torch.Tensor] = []
+            model_o: list[torch.Tensor] = []
+            for e, m in zip(
+                self.module.state_dict(keep_vars=True).values(),
+                model.state_dict(keep_vars=True).values(),
+                strict=True,
+            ):
+                # Detached views share storage, and optimizers update in place: they stay valid.
+                floating = e.dtype.is_floating_point
+                (ema_f if floating else ema_o).append(e.detach())
+                (model_f if floating else model_o).append(m.detach())
+            self._pairs = (model, ema_f, model_f, ema_o, model_o)
+        return self._pairs
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

@@ -201,7 +201,9 @@ class Engine:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
             train_model = self._ddp
-        self._forward_model: nn.Module = torch.compile(train_model) if compile else train_model  # type: ignore[assignment]
+        self._forward_model: nn.Module = (
+            torch.compile(train_model, dynamic=False) if compile else train_model
+        )  # type: ignore[assignment]
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
         self.loss_fn: LossFn = (
@@ -357,7 +359,7 @@ class Engine:
             # Device-side sums only: the host reads them once, after the epoch.
             loss = loss.detach()
             logits = logits.detach()
-            loss_sum += loss * y.shape[0]
+            loss_sum.add_(loss, alpha=y.shape[0])
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
             self._call(
