@@ -201,9 +201,10 @@ class Engine:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
             train_model = self._ddp
-        self._forward_model: nn.Module = (
-            torch.compile(train_model, dynamic=False) if compile else train_model
-        )  # type: ignore[assignment]
+        # dynamic=False: the short last batch would otherwise make dynamo recompile with
+        # symbolic shapes, and that slower graph then serves every full batch too.
+        forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
+        self._forward_model: nn.Module = forward
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
         self.loss_fn: LossFn = (
