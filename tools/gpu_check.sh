@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The prepared GPU check (one device call, under 5 minutes): versions, the CUDA sync test,
+# bench.py's GPU preset (with EMA and Lightning), the --data path on a generated JPEG tree,
+# and the overhead of DDP with one process. Results go to $OUT (default /tmp/gpu_out).
+# Run from the repository root: bash tools/gpu_check.sh
+set -u
+export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+
+echo "== CUDA sync test"
+timeout 90 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py 2>&1 | tail -3
+
+echo "== bench --preset gpu"
+timeout 240 python tools/bench.py --preset gpu --ema --lightning --json "$OUT/bench_gpu.json" 2>&1 | tail -40
+
+echo "== JPEG tree"
+python - <<'PY'
+import numpy as np
+from pathlib import Path
+from PIL import Image
+rng = np.random.default_rng(0)
+root = Path("/tmp/jpeg")
+base = rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)
+for split, n in (("train", 300), ("val", 30)):
+    for c in range(8):
+        d = root / split / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.roll(base, shift=(i * 7 + c * 31) % 375, axis=0)
+            Image.fromarray(arr).save(d / f"{i}.jpg", quality=90)
+print("wrote", sum(1 for _ in root.rglob("*.jpg")), "JPEGs of 500x375")
+PY
+echo "== bench --data (resnet50, 224 px, batch 256, 16 workers)"
+timeout 150 python tools/bench.py --data /tmp/jpeg --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
+
+echo "== DDP with 1 process vs no DDP (resnet50, 224 px, batch 128, bf16, channels_last)"
+timeout 120 python - <<'PY' 2>&1 | tee "$OUT/ddp1.txt"
+import os, time, torch, torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from trainer.models import build_model
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+dist.init_process_group("nccl", rank=0, world_size=1)
+torch.backends.cudnn.benchmark = True
+x = torch.randn(128, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 100, (128,), device="cuda")
+def run(wrap, steps=40):
+    torch.manual_seed(0)
+    model = build_model("resnet50", 100).cuda().to(memory_format=torch.channels_last)
+    net = DistributedDataParallel(model, device_ids=[0]) if wrap else model
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    for _ in range(10): step()
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(steps): step()
+    torch.cuda.synchronize()
+    return steps * 128 / (time.perf_counter() - t)
+res = {}
+for rnd in range(3):
+    for wrap in (False, True):
+        res.setdefault(wrap, []).append(run(wrap))
+plain, ddp = sorted(res[False])[1], sorted(res[True])[1]
+print(f"no DDP {plain:.0f} img/s, DDP(1 process) {ddp:.0f} img/s, ratio {ddp / plain:.3f} (median of 3)")
+dist.destroy_process_group()
+PY
+ls -la "$OUT"
