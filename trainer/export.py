@@ -288,6 +288,47 @@ def export_and_verify(
     return report
 
 
+def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
+    """Check a labels mapping's structure before anything trusts it; return it as a dict.
+
+    Raises:
+        OnnxModelError: naming ``source`` and the first problem found.
+    """
+
+    def bad(problem: str) -> OnnxModelError:
+        return OnnxModelError(
+            f"the labels mapping in {source} is malformed: {problem}. Re-export the model, or "
+            "copy the run's labels_mapping.json beside it."
+        )
+
+    if not isinstance(mapping, dict):
+        raise bad(f"expected a JSON object, found {type(mapping).__name__}")
+    idx_to_class = mapping.get("idx_to_class")
+    if not isinstance(idx_to_class, dict) or not idx_to_class:
+        raise bad("'idx_to_class' must be a non-empty object of index -> class name")
+    expected = {str(i) for i in range(len(idx_to_class))}
+    if set(idx_to_class) != expected:
+        raise bad(f"'idx_to_class' keys must be 0..{len(idx_to_class) - 1}")
+    if not all(isinstance(v, str) for v in idx_to_class.values()):
+        raise bad("'idx_to_class' values must be class names (strings)")
+    class_to_idx = mapping.get("class_to_idx")
+    if class_to_idx is not None and class_to_idx != {v: int(k) for k, v in idx_to_class.items()}:
+        raise bad("'class_to_idx' and 'idx_to_class' disagree")
+    size = mapping.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise bad(f"'image_size' must be a positive integer, found {size!r}")
+    norm = mapping.get("normalization")
+    ok = isinstance(norm, dict) and all(
+        isinstance(norm.get(k), list)
+        and len(norm[k]) == 3
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in norm[k])
+        for k in ("mean", "std")
+    )
+    if not ok or not all(x > 0 for x in norm["std"]):  # type: ignore[index]
+        raise bad("'normalization' must hold 'mean' and 'std', 3 numbers each, std > 0")
+    return dict(mapping)
+
+
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the labels mapping of an ONNX model exported by :func:`export_onnx`.
 
@@ -314,8 +355,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from exc
     props = {p.key: p.value for p in proto.metadata_props}
     if "labels_mapping" in props:
+        source = f"the 'labels_mapping' metadata of {path}"
         try:
-            return dict(json.loads(props["labels_mapping"]))
+            return validate_labels_mapping(json.loads(props["labels_mapping"]), source)
         except json.JSONDecodeError as exc:
             raise OnnxModelError(
                 f"{path} has a corrupt 'labels_mapping' metadata entry ({exc}); re-export it."
@@ -323,9 +365,10 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     sidecar = path.with_name(SIDECAR_NAME)
     if sidecar.is_file():
         try:
-            return dict(json.loads(sidecar.read_text(encoding="utf-8")))
+            raw = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise OnnxModelError(f"Cannot read labels mapping {sidecar}: {exc}") from exc
+        return validate_labels_mapping(raw, str(sidecar))
     raise OnnxModelError(
         f"No labels mapping for {path}: the model's metadata has no 'labels_mapping' entry and "
         f"there is no {sidecar}. Re-export with trainer.export.export_onnx, or copy the run's "

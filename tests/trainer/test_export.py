@@ -214,3 +214,38 @@ def test_unreachable_opset_is_an_error_not_a_silent_upgrade(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="opset 17"):
         export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=make_mapping(), opset=17)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda m: [1, 2], "JSON object"),
+        (lambda m: {**m, "idx_to_class": {"0": "a", "2": "b"}}, "keys must be 0.."),
+        (lambda m: {**m, "idx_to_class": {"0": 1, "1": 2, "2": 3}}, "class names"),
+        (lambda m: {**m, "class_to_idx": {"zebra": 0}}, "disagree"),
+        (lambda m: {**m, "image_size": "big"}, "image_size"),
+        (lambda m: {**m, "normalization": {"mean": [0.5], "std": [0.2]}}, "normalization"),
+        (lambda m: {**m, "normalization": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, "std > 0"),
+    ],
+)
+def test_malformed_sidecar_is_a_clear_error(
+    exported: tuple[Path, TinyNet, float], tmp_path: Path, capsys, change, problem: str
+) -> None:
+    from tests.tools.tiny_run import load_tool
+
+    path, _, _ = exported
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, bare)
+    sidecar = tmp_path / "labels_mapping.json"
+    sidecar.write_text(json.dumps(change(make_mapping())))
+    with pytest.raises(OnnxModelError, match=problem):
+        read_onnx_metadata(bare)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert load_tool("predict").main(["--model", str(bare), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed" in err and str(sidecar) in err and "Traceback" not in err
