@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -10,6 +11,26 @@ import pytest
 from PIL import Image
 
 TINY_COUNTS: dict[str, int] = {"cat": 6, "dog": 5, "bird": 4}
+
+# tools/train.py flags for a run that takes seconds on tiny trees.
+FAST_CLI = ["--img-size", "16", "--batch-size", "8", "--workers", "0", "--model", "small_cnn",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+# Every optional output off: for tests about the loop, not the artefacts.
+NO_OUTPUTS = ["--no-confusion-matrix", "--no-dataset-stats", "--no-model-info",
+              "--no-history-plots", "--no-sampler-stats", "--no-samples", "--no-export",
+              "--no-report"]  # fmt: skip
+
+
+def tree_digest(root: Path, *, mtimes: bool = False) -> str:
+    """A hash of every path and file under ``root`` (and their mtimes if asked)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+            if mtimes:
+                h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
 
 
 def make_tree(

@@ -3,13 +3,12 @@ nothing outside --out and never changes the data."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from tests.conftest import make_tree
+from tests.conftest import FAST_CLI, make_tree, tree_digest
 from tests.tools.tiny_run import load_tool
 from trainer.sampler import TrackingWeightedRandomSampler
 
@@ -18,18 +17,9 @@ train = load_tool("train")
 NAMES = {"con": 6, "naïve café": 6, "new\nline": 6, "a$b[c]<i>": 6, "nul.txt": 6}
 
 
-def _hash_tree(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def test_awkward_class_names_never_become_paths(tmp_path: Path, monkeypatch) -> None:
     data = make_tree(tmp_path / "data", NAMES, size=(16, 16))
-    before = _hash_tree(data)
+    before = tree_digest(data)
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -42,17 +32,7 @@ def test_awkward_class_names_never_become_paths(tmp_path: Path, monkeypatch) -> 
             str(out),
             "--epochs",
             "2",
-            "--img-size",
-            "16",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
-            "--model",
-            "small_cnn",
-            "--device",
-            "cpu",
-            "--quiet",
+            *FAST_CLI,
             "--no-export",
         ]
     )
@@ -62,7 +42,7 @@ def test_awkward_class_names_never_become_paths(tmp_path: Path, monkeypatch) -> 
     for name in NAMES:
         assert name not in parts and Path(name).stem not in parts, (name, sorted(parts))
     assert not any("\n" in part or "<" in part or "$" in part for part in parts)
-    assert _hash_tree(data) == before  # user data untouched
+    assert tree_digest(data) == before  # user data untouched
     assert list(work.iterdir()) == []  # nothing written outside --out
     assert (out / "report.html").is_file() and (out / "metrics.csv").is_file()
     assert os.path.isdir(out / "plots" / "confusion_matrix")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_tree
+from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 from tests.tools import crash_child
 from tests.tools.tiny_run import load_tool
 
@@ -62,25 +62,7 @@ def test_sigkill_at_random_moments_never_corrupts_last_pt(tmp_path: Path) -> Non
     assert len(final["state"]["history"]) == epochs_seen + 1
 
 
-ARGS = [
-    "--img-size",
-    "16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--model",
-    "small_cnn",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--no-export",
-    "--no-report",
-    "--no-samples",
-    "--no-confusion-matrix",
-    "--no-history-plots",
-    "--no-sampler-stats",
-]
+ARGS = [*FAST_CLI, *NO_OUTPUTS]
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import make_tree
+from tests.conftest import FAST_CLI, make_tree
 from tests.tools.tiny_run import load_tool
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
@@ -37,17 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         str(out),
         "--epochs",
         "3",
-        "--img-size",
-        "16",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--model",
-        "small_cnn",
-        "--device",
-        "cpu",
-        "--quiet",
+        *FAST_CLI,
         "--ema-decay",
         "0.9",
         "--sampler",

@@ -14,31 +14,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from tests.conftest import make_tree
+from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
-FAST = [
-    "--img-size",
-    "16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--model",
-    "small_cnn",
-    "--quiet",
-    "--device",
-    "cpu",
-]
-NO_PLOTS = [
-    "--no-confusion-matrix",
-    "--no-dataset-stats",
-    "--no-model-info",
-    "--no-history-plots",
-    "--no-sampler-stats",
-    "--no-samples",
-    "--no-export",
-]
 
 
 def _load() -> ModuleType:
@@ -55,7 +33,7 @@ train = _load()
 def test_cli_trains_and_writes_the_run_folder(tiny_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = train.main(
-        ["--data", str(tiny_tree), "--out", str(out), "--epochs", "2", *FAST, *NO_PLOTS]
+        ["--data", str(tiny_tree), "--out", str(out), "--epochs", "2", *FAST_CLI, *NO_OUTPUTS]
     )
     assert code == 0
     args = json.loads((out / "args.json").read_text())
@@ -76,7 +54,9 @@ def test_cli_trains_and_writes_the_run_folder(tiny_tree: Path, tmp_path: Path) -
 def test_cli_resume_and_config_replay(tiny_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert (
-        train.main(["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST, *NO_PLOTS])
+        train.main(
+            ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST_CLI, *NO_OUTPUTS]
+        )
         == 0
     )
     # Resuming the folder replays its args.json; --epochs on the command line wins.
@@ -99,7 +79,7 @@ def test_demo_defaults_apply_only_without_data(tiny_tree: Path) -> None:
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *argv, *FAST, *NO_PLOTS],
+        [sys.executable, str(SCRIPT), *argv, *FAST_CLI, *NO_OUTPUTS],
         capture_output=True,
         text=True,
         timeout=120,
@@ -129,7 +109,7 @@ def test_bad_trees_exit_2_with_message(tmp_path: Path, make, expected: str, caps
     root = tmp_path / "data"
     root.mkdir()
     make(root)
-    code = train.main(["--data", str(root), "--out", str(tmp_path / "run"), *FAST, *NO_PLOTS])
+    code = train.main(["--data", str(root), "--out", str(tmp_path / "run"), *FAST_CLI, *NO_OUTPUTS])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err.lower() and str(root) in err
@@ -138,11 +118,12 @@ def test_bad_trees_exit_2_with_message(tmp_path: Path, make, expected: str, caps
 def test_bad_flag_values_are_clear_errors(tiny_tree: Path, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "run")
     assert (
-        train.main(["--data", str(tiny_tree), "--out", out, "--class-weights", "cat", *FAST]) == 2
+        train.main(["--data", str(tiny_tree), "--out", out, "--class-weights", "cat", *FAST_CLI])
+        == 2
     )
     assert "NAME=WEIGHT" in capsys.readouterr().err
     assert (
-        train.main(["--data", str(tiny_tree), "--out", out, "--class-weights", "lion=2", *FAST])
+        train.main(["--data", str(tiny_tree), "--out", out, "--class-weights", "lion=2", *FAST_CLI])
         == 2
     )
     assert "lion" in capsys.readouterr().err
@@ -156,7 +137,7 @@ def test_print_config_prints_what_args_json_would_hold(
     tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "3", *FAST]
+    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "3", *FAST_CLI]
     assert train.main([*argv, "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["epochs"] == 3 and printed["model"] == "small_cnn" and printed["report"]
@@ -177,6 +158,6 @@ def test_model_accepts_timm_names_and_rejects_typos(capsys: pytest.CaptureFixtur
 
 def test_cli_writes_report_html(tiny_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST, *NO_PLOTS]
+    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST_CLI, *NO_OUTPUTS]
     assert train.main([*argv, "--report"]) == 0
     assert "metrics.csv" in (out / "report.html").read_text(encoding="utf-8")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -12,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from tests.conftest import make_tree
+from tests.conftest import make_tree, tree_digest
 from trainer.data import ImageFolderData, eval_preprocess, load_image, resize_size
 from trainer.errors import DataError
 
@@ -22,16 +21,6 @@ def _data(root: Path, **kwargs: object) -> ImageFolderData:
     kwargs.setdefault("batch_size", 4)
     kwargs.setdefault("workers", 0)
     return ImageFolderData(root, **kwargs)  # type: ignore[arg-type]
-
-
-def _tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-            h.update(str(p.stat().st_mtime_ns).encode())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- layout + loaders
@@ -242,12 +231,12 @@ def test_ram_cache_over_budget_falls_back_to_disk(tiny_tree: Path) -> None:
 
 
 def test_user_files_are_never_modified(tiny_tree: Path) -> None:
-    before = _tree_digest(tiny_tree)
+    before = tree_digest(tiny_tree, mtimes=True)
     data = _data(tiny_tree, cache="ram", sampler="balanced")
     for loader in (data.train_loader(), data.val_loader()):
         for _ in loader:
             pass
-    assert _tree_digest(tiny_tree) == before
+    assert tree_digest(tiny_tree, mtimes=True) == before
 
 
 def test_default_workers(tiny_tree: Path) -> None:

@@ -1,22 +1,13 @@
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import tree_digest
 from trainer.data import ImageFolderData
 from trainer.demo import DEMO_CLASSES, MARKER, TRAIN_COUNTS, default_demo_root, demo_dataset
 from trainer.errors import DataError
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +17,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_generation_is_deterministic(demo_root: Path, tmp_path: Path) -> None:
     again = demo_dataset(tmp_path / "again")
-    assert _digest(again) == _digest(demo_root)
+    assert tree_digest(again) == tree_digest(demo_root)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # temp folder gone
 
 

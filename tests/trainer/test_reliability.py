@@ -15,7 +15,7 @@ from torch import nn
 
 from hooks.checkpoint import CheckpointHook
 from hooks.early_stopping import EarlyStoppingHook
-from tests.conftest import make_tree
+from tests.conftest import FAST_CLI, make_tree
 from trainer.checkpoint import load_checkpoint
 from trainer.engine import Engine
 from trainer.errors import Interrupted, NonFiniteLossError
@@ -83,17 +83,9 @@ def test_sigterm_exits_143_and_the_run_resumes(tmp_path: Path) -> None:
         str(out),
         "--epochs",
         "50",
-        "--img-size",
-        "16",
+        *FAST_CLI,
         "--batch-size",
         "4",
-        "--workers",
-        "0",
-        "--model",
-        "small_cnn",
-        "--device",
-        "cpu",
-        "--quiet",
         "--no-export",
         "--no-report",
         "--no-samples",
