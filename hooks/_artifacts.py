@@ -6,7 +6,9 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +18,7 @@ from trainer.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from PIL import Image
 
 log = logging.getLogger("trainer.hooks")
 
@@ -46,10 +49,85 @@ def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
         )
 
 
+# Run artefact jobs inline instead of on the writer thread: for debugging (a traceback where
+# the job was submitted, pdb works). ``ARTIFACTS_SYNC=1`` in the environment sets it.
+SYNC = os.environ.get("ARTIFACTS_SYNC", "").strip() not in ("", "0")
+
+
+class _Writer:
+    """One daemon thread that runs artefact jobs in submission order."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], None], str | os.PathLike[str]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None], path: str | os.PathLike[str]) -> None:
+        if SYNC:
+            with guarded(path):
+                fn()
+            return
+        with self._lock:
+            # Started lazily, and again in a forked child, where the parent's thread is gone.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="artifact-writer", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((fn, path))
+
+    def flush(self) -> None:
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+        if alive:
+            self._jobs.join()
+
+    def _run(self) -> None:
+        while True:
+            fn, path = self._jobs.get()
+            try:
+                with guarded(path):
+                    fn()
+            except BaseException:  # a job must never kill the writer
+                log.warning("artefact job for %s failed", path, exc_info=True)
+            finally:
+                self._jobs.task_done()
+
+
+_WRITER = _Writer()
+
+
+def submit(fn: Callable[[], None], path: str | os.PathLike[str]) -> None:
+    """Run ``fn`` (draw and write the artefact at ``path``) on the artefact writer thread.
+
+    Epoch-end plotting costs the training loop nothing this way. Jobs run one at a time in
+    submission order, so a job that reads another's file (the report, TensorBoard) runs after
+    it when submitted later. A failing job logs a warning naming ``path``, as ``guarded``.
+    ``fn`` must not touch the engine: pass it copies of what it needs. Callers guard ranks.
+
+    Example:
+        >>> counts = matrix.numpy().copy()
+        >>> submit(lambda: save_png(plot(counts), path), path)
+    """
+    _WRITER.submit(fn, path)
+
+
+def flush() -> None:
+    """Wait until every submitted job has run (call at fit end, so the files exist)."""
+    _WRITER.flush()
+
+
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> None:
     """Render ``fig`` to PNG in memory, then write it atomically (no half-written image)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_image(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Encode a PIL image as PNG in memory, then write it atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 

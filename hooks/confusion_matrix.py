@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hooks._artifacts import guarded, label, save_png
+from hooks._artifacts import flush, guarded, label, save_png, submit
 from trainer.distributed import all_reduce_sum, is_distributed, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -122,10 +122,20 @@ class ConfusionMatrixHook(Hook):
                     "normalized": np.round(normalized, 4).tolist(),
                 },
             )
-        with guarded(stem.with_suffix(".png")):
+        png, epoch, counts = stem.with_suffix(".png"), engine.state.epoch + 1, counts.copy()
+
+        def job() -> None:  # on the artefact writer: drawing is most of this hook's cost
             # Titles count epochs from 1, like the history plots; file names keep the index.
-            self.figure = plot_confusion_matrix(counts, normalized, classes, engine.state.epoch + 1)
-            save_png(self.figure, stem.with_suffix(".png"))
+            self.figure = plot_confusion_matrix(counts, normalized, classes, epoch)
+            save_png(self.figure, png)
+
+        submit(job, png)
+
+    def on_fit_end(self, engine: Engine) -> None:
+        flush()  # the PNGs exist when fit returns
+
+    def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        flush()
 
 
 def plot_confusion_matrix(

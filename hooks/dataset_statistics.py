@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hooks._artifacts import guarded, label, save_png
+from hooks._artifacts import flush, guarded, label, save_png, submit
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -94,9 +94,18 @@ class DatasetStatisticsHook(Hook):
         with guarded(path):
             atomic_write_json(path, self.stats)
         path = self.out_dir / "plots" / "class_distribution.png"
-        with guarded(path):
+
+        def job() -> None:  # on the artefact writer, while the first epoch trains
             self.figure = plot_class_distribution(classes, split_counts)
             save_png(self.figure, path)
+
+        submit(job, path)
+
+    def on_fit_end(self, engine: Engine) -> None:
+        flush()  # the plot exists when fit returns
+
+    def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        flush()
 
     def _table(self, classes: list[str], split_counts: dict[str, list[int]]) -> Table:
         from rich.markup import escape

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from hooks._artifacts import guarded
+from hooks._artifacts import flush, guarded, submit
 from trainer.hook import Hook
 from trainer.io import atomic_write_text
 
@@ -84,19 +84,38 @@ class ReportHook(Hook):
 
     def on_fit_end(self, engine: Engine) -> None:
         reason = engine.state.stop_reason
-        self._write(engine, f"stopped early: {reason}" if reason else "finished")
+        self._write(engine, f"stopped early: {reason}" if reason else "finished", wait=True)
 
     def on_exception(self, engine: Engine, exception: BaseException) -> None:
         # The last page says why the run ended (e.g. a failed ONNX verification).
-        self._write(engine, f"failed: {type(exception).__name__}: {exception}")
+        self._write(engine, f"failed: {type(exception).__name__}: {exception}", wait=True)
 
-    def _write(self, engine: Engine, status: str) -> None:
+    def _write(self, engine: Engine, status: str, wait: bool = False) -> None:
+        """Snapshot the engine's facts now; render and write on the artefact writer.
+
+        The writer runs jobs in order, so this page sees the plots submitted before it.
+        ``wait`` blocks until it is written (at the end of the fit).
+        """
         if not _is_rank_zero():
             return
+        facts: RunFacts | None = None
         with guarded(self.path):
             title = self.title or self.out_dir.resolve().name
-            self.html = render_report(self.out_dir, _run_facts(engine, title, status, self.seconds))
-            atomic_write_text(self.path, self.html)
+            facts = _run_facts(engine, title, status, self.seconds)
+            # Copies: the engine goes on appending to and updating these while the page renders.
+            facts.history = [dict(row) for row in facts.history]
+            facts.best = dict(facts.best) if facts.best is not None else None
+        if facts is not None:
+            done = facts
+
+            def job() -> None:
+                html = render_report(self.out_dir, done)
+                atomic_write_text(self.path, html)
+                self.html = html
+
+            submit(job, self.path)
+        if wait:
+            flush()
 
     @property
     def seconds(self) -> float:

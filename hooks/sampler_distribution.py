@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hooks._artifacts import guarded, label, save_png
+from hooks._artifacts import flush, guarded, label, save_png, submit
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
@@ -112,9 +112,18 @@ class SamplerDistributionHook(Hook):
         with guarded(path):
             atomic_write_csv(path, HEADER, self.rows)
         path = self.out_dir / "plots" / "sampler_distribution.png"
-        with guarded(path):
+
+        def job() -> None:  # on the artefact writer; every argument is a fresh list
             self.figure = plot_shares(classes, dataset, expected, drawn, epoch)
             save_png(self.figure, path)
+
+        submit(job, path)
+
+    def on_fit_end(self, engine: Engine) -> None:
+        flush()  # the plot exists when fit returns
+
+    def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        flush()
 
     def _table(
         self,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hooks._artifacts import guarded
+from hooks._artifacts import flush, guarded, submit
 from trainer.errors import ConfigError
 from trainer.hook import Hook
 
@@ -73,8 +74,13 @@ class TensorBoardHook(Hook):
         w = self._writer
         if w is None or not engine.state.history:
             return
-        row = engine.state.history[-1]
+        row = dict(engine.state.history[-1])  # a copy for the writer thread
         epoch = int(row.get("epoch", engine.state.epoch))
+        # On the artefact writer, after the plot hooks' jobs of this epoch (they run first,
+        # order 40/50), so the PNGs read back below are this epoch's.
+        submit(functools.partial(self._log_epoch, w, row, epoch), self.log_dir)
+
+    def _log_epoch(self, w: SummaryWriter, row: dict[str, Any], epoch: int) -> None:
         step = epoch + 1
         for key, value in row.items():
             if key != "epoch" and isinstance(value, int | float):
@@ -87,6 +93,7 @@ class TensorBoardHook(Hook):
         w.flush()
 
     def on_fit_end(self, engine: Engine) -> None:
+        flush()  # this fit's epochs are logged before the writer closes
         w = self._writer
         if w is None:
             return
@@ -102,6 +109,7 @@ class TensorBoardHook(Hook):
         self._close()
 
     def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        flush()
         self._close()  # what was logged so far stays readable
 
     def _close(self) -> None:

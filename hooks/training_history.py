@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hooks._artifacts import guarded, save_png
+from hooks._artifacts import flush, save_png, submit
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 
@@ -61,41 +62,47 @@ class TrainingHistoryHook(Hook):
 
     @rank_zero_only  # rank 0 writes the files under DDP
     def on_train_epoch_end(self, engine: Engine) -> None:
+        # A copy: the writer thread draws it while the engine goes on appending rows.
+        history = [dict(row) for row in engine.state.history]
+        for stem in PLOTS:
+            path = self.dir / f"{stem}.png"
+            submit(functools.partial(self._plot, history, stem, path), path)
+
+    def on_fit_end(self, engine: Engine) -> None:
+        flush()  # the plots exist when fit returns
+
+    def on_exception(self, engine: Engine, exception: BaseException) -> None:
+        flush()
+
+    def _plot(self, history: list[dict[str, float]], stem: str, path: Path) -> None:
+        """Draw one plot and write it; runs on the artefact writer thread."""
         # Deferred: matplotlib costs ~0.2 s to import, paid only by runs that plot.
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
-        history = engine.state.history
+        title, ylabel, series = PLOTS[stem]
         epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
-        for stem, (title, ylabel, series) in PLOTS.items():
-            path = self.dir / f"{stem}.png"
-            with guarded(path):
-                fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-                ax = fig.add_subplot()
-                plotted: list[float] = []
-                for key, name in series:
-                    if any(key in row for row in history):
-                        ys = [_finite(row.get(key)) for row in history]
-                        size = 3 if len(ys) > 30 else 5
-                        ax.plot(epochs, ys, marker="o", markersize=size, label=name)
-                        plotted += [y for y in ys if not math.isnan(y)]
-                if (
-                    stem == "lr"
-                    and plotted
-                    and min(plotted) > 0
-                    and max(plotted) / min(plotted) > 20
-                ):
-                    ax.set_yscale("log")  # warmup and cosine decay span decades
-                ax.set_title(title)
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(ylabel)
-                # Whole epochs only; matplotlib would otherwise tick 1.0, 1.5, 2.0 ...
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.grid(alpha=0.3)
-                if len(series) > 1 and ax.get_lines():
-                    ax.legend()
-                save_png(fig, path)
-                self.figures[stem] = fig
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        plotted: list[float] = []
+        for key, name in series:
+            if any(key in row for row in history):
+                ys = [_finite(row.get(key)) for row in history]
+                size = 3 if len(ys) > 30 else 5
+                ax.plot(epochs, ys, marker="o", markersize=size, label=name)
+                plotted += [y for y in ys if not math.isnan(y)]
+        if stem == "lr" and plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 20:
+            ax.set_yscale("log")  # warmup and cosine decay span decades
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        # Whole epochs only; matplotlib would otherwise tick 1.0, 1.5, 2.0 ...
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if len(series) > 1 and ax.get_lines():
+            ax.legend()
+        save_png(fig, path)
+        self.figures[stem] = fig
 
 
 def _finite(value: float | None) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from PIL import Image
 
 from hooks import default_hooks
 from hooks.training_history import TrainingHistoryHook
@@ -26,6 +27,7 @@ def test_every_plotting_hook_keeps_its_latest_figure(tmp_path: Path) -> None:
         "TrainingHistoryHook",
     }
     for hook in plotting:
-        assert isinstance(hook.figure, Figure), type(hook).__name__
+        # The sample grids are drawn with PIL (fast); a notebook displays either kind.
+        assert isinstance(hook.figure, Figure | Image.Image), type(hook).__name__
     history_hook = next(h for h in hooks if isinstance(h, TrainingHistoryHook))
     assert set(history_hook.figures) == {"loss", "accuracy", "lr"}

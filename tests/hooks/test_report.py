@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hooks import default_hooks
+from hooks._artifacts import flush
 from hooks.report import ReportHook, RunFacts, render_report
 from trainer.engine import Engine
 from trainer.hook import Hook
@@ -53,6 +54,7 @@ class _PageAtEpochEnd(Hook):
         self.pages: list[str] = []
 
     def on_train_epoch_end(self, engine: Engine) -> None:
+        flush()  # the page is rendered on the artefact writer thread; wait for it
         self.pages.append(self.path.read_text(encoding="utf-8"))
 
     def on_fit_end(self, engine: Engine) -> None:

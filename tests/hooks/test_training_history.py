@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from hooks._artifacts import flush
 from hooks.training_history import TrainingHistoryHook
 from trainer.state import EngineState
 
@@ -56,6 +57,7 @@ def test_nan_and_inf_leave_gaps(tmp_path: Path) -> None:
     ]
     hook = TrainingHistoryHook(tmp_path)
     hook.on_train_epoch_end(SimpleNamespace(state=EngineState(history=rows)))  # type: ignore[arg-type]
+    flush()  # the plots are drawn on the artefact writer thread
     loss = _lines(hook, "loss")
     assert [math.isnan(v) for v in loss["train"]] == [True, True, False]
     assert math.isnan(_lines(hook, "accuracy")["train top-1"][1])
