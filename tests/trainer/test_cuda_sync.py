@@ -43,14 +43,18 @@ class _SyncWindow(Hook):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "32"])
 def test_no_sync_inside_cuda_training_steps(tmp_path: Path, precision: str) -> None:
     data = SyntheticData(n=96, num_classes=6, batch_size=16)
-    hooks = [
-        h for h in default_hooks(tmp_path, export=False) if not isinstance(h, ProgressBarHook)
-    ]
+    hooks = [h for h in default_hooks(tmp_path, export=False) if not isinstance(h, ProgressBarHook)]
     end = _SyncWindow(10_000, on=False)
     hooks += [_SyncWindow(-10_000, on=True), end, ProgressBarHook(refresh_every=10_000)]
     engine = Engine(
-        build_model("small_cnn", 6), data, max_epochs=2, device="cuda", precision=precision,
-        ema_decay=0.99, grad_clip=1.0, hooks=hooks,
+        build_model("small_cnn", 6),
+        data,
+        max_epochs=2,
+        device="cuda",
+        precision=precision,
+        ema_decay=0.99,
+        grad_clip=1.0,
+        hooks=hooks,
     )
     try:
         engine.fit()

@@ -111,7 +111,5 @@ def test_two_ranks_split_the_single_process_draw(mode: str) -> None:
 
 
 def test_uneven_ranks_are_padded_to_equal_length() -> None:
-    ranks = [
-        TrackingWeightedRandomSampler([0, 1, 0], 2, num_replicas=2, rank=r) for r in range(2)
-    ]
+    ranks = [TrackingWeightedRandomSampler([0, 1, 0], 2, num_replicas=2, rank=r) for r in range(2)]
     assert [len(list(r)) for r in ranks] == [2, 2]
