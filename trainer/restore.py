@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,10 @@ from torch import nn
 
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from trainer.errors import CheckpointError
+from trainer.export import validate_labels_mapping
 from trainer.models import build_model
+
+log = logging.getLogger("trainer")
 
 __all__ = [
     "checkpoint_classes",
@@ -138,12 +142,15 @@ def labels_mapping_from_checkpoint(
     saved = Path(run_dir_of(path)) / MAPPING_NAME
     if saved.is_file() and img_size is None:
         try:
-            mapping = dict(json.loads(saved.read_text(encoding="utf-8")))
+            mapping = validate_labels_mapping(
+                json.loads(saved.read_text(encoding="utf-8")), str(saved)
+            )
             names = [mapping["idx_to_class"][str(i)] for i in range(len(classes))]
             if names == classes and len(mapping["idx_to_class"]) == len(classes):
                 return mapping
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable or foreign: rebuild from the checkpoint below
+        except (OSError, ValueError, KeyError, TypeError) as e:  # OnnxModelError is a ValueError
+            # Unreadable, malformed or foreign: the checkpoint itself is the authority.
+            log.warning("ignoring %s (%s); using the checkpoint's classes and args", saved, e)
     size = img_size or (ckpt.get("args") or {}).get("img_size")
     if not size:
         raise CheckpointError(

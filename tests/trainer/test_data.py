@@ -343,3 +343,22 @@ def test_decompression_bomb_is_skipped_with_a_reason(tmp_path: Path, monkeypatch
     assert tiny.shape == (3, 1, 1) and tiny[:, 0, 0].tolist() == [10, 200, 30]
     images, _ = next(iter(data.train_loader()))
     assert images.shape[1:] == (3, data.img_size, data.img_size)
+
+
+def test_a_class_with_one_image_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_tree(tmp_path, {"a": 3, "lonely": 1})
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        data = _data(tmp_path)
+    assert data.class_counts["train"] == [3, 1]
+    assert "lonely" in caplog.text
+
+
+def test_truncated_jpeg_is_skipped(tiny_tree: Path) -> None:
+    src = tiny_tree / "train" / "cat" / "1.jpg"
+    whole = src.read_bytes()
+    cut = tiny_tree / "train" / "cat" / "truncated.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    data = _data(tiny_tree, max_bad_fraction=0.2)
+    assert [p.name for p, _ in data.bad_files] == ["truncated.jpg"]
+    assert src.read_bytes() == whole

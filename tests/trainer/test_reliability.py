@@ -213,3 +213,16 @@ def test_fp16_on_cpu_uses_a_grad_scaler() -> None:
     assert engine.scaler is not None
     engine.fit()
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
+def test_train_class_missing_from_val_has_no_accuracy_not_nan(tmp_path: Path) -> None:
+    from trainer.data import ImageFolderData
+    from trainer.models import build_model
+
+    make_tree(tmp_path / "d", {"a": 6, "b": 6, "c": 6}, size=(16, 16), splits=("train",))
+    make_tree(tmp_path / "d", {"a": 3, "b": 3}, size=(16, 16), splits=("val",))
+    data = ImageFolderData(tmp_path / "d", img_size=16, batch_size=8, workers=0)
+    engine = Engine(build_model("small_cnn", 3), data, max_epochs=1, device="cpu")
+    engine.fit()
+    assert engine.state.per_class_acc["c"] is None  # "n/a": no val image, not NaN
+    assert engine.state.per_class_acc["a"] is not None
