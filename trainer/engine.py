@@ -483,9 +483,9 @@ class Engine:
         def handler(signum: int, frame: Any) -> None:
             if self._signal is not None:
                 raise KeyboardInterrupt  # the second signal: leave now
+            # No stop_reason: that marks a finished run, and an interrupted one is not.
             self._signal = signum
             self.state.should_stop = True
-            self.state.stop_reason = f"interrupted by {signal.Signals(signum).name}"
             log.warning(
                 "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
                 "press Ctrl-C again to exit at once",

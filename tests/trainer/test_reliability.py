@@ -62,6 +62,10 @@ def test_sigint_finishes_the_step_saves_and_raises(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["step"] == 4
     # The handlers are restored after fit.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The emergency checkpoint resumes too (from the start of the interrupted epoch).
+    again = make_engine([CheckpointHook(tmp_path)], max_epochs=3)
+    again.fit(resume=tmp_path / "checkpoints" / "interrupted.pt")
+    assert len(again.state.history) == 3
 
 
 def test_second_signal_exits_at_once(tmp_path: Path) -> None:
