@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,14 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hooks._artifacts import flush, guarded, label, save_png, submit
+from hooks._artifacts import flush, guarded, save_image, submit
 from trainer.distributed import all_reduce_sum, is_distributed, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw, ImageFont
     from torchmetrics.classification import MulticlassConfusionMatrix
 
     from trainer.engine import Engine
@@ -45,7 +45,7 @@ class ConfusionMatrixHook(Hook):
 
     Attributes:
         matrix: the latest confusion matrix, a CPU int64 tensor (rows = true class), or None.
-        figure: the latest figure, for display in a notebook.
+        figure: the latest rendering, a PIL image, for display in a notebook.
 
     Example:
         >>> hook = ConfusionMatrixHook("runs/a")
@@ -58,7 +58,7 @@ class ConfusionMatrixHook(Hook):
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(out_dir) / "plots" / "confusion_matrix"
         self.matrix: torch.Tensor | None = None
-        self.figure: Figure | None = None
+        self.figure: Image.Image | None = None
         self._metric: MulticlassConfusionMatrix | None = None
         self._preds: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
@@ -127,7 +127,7 @@ class ConfusionMatrixHook(Hook):
         def job() -> None:  # on the artefact writer: drawing is most of this hook's cost
             # Titles count epochs from 1, like the history plots; file names keep the index.
             self.figure = plot_confusion_matrix(counts, normalized, classes, epoch)
-            save_png(self.figure, png)
+            save_image(self.figure, png)
 
         submit(job, png)
 
@@ -139,84 +139,149 @@ class ConfusionMatrixHook(Hook):
 
 
 def plot_confusion_matrix(
-    counts: np.ndarray, normalized: np.ndarray, classes: list[str], epoch: int
-) -> Figure:
+    counts: np.ndarray,
+    normalized: np.ndarray,
+    classes: list[str],
+    epoch: int,
+    caption: str | None = None,
+) -> Image.Image:
     """Counts and row-normalised panels side by side, sized so 100 classes stay readable.
+
+    Drawn with numpy and PIL rather than matplotlib (~5 ms instead of ~0.9 s for 6 classes):
+    it is redrawn every epoch on the artefact writer, which shares the CPU with training.
+    Cells are coloured through the "Blues" colormap; up to 20 classes each cell shows its
+    value; above 30 classes the axes show indices and a legend on the right maps them to names.
 
     Args:
         counts: the confusion matrix, rows = true class.
         normalized: ``counts`` divided by each row's sum (zero rows stay zero).
         classes: class names by index.
         epoch: the epoch number shown in the titles.
+        caption: shown in the titles instead of ``epoch N`` (e.g. the evaluated split).
     """
-    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+    from PIL import Image, ImageDraw
 
     n = len(classes)
-    named = n <= _MAX_NAMED
-    panel = float(np.clip(2.5 + 0.16 * n, 4.5, 18.0))  # inches per panel
-    legend_cols = 0 if named else int(np.ceil(n / 50))
-    width = 2 * panel + 1.5 + 2.2 * legend_cols
-    fig = Figure(figsize=(width, panel + 1.2), layout="constrained")
-    grid = fig.add_gridspec(
-        1,
-        2 + (legend_cols > 0),
-        width_ratios=[panel, panel] + ([2.2 * legend_cols] if legend_cols else []),
-    )
-    font = float(np.clip(200 / max(n, 1), 5, 10))
-    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
-    for k, (values, title, fmt) in enumerate(
-        [(counts, "counts", "d"), (normalized, "normalised by true class", ".2f")]
-    ):
-        ax = fig.add_subplot(grid[0, k])
-        vmax = 1.0 if k else max(1, int(counts.max()))
-        im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-        _ticks(ax, ticks, font, named)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title} (epoch {epoch})")
+    # Pixels per cell: 48 for a few classes, 30 at 20 (values fit), 14 at 100 (indices fit),
+    # then shrinking so the matrix stays within 1400 px; never under 240 px for a few classes.
+    cell = max(1, min(48, max(600 // max(n, 1), min(14, 1400 // max(n, 1)))), -(-240 // max(n, 1)))
+    font = _font(int(np.clip(cell * 0.55, 9, 13)))
+    ticks, legend = axis_labels(classes)
+    step = max(1, int(np.ceil(16 / cell)))  # past ~100 classes even indices overlap
+    side = n * cell
+    tick_w = max(int(font.getlength(ticks[i])) for i in range(0, n, step)) + 6 if n else 6
+    pad, title_h, bar_w = 10, 24, 60  # bar_w: colour bar and its tick labels
+    # One panel: "true" label, y tick labels, the matrix, the colour bar; x labels below.
+    panel_w = pad + 14 + tick_w + side + 8 + bar_w
+    panel_h = title_h + side + tick_w + 22
+    legend_w = 0
+    if legend:
+        per_col = max(1, (panel_h - title_h) // 12)
+        cols = [legend[k : k + per_col] for k in range(0, len(legend), per_col)]
+        col_w = max(int(_font(10).getlength(t)) for t in legend) + 12
+        legend_w = pad + len(cols) * col_w
+    img = Image.new("RGB", (2 * panel_w + legend_w + pad, panel_h + pad), "white")
+    draw = ImageDraw.Draw(img)
+    what = caption if caption is not None else f"epoch {epoch}"
+    panels = [
+        (counts, f"counts ({what})", max(1, int(counts.max(initial=0))), "d"),
+        (normalized, f"normalised by true class ({what})", 1.0, ".2f"),
+    ]
+    for k, (values, title, vmax, fmt) in enumerate(panels):
+        x0 = k * panel_w + pad + 14 + tick_w  # the matrix's left edge
+        y0 = title_h
+        draw.text((x0 + side / 2, 4), title, fill="black", font=_font(13), anchor="mt")
+        rgb = _colour(np.asarray(values, dtype=float) / vmax)
+        if side:
+            img.paste(Image.fromarray(rgb.repeat(cell, 0).repeat(cell, 1)), (x0, y0))
+        draw.rectangle((x0 - 1, y0 - 1, x0 + side, y0 + side), outline="black")
         if n <= _MAX_ANNOTATED:
             for i in range(n):
                 for j in range(n):
                     v = values[i, j]
-                    ax.text(
-                        j,
-                        i,
+                    draw.text(
+                        (x0 + j * cell + cell / 2, y0 + i * cell + cell / 2),
                         format(v, fmt),
-                        ha="center",
-                        va="center",
-                        fontsize=font,
-                        color="white" if v > 0.6 * vmax else "black",
+                        fill="white" if v > 0.6 * vmax else "black",
+                        font=font,
+                        anchor="mm",
                     )
-    if legend_cols:
-        ax = fig.add_subplot(grid[0, 2])
-        ax.axis("off")
-        lines = [f"{i}: {label(c)}" for i, c in enumerate(classes)]
-        for col in range(legend_cols):
-            ax.text(
-                col / legend_cols,
-                1.0,
-                "\n".join(lines[col * 50 : (col + 1) * 50]),
-                va="top",
-                ha="left",
-                fontsize=6,
-                family="monospace",
-                transform=ax.transAxes,
+        # y tick labels right-aligned beside the rows; the x ones are the same column turned.
+        column = Image.new("RGB", (tick_w, side), "white")
+        col_draw = ImageDraw.Draw(column)
+        for i in range(0, n, step):
+            col_draw.text(
+                (tick_w - 4, i * cell + cell / 2), ticks[i], fill="black", font=font, anchor="rm"
             )
-    return fig
+        img.paste(column, (x0 - tick_w, y0))
+        img.paste(column.transpose(Image.Transpose.ROTATE_90), (x0, y0 + side))
+        draw.text((x0 + side / 2, panel_h - 4), "predicted", fill="black", font=font, anchor="md")
+        true = Image.new("RGB", (60, 14), "white")
+        ImageDraw.Draw(true).text((30, 7), "true", fill="black", font=font, anchor="mm")
+        img.paste(
+            true.transpose(Image.Transpose.ROTATE_90), (x0 - tick_w - 14, y0 + side // 2 - 30)
+        )
+        _colour_bar(img, draw, (x0 + side + 8, y0), max(side, 60), vmax, fmt, font)
+    if legend:
+        small = _font(10)
+        for c, lines in enumerate(cols):
+            draw.multiline_text(
+                (2 * panel_w + pad + c * col_w, title_h),
+                "\n".join(lines),
+                fill="black",
+                font=small,
+                spacing=2,
+            )
+    return img
 
 
-def _ticks(ax: Axes, names: list[str], font: float, named: bool) -> None:
-    n = len(names)
-    # Past ~100 classes even indices overlap; show every k-th.
-    step = max(1, int(np.ceil(n / 100)))
-    pos = list(range(0, n, step))
-    ax.set_xticks(
-        pos,
-        [names[i] for i in pos],
-        fontsize=font,
-        rotation=45 if named else 90,
-        ha="right" if named else "center",
-        rotation_mode="anchor" if named else None,
-    )
-    ax.set_yticks(pos, [names[i] for i in pos], fontsize=font)
+def axis_labels(classes: list[str]) -> tuple[list[str], list[str]]:
+    """The tick labels, and the ``index: name`` legend lines (empty up to 30 classes)."""
+    if len(classes) <= _MAX_NAMED:
+        return [_short(c, 18) for c in classes], []
+    return [str(i) for i in range(len(classes))], [
+        f"{i}: {_short(c, 24)}" for i, c in enumerate(classes)
+    ]
+
+
+def _short(name: str, max_len: int) -> str:
+    # PIL draws text as it is: no mathtext, so unlike ``label`` no ``$`` escaping.
+    return name if len(name) <= max_len else name[: max_len - 1] + "…"
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size)
+
+
+def _colour(fraction: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] as uint8 RGB through matplotlib's "Blues" (one table lookup)."""
+    from matplotlib import colormaps  # the colormap module only; no figure machinery
+
+    rgba = colormaps["Blues"](np.clip(fraction, 0.0, 1.0), bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def _colour_bar(
+    img: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    at: tuple[int, int],
+    height: int,
+    vmax: float,
+    fmt: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """A vertical colour ramp, ``vmax`` at the top, with three tick labels."""
+    from PIL import Image
+
+    x, y = at
+    ramp = _colour(np.linspace(1.0, 0.0, height)[:, None]).repeat(12, 1)
+    img.paste(Image.fromarray(ramp), (x, y))
+    draw.rectangle((x - 1, y - 1, x + 12, y + height), outline="black")
+    for frac in (1.0, 0.5, 0.0):
+        v = frac * vmax
+        text = format(round(v), "d") if fmt == "d" else f"{v:.1f}"
+        ty = y + (1.0 - frac) * (height - 1)
+        draw.text((x + 16, ty), text, fill="black", font=font, anchor="lm")

@@ -99,7 +99,7 @@ class DatasetStatisticsHook(Hook):
             self.figure = plot_class_distribution(classes, split_counts)
             save_png(self.figure, path)
 
-        submit(job, path)
+        submit(job, path, replace=True)
 
     def on_fit_end(self, engine: Engine) -> None:
         flush()  # the plot exists when fit returns

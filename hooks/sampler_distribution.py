@@ -117,7 +117,7 @@ class SamplerDistributionHook(Hook):
             self.figure = plot_shares(classes, dataset, expected, drawn, epoch)
             save_png(self.figure, path)
 
-        submit(job, path)
+        submit(job, path, replace=True)
 
     def on_fit_end(self, engine: Engine) -> None:
         flush()  # the plot exists when fit returns

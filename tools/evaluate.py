@@ -34,7 +34,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from hooks._artifacts import save_png
+from hooks._artifacts import save_image
 from hooks.confusion_matrix import plot_confusion_matrix
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
@@ -307,13 +307,10 @@ def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tu
     counts = np.asarray(result["confusion_matrix"], dtype=np.int64)
     support = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-    fig = plot_confusion_matrix(counts, normalized, result["classes"], epoch=0)
     # The hook's titles name an epoch; here the split and its size say what was counted.
-    for ax in fig.axes:
-        ax.set_title(
-            ax.get_title().replace("(epoch 0)", f"({result['split']}, {result['n_images']} images)")
-        )
-    save_png(fig, png_path)
+    caption = f"{result['split']}, {result['n_images']} images"
+    image = plot_confusion_matrix(counts, normalized, result["classes"], epoch=0, caption=caption)
+    save_image(image, png_path)
     return json_path, png_path
 
 

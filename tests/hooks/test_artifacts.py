@@ -39,3 +39,32 @@ def test_sync_runs_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     names: list[str] = []
     submit(lambda: names.append(threading.current_thread().name), tmp_path / "x")
     assert names == [threading.current_thread().name]
+
+
+def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    ran: list[str] = []
+    submit(block, tmp_path / "block")
+    assert started.wait(10)  # the writer is busy: everything below stays queued
+    loss, report = tmp_path / "loss.png", tmp_path / "report.html"
+    submit(lambda: ran.append("loss 1"), loss, replace=True)
+    submit(lambda: ran.append("epoch_001.png"), tmp_path / "epoch_001.png", replace=True)
+    submit(lambda: ran.append("report 1"), report, replace=True)
+    submit(lambda: ran.append("loss 2"), loss, replace=True)
+    submit(lambda: ran.append("epoch_002.png"), tmp_path / "epoch_002.png", replace=True)
+    submit(lambda: ran.append("tb 1"), tmp_path / "tb")  # not replacing: both run
+    submit(lambda: ran.append("tb 2"), tmp_path / "tb")
+    submit(lambda: ran.append("report 2"), report, replace=True)
+    release.set()
+    flush()
+    # The newest loss plot runs once, in the older job's slot, so the report still follows it.
+    assert ran == ["loss 2", "epoch_001.png", "report 2", "epoch_002.png", "tb 1", "tb 2"]
+    # A job that has started is never replaced: the next one queues anew and runs too.
+    submit(lambda: ran.append("loss 3"), loss, replace=True)
+    flush()
+    assert ran[-1] == "loss 3"
