@@ -113,7 +113,7 @@ class ReportHook(Hook):
                 atomic_write_text(self.path, html)
                 self.html = html
 
-            submit(job, self.path)
+            submit(job, self.path, replace=True)  # a newer page supersedes a queued one
         if wait:
             flush()
 
