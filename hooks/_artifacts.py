@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -205,3 +205,21 @@ def to_display(
         img = img.clamp(0.0, 1.0)
     arr = img.permute(1, 2, 0).numpy()
     return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def class_axis(ax: Any, classes: Sequence[str], names_file: str) -> None:
+    """Label a bar chart's x axis with class names (<= 30 classes) or indices (more)."""
+    n = len(classes)
+    x = np.arange(n)
+    named = n <= 30
+    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
+    step = max(1, int(np.ceil(n / 100)))
+    ax.set_xticks(
+        x[::step],
+        ticks[::step],
+        rotation=45 if named else 90,
+        ha="right" if named else "center",
+        fontsize=float(np.clip(300 / n, 5, 9)),
+    )
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xlabel("class" if named else f"class index (names in {names_file})")

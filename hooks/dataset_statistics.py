@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hooks._artifacts import flush, guarded, label, save_png, submit
+from hooks._artifacts import class_axis, flush, guarded, save_png, submit
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -166,18 +166,7 @@ def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int
     x = np.arange(n)
     for k, (split, counts) in enumerate(split_counts.items()):
         ax.bar(x + (k - (len(split_counts) - 1) / 2) * width, counts, width, label=split)
-    named = n <= 30
-    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
-    step = max(1, int(np.ceil(n / 100)))
-    ax.set_xticks(
-        x[::step],
-        ticks[::step],
-        rotation=45 if named else 90,
-        ha="right" if named else "center",
-        fontsize=float(np.clip(300 / n, 5, 9)),
-    )
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_xlabel("class" if named else "class index (names in dataset_stats.json)")
+    class_axis(ax, classes, "dataset_stats.json")
     ax.set_ylabel("images")
     ax.set_title("Images per class and split")
     ax.legend()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hooks._artifacts import flush, guarded, label, save_png, submit
+from hooks._artifacts import class_axis, flush, guarded, save_png, submit
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
@@ -191,19 +191,7 @@ def plot_shares(
         v = np.asarray(values, dtype=float)
         share = 100 * v / v.sum() if v.sum() > 0 else v
         ax.bar(x + (k - 1) * 0.27, share, 0.27, label=name)
-    named = n <= 30
-    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
-    step = max(1, int(np.ceil(n / 100)))
-    ax.set_xticks(
-        x[::step],
-        ticks[::step],
-        rotation=45 if named else 90,
-        ha="right" if named else "center",
-        fontsize=float(np.clip(300 / n, 5, 9)),
-    )
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylabel("share of images (%)")
-    ax.set_xlabel("class" if named else "class index (names in sampler_distribution.csv)")
+    class_axis(ax, classes, "sampler_distribution.csv")
     ax.set_title(f"Training draw by class, epoch {epoch + 1}")
     ax.legend()
     return fig

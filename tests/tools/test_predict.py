@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.tools.tiny_run import load_tool
 from trainer.data import eval_preprocess, load_image
 from trainer.export import export_onnx
 
@@ -28,16 +27,7 @@ STD = [0.229, 0.224, 0.225]
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "predict.py"
 
 
-def _load_script() -> ModuleType:
-    # tools/ is a folder of scripts, not a package; load the file without touching sys.path.
-    spec = importlib.util.spec_from_file_location("predict_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict = _load_script()
+predict = load_tool("predict")
 
 
 def tiny_model() -> nn.Module:

@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
+from tests.tools.tiny_run import load_tool
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load()
+train = load_tool("train")
 
 
 def test_cli_trains_and_writes_the_run_folder(tiny_tree: Path, tmp_path: Path) -> None:
