@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 TINY_COUNTS: dict[str, int] = {"cat": 6, "dog": 5, "bird": 4}
@@ -65,6 +66,16 @@ def make_tree(
                 else:
                     img.save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny images gain nothing from intra-op threads, and on a busy 2-core machine their
+    # spin-waits made the suite several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -26,15 +26,6 @@ def bench() -> ModuleType:
     return load_tool("bench")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Tiny batches gain nothing from threads on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _positive(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 

@@ -29,14 +29,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_run(tmp_path_factory.mktemp("export_tool"), test_split=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_exports_best_ema_weights_verified_on_val(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported" / "model.onnx"
     assert tool.main([str(run / "checkpoints" / "best.pt"), "--out", str(out)]) == 0
