@@ -12,7 +12,7 @@ from trainer.checkpoint import save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
 from trainer.errors import Interrupted, OutputError
 from trainer.hook import Hook
-from trainer.io import clean_stale_temp_files
+from trainer.io import atomic_link, clean_stale_temp_files
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -23,7 +23,9 @@ log = logging.getLogger("trainer.hooks")
 class CheckpointHook(Hook):
     """Saves ``checkpoints/last.pt`` each epoch, ``best.pt`` on improvement, and the top-k.
 
-    Every file is written atomically, so a crash leaves the previous checkpoint whole. With EMA
+    Every file is written atomically, so a crash leaves the previous checkpoint whole. The
+    checkpoint is serialised once per epoch: ``best.pt`` and the top-k files are hard links to
+    that epoch's ``last.pt`` (copies where the file system has no links). With EMA
     on, the monitored metric is the EMA model's (validation uses it), and both raw and EMA
     weights are in every file. A failed save (disk full, read-only folder) stops the run: a
     run that cannot checkpoint would lose its work silently. Under DDP every rank runs the hook
@@ -76,11 +78,12 @@ class CheckpointHook(Hook):
         if not is_global_zero():
             return  # the ranks hold the same weights; rank 0 writes them
         try:
-            save_checkpoint(ckpt, self.dir / "last.pt")
+            # Serialised once: best.pt and the top-k are links to (or copies of) this file.
+            last = save_checkpoint(ckpt, self.dir / "last.pt")
             if improved:
-                save_checkpoint(ckpt, self.dir / "best.pt")
+                atomic_link(last, self.dir / "best.pt")
             if self.top_k > 0 and value is not None and not math.isnan(value):
-                self._update_top_k(ckpt, value, engine.state.epoch, mode)
+                self._update_top_k(last, value, engine.state.epoch, mode)
         except OSError as e:
             # A run that cannot checkpoint would lose its work silently: stop it.
             raise OutputError(
@@ -89,12 +92,12 @@ class CheckpointHook(Hook):
                 "folder writable, then continue with --resume; or pick another --out."
             ) from e
 
-    def _update_top_k(self, ckpt: dict[str, Any], value: float, epoch: int, mode: str) -> None:
+    def _update_top_k(self, last: Path, value: float, epoch: int, mode: str) -> None:
         name = f"epoch_{epoch:03d}.pt"
         self.top.append((value, name))
         self.top.sort(key=lambda t: t[0], reverse=(mode == "max"))
         if name in [n for _, n in self.top[: self.top_k]]:
-            save_checkpoint(ckpt, self.dir / name)
+            atomic_link(last, self.dir / name)
         for _, old in self.top[self.top_k :]:
             (self.dir / old).unlink(missing_ok=True)
         self.top = self.top[: self.top_k]

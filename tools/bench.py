@@ -54,7 +54,9 @@ import torch
 from torch import nn
 
 from hooks import ProgressBarHook, default_hooks
+from hooks._artifacts import flush as artifacts_flush
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderData, resize_size
+from trainer.demo import DEMO_DEFAULTS, demo_dataset
 from trainer.device import autocast_dtype, resolve_device, resolve_precision
 from trainer.engine import Engine, default_optimizer, warmup_cosine
 from trainer.errors import UserError
@@ -395,12 +397,12 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def hooks_for_bench(out_dir: Path) -> list[Hook]:
-    """The default hooks minus export, with the progress bar forced on (it would turn itself
-    off writing to a non-terminal, and then cost nothing)."""
+def hooks_for_bench(out_dir: Path, export: bool = False) -> list[Hook]:
+    """The default hooks (minus export unless asked), with the progress bar forced on (it
+    would turn itself off writing to a non-terminal, and then cost nothing)."""
     return [
         ProgressBarHook(disable=False) if isinstance(h, ProgressBarHook) else h
-        for h in default_hooks(out_dir, export=False)
+        for h in default_hooks(out_dir, export=export)
     ]
 
 
@@ -652,9 +654,8 @@ def bench_data(
     args: argparse.Namespace, device: torch.device, precision: str, rounds: int
 ) -> dict[str, Any]:
     """Loader alone, model alone and both, on the ImageFolder tree at ``args.data``."""
-    data = ImageFolderData(
-        args.data, img_size=args.img_size, batch_size=args.batch_size, workers=args.workers
-    )
+    model, img_size, batch_size = _data_settings(args, {})
+    data = ImageFolderData(args.data, img_size=img_size, batch_size=batch_size, workers=args.workers)
     steps = args.steps
     # Loader alone: the first batch (worker start-up) is left out of the speed.
     loader = _TimedLoader(data.train_loader(), steps)
@@ -668,7 +669,7 @@ def bench_data(
     n = len(loader)
     del loader, it  # its worker processes go
 
-    w = Workload(args.model, args.img_size, args.batch_size, n, data.num_classes, val_batches=0)
+    w = Workload(model, img_size, batch_size, n, data.num_classes, val_batches=0)
     timed = _TimedLoader(data.train_loader(), steps)
     model_only = EngineRun("model", w, DeviceBatches(w, device), device, precision, rounds + 1)
     end_to_end = EngineRun("end_to_end", w, _TrainOnly(data, timed), device, precision, rounds + 1)
@@ -681,7 +682,7 @@ def bench_data(
 
         def run_epoch(self) -> EpochTime:
             timed.wait_s, timed.images = 0.0, 0
-            end_to_end.images = len(timed) * args.batch_size  # a first guess for run_epoch
+            end_to_end.images = len(timed) * batch_size  # a first guess for run_epoch
             e = end_to_end.run_epoch()
             # The last batch may be short: the wrapper counted the images really trained on.
             e.images, e.train_s = timed.images, e.train_s * timed.images / end_to_end.images
@@ -693,9 +694,9 @@ def bench_data(
     e2e_img_s = times["end_to_end"].img_s()
     return {
         "root": str(args.data),
-        "model": args.model,
-        "img_size": args.img_size,
-        "batch_size": args.batch_size,
+        "model": model,
+        "img_size": img_size,
+        "batch_size": batch_size,
         "workers": data.workers,
         "batches_per_epoch": n,
         "loader_img_s": loader_img_s,
@@ -705,6 +706,108 @@ def bench_data(
         "data_wait_share": statistics.median(shares[1:]),
         # Inferred: the slowdown from real data, for a cross-check.
         "data_wait_share_from_speeds": max(0.0, 1.0 - e2e_img_s / model_img_s),
+    }
+
+
+# ------------------------------------------------------------------------------- --fit
+class _FitClock(Hook):
+    """Clocks a whole fit: its start, its epochs, and its end (export, final report).
+
+    The epochs run from the first epoch's start until the artefact writer has drained after
+    the last one: plots drawn in the background are work the epochs caused, so they count.
+    """
+
+    order = -(10**9)  # before every other hook at each event
+
+    def __init__(self) -> None:
+        self.t_fit = self.t_epochs = self.t_drained = 0.0
+
+    def on_fit_start(self, engine: Engine) -> None:
+        self.t_fit = time.perf_counter()
+
+    def on_train_epoch_start(self, engine: Engine) -> None:
+        if not self.t_epochs:
+            self.t_epochs = time.perf_counter()
+
+    def on_fit_end(self, engine: Engine) -> None:
+        artifacts_flush()
+        self.t_drained = time.perf_counter()
+
+
+def _data_settings(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, int, int]:
+    """Model, image size and batch size: the flags, else ``settings``, else the --data ones."""
+    return (
+        args.model or settings.get("model", "resnet18"),
+        args.img_size or settings.get("img_size", 224),
+        args.batch_size or settings.get("batch_size", 64),
+    )
+
+
+def bench_fit(args: argparse.Namespace, device: torch.device, rounds: int) -> dict[str, Any]:
+    """Whole fits with no hooks and with ``default_hooks``, alternated, on a real tree.
+
+    Without ``--data`` it is the demo with its defaults, the shortest epochs a user meets.
+    """
+    root = args.data if args.data is not None else demo_dataset()
+    # The demo's own settings, else the --data ones.
+    settings = dict(DEMO_DEFAULTS) if args.data is None else {"crop_scale": 0.08, "lr": LR}
+    model, img_size, batch_size = _data_settings(args, settings)
+    data = ImageFolderData(
+        root,
+        img_size=img_size,
+        batch_size=batch_size,
+        workers=args.workers,
+        crop_scale=settings["crop_scale"],
+    )
+    epochs = args.epochs
+    fits: dict[str, list[dict[str, float]]] = {"none": [], "hooks": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for kind in ("none", "hooks") if r % 2 == 0 else ("hooks", "none"):
+                clock = _FitClock()
+                hooks = hooks_for_bench(Path(tmp) / f"{kind}{r}", export=True)
+                torch.manual_seed(0)
+                engine = Engine(
+                    build_model(model, data.num_classes),
+                    data,
+                    max_epochs=epochs,
+                    lr=settings["lr"],
+                    device=device,
+                    hooks=[clock, *(hooks if kind == "hooks" else [])],
+                )
+                t0 = time.perf_counter()
+                with quiet():
+                    engine.fit()
+                t1 = time.perf_counter()
+                fits[kind].append(
+                    {
+                        "epoch_s": (clock.t_drained - clock.t_epochs) / epochs,
+                        "fit_start_s": clock.t_epochs - t0,
+                        "fit_end_s": t1 - clock.t_drained,
+                    }
+                )
+    ratios = [
+        h["epoch_s"] / n["epoch_s"] for h, n in zip(fits["hooks"], fits["none"], strict=True)
+    ]
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(f[key] for f in fits[kind])
+
+    return {
+        "root": str(root),
+        "model": model,
+        "img_size": img_size,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "rounds": rounds,
+        "epoch_s_none": med("none", "epoch_s"),
+        "epoch_s_hooks": med("hooks", "epoch_s"),
+        "hooks_overhead": statistics.median(ratios) - 1.0,
+        "hooks_overhead_per_round": [x - 1.0 for x in ratios],
+        "fit_start_s_none": med("none", "fit_start_s"),
+        "fit_start_s_hooks": med("hooks", "fit_start_s"),
+        "fit_end_s_none": med("none", "fit_end_s"),
+        "fit_end_s_hooks": med("hooks", "fit_end_s"),
     }
 
 
@@ -784,6 +887,29 @@ def print_data(d: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def print_fit(f: dict[str, Any], device: torch.device) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{f['root']}: {f['model']} {f['img_size']}px b{f['batch_size']}, {f['epochs']} "
+        f"epochs, {f['rounds']} fits each ({device})"
+    )
+    table.add_column("")
+    table.add_column("no hooks", justify="right")
+    table.add_column("default hooks", justify="right")
+    table.add_row("s per epoch", f"{f['epoch_s_none']:.3f}", f"{f['epoch_s_hooks']:.3f}")
+    table.add_row("fit start, s", f"{f['fit_start_s_none']:.2f}", f"{f['fit_start_s_hooks']:.2f}")
+    table.add_row("fit end, s", f"{f['fit_end_s_none']:.2f}", f"{f['fit_end_s_hooks']:.2f}")
+    per_round = ", ".join(f"{100 * x:+.1f}%" for x in f["hooks_overhead_per_round"])
+    table.caption = (
+        f"epoch time with the default hooks: {100 * f['hooks_overhead']:+.1f}% "
+        f"(median of paired fits: {per_round}). Epochs run until the artefact writer is idle "
+        "again; fit start/end (tables, sanity check, ONNX export, final report) are once per run."
+    )
+    Console().print(table)
+
+
 # ------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -842,18 +968,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads; 1 gives steadier ratios on a shared machine",
     )
-    g = p.add_argument_group("--data: a real ImageFolder tree end to end")
+    g = p.add_argument_group(
+        "--data and --fit: a real ImageFolder tree (model, size and batch default to resnet18, "
+        "224 and 64; for --fit without --data, to the demo's settings)"
+    )
     g.add_argument("--data", type=Path, default=None, help="the tree's root")
-    g.add_argument("--model", default="resnet18", choices=sorted(MODELS))
-    g.add_argument("--img-size", type=int, default=224)
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument(
+        "--fit",
+        action="store_true",
+        help="whole fits with no hooks and with the default hooks, alternated: the hooks' "
+        "share of epoch time (default tree: the built-in demo)",
+    )
+    g.add_argument("--epochs", type=int, default=4, help="epochs per fit, with --fit")
+    g.add_argument("--model", default=None, choices=sorted(MODELS))
+    g.add_argument("--img-size", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--workers", type=int, default=None, help="loader processes")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("rounds", "steps", "threads"):
+    for flag in ("rounds", "steps", "threads", "epochs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             print(f"error: --{flag} must be >= 1, got {value}", file=sys.stderr)
@@ -876,6 +1012,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "clock": args.clock,
         }
+        if args.fit:
+            f = bench_fit(args, device, args.rounds or 3)
+            print_fit(f, device)
+            if args.json is not None:
+                atomic_write_json(args.json, {"workloads": [], "fit": f, **meta})
+            return 0
         if args.data is not None:
             d = bench_data(args, device, precision, args.rounds or 3)
             print_data(d)

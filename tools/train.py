@@ -21,7 +21,7 @@ from rich.logging import RichHandler
 
 from hooks import default_hooks
 from trainer.data import ImageFolderData
-from trainer.demo import demo_dataset
+from trainer.demo import DEMO_DEFAULTS, demo_dataset
 from trainer.distributed import (
     barrier,
     broadcast_object,
@@ -39,16 +39,7 @@ from trainer.models import MODELS, TIMM_PREFIX, build_model
 
 log = logging.getLogger("trainer")
 
-# Values used when no --data is given and the flag is not set: a run that finishes in minutes
-# on a laptop CPU. With --data the defaults suit real photos.
-DEMO_DEFAULTS = {
-    "model": "small_cnn",
-    "img_size": 64,
-    "epochs": 15,
-    "batch_size": 32,
-    "lr": 3e-3,
-    "crop_scale": 0.5,  # a crop of 8% of a 64 px image often cuts the shape out
-}
+# With --data the defaults suit real photos (the demo's are in trainer.demo).
 DATA_DEFAULTS = {
     "model": "resnet18",
     "img_size": 224,

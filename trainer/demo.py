@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,6 +29,17 @@ VAL_COUNTS: tuple[int, ...] = (60, 48, 36, 30, 30, 30)
 IMAGE_SIZE = 64
 MARKER = ".complete"
 _SUPERSAMPLE = 2  # draw at 2x and downsample, for smooth edges
+
+# Training settings for the demo when a flag is not set (tools/train.py, tools/bench.py --fit):
+# a run that finishes in minutes on a laptop CPU.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "model": "small_cnn",
+    "img_size": IMAGE_SIZE,
+    "epochs": 15,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "crop_scale": 0.5,  # a crop of 8% of a 64 px image often cuts the shape out
+}
 
 
 def default_demo_root() -> Path:

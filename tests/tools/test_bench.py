@@ -113,6 +113,22 @@ def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_pa
     assert d["batches_per_epoch"] == 3
 
 
+def test_fit_mode_times_whole_fits_with_and_without_hooks(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    root = make_tree(tmp_path / "tree", counts={"a": 6, "b": 6})
+    out = tmp_path / "fit.json"
+    argv = ["--fit", "--data", str(root), "--model", "small_cnn", "--img-size", "16"]
+    argv += ["--batch-size", "4", "--workers", "0", "--epochs", "1", "--rounds", "2"]
+    assert bench.main([*argv, "--device", "cpu", "--json", str(out)]) == 0
+    f = json.loads(out.read_text())["fit"]
+    assert _positive(f["epoch_s_none"]) and _positive(f["epoch_s_hooks"])
+    assert len(f["hooks_overhead_per_round"]) == 2
+    assert math.isfinite(f["hooks_overhead"])
+    # Fit end with hooks holds the ONNX export and the final report; without, nearly nothing.
+    assert f["fit_end_s_hooks"] > f["fit_end_s_none"]
+
+
 def test_bad_rounds_is_a_usage_error(bench: ModuleType) -> None:
     assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2
     assert bench.main(["--preset", "tiny", "--clock", "cpu", "--threads", "2"]) == 2

@@ -8,6 +8,8 @@ import torch
 from hooks.checkpoint import CheckpointHook
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.errors import CheckpointError
+from trainer.hook import Hook
+from trainer.io import atomic_link
 
 from .test_engine import make_engine
 
@@ -55,3 +57,47 @@ def test_missing_checkpoint_errors(tmp_path) -> None:
         load_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+class _Score(Hook):
+    """Sets a monitored metric per epoch, before the checkpoint hook reads it."""
+
+    order = 0
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def on_train_epoch_end(self, engine) -> None:
+        engine.state.metrics["score"] = self.scores[engine.state.epoch]
+
+
+def test_best_and_top_k_keep_their_epoch_while_last_moves_on(tmp_path) -> None:
+    hooks = [_Score([1.0, 3.0, 2.0]), CheckpointHook(tmp_path, monitor="score", top_k=2)]
+    make_engine(hooks, max_epochs=3).fit()
+    d = tmp_path / "checkpoints"
+    assert sorted(p.name for p in d.iterdir()) == [
+        "best.pt",
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "last.pt",
+    ]
+    epoch = {p.name: load_checkpoint(p)["state"]["epoch"] for p in d.iterdir()}
+    assert epoch == {"best.pt": 1, "epoch_001.pt": 1, "epoch_002.pt": 2, "last.pt": 2}
+    # One serialisation per epoch: the copies are links to it (this file system has them).
+    assert os.path.samefile(d / "best.pt", d / "epoch_001.pt")
+    assert os.path.samefile(d / "last.pt", d / "epoch_002.pt")
+
+
+def test_atomic_link_copies_where_links_are_refused(tmp_path, monkeypatch) -> None:
+    src = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.arange(3.0)}}, src)
+
+    def no_links(a: object, b: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    atomic_link(src, tmp_path / "best.pt")
+    save_checkpoint({"model": {"w": torch.zeros(3)}}, src)  # last moves on
+    assert not os.path.samefile(src, tmp_path / "best.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
