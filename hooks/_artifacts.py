@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,12 @@ def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
 SYNC = os.environ.get("ARTIFACTS_SYNC", "").strip() not in ("", "0")
 
 
+# Share of one core that redrawing whole-file artefacts (``replace=True``: history plots, the
+# sampler plot, the report) may take, averaged over time. Short epochs would otherwise pay for
+# a redraw each: a 0.15 s plot is then redrawn every 15 s at most, and always at ``flush``.
+REFRESH_BUDGET = 0.01
+
+
 class _Job:
     """One queued artefact job; ``fn`` is swapped in place when a newer job replaces it."""
 
@@ -66,7 +73,11 @@ class _Job:
 
 
 class _Writer:
-    """One daemon thread that runs artefact jobs in submission order."""
+    """One daemon thread that runs artefact jobs in submission order.
+
+    Replaceable jobs wait while the CPU the writer spent on them is over ``REFRESH_BUDGET``
+    of the time elapsed (a debt paid off at that rate); other jobs pass them meanwhile.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -74,6 +85,8 @@ class _Writer:
         # Replaceable jobs still waiting, by path: a newer one takes over the older one's slot.
         self._queued: dict[str, _Job] = {}
         self._unfinished = 0
+        self._flushing = 0
+        self._debt, self._debt_at = 0.0, 0.0  # CPU seconds owed, as of time.monotonic()
         self._thread: threading.Thread | None = None
 
     def submit(
@@ -108,17 +121,39 @@ class _Writer:
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 return
-            self._cond.wait_for(lambda: self._unfinished == 0)
+            self._flushing += 1  # deferred jobs run now
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: self._unfinished == 0)
+            finally:
+                self._flushing -= 1
+
+    def _owed(self) -> float:
+        """CPU seconds of replaceable work still over budget, now."""
+        paid = (time.monotonic() - self._debt_at) * REFRESH_BUDGET
+        return max(0.0, self._debt - paid)
+
+    def _next(self) -> tuple[_Job | None, float | None]:
+        """The first runnable job, else how long until a deferred one may run (None: idle)."""
+        owed = 0.0 if self._flushing else self._owed()
+        for job in self._pending:
+            if job.key is None or owed == 0.0:
+                self._pending.remove(job)
+                if job.key is not None:
+                    # Started: a job submitted from now on for this path queues anew.
+                    del self._queued[job.key]
+                return job, None
+        return None, (owed / REFRESH_BUDGET if self._pending else None)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending))
-                job = self._pending.popleft()
-                if job.key is not None:
-                    # Started: a job submitted from now on for this path queues anew.
-                    del self._queued[job.key]
+                job, wait = self._next()
+                while job is None:
+                    self._cond.wait(wait)
+                    job, wait = self._next()
                 fn, path = job.fn, job.path
+            cpu = time.thread_time()
             try:
                 with guarded(path):
                     fn()
@@ -126,6 +161,9 @@ class _Writer:
                 log.warning("artefact job for %s failed", path, exc_info=True)
             finally:
                 with self._cond:
+                    if job.key is not None:
+                        self._debt = self._owed() + time.thread_time() - cpu
+                        self._debt_at = time.monotonic()
                     self._unfinished -= 1
                     self._cond.notify_all()
 
@@ -147,9 +185,12 @@ def submit(fn: Callable[[], None], path: str | os.PathLike[str], replace: bool =
         replace: ``fn`` rewrites the whole file from its own data (a plot redrawn every
             epoch): if a job for the same path is still queued, not started, ``fn`` takes its
             place in the queue instead of queueing behind it, so a writer that fell behind
-            draws the file once with the newest data. Leave False for jobs that each add
-            something (per-epoch files with distinct paths never meet anyway; TensorBoard
-            events share a folder).
+            draws the file once with the newest data. Such jobs also share a CPU budget
+            (``REFRESH_BUDGET`` of one core): over it, they wait, and later jobs pass them,
+            until it recovers or ``flush`` is called; on short epochs the file is then
+            rewritten every few epochs, and always at the end. Leave False for jobs that
+            each add something (per-epoch files with distinct paths never meet anyway;
+            TensorBoard events share a folder).
 
     Example:
         >>> counts = matrix.numpy().copy()
@@ -159,7 +200,8 @@ def submit(fn: Callable[[], None], path: str | os.PathLike[str], replace: bool =
 
 
 def flush() -> None:
-    """Wait until every submitted job has run (call at fit end, so the files exist)."""
+    """Run every submitted job, deferred ones too, and wait for them (call at fit end, so
+    the files exist)."""
     _WRITER.flush()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 import math
 import os
@@ -82,6 +83,9 @@ class SampleVisualizationHook(Hook):
         self._fixed_logits: dict[int, torch.Tensor] = {}
         self._fixed_targets: dict[int, torch.Tensor] = {}
         self._top: tuple[torch.Tensor, ...] | None = None  # score, index, pred, target
+        # Validation images re-read for the mistakes grid, by index: the same confident
+        # mistakes tend to come back epoch after epoch. The least recently used go first.
+        self._read_cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
 
     def on_fit_start(self, engine: Engine) -> None:
         r, w = self._rank, self._world = get_rank(), get_world_size()
@@ -93,6 +97,7 @@ class SampleVisualizationHook(Hook):
             local = list(range(self.num_images))
         self.fixed_indices = [r + w * i for i in local]
         self._lookup = sorted(self.fixed_indices)
+        self._read_cache.clear()  # the data may differ from an earlier fit's
 
     def on_validation_epoch_start(self, engine: Engine) -> None:
         self._seen = 0
@@ -171,7 +176,7 @@ class SampleVisualizationHook(Hook):
             path = stem.parent / f"{stem.name}_mistakes.png"
             images: list[torch.Tensor | None] = []
             with guarded(path):  # the dataset is read here, not on the writer thread
-                images = _read_val_images(data, [m["index"] for m in self.mistakes])
+                images = self._val_images(data, [m["index"] for m in self.mistakes])
                 self._draw(
                     "mistakes_figure",
                     path,
@@ -182,6 +187,20 @@ class SampleVisualizationHook(Hook):
                     std,
                     f"Most confident mistakes, epoch {engine.state.epoch + 1}",
                 )
+
+    def _val_images(self, data: Any, indices: list[int]) -> list[torch.Tensor | None]:
+        """The validation images at ``indices``, from the cache or re-read (then cached)."""
+        cache = self._read_cache
+        missing = [i for i in indices if i not in cache]
+        for i, img in zip(missing, _read_val_images(data, missing), strict=True):
+            if img is not None:
+                cache[i] = img
+        for i in indices:
+            if i in cache:
+                cache.move_to_end(i)
+        while len(cache) > 4 * self.num_images:
+            cache.popitem(last=False)
+        return [cache.get(i) for i in indices]
 
     def _draw(
         self,

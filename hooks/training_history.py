@@ -32,6 +32,9 @@ PLOTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
 class TrainingHistoryHook(Hook):
     """Rewrites ``plots/loss.png``, ``plots/accuracy.png`` and ``plots/lr.png`` each epoch.
 
+    Each epoch asks for a redraw; when epochs are short the artefact writer redraws only as
+    often as its CPU budget allows (see ``hooks._artifacts.submit``), and always at fit end.
+
     Curves come from ``engine.state.history``, so a resumed run plots its whole past. The x
     axis counts epochs from 1. Every point has a marker, so a one-epoch run still shows, and
     a NaN or infinite value leaves a gap instead of breaking the plot. A series absent from
@@ -66,7 +69,9 @@ class TrainingHistoryHook(Hook):
         history = [dict(row) for row in engine.state.history]
         for stem in PLOTS:
             path = self.dir / f"{stem}.png"
-            submit(functools.partial(self._plot, history, stem, path), path)
+            # Redrawn whole from the history: a newer job replaces a queued one, and on short
+            # epochs the redraws wait for the writer's CPU budget (always drawn at fit end).
+            submit(functools.partial(self._plot, history, stem, path), path, replace=True)
 
     def on_fit_end(self, engine: Engine) -> None:
         flush()  # the plots exist when fit returns

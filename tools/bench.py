@@ -26,9 +26,15 @@ does the work instead, which other processes disturb far less. Two speeds are re
   step    training images / time of the training loop only (the Engine's ``train/img_s``):
           what the issue's targets are about.
   epoch   training images / wall time of the whole epoch: training, the (short) validation,
-          and every epoch-end hook (plots, metrics.csv, checkpoints). With the bench's short
-          epochs the hooks' fixed cost per epoch weighs far more than in a real run, so it is
-          also printed in seconds ("epoch end"), to scale to a real epoch's length.
+          and every epoch-end hook (metrics.csv, checkpoints, queueing the plots). With the
+          bench's short epochs the hooks' fixed cost per epoch weighs far more than in a real
+          run, so it is also printed in seconds ("epoch end"), to scale to a real epoch's
+          length. The plots themselves are drawn on a background thread, which each epoch
+          here waits for before its clock starts: ``--fit`` times them.
+
+``--fit`` times whole fits of the demo (or ``--data DIR``), alternating no hooks and the
+default hooks: epoch time there runs until the background drawing is done, so it holds
+everything the hooks cost per epoch.
 
 ``--data DIR`` instead times a real ImageFolder tree end to end: the loader alone, the model
 alone (device batches of the same shape), both together, and the share of the training loop
@@ -307,7 +313,12 @@ class BareLoop:
 
 
 class _EpochStart(Hook):
-    """Clocks the start of each epoch and of its validation (the training loop's end)."""
+    """Clocks the start of each epoch and of its validation (the training loop's end).
+
+    The artefact writer is drained first: its backlog (the plots of ``on_fit_start``, which
+    each ``run_epoch`` calls) would otherwise fall in this epoch. Background drawing is
+    timed by ``--fit``, over whole fits.
+    """
 
     order = -(10**9)  # first of all, so no other hook's work falls outside the clock
 
@@ -316,6 +327,7 @@ class _EpochStart(Hook):
         self.t = self.t_val = 0.0
 
     def on_train_epoch_start(self, engine: Engine) -> None:
+        artifacts_flush()
         self.t = self.t_val = self.clock()
 
     def on_validation_start(self, engine: Engine) -> None:

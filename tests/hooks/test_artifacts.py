@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,10 @@ def test_sync_runs_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert names == [threading.current_thread().name]
 
 
-def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> None:
+def test_a_replacing_job_takes_the_queued_older_ones_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 1e12)  # order only, no deferral
     started, release = threading.Event(), threading.Event()
 
     def block() -> None:
@@ -68,3 +72,30 @@ def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> Non
     submit(lambda: ran.append("loss 3"), loss, replace=True)
     flush()
     assert ran[-1] == "loss 3"
+
+
+def test_redraws_over_the_cpu_budget_wait_and_others_pass_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 0.01)
+    flush()  # no debt from earlier tests' jobs
+    monkeypatch.setattr(_artifacts._WRITER, "_debt", 0.0)
+
+    def burn() -> None:  # 30 ms of CPU: the next redraw may start 3 s later
+        t = time.thread_time()
+        while time.thread_time() - t < 0.03:
+            pass
+        ran.append("loss")
+
+    ran: list[str] = []
+    submit(burn, tmp_path / "loss.png", replace=True)
+    submit(lambda: ran.append("accuracy"), tmp_path / "accuracy.png", replace=True)
+    submit(lambda: ran.append("epoch_000"), tmp_path / "epoch_000.png")
+    deadline = time.monotonic() + 10
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    # The per-epoch file went ahead; the second redraw waits for the budget ...
+    assert ran == ["loss", "epoch_000"]
+    flush()  # ... or for a flush, which runs everything
+    assert ran == ["loss", "epoch_000", "accuracy"]

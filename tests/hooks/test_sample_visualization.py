@@ -80,6 +80,29 @@ def test_fixed_images_and_mistakes(tmp_path: Path, data: StandInData) -> None:
     assert hook.figure is not None
 
 
+def test_mistake_images_are_read_once_across_epochs(tmp_path: Path, data: StandInData) -> None:
+    data.val_y = data.val_y.roll(4)  # wrong labels: the same mistakes come back every epoch
+    reads: list[int] = []
+    dataset = data.val_dataset()
+
+    class Counting:
+        def __len__(self) -> int:
+            return len(dataset)
+
+        def __getitem__(self, i: int) -> Any:
+            reads.append(i)
+            return dataset[i]
+
+    loader = data.val_loader()  # the engine's reads do not count
+    data.val_loader = lambda: loader  # type: ignore[method-assign]
+    data.val_dataset = Counting  # type: ignore[method-assign]
+    hook = SampleVisualizationHook(tmp_path, num_images=4)
+    run_fit([hook], data, epochs=3)
+    assert hook.mistakes and reads
+    assert len(reads) == len(set(reads))  # each image decoded once, then from the cache
+    assert set(reads) >= {m["index"] for m in hook.mistakes}
+
+
 def test_normalised_float_batches_are_shown_in_true_colours() -> None:
     data = StandInData(float_images=True)
     shown = to_display(data.val_x[0], data.mean, data.std)
