@@ -38,7 +38,8 @@ everything the hooks cost per epoch.
 
 ``--data DIR`` instead times a real ImageFolder tree end to end: the loader alone, the model
 alone (device batches of the same shape), both together, and the share of the training loop
-spent waiting for the next batch.
+spent waiting for the next batch. With ``--decode gpu`` the loader only reads the files and
+draws the crops; the decoding then counts in the training loop, on the device.
 """
 
 from __future__ import annotations
@@ -710,6 +711,7 @@ def bench_data(
         "img_size": img_size,
         "batch_size": batch_size,
         "workers": data.workers,
+        "decode": args.decode,
         "batches_per_epoch": n,
         "loader_img_s": loader_img_s,
         "model_img_s": model_img_s,
@@ -885,7 +887,7 @@ def print_data(d: dict[str, Any]) -> None:
 
     table = Table(
         title=f"{d['root']}: {d['model']} {d['img_size']}px b{d['batch_size']}, "
-        f"{d['workers']} workers"
+        f"{d['workers']} workers, decode on {d['decode']}"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -996,6 +998,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--img-size", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--workers", type=int, default=None, help="loader processes")
+    g.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="with --data: gpu decodes the training JPEGs on the GPU (as train.py --decode)",
+    )
     return p
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU check (one device call, under 5 minutes): versions, the CUDA sync test,
-# bench.py's GPU preset (with EMA and Lightning), the --data path on a generated JPEG tree,
+# The prepared GPU check (one device call, under 6 minutes): versions, the CUDA tests,
+# bench.py's GPU preset (with EMA and Lightning), the --data path on a generated JPEG tree
+# (CPU and --decode gpu),
 # and the overhead of DDP with one process. Results go to $OUT (default /tmp/gpu_out).
 # Run from the repository root: bash tools/gpu_check.sh
 set -u
@@ -10,8 +11,8 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 
-echo "== CUDA sync test"
-timeout 90 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py 2>&1 | tail -3
+echo "== CUDA tests (sync, nvjpeg decode)"
+timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/test_gpu_decode.py 2>&1 | tail -3
 
 echo "== bench --preset gpu"
 timeout 240 python tools/bench.py --preset gpu --ema --lightning --json "$OUT/bench_gpu.json" 2>&1 | tail -40
@@ -35,6 +36,8 @@ print("wrote", sum(1 for _ in root.rglob("*.jpg")), "JPEGs of 500x375")
 PY
 echo "== bench --data (resnet50, 224 px, batch 256, 16 workers)"
 timeout 150 python tools/bench.py --data /tmp/jpeg --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
+echo "== bench --data --decode gpu (nvjpeg, crops on the GPU)"
+timeout 150 python tools/bench.py --data /tmp/jpeg --decode gpu --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
 
 echo "== DDP with 1 process vs no DDP (resnet50, 224 px, batch 128, bf16, channels_last)"
 timeout 120 python - <<'PY' 2>&1 | tee "$OUT/ddp1.txt"

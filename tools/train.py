@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from hooks import default_hooks
 from trainer.data import ImageFolderData
 from trainer.demo import DEMO_DEFAULTS, demo_dataset
+from trainer.device import resolve_device
 from trainer.distributed import (
     barrier,
     broadcast_object,
@@ -120,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "ram"),
         default="none",
         help="ram keeps decoded, pre-resized images in memory when they fit",
+    )
+    g.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: training JPEGs decoded in batches by nvjpeg and cropped, resized and "
+        "flipped on the GPU (CUDA only; other formats still decode on the CPU)",
     )
     g.add_argument(
         "--max-bad-fraction",
@@ -329,6 +337,11 @@ def _train(config: dict[str, Any]) -> Engine:
     out = Path(broadcast_object(config["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
     config["out"] = str(out)
 
+    if config["decode"] == "gpu" and resolve_device(config["device"]).type != "cuda":
+        raise ConfigError(
+            f"--decode gpu decodes JPEGs with nvjpeg on a CUDA device, but the device is "
+            f"{resolve_device(config['device'])}; drop --decode gpu, or use --device cuda"
+        )
     if config["data"] is None and get_local_rank() == 0:
         demo_dataset()  # one process per machine generates it; the others wait, then reuse it
     barrier()
@@ -349,6 +362,7 @@ def _train(config: dict[str, Any]) -> Engine:
         class_weights=_parse_class_weights(config["class_weights"]),
         cache=None if config["cache"] == "none" else config["cache"],
         max_bad_fraction=config["max_bad_fraction"],
+        decode=config["decode"],
     )
     log.info(data.summary())
     saved = {k: v for k, v in config.items() if k not in ("resume", "config", "print_config")}

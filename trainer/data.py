@@ -7,6 +7,7 @@ host work and host-to-device traffic four times smaller than float batches.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -27,6 +28,7 @@ from torchvision.transforms import v2
 
 from trainer.distributed import get_rank, get_world_size, rank_seed
 from trainer.errors import ConfigError, DataError
+from trainer.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.io import atomic_write_json
 from trainer.sampler import SAMPLER_MODES, ShardSampler, TrackingWeightedRandomSampler
 
@@ -196,9 +198,14 @@ def train_transform(
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:
-        s = color_jitter
-        ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.1, s / 4)))
+        ops.append(jitter_transform(color_jitter))
     return v2.Compose(ops)
+
+
+def jitter_transform(strength: float) -> v2.ColorJitter:
+    """Brightness, contrast and saturation by ``strength``; hue by ``min(0.1, strength / 4)``."""
+    s = strength
+    return v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.1, s / 4))
 
 
 def eval_preprocess(img: torch.Tensor, img_size: int) -> torch.Tensor:
@@ -335,6 +342,11 @@ class ImageFolderData:
         cache_max_bytes: memory the RAM cache may use.
         max_bad_fraction: largest share of unreadable images tolerated.
         verify: decode every image once up front.
+        decode: "cpu" decodes and augments training images in the loader's workers; "gpu"
+            has the workers only read the files and draw the crops, and the engine decode
+            the JPEGs in batches on its device (nvjpeg on CUDA) and crop, resize and flip
+            them there (see ``trainer.gpu_decode``). Training batches are then
+            ``EncodedBatch`` objects, which ``Engine`` decodes. Validation is unchanged.
 
     Example:
         >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
@@ -362,6 +374,7 @@ class ImageFolderData:
         cache_max_bytes: int = 4 * 1024**3,
         max_bad_fraction: float = 0.05,
         verify: bool = True,
+        decode: str = "cpu",
     ) -> None:
         self._check_args(
             img_size,
@@ -374,6 +387,7 @@ class ImageFolderData:
             class_weights,
             cache,
             max_bad_fraction,
+            decode,
         )
         self.root = Path(root).expanduser()
         self.img_size = img_size
@@ -386,6 +400,7 @@ class ImageFolderData:
         self.color_jitter = color_jitter
         self.cache_max_bytes = cache_max_bytes
         self.max_bad_fraction = max_bad_fraction
+        self.decode = decode
 
         self.bad_files: list[tuple[Path, str]] = []
         self.ignored_files: list[Path] = []
@@ -434,6 +449,7 @@ class ImageFolderData:
         class_weights: dict[str, float] | None,
         cache: str | None,
         max_bad_fraction: float,
+        decode: str,
     ) -> None:
         problems = []
         if img_size < 1:
@@ -456,6 +472,13 @@ class ImageFolderData:
             problems.append(f"cache must be None or 'ram', got {cache!r}")
         if not 0 <= max_bad_fraction <= 1:
             problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if decode not in ("cpu", "gpu"):
+            problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
+        if decode == "gpu" and cache == "ram":
+            problems.append(
+                "decode='gpu' reads JPEG files for the device to decode, while cache='ram' "
+                "keeps images decoded in memory: use one or the other"
+            )
         if problems:
             raise ConfigError("; ".join(problems) + ".")
 
@@ -735,7 +758,8 @@ class ImageFolderData:
         cache = None if self._cache is None else self._cache[split]
         return ImageListDataset(self._splits()[split], transform, cache)
 
-    def _loader(self, dataset: ImageListDataset, **kwargs: Any) -> DataLoader[Any]:
+    def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
+        kwargs.setdefault("collate_fn", default_collate)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -743,7 +767,6 @@ class ImageFolderData:
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.workers > 0,
             drop_last=False,
-            collate_fn=default_collate,
             **kwargs,
         )
 
@@ -773,6 +796,17 @@ class ImageFolderData:
         # Seeding the loader's generator also seeds the workers' augmentation streams; each
         # rank gets its own, so ranks do not apply the same crops in lockstep.
         g = torch.Generator().manual_seed(rank_seed(self.seed))
+        if self.decode == "gpu":
+            encoded = EncodedImageDataset(
+                self._splits()["train"],
+                self.img_size,
+                crop_scale=self.crop_scale,
+                hflip=self.hflip,
+                load=load_image,
+            )
+            jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
+            collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
+            return self._loader(encoded, sampler=self.sampler, generator=g, collate_fn=collate)
         return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
 
     def val_dataset(self) -> ImageListDataset:

@@ -56,6 +56,7 @@ from trainer.distributed import (
 )
 from trainer.ema import ModelEMA
 from trainer.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
+from trainer.gpu_decode import EncodedBatch, decode_batch
 from trainer.hook import HOOK_METHODS, Hook
 from trainer.state import EngineState
 
@@ -588,9 +589,11 @@ class Engine:
         return self._confmat.compute().flatten().double()
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch[0], batch[1]
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        if isinstance(batch, EncodedBatch):  # decode="gpu": JPEGs decoded here, in a batch
+            x, y = decode_batch(batch, self.device)
+        else:
+            x = batch[0].to(self.device, non_blocking=True)
+            y = batch[1].to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if x.dtype == torch.uint8:

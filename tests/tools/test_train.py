@@ -122,6 +122,9 @@ def test_bad_flag_values_are_clear_errors(tiny_tree: Path, tmp_path: Path, capsy
     assert "--out" in capsys.readouterr().err
     assert train.main(["--config", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+    assert train.main(["--data", str(tiny_tree), "--out", out, "--decode", "gpu", *FAST_CLI]) == 2
+    err = capsys.readouterr().err
+    assert "--decode gpu" in err and "--device cuda" in err and "Traceback" not in err
 
 
 def test_print_config_prints_what_args_json_would_hold(

@@ -1,0 +1,144 @@
+"""decode="gpu": the worker draws the augmentation, the device decodes and crops.
+
+On this CPU-only machine the device side runs on the CPU (``decode_jpeg`` with a list takes
+any device), which checks everything but nvjpeg itself: the draw is the CPU path's, image for
+image, and the pixels are the CPU path's too. ``test_cuda_decode_*`` runs where CUDA is.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import make_tree
+from trainer.data import ImageFolderData, load_image, train_transform
+from trainer.engine import Engine
+from trainer.errors import ConfigError
+from trainer.gpu_decode import EncodedBatch, EncodedImageDataset, collate_encoded, decode_batch
+from trainer.models import build_model
+
+SIZE = 24
+CPU = torch.device("cpu")
+
+
+def _smooth(w: int, h: int, seed: int) -> np.ndarray:
+    """A smooth colour image: JPEG keeps it close, and crops of it differ visibly."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    chans = [np.sin(x / (5 + 3 * c) + rng.uniform(0, 6)) + np.cos(y / (4 + 2 * c)) for c in range(3)]
+    return ((np.stack(chans, -1) + 2) * 60).clip(0, 255).astype(np.uint8)
+
+
+def _files(folder: Path) -> list[tuple[Path, int]]:
+    """JPEGs (upright and EXIF-rotated), a grayscale JPEG and a PNG: both decode routes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, orientation in enumerate((1, 3, 6, 8, 5)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = folder / f"o{orientation}.jpg"
+        Image.fromarray(_smooth(48, 36, k)).save(path, quality=95, exif=exif.tobytes())
+        files.append((path, k % 2))
+    Image.fromarray(_smooth(40, 40, 9)[..., 0]).save(folder / "gray.jpg", quality=95)
+    Image.fromarray(_smooth(30, 44, 10)).save(folder / "img.png")
+    files += [(folder / "gray.jpg", 0), (folder / "img.png", 1)]
+    return files
+
+
+def _dataset(files: list[tuple[Path, int]], hflip: bool = True) -> EncodedImageDataset:
+    return EncodedImageDataset(files, SIZE, crop_scale=0.3, hflip=hflip, load=load_image)
+
+
+def test_each_image_gets_the_cpu_paths_draw_and_pixels(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    ds = _dataset(files)
+    cpu_transform = train_transform(SIZE, crop_scale=0.3, hflip=True)
+    routes = set()
+    for seed in range(6):
+        for i, (path, _) in enumerate(files):
+            torch.manual_seed(seed)
+            expected = cpu_transform(load_image(path))
+            torch.manual_seed(seed)
+            item = ds[i]
+            routes.add("device" if item[2][0] != 0 else "worker")
+            x, y = decode_batch(collate_encoded([item], SIZE), CPU)
+            assert x.shape == (1, 3, SIZE, SIZE) and x.dtype == torch.uint8
+            assert torch.equal(x[0], expected), (path.name, seed)
+            assert y.tolist() == [files[i][1]]
+    assert routes == {"device", "worker"}  # JPEGs wait for the device; gray and PNG do not
+
+
+def test_the_draw_has_the_cpu_statistics(tmp_path: Path) -> None:
+    """Crop boxes and flips over many draws, against the CPU transform's own draws."""
+    path = tmp_path / "a.jpg"
+    Image.fromarray(_smooth(64, 48, 0)).save(path, quality=90)
+    ds = _dataset([(path, 0)])
+    torch.manual_seed(0)
+    params = torch.stack([ds[0][2] for _ in range(3000)]).double()
+    crop = train_transform(SIZE, crop_scale=0.3).transforms[0]
+    torch.manual_seed(1)  # another stream: equal statistics, not equal draws
+    image = torch.zeros(3, 48, 64, dtype=torch.uint8)
+    boxes = [crop.make_params([image]) for _ in range(3000)]
+    ref = torch.tensor([[b["top"], b["left"], b["height"], b["width"]] for b in boxes]).double()
+    ours = params[:, 1:5]
+    assert (ours.mean(0) - ref.mean(0)).abs().max() < 1.0  # pixels, on a 48x64 image
+    assert (ours.std(0) - ref.std(0)).abs().max() < 1.0
+    share = ours[:, 2] * ours[:, 3] / (48 * 64)
+    assert share.min() >= 0.3 * 0.9 and share.max() <= 1.0
+    assert abs(params[:, 5].mean().item() - 0.5) < 0.04  # flips
+    assert _dataset([(path, 0)], hflip=False)[0][2][5] == 0
+
+
+def test_a_batch_mixes_routes_and_applies_jitter_per_image(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    ds = _dataset(files)
+    torch.manual_seed(1)
+    items = [ds[i] for i in range(len(files))]
+    plain, _ = decode_batch(collate_encoded(items, SIZE), CPU)
+    jitter = train_transform(SIZE, color_jitter=0.4).transforms[-1]
+    jittered, targets = decode_batch(collate_encoded(items, SIZE, jitter), CPU)
+    assert plain.shape == jittered.shape == (len(files), 3, SIZE, SIZE)
+    assert targets.tolist() == [t for _, t in files]
+    changed = [not torch.equal(a, b) for a, b in zip(plain, jittered, strict=True)]
+    assert all(changed)
+
+
+def test_image_folder_data_decode_gpu_trains(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree", counts={"a": 6, "b": 6}, size=(30, 26))
+    data = ImageFolderData(root, img_size=16, batch_size=4, workers=0, decode="gpu")
+    batch = next(iter(data.train_loader()))
+    assert isinstance(batch, EncodedBatch) and len(batch.images) == 4
+    val = next(iter(data.val_loader()))
+    assert val[0].shape == (4, 3, 16, 16)  # validation keeps the CPU path
+    engine = Engine(build_model("small_cnn", 2), data, max_epochs=2, device="cpu")
+    engine.fit()
+    first, last = engine.state.history
+    assert math.isfinite(first["train/loss"]) and math.isfinite(last["train/loss"])
+    assert 0 <= last["train/acc"] <= 1 and last["train/img_s"] > 0
+    assert engine.state.step == 6  # 12 images in batches of 4, twice
+
+
+def test_decode_gpu_settings_are_checked(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree", counts={"a": 3, "b": 3})
+    with pytest.raises(ConfigError, match="one or the other"):
+        ImageFolderData(root, decode="gpu", cache="ram")
+    with pytest.raises(ConfigError, match="decode must be"):
+        ImageFolderData(root, decode="nvjpeg")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")
+def test_cuda_decode_matches_the_cpu_closely(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    ds = _dataset(files)
+    torch.manual_seed(0)
+    items = [ds[i] for i in range(len(files))]
+    on_gpu, _ = decode_batch(collate_encoded(items, SIZE), torch.device("cuda"))
+    on_cpu, _ = decode_batch(collate_encoded(items, SIZE), CPU)
+    assert on_gpu.device.type == "cuda"
+    # nvjpeg and libjpeg round the IDCT differently: close, not equal.
+    assert (on_gpu.cpu().float() - on_cpu.float()).abs().mean() < 3
