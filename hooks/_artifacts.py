@@ -87,6 +87,7 @@ class _Writer:
         self._unfinished = 0
         self._flushing = 0
         self._debt, self._debt_at = 0.0, 0.0  # CPU seconds owed, as of time.monotonic()
+        self.cpu_s = 0.0  # CPU time all jobs took so far, for benchmarks
         self._thread: threading.Thread | None = None
 
     def submit(
@@ -161,8 +162,10 @@ class _Writer:
                 log.warning("artefact job for %s failed", path, exc_info=True)
             finally:
                 with self._cond:
+                    cpu = time.thread_time() - cpu
+                    self.cpu_s += cpu
                     if job.key is not None:
-                        self._debt = self._owed() + time.thread_time() - cpu
+                        self._debt = self._owed() + cpu
                         self._debt_at = time.monotonic()
                     self._unfinished -= 1
                     self._cond.notify_all()
@@ -203,6 +206,11 @@ def flush() -> None:
     """Run every submitted job, deferred ones too, and wait for them (call at fit end, so
     the files exist)."""
     _WRITER.flush()
+
+
+def writer_cpu_seconds() -> float:
+    """CPU time the writer thread has spent on jobs since the process started."""
+    return _WRITER.cpu_s
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> None:

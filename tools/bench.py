@@ -62,12 +62,13 @@ from torch import nn
 
 from hooks import ProgressBarHook, default_hooks
 from hooks._artifacts import flush as artifacts_flush
+from hooks._artifacts import writer_cpu_seconds
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderData, resize_size
 from trainer.demo import DEMO_DEFAULTS, demo_dataset
 from trainer.device import autocast_dtype, resolve_device, resolve_precision
 from trainer.engine import Engine, default_optimizer, warmup_cosine
 from trainer.errors import UserError
-from trainer.hook import Hook
+from trainer.hook import HOOK_METHODS, Hook
 from trainer.io import atomic_write_json
 from trainer.models import MODELS, build_model
 
@@ -735,17 +736,40 @@ class _FitClock(Hook):
 
     def __init__(self) -> None:
         self.t_fit = self.t_epochs = self.t_drained = 0.0
+        self.cpu_epochs = self.cpu_drained = 0.0  # this process's CPU time, all threads
+        self.writer_epochs = self.writer_drained = 0.0  # the artefact writer's CPU time
+        self.hooks_cpu = 0.0  # CPU time inside the other hooks' methods, once epochs began
+        self.hooks_cpu_epochs = 0.0
 
     def on_fit_start(self, engine: Engine) -> None:
         self.t_fit = time.perf_counter()
 
     def on_train_epoch_start(self, engine: Engine) -> None:
         if not self.t_epochs:
-            self.t_epochs = time.perf_counter()
+            self.t_epochs, self.cpu_epochs = time.perf_counter(), time.process_time()
+            self.writer_epochs, self.hooks_cpu = writer_cpu_seconds(), 0.0
 
     def on_fit_end(self, engine: Engine) -> None:
         artifacts_flush()
-        self.t_drained = time.perf_counter()
+        self.t_drained, self.cpu_drained = time.perf_counter(), time.process_time()
+        self.writer_drained = writer_cpu_seconds()
+        self.hooks_cpu_epochs = self.hooks_cpu  # before the other hooks' on_fit_end
+
+    def time_hooks(self, hooks: Sequence[Hook]) -> None:
+        """Add the CPU time of every method the ``hooks`` override to ``hooks_cpu``."""
+
+        def timed(fn: Callable[..., None]) -> Callable[..., None]:
+            def call(*args: Any) -> None:
+                t = time.thread_time()
+                fn(*args)
+                self.hooks_cpu += time.thread_time() - t
+
+            return call
+
+        for h in hooks:
+            for name in HOOK_METHODS:
+                if getattr(type(h), name) is not getattr(Hook, name):
+                    setattr(h, name, timed(getattr(h, name)))
 
 
 def _data_settings(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, int, int]:
@@ -780,6 +804,7 @@ def bench_fit(args: argparse.Namespace, device: torch.device, rounds: int) -> di
             for kind in ("none", "hooks") if r % 2 == 0 else ("hooks", "none"):
                 clock = _FitClock()
                 hooks = hooks_for_bench(Path(tmp) / f"{kind}{r}", export=True)
+                clock.time_hooks(hooks)
                 torch.manual_seed(0)
                 engine = Engine(
                     build_model(model, data.num_classes),
@@ -796,13 +821,18 @@ def bench_fit(args: argparse.Namespace, device: torch.device, rounds: int) -> di
                 fits[kind].append(
                     {
                         "epoch_s": (clock.t_drained - clock.t_epochs) / epochs,
+                        "epoch_cpu_s": (clock.cpu_drained - clock.cpu_epochs) / epochs,
+                        # From the first epoch's start to the end of the epochs: once-per-run
+                        # work (fit-start tables, ONNX export) is left out.
+                        "hooks_cpu_s": clock.hooks_cpu_epochs / epochs,
+                        "writer_cpu_s": (clock.writer_drained - clock.writer_epochs) / epochs,
                         "fit_start_s": clock.t_epochs - t0,
                         "fit_end_s": t1 - clock.t_drained,
                     }
                 )
-    ratios = [
-        h["epoch_s"] / n["epoch_s"] for h, n in zip(fits["hooks"], fits["none"], strict=True)
-    ]
+    pairs = list(zip(fits["hooks"], fits["none"], strict=True))
+    ratios = [h["epoch_s"] / n["epoch_s"] for h, n in pairs]
+    cpu_ratios = [h["epoch_cpu_s"] / n["epoch_cpu_s"] for h, n in pairs]
 
     def med(kind: str, key: str) -> float:
         return statistics.median(f[key] for f in fits[kind])
@@ -818,6 +848,18 @@ def bench_fit(args: argparse.Namespace, device: torch.device, rounds: int) -> di
         "epoch_s_hooks": med("hooks", "epoch_s"),
         "hooks_overhead": statistics.median(ratios) - 1.0,
         "hooks_overhead_per_round": [x - 1.0 for x in ratios],
+        # CPU time of the training process (all its threads, not the loader workers):
+        # steadier than wall time where other tenants share the machine.
+        "epoch_cpu_s_none": med("none", "epoch_cpu_s"),
+        "epoch_cpu_s_hooks": med("hooks", "epoch_cpu_s"),
+        "hooks_cpu_overhead": statistics.median(cpu_ratios) - 1.0,
+        "hooks_cpu_overhead_per_round": [x - 1.0 for x in cpu_ratios],
+        # What the hooks themselves spent per epoch: their methods on the training thread,
+        # and the artefact writer thread (plots, report) in the background.
+        "hook_methods_cpu_s": med("hooks", "hooks_cpu_s"),
+        "writer_cpu_s": med("hooks", "writer_cpu_s"),
+        "hooks_own_cpu_share": (med("hooks", "hooks_cpu_s") + med("hooks", "writer_cpu_s"))
+        / med("none", "epoch_s"),
         "fit_start_s_none": med("none", "fit_start_s"),
         "fit_start_s_hooks": med("hooks", "fit_start_s"),
         "fit_end_s_none": med("none", "fit_end_s"),
@@ -913,13 +955,24 @@ def print_fit(f: dict[str, Any], device: torch.device) -> None:
     table.add_column("no hooks", justify="right")
     table.add_column("default hooks", justify="right")
     table.add_row("s per epoch", f"{f['epoch_s_none']:.3f}", f"{f['epoch_s_hooks']:.3f}")
+    table.add_row(
+        "CPU s per epoch", f"{f['epoch_cpu_s_none']:.3f}", f"{f['epoch_cpu_s_hooks']:.3f}"
+    )
+    table.add_row(
+        "hook methods / writer thread, CPU ms per epoch",
+        "",
+        f"{1000 * f['hook_methods_cpu_s']:.0f} / {1000 * f['writer_cpu_s']:.0f} "
+        f"({100 * f['hooks_own_cpu_share']:.1f}% of an epoch)",
+    )
     table.add_row("fit start, s", f"{f['fit_start_s_none']:.2f}", f"{f['fit_start_s_hooks']:.2f}")
     table.add_row("fit end, s", f"{f['fit_end_s_none']:.2f}", f"{f['fit_end_s_hooks']:.2f}")
     per_round = ", ".join(f"{100 * x:+.1f}%" for x in f["hooks_overhead_per_round"])
+    cpu_round = ", ".join(f"{100 * x:+.1f}%" for x in f["hooks_cpu_overhead_per_round"])
     table.caption = (
         f"epoch time with the default hooks: {100 * f['hooks_overhead']:+.1f}% "
-        f"(median of paired fits: {per_round}). Epochs run until the artefact writer is idle "
-        "again; fit start/end (tables, sanity check, ONNX export, final report) are once per run."
+        f"(median of paired fits: {per_round}); CPU time {100 * f['hooks_cpu_overhead']:+.1f}% "
+        f"({cpu_round}). Epochs run until the artefact writer is idle again; fit start/end "
+        "(tables, sanity check, ONNX export, final report) are once per run."
     )
     Console().print(table)
 
