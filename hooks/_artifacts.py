@@ -261,19 +261,48 @@ def to_display(
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
-def class_axis(ax: Any, classes: Sequence[str], names_file: str) -> None:
-    """Label a bar chart's x axis with class names (<= 30 classes) or indices (more)."""
+def bar_chart(classes: Sequence[str], per_class: float, names_file: str) -> tuple[Figure, Any]:
+    """A figure and axes for bars per class, the x axis labelled by ``class_axis``.
+
+    Sized by the number of classes, with margins set by hand (room below for the turned
+    tick labels): a layout engine would cost more than the drawing.
+    """
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
+    width, height = float(np.clip(2 + per_class * len(classes), 6, 30)), 4.5
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_subplot()
+    below = class_axis(ax, classes, names_file)
+    fig.subplots_adjust(
+        left=0.8 / width,
+        right=1 - 0.2 / width,
+        top=1 - 0.45 / height,
+        bottom=min(0.6, below / height),
+    )
+    return fig, ax
+
+
+def class_axis(ax: Any, classes: Sequence[str], names_file: str) -> float:
+    """Label a bar chart's x axis with class names (<= 30 classes) or indices (more).
+
+    Returns:
+        inches needed below the axes for the tick labels and the axis label.
+    """
     n = len(classes)
     x = np.arange(n)
     named = n <= 30
     ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
     step = max(1, int(np.ceil(n / 100)))
+    fontsize = float(np.clip(300 / n, 5, 9))
     ax.set_xticks(
         x[::step],
         ticks[::step],
         rotation=45 if named else 90,
         ha="right" if named else "center",
-        fontsize=float(np.clip(300 / n, 5, 9)),
+        fontsize=fontsize,
     )
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_xlabel("class" if named else f"class index (names in {names_file})")
+    # A character is ~0.6 em wide; turned 45 degrees a label drops by 0.71 of its length.
+    longest = max((len(t) for t in ticks), default=1)
+    return longest * 0.6 * fontsize / 72 * (0.71 if named else 1.0) + 0.55

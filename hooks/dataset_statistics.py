@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hooks._artifacts import class_axis, flush, guarded, save_png, submit
+from hooks._artifacts import bar_chart, flush, guarded, save_png, submit
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -157,16 +157,11 @@ def dataset_stats(
 
 def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int]]) -> Figure:
     """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
-    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
-
-    n = len(classes)
-    fig = Figure(figsize=(float(np.clip(2 + 0.22 * n, 6, 30)), 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = bar_chart(classes, 0.22, "dataset_stats.json")
     width = 0.8 / len(split_counts)
-    x = np.arange(n)
+    x = np.arange(len(classes))
     for k, (split, counts) in enumerate(split_counts.items()):
         ax.bar(x + (k - (len(split_counts) - 1) / 2) * width, counts, width, label=split)
-    class_axis(ax, classes, "dataset_stats.json")
     ax.set_ylabel("images")
     ax.set_title("Images per class and split")
     ax.legend()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hooks.checkpoint import CheckpointHook
-from hooks.sampler_distribution import HEADER, SamplerDistributionHook
+from hooks.sampler_distribution import HEADER, SamplerDistributionHook, plot_shares
 from trainer.engine import Engine
 from trainer.models import build_model
 
@@ -91,3 +91,17 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
     assert_survives_unwritable(
         lambda d: SamplerDistributionHook(d, console=quiet_console()), tmp_path, caplog
     )
+
+
+def test_a_redraw_resizes_the_bars_of_the_same_figure() -> None:
+    classes = ["a", "b", "c"]
+    first = plot_shares(classes, [6, 3, 1], [2.0, 2.0, 2.0], [3, 2, 1], epoch=0)
+    again = plot_shares(classes, [6, 3, 1], [2.0, 2.0, 2.0], [1, 1, 8], epoch=1, figure=first)
+    assert again is first
+    drawn = again.axes[0].containers[2]
+    assert [round(r.get_height(), 1) for r in drawn] == [10.0, 10.0, 80.0]
+    assert again.axes[0].get_ylim()[1] >= 80  # rescaled to the new bars
+    assert "epoch 2" in again.axes[0].get_title()
+    # Other classes: a new figure.
+    other = plot_shares(["a", "b"], [1, 1], [1.0, 1.0], [1, 1], epoch=2, figure=first)
+    assert other is not first and len(other.axes[0].containers[0]) == 2
