@@ -57,8 +57,9 @@ SYNC = os.environ.get("ARTIFACTS_SYNC", "").strip() not in ("", "0")
 
 # Share of one core that redrawing whole-file artefacts (``replace=True``: history plots, the
 # sampler plot, the report) may take, averaged over time. Short epochs would otherwise pay for
-# a redraw each: a 0.15 s plot is then redrawn every 15 s at most, and always at ``flush``.
-REFRESH_BUDGET = 0.01
+# a redraw each: a 0.05 s plot is then redrawn every 10 s at most, and always at ``flush``.
+# Each file's first drawing is not held back (nor counted), so every plot exists early.
+REFRESH_BUDGET = 0.005
 
 
 class _Job:
@@ -75,8 +76,9 @@ class _Job:
 class _Writer:
     """One daemon thread that runs artefact jobs in submission order.
 
-    Replaceable jobs wait while the CPU the writer spent on them is over ``REFRESH_BUDGET``
-    of the time elapsed (a debt paid off at that rate); other jobs pass them meanwhile.
+    Replaceable jobs wait while the CPU the writer spent on redraws is over ``REFRESH_BUDGET``
+    of the time elapsed (a debt paid off at that rate); other jobs pass them meanwhile. A
+    path's first job runs in its turn, free of the budget.
     """
 
     def __init__(self) -> None:
@@ -88,6 +90,7 @@ class _Writer:
         self._flushing = 0
         self._debt, self._debt_at = 0.0, 0.0  # CPU seconds owed, as of time.monotonic()
         self.cpu_s = 0.0  # CPU time all jobs took so far, for benchmarks
+        self._drawn: set[str] = set()  # keys of replaceable jobs that have run once
         self._thread: threading.Thread | None = None
 
     def submit(
@@ -138,7 +141,7 @@ class _Writer:
         """The first runnable job, else how long until a deferred one may run (None: idle)."""
         owed = 0.0 if self._flushing else self._owed()
         for job in self._pending:
-            if job.key is None or owed == 0.0:
+            if job.key is None or owed == 0.0 or job.key not in self._drawn:
                 self._pending.remove(job)
                 if job.key is not None:
                     # Started: a job submitted from now on for this path queues anew.
@@ -164,9 +167,11 @@ class _Writer:
                 with self._cond:
                     cpu = time.thread_time() - cpu
                     self.cpu_s += cpu
-                    if job.key is not None:
+                    if job.key in self._drawn:
                         self._debt = self._owed() + cpu
                         self._debt_at = time.monotonic()
+                    elif job.key is not None:
+                        self._drawn.add(job.key)
                     self._unfinished -= 1
                     self._cond.notify_all()
 
@@ -188,10 +193,11 @@ def submit(fn: Callable[[], None], path: str | os.PathLike[str], replace: bool =
         replace: ``fn`` rewrites the whole file from its own data (a plot redrawn every
             epoch): if a job for the same path is still queued, not started, ``fn`` takes its
             place in the queue instead of queueing behind it, so a writer that fell behind
-            draws the file once with the newest data. Such jobs also share a CPU budget
+            draws the file once with the newest data. Redraws also share a CPU budget
             (``REFRESH_BUDGET`` of one core): over it, they wait, and later jobs pass them,
             until it recovers or ``flush`` is called; on short epochs the file is then
-            rewritten every few epochs, and always at the end. Leave False for jobs that
+            rewritten every few epochs, and always at the end. A path's first drawing
+            is not held back. Leave False for jobs that
             each add something (per-epoch files with distinct paths never meet anyway;
             TensorBoard events share a folder).
 
