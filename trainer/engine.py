@@ -340,6 +340,7 @@ class Engine:
         s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        counted = torch.zeros((), device=self.device, dtype=torch.long)  # finite-loss images
         seen = 0
         t0 = time.perf_counter()
         self._call("on_train_epoch_start")
@@ -358,11 +359,14 @@ class Engine:
                 self._call("on_after_backward")
             if stepping:
                 self._optimizer_step()
-            # Device-side sums only: the host reads them once, after the epoch.
+            # Device-side sums only: the host reads them once, after the epoch. A batch whose
+            # loss is not finite (its step was skipped) counts in neither loss nor accuracy.
             loss = loss.detach()
             logits = logits.detach()
-            loss_sum.add_(loss, alpha=y.shape[0])
-            correct += (logits.argmax(1) == y).sum()
+            finite = torch.isfinite(loss)
+            loss_sum.add_(torch.where(finite, loss, 0.0), alpha=y.shape[0])
+            correct += ((logits.argmax(1) == y) & finite).sum()
+            counted += finite * y.shape[0]
             seen += y.shape[0]
             self._call(
                 "on_train_batch_end",
@@ -376,9 +380,9 @@ class Engine:
             raise Interrupted(self._signal)  # no validation or epoch-end checkpoint of a part
         train_time = time.perf_counter() - t0
         # One reduction and one host read per epoch: the metrics of all ranks' batches.
-        counts = [loss_sum, correct, torch.tensor(seen, device=self.device)]
+        counts = [loss_sum, correct, counted, torch.tensor(seen, device=self.device)]
         totals = all_reduce_sum(torch.stack([c.double() for c in counts]))
-        loss_total, correct_total, seen_total = totals.tolist()
+        loss_total, correct_total, counted_total, seen_total = totals.tolist()
         skipped = self._check_nonfinite()
         if skipped:
             s.metrics["train/skipped_steps"] = skipped
@@ -388,8 +392,9 @@ class Engine:
                 skipped,
             )
         self._skipped.zero_()
-        s.metrics["train/loss"] = loss_total / max(seen_total, 1)
-        s.metrics["train/acc"] = correct_total / max(seen_total, 1)
+        # Over the batches with a finite loss; NaN only when there was none.
+        s.metrics["train/loss"] = loss_total / counted_total if counted_total else math.nan
+        s.metrics["train/acc"] = correct_total / counted_total if counted_total else math.nan
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         s.metrics["train/img_s"] = seen_total / max(time.perf_counter() - t0, 1e-9)
         if self._val_loader is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import subprocess
 import sys
@@ -169,6 +170,9 @@ def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
     assert engine.state.history[1]["train/skipped_steps"] == 1
     assert "train/skipped_steps" not in engine.state.history[0]
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    # The skipped batch is left out of the epoch's loss and accuracy, not averaged in as NaN.
+    assert math.isfinite(engine.state.history[1]["train/loss"])
+    assert 0 <= engine.state.history[1]["train/acc"] <= 1
 
 
 def _digest(path: Path) -> str:
