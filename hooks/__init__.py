@@ -67,7 +67,7 @@ def default_hooks(
         top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
         early_stopping: patience in epochs; 0 disables early stopping.
         progress: tqdm bars and per-epoch lines.
-        report: ``report.html``, the run on one page, rewritten each epoch and at the end.
+        report: ``report.html``, the run on one page, refreshed during the run and at the end.
         tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
             ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
 

@@ -43,8 +43,9 @@ _EPOCH_FILE = re.compile(r"epoch_(\d+)(_fixed|_mistakes)?\.png")
 class ReportHook(Hook):
     """Writes ``report.html``: summary, metrics, curves, plots and file links of the run.
 
-    The page is rewritten after every epoch and once more at the end of the fit, when the
-    ONNX export report exists. It only reads what other hooks wrote (``plots/``, the JSON
+    The page is asked for after every epoch (drawn as the artefact writer's redraw budget
+    allows, see ``hooks._artifacts.submit``) and written once more at the end of the fit,
+    when the ONNX export report exists. It only reads what other hooks wrote (``plots/``, the JSON
     files, ``checkpoints/``) and ``engine.state``, so every section whose hook is switched
     off is simply left out. Images are linked by relative path and the CSS is inline: the
     folder can be copied or zipped and the page opened from ``file://`` with no network.

@@ -1,4 +1,4 @@
-"""TrainingHistoryHook: loss, accuracy and learning-rate curves, redrawn every epoch."""
+"""TrainingHistoryHook: loss, accuracy and learning-rate curves, redrawn as epochs end."""
 
 from __future__ import annotations
 
