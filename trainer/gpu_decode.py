@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -70,7 +71,7 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
         *,
         crop_scale: float,
         hflip: bool,
-        load: Any,
+        load: Callable[[Path], torch.Tensor],
     ) -> None:
         self.samples = list(samples)
         self.img_size = img_size
@@ -137,10 +138,17 @@ def _jpeg_header(data: torch.Tensor) -> tuple[tuple[int, int], int] | None:
     raw = data.numpy().tobytes()
     if raw[:2] != b"\xff\xd8":
         return None
-    with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+    with warnings.catch_warnings():
+        # Over PIL's limit: the CPU path decides (it refuses bombs with a reason).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(raw))  # reads the header only
+    with im:
         if im.format != "JPEG" or im.mode != "RGB":  # grayscale and CMYK: decoded on the CPU
             return None
         width, height = im.size
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            return None  # the CPU path refuses it, with its reason
+
         orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
     if orientation not in range(1, 9):
         orientation = 1

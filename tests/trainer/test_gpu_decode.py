@@ -18,7 +18,7 @@ from PIL import Image
 from tests.conftest import make_tree
 from trainer.data import ImageFolderData, load_image, train_transform
 from trainer.engine import Engine
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 from trainer.gpu_decode import EncodedBatch, EncodedImageDataset, collate_encoded, decode_batch
 from trainer.models import build_model
 
@@ -142,3 +142,13 @@ def test_cuda_decode_matches_the_cpu_closely(tmp_path: Path) -> None:
     assert on_gpu.device.type == "cuda"
     # nvjpeg and libjpeg round the IDCT differently: close, not equal.
     assert (on_gpu.cpu().float() - on_cpu.float()).abs().mean() < 3
+
+
+def test_an_oversized_jpeg_is_refused_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "huge.jpg"
+    Image.fromarray(_smooth(60, 45, 0)).save(path, quality=90)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 2,700 pixels is now a bomb
+    with pytest.raises(DataError, match="huge.jpg"):
+        _dataset([(path, 0)])[0]
