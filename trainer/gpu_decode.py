@@ -148,7 +148,6 @@ def _jpeg_header(data: torch.Tensor) -> tuple[tuple[int, int], int] | None:
         width, height = im.size
         if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
             return None  # the CPU path refuses it, with its reason
-
         orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
     if orientation not in range(1, 9):
         orientation = 1
