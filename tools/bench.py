@@ -4,7 +4,8 @@ python tools/bench.py --preset cpu            # small_cnn and resnet18, about 2 
 python tools/bench.py --preset cpu --threads 1 --clock cpu   # steadier on a shared machine
 python tools/bench.py --preset gpu --ema --lightning --json bench.json
 python tools/bench.py --preset gpu --compile  # compile time apart from steady-state speed
-python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64
+python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64 [--decode gpu]
+python tools/bench.py --fit --epochs 15       # the default hooks' share of epoch time, on the demo
 
 Per workload it builds three runs of the same model, optimizer (AdamW, the Engine's default
 groups), loss (cross-entropy, label smoothing 0.1), precision and channels_last, on the same
