@@ -147,7 +147,8 @@ class _Writer:
                     # Started: a job submitted from now on for this path queues anew.
                     del self._queued[job.key]
                 return job, None
-        return None, (owed / REFRESH_BUDGET if self._pending else None)
+        # Capped: a wait longer than the OS allows would kill the thread; it rechecks anyway.
+        return None, (min(owed / REFRESH_BUDGET, 60.0) if self._pending else None)
 
     def _run(self) -> None:
         while True:

@@ -65,7 +65,7 @@ from hooks import ProgressBarHook, default_hooks
 from hooks._artifacts import flush as artifacts_flush
 from hooks._artifacts import writer_cpu_seconds
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderData, resize_size
-from trainer.demo import DEMO_DEFAULTS, demo_dataset
+from trainer.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
 from trainer.device import autocast_dtype, resolve_device, resolve_precision
 from trainer.engine import Engine, default_optimizer, warmup_cosine
 from trainer.errors import UserError
@@ -669,7 +669,7 @@ def bench_data(
     args: argparse.Namespace, device: torch.device, precision: str, rounds: int
 ) -> dict[str, Any]:
     """Loader alone, model alone and both, on the ImageFolder tree at ``args.data``."""
-    model, img_size, batch_size = _data_settings(args, {})
+    model, img_size, batch_size = _data_settings(args, DATA_DEFAULTS)
     data = ImageFolderData(args.data, img_size=img_size, batch_size=batch_size, workers=args.workers)
     steps = args.steps
     # Loader alone: the first batch (worker start-up) is left out of the speed.
@@ -774,11 +774,11 @@ class _FitClock(Hook):
 
 
 def _data_settings(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, int, int]:
-    """Model, image size and batch size: the flags, else ``settings``, else the --data ones."""
+    """Model, image size and batch size: the flags, else ``settings`` (train.py's defaults)."""
     return (
-        args.model or settings.get("model", "resnet18"),
-        args.img_size or settings.get("img_size", 224),
-        args.batch_size or settings.get("batch_size", 64),
+        args.model or settings["model"],
+        args.img_size or settings["img_size"],
+        args.batch_size or settings["batch_size"],
     )
 
 
@@ -789,7 +789,7 @@ def bench_fit(args: argparse.Namespace, device: torch.device, rounds: int) -> di
     """
     root = args.data if args.data is not None else demo_dataset()
     # The demo's own settings, else the --data ones.
-    settings = dict(DEMO_DEFAULTS) if args.data is None else {"crop_scale": 0.08, "lr": LR}
+    settings = DEMO_DEFAULTS if args.data is None else DATA_DEFAULTS
     model, img_size, batch_size = _data_settings(args, settings)
     data = ImageFolderData(
         root,

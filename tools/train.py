@@ -21,7 +21,7 @@ from rich.logging import RichHandler
 
 from hooks import default_hooks
 from trainer.data import ImageFolderData
-from trainer.demo import DEMO_DEFAULTS, demo_dataset
+from trainer.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
 from trainer.device import resolve_device
 from trainer.distributed import (
     barrier,
@@ -39,17 +39,6 @@ from trainer.losses import build_loss
 from trainer.models import MODELS, TIMM_PREFIX, build_model
 
 log = logging.getLogger("trainer")
-
-# With --data the defaults suit real photos (the demo's are in trainer.demo).
-DATA_DEFAULTS = {
-    "model": "resnet18",
-    "img_size": 224,
-    "epochs": 20,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "crop_scale": 0.08,
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

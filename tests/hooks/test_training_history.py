@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -70,3 +71,30 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert_survives_unwritable(TrainingHistoryHook, tmp_path, caplog)
+
+
+def test_short_epochs_redraw_under_the_budget_and_end_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each plot is drawn after the first epoch, then held by the redraw budget (tiny here)
+    until fit end, which draws it once more with the whole history."""
+    from hooks import _artifacts
+
+    monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 1e-9)
+    flush()
+    monkeypatch.setattr(_artifacts._WRITER, "_debt", 1.0)  # over budget from the start
+    monkeypatch.setattr(_artifacts._WRITER, "_debt_at", time.monotonic())
+    hook = TrainingHistoryHook(tmp_path)
+    drawn: list[tuple[str, int]] = []
+    plot = hook._plot
+
+    def counting(history: list[dict[str, float]], stem: str, path: Path) -> None:
+        drawn.append((stem, len(history)))
+        plot(history, stem, path)
+
+    monkeypatch.setattr(hook, "_plot", counting)
+    run_fit([hook], epochs=4)
+    assert sorted(drawn) == sorted(
+        [(stem, n) for stem in ("loss", "accuracy", "lr") for n in (1, 4)]
+    )
+    assert len(_lines(hook, "loss")["train"]) == 4  # the last drawing holds every epoch

@@ -131,4 +131,5 @@ def test_fit_mode_times_whole_fits_with_and_without_hooks(
 
 def test_bad_rounds_is_a_usage_error(bench: ModuleType) -> None:
     assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2
+    assert bench.main(["--fit", "--epochs", "0"]) == 2
     assert bench.main(["--preset", "tiny", "--clock", "cpu", "--threads", "2"]) == 2
