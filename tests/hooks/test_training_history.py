@@ -76,8 +76,8 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
 def test_short_epochs_redraw_under_the_budget_and_end_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each plot is drawn after the first epoch, then held by the redraw budget (tiny here)
-    until fit end, which draws it once more with the whole history."""
+    """Each plot is drawn once early, then held by the redraw budget (tiny here) until fit
+    end, which draws it once more with the whole history."""
     from hooks import _artifacts
 
     monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 1e-9)
@@ -94,7 +94,9 @@ def test_short_epochs_redraw_under_the_budget_and_end_complete(
 
     monkeypatch.setattr(hook, "_plot", counting)
     run_fit([hook], epochs=4)
-    assert sorted(drawn) == sorted(
-        [(stem, n) for stem in ("loss", "accuracy", "lr") for n in (1, 4)]
-    )
+    for stem in ("loss", "accuracy", "lr"):
+        epochs = [n for s, n in drawn if s == stem]
+        # The first drawing (whatever epoch the writer got to), then nothing until the end:
+        # four epochs, at most two drawings, the last with the whole history.
+        assert 1 <= len(epochs) <= 2 and epochs[-1] == 4, (stem, epochs)
     assert len(_lines(hook, "loss")["train"]) == 4  # the last drawing holds every epoch
