@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The prepared GPU check (one device call, under 6 minutes): versions, the CUDA tests,
-# bench.py's GPU preset (with EMA and Lightning), the --data path on a generated JPEG tree
-# (CPU and --decode gpu),
-# and the overhead of DDP with one process. Results go to $OUT (default /tmp/gpu_out).
+# The prepared GPU check (one device call, about 6 minutes), most needed first: versions, the
+# CUDA tests, the --data path on a generated JPEG tree (CPU and --decode gpu), bench.py's GPU
+# preset with EMA (LIGHTNING=1 adds Lightning), and with DDP=1 the overhead of DDP with one
+# process. Results and the whole log go to $OUT (default /tmp/gpu_out).
 # Run from the repository root: bash tools/gpu_check.sh
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 
 echo "== CUDA tests (sync, nvjpeg decode)"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/test_gpu_decode.py 2>&1 | tail -3
-
-echo "== bench --preset gpu"
-timeout 240 python tools/bench.py --preset gpu --ema --lightning --json "$OUT/bench_gpu.json" 2>&1 | tail -40
+timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/test_gpu_decode.py 2>&1 | tail -30
 
 echo "== JPEG tree"
 python - <<'PY'
@@ -35,10 +33,14 @@ for split, n in (("train", 300), ("val", 30)):
 print("wrote", sum(1 for _ in root.rglob("*.jpg")), "JPEGs of 500x375")
 PY
 echo "== bench --data (resnet50, 224 px, batch 256, 16 workers)"
-timeout 150 python tools/bench.py --data /tmp/jpeg --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
+timeout 120 python tools/bench.py --data /tmp/jpeg --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
 echo "== bench --data --decode gpu (nvjpeg, crops on the GPU)"
-timeout 150 python tools/bench.py --data /tmp/jpeg --decode gpu --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
+timeout 120 python tools/bench.py --data /tmp/jpeg --decode gpu --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
 
+echo "== bench --preset gpu"
+timeout 200 python tools/bench.py --preset gpu --ema ${LIGHTNING:+--lightning} --json "$OUT/bench_gpu.json" 2>&1 | tail -40
+
+if [ -n "${DDP:-}" ]; then
 echo "== DDP with 1 process vs no DDP (resnet50, 224 px, batch 128, bf16, channels_last)"
 timeout 120 python - <<'PY' 2>&1 | tee "$OUT/ddp1.txt"
 import os, time, torch, torch.distributed as dist
@@ -72,4 +74,5 @@ plain, ddp = sorted(res[False])[1], sorted(res[True])[1]
 print(f"no DDP {plain:.0f} img/s, DDP(1 process) {ddp:.0f} img/s, ratio {ddp / plain:.3f} (median of 3)")
 dist.destroy_process_group()
 PY
+fi
 ls -la "$OUT"
