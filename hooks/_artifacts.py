@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -151,6 +152,7 @@ class _Writer:
         return None, (min(owed / REFRESH_BUDGET, 60.0) if self._pending else None)
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             with self._cond:
                 job, wait = self._next()
@@ -175,6 +177,18 @@ class _Writer:
                         self._drawn.add(job.key)
                     self._unfinished -= 1
                     self._cond.notify_all()
+
+
+# The writer's niceness on Linux, where each thread is scheduled on its own: the plots wait
+# while the training threads have work, instead of taking a share of their cores.
+WRITER_NICE = 19
+
+
+def _lower_priority() -> None:
+    """Renice the calling thread to ``WRITER_NICE`` (Linux only; elsewhere it keeps its own)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # a sandbox may refuse; plots then just compete
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
 
 
 _WRITER = _Writer()

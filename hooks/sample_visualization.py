@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
 import logging
 import math
 import os
@@ -86,6 +87,8 @@ class SampleVisualizationHook(Hook):
         # Validation images re-read for the mistakes grid, by index: the same confident
         # mistakes tend to come back epoch after epoch. The least recently used go first.
         self._read_cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
+        # Both grids' images as fitted tiles, by index; only the artefact writer touches it.
+        self._tiles: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
     def on_fit_start(self, engine: Engine) -> None:
         r, w = self._rank, self._world = get_rank(), get_world_size()
@@ -98,6 +101,7 @@ class SampleVisualizationHook(Hook):
         self.fixed_indices = [r + w * i for i in local]
         self._lookup = sorted(self.fixed_indices)
         self._read_cache.clear()  # the data may differ from an earlier fit's
+        self._tiles = collections.OrderedDict()  # a new one: a queued job may hold the old
 
     def on_validation_epoch_start(self, engine: Engine) -> None:
         self._seen = 0
@@ -215,8 +219,12 @@ class SampleVisualizationHook(Hook):
     ) -> None:
         """Queue a grid for the artefact writer; it lands in ``self.<attr>`` and at ``path``."""
 
+        tiles, keep = self._tiles, 4 * self.num_images
+
         def job() -> None:
-            grid = plot_grid(images, records, classes, mean, std, title)
+            grid = plot_grid(images, records, classes, mean, std, title, tiles)
+            while len(tiles) > keep:
+                tiles.popitem(last=False)  # the least recently shown
             setattr(self, attr, grid)
             save_image(grid, path)
 
@@ -285,15 +293,19 @@ def plot_grid(
     mean: Any = None,
     std: Any = None,
     title: str = "",
+    tiles: collections.OrderedDict[int, np.ndarray] | None = None,
 ) -> Image.Image:
     """A grid of images captioned ``pred (prob)`` / ``true``, framed green if right, red if wrong.
 
-    Drawn with tensors and PIL rather than matplotlib subplots: a 16-image matplotlib grid
+    Drawn with numpy and PIL rather than matplotlib subplots: a 16-image matplotlib grid
     took ~0.8 s per epoch, this takes a few milliseconds.
-    """
-    from torchvision.utils import make_grid  # deferred, like matplotlib elsewhere
 
-    font = ImageFont.load_default()
+    Args:
+        tiles: images already fitted to a tile, by record ``index``: read, and filled with
+            the images fitted here. The fixed images are the same every epoch and the
+            worst mistakes mostly are, so a cache kept across epochs saves refitting them.
+    """
+    font = _font()
     if not images:
         canvas = Image.new("RGB", (max(320, _TILE + 2 * _GAP), _TITLE + 80), "white")
         draw = ImageDraw.Draw(canvas)
@@ -304,77 +316,88 @@ def plot_grid(
         return canvas
     n = len(images)
     cols = math.ceil(math.sqrt(n))
-    tiles = [
-        _tile(img, rec["correct"], mean, std) for img, rec in zip(images, records, strict=True)
-    ]
-    grid = make_grid(torch.stack(tiles), nrow=cols, padding=_GAP, pad_value=255)
-    body = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    canvas = Image.new("RGB", (max(body.width, 320), body.height + _TITLE), "white")
-    canvas.paste(body, (0, _TITLE))
-    draw = ImageDraw.Draw(canvas)
-    _text(draw, (_GAP, 6), title, "black", font, canvas.width - 2 * _GAP)
-    for k, rec in enumerate(records):
+    rows = math.ceil(n / cols)
+    width = max(320, cols * (_TILE + _GAP) + _GAP)
+    pixels = np.full((_TITLE + rows * (_CAPTION + _TILE + _GAP) + _GAP, width, 3), 255, np.uint8)
+    places = []
+    for k, (img, rec) in enumerate(zip(images, records, strict=True)):
         x = _GAP + (k % cols) * (_TILE + _GAP)
-        y = _TITLE + _GAP + (k // cols) * (_TILE + _CAPTION + _GAP)
+        y = _TITLE + _GAP + (k // cols) * (_CAPTION + _TILE + _GAP)
+        places.append((x, y))
+        fitted = tiles.get(rec["index"]) if tiles is not None and img is not None else None
+        if fitted is not None and tiles is not None:
+            tiles.move_to_end(rec["index"])  # recently used: kept longest
+        else:
+            fitted = _fit(img, mean, std)
+            if tiles is not None and img is not None:
+                tiles[rec["index"]] = fitted
+        area = pixels[y + _CAPTION : y + _CAPTION + _TILE, x : x + _TILE]
+        area[...] = fitted
+        color = _GREEN if rec["correct"] else _RED
+        area[:_FRAME] = color
+        area[-_FRAME:] = color
+        area[:, :_FRAME] = color
+        area[:, -_FRAME:] = color
+    canvas = Image.fromarray(pixels)
+    _text(canvas, (_GAP, 6), title, (0, 0, 0), canvas.width - 2 * _GAP)
+    for (x, y), rec in zip(places, records, strict=True):
         color = _GREEN if rec["correct"] else _RED
         pred = f"pred: {_short(classes[rec['pred']])} ({rec['prob']:.2f})"
         true = f"true: {_short(classes[rec['true']])}  #{rec['index']}"
-        _text(draw, (x + 1, y + 2), pred, color, font, _TILE - 2)
-        _text(draw, (x + 1, y + 15), true, color, font, _TILE - 2)
+        _text(canvas, (x + 1, y + 2), pred, color, _TILE - 2)
+        _text(canvas, (x + 1, y + 15), true, color, _TILE - 2)
     return canvas
 
 
-def _tile(img: torch.Tensor | None, correct: bool, mean: Any, std: Any) -> torch.Tensor:
-    """One uint8 RGB tile: a white caption band over the image, fitted and framed."""
-    tile = torch.full((3, _CAPTION + _TILE, _TILE), 255, dtype=torch.uint8)
-    area = tile[:, _CAPTION:]
-    area.fill_(128)  # grey where the image is missing or does not fill the square
-    if img is not None:
-        arr = torch.from_numpy(np.ascontiguousarray(to_display(img, mean, std)))
-        if arr.ndim == 2:
-            arr = arr.unsqueeze(-1)
-        if arr.dtype != torch.uint8:
-            arr = (arr * 255).round().to(torch.uint8)
-        chw = arr.permute(2, 0, 1)
-        chw = chw.expand(3, -1, -1) if chw.shape[0] == 1 else chw[:3]
-        h, w = chw.shape[1:]
-        inner = _TILE - 2 * _FRAME
-        scale = inner / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        # Nearest when enlarging keeps small images' pixels crisp; antialiasing when shrinking.
-        pil = Image.fromarray(chw.permute(1, 2, 0).contiguous().numpy())
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-        pil = pil.resize((size[1], size[0]), resample)
-        top, left = _FRAME + (inner - size[0]) // 2, _FRAME + (inner - size[1]) // 2
-        area[:, top : top + size[0], left : left + size[1]] = torch.from_numpy(
-            np.array(pil)  # a writable copy: torch warns on read-only arrays
-        ).permute(2, 0, 1)
-    color = torch.tensor(_GREEN if correct else _RED, dtype=torch.uint8).view(3, 1, 1)
-    area[:, :_FRAME] = color
-    area[:, -_FRAME:] = color
-    area[:, :, :_FRAME] = color
-    area[:, :, -_FRAME:] = color
-    return tile
+def _fit(img: torch.Tensor | None, mean: Any, std: Any) -> np.ndarray:
+    """One HWC uint8 tile: the image fitted into the square inside the frame, on grey."""
+    area = np.full((_TILE, _TILE, 3), 128, np.uint8)  # grey where no image, or not filled
+    if img is None:
+        return area
+    arr = to_display(img, mean, std)
+    if arr.dtype != np.uint8:
+        arr = (arr * 255).round().astype(np.uint8)
+    arr = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
+    h, w = arr.shape[:2]
+    inner = _TILE - 2 * _FRAME
+    scale = inner / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    # Nearest when enlarging keeps small images' pixels crisp; antialiasing when shrinking.
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    pil = Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), resample)
+    top, left = _FRAME + (inner - size[0]) // 2, _FRAME + (inner - size[1]) // 2
+    area[top : top + size[0], left : left + size[1]] = np.asarray(pil)
+    return area
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default()
 
 
 def _short(name: str) -> str:
     return name if len(name) <= 16 else name[:15] + "…"
 
 
-def _text(
-    draw: ImageDraw.ImageDraw,
-    xy: tuple[int, int],
-    text: str,
-    fill: Any,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    width: int,
-) -> None:
-    """Draw ``text``, cut with an ellipsis to ``width`` pixels; glyphs the font lacks become ``?``."""
-    if draw.textlength(text, font=font) > width:
-        while text and draw.textlength(text + "…", font=font) > width:
+def _text(canvas: Image.Image, xy: tuple[int, int], text: str, fill: Any, width: int) -> None:
+    """Draw ``text`` on ``canvas`` in ``fill``, cut with an ellipsis to ``width`` pixels."""
+    mask = _text_mask(text, width)
+    canvas.paste(fill, (*xy, xy[0] + mask.width, xy[1] + mask.height), mask)
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_mask(text: str, width: int) -> Image.Image:
+    """``text`` rendered once as a mask (most captions come back every epoch); glyphs the
+    font lacks become ``?``."""
+    font = _font()
+    if isinstance(font, ImageFont.ImageFont):  # Pillow's bitmap fallback font: latin-1 only
+        text = text.encode("latin-1", "replace").decode("latin-1")
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    if probe.textlength(text, font=font) > width:
+        while text and probe.textlength(text + "…", font=font) > width:
             text = text[:-1]
         text += "…"
-    try:
-        draw.text(xy, text, fill=fill, font=font)
-    except UnicodeEncodeError:  # Pillow's bitmap fallback font is latin-1 only
-        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), fill=fill, font=font)
+    _, _, right, bottom = probe.textbbox((0, 0), text, font=font)
+    mask = Image.new("L", (max(1, math.ceil(right)), max(1, math.ceil(bottom))), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    return mask

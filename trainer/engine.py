@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import math
 import random
@@ -285,7 +286,7 @@ class Engine:
                 return s.history
         s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
         self._signal = None
-        with self._signal_handlers():
+        with self._signal_handlers(), _gc_frozen():
             return self._fit(resume)
 
     def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
@@ -819,3 +820,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the objects alive at fit start (modules, the model, the data) out of the garbage
+    collector's scans for the fit, with ``gc.freeze``.
+
+    With torch and matplotlib loaded they are ~400k objects, and every full collection walked
+    them all: ~0.3 s at a time on a 2-core machine, triggered by whatever allocates most (the
+    plots). The fit's own objects are still collected as usual; ``gc.unfreeze`` at the end
+    hands the frozen ones back. A caller that froze objects itself is left alone.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

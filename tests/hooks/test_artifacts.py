@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +105,17 @@ def test_redraws_over_the_cpu_budget_wait_and_others_pass_them(
     assert ran[2:] == ["loss", "epoch_000", "first sampler"]
     flush()  # ... or for a flush, which runs everything
     assert ran[-1] == "accuracy"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_writer_thread_runs_niced(tmp_path: Path) -> None:
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+    submit(
+        lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+        tmp_path / "x",
+    )
+    flush()
+    assert seen == [_artifacts.WRITER_NICE]
+    # Only the writer: the caller's threads (the training loop) keep their priority.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main

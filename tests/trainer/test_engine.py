@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import sys
 from typing import Any
@@ -304,3 +305,24 @@ def test_no_host_reads_inside_training_steps(monkeypatch) -> None:
     engine.fit()
     assert engine.state.step > 0
     assert in_step["reads"] == 0
+
+
+def test_objects_from_before_the_fit_are_frozen_during_it_and_released_after() -> None:
+    class FreezeCount(Hook):
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_train_epoch_end(self, engine: Engine) -> None:
+            self.counts.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    hook = FreezeCount()
+    make_engine([hook]).fit()
+    assert len(hook.counts) == 2 and min(hook.counts) > 1000  # modules, model, data ...
+    assert gc.get_freeze_count() == 0  # all handed back to the collector
+    gc.freeze()  # a caller that froze objects itself keeps them frozen
+    try:
+        make_engine([hook]).fit()
+        assert gc.get_freeze_count() > 1000  # not unfrozen by the fit
+    finally:
+        gc.unfreeze()
