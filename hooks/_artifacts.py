@@ -59,7 +59,7 @@ SYNC = os.environ.get("ARTIFACTS_SYNC", "").strip() not in ("", "0")
 # Share of one core that redrawing whole-file artefacts (``replace=True``: history plots, the
 # sampler plot, the report) may take, averaged over time. Short epochs would otherwise pay for
 # a redraw each: a 0.05 s plot is then redrawn every 10 s at most, and always at ``flush``.
-# Each file's first drawing is not held back (nor counted), so every plot exists early.
+# Each file's first drawing is not held back, so every plot exists early; its CPU counts too.
 REFRESH_BUDGET = 0.005
 
 
@@ -79,7 +79,7 @@ class _Writer:
 
     Replaceable jobs wait while the CPU the writer spent on redraws is over ``REFRESH_BUDGET``
     of the time elapsed (a debt paid off at that rate); other jobs pass them meanwhile. A
-    path's first job runs in its turn, free of the budget.
+    path's first job runs in its turn, whatever the debt, and adds to it.
     """
 
     def __init__(self) -> None:
@@ -170,10 +170,9 @@ class _Writer:
                 with self._cond:
                     cpu = time.thread_time() - cpu
                     self.cpu_s += cpu
-                    if job.key in self._drawn:
+                    if job.key is not None:  # first drawings too: not held back, but paid for
                         self._debt = self._owed() + cpu
                         self._debt_at = time.monotonic()
-                    elif job.key is not None:
                         self._drawn.add(job.key)
                     self._unfinished -= 1
                     self._cond.notify_all()
@@ -212,7 +211,7 @@ def submit(fn: Callable[[], None], path: str | os.PathLike[str], replace: bool =
             (``REFRESH_BUDGET`` of one core): over it, they wait, and later jobs pass them,
             until it recovers or ``flush`` is called; on short epochs the file is then
             rewritten every few epochs, and always at the end. A path's first drawing
-            is not held back. Leave False for jobs that each add something (per-epoch
+            is not held back (its CPU counts against the budget). Leave False for jobs that each add something (per-epoch
             files with distinct paths never meet anyway; TensorBoard events share a folder).
 
     Example:

@@ -731,6 +731,7 @@ class _FitClock(Hook):
 
     The epochs run from the first epoch's start until the artefact writer has drained after
     the last one: plots drawn in the background are work the epochs caused, so they count.
+    The plots fit start queued are drawn before the first epoch starts, in fit start's time.
     """
 
     order = -(10**9)  # before every other hook at each event
@@ -747,6 +748,8 @@ class _FitClock(Hook):
 
     def on_train_epoch_start(self, engine: Engine) -> None:
         if not self.t_epochs:
+            # What fit start queued (the class-distribution plot) is drawn in fit start's time.
+            artifacts_flush()
             self.t_epochs, self.cpu_epochs = time.perf_counter(), time.process_time()
             self.writer_epochs, self.hooks_cpu = writer_cpu_seconds(), 0.0
 
@@ -973,7 +976,8 @@ def print_fit(f: dict[str, Any], device: torch.device) -> None:
         f"epoch time with the default hooks: {100 * f['hooks_overhead']:+.1f}% "
         f"(median of paired fits: {per_round}); CPU time {100 * f['hooks_cpu_overhead']:+.1f}% "
         f"({cpu_round}). Epochs run until the artefact writer is idle again; fit start/end "
-        "(tables, sanity check, ONNX export, final report) are once per run."
+        "(tables and the class-distribution plot, sanity check, ONNX export, final report) are "
+        "once per run."
     )
     Console().print(table)
 
