@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import host_copy, save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
 from trainer.errors import Interrupted, OutputError
 from trainer.hook import Hook
@@ -25,7 +26,11 @@ class CheckpointHook(Hook):
 
     Every file is written atomically, so a crash leaves the previous checkpoint whole. The
     checkpoint is serialised once per epoch: ``best.pt`` and the top-k files are hard links to
-    that epoch's ``last.pt`` (copies where the file system has no links). With EMA
+    that epoch's ``last.pt`` (copies where the file system has no links). The files are
+    written on a background thread while the next epoch trains: the epoch end only copies
+    the state to the host (on an H200, saving resnet50 took 0.7 s of every epoch end). At
+    most one write is in flight; the next epoch end, the fit's end and an exception wait
+    for it, so every file exists when ``fit`` returns. With EMA
     on, the monitored metric is the EMA model's (validation uses it), and both raw and EMA
     weights are in every file. A failed save (disk full, read-only folder) stops the run: a
     run that cannot checkpoint would lose its work silently. Under DDP every rank runs the hook
@@ -54,6 +59,8 @@ class CheckpointHook(Hook):
         self.monitor, self.mode, self.top_k = monitor, mode, top_k
         self.best_value: float | None = None
         self.top: list[tuple[float, str]] = []  # (value, file name), best first
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None  # the epoch's files, being written
 
     @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
@@ -61,6 +68,7 @@ class CheckpointHook(Hook):
         clean_stale_temp_files(self.dir)
 
     def on_train_epoch_end(self, engine: Engine) -> None:
+        self.wait()  # the previous epoch's files first: one write in flight at most
         monitor = self.monitor or engine.monitor
         mode = self.mode or engine.mode
         value = engine.state.metrics.get(monitor)
@@ -77,13 +85,36 @@ class CheckpointHook(Hook):
         ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
         if not is_global_zero():
             return  # the ranks hold the same weights; rank 0 writes them
+        # Serialised once: best.pt and the top-k are links to (or copies of) last.pt.
+        links = ["best.pt"] if improved else []
+        stale: list[str] = []
+        if self.top_k > 0 and value is not None and not math.isnan(value):
+            name = f"epoch_{engine.state.epoch:03d}.pt"
+            self.top.append((value, name))
+            self.top.sort(key=lambda t: t[0], reverse=(mode == "max"))
+            if name in [n for _, n in self.top[: self.top_k]]:
+                links.append(name)
+            stale = [n for _, n in self.top[self.top_k :]]
+            self.top = self.top[: self.top_k]
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+        self._pending = self._writer.submit(self._write, host_copy(ckpt), links, stale)
+
+    def _write(self, ckpt: dict[str, Any], links: list[str], stale: list[str]) -> None:
+        """On the writer thread: last.pt, then its links, then the files out of the top-k."""
+        last = save_checkpoint(ckpt, self.dir / "last.pt")
+        for name in links:
+            atomic_link(last, self.dir / name)
+        for name in stale:
+            (self.dir / name).unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Wait for the checkpoint being written; a failed write stops the run."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
         try:
-            # Serialised once: best.pt and the top-k are links to (or copies of) this file.
-            last = save_checkpoint(ckpt, self.dir / "last.pt")
-            if improved:
-                atomic_link(last, self.dir / "best.pt")
-            if self.top_k > 0 and value is not None and not math.isnan(value):
-                self._update_top_k(last, value, engine.state.epoch, mode)
+            pending.result()
         except OSError as e:
             # A run that cannot checkpoint would lose its work silently: stop it.
             raise OutputError(
@@ -92,15 +123,16 @@ class CheckpointHook(Hook):
                 "folder writable, then continue with --resume; or pick another --out."
             ) from e
 
-    def _update_top_k(self, last: Path, value: float, epoch: int, mode: str) -> None:
-        name = f"epoch_{epoch:03d}.pt"
-        self.top.append((value, name))
-        self.top.sort(key=lambda t: t[0], reverse=(mode == "max"))
-        if name in [n for _, n in self.top[: self.top_k]]:
-            atomic_link(last, self.dir / name)
-        for _, old in self.top[self.top_k :]:
-            (self.dir / old).unlink(missing_ok=True)
-        self.top = self.top[: self.top_k]
+    def on_fit_end(self, engine: Engine) -> None:
+        try:
+            self.wait()  # the files exist when fit returns (export reads best.pt next)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
 
     def on_exception(self, engine: Engine, exception: BaseException) -> None:
         """Emergency checkpoint: ``checkpoints/interrupted.pt``, the weights as they are now.
@@ -109,6 +141,12 @@ class CheckpointHook(Hook):
         the work of the unfinished one. Under DDP only a signal (which reaches every rank)
         triggers it, since building a checkpoint is a collective the other ranks may not join.
         """
+        try:
+            self.wait()  # the last finished epoch's files, whole
+        except OutputError as e:
+            log.error("%s", e)
+        finally:
+            self._close()
         if get_world_size() > 1 and not isinstance(exception, Interrupted):
             return
         path = self.dir / "interrupted.pt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from pathlib import Path
@@ -19,6 +20,23 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) ->
     with atomic_open(path) as f:
         torch.save(checkpoint, f)
     return Path(path)
+
+
+def host_copy(obj: Any) -> Any:
+    """A copy of ``obj`` that training can no longer change: tensors copied to the host
+    (detached), dicts, lists and tuples rebuilt, anything else deep-copied.
+
+    What a background thread may serialise while the next epoch trains. For a GPU model this
+    is one device-to-host copy of the weights and optimizer state (tens of milliseconds for
+    resnet50), instead of the whole save on the training thread.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(host_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:

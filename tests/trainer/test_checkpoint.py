@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from hooks.checkpoint import CheckpointHook
 from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine import Engine
 from trainer.errors import CheckpointError
 from trainer.hook import Hook
 from trainer.io import atomic_link
@@ -101,3 +106,38 @@ def test_atomic_link_copies_where_links_are_refused(tmp_path, monkeypatch) -> No
     assert not os.path.samefile(src, tmp_path / "best.pt")
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.arange(3.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_checkpoints_are_written_off_the_training_thread_from_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hooks.checkpoint as checkpoint_hook
+
+    written: list[tuple[str, dict[str, torch.Tensor]]] = []
+
+    def slow_save(ckpt: dict[str, Any], path: Path) -> Path:
+        time.sleep(0.5)  # the next epoch trains meanwhile
+        model = {k: v.clone() for k, v in ckpt["model"].items()}
+        written.append((threading.current_thread().name, model))
+        return save_checkpoint(ckpt, path)
+
+    monkeypatch.setattr(checkpoint_hook, "save_checkpoint", slow_save)
+
+    class Weights(Hook):
+        order = 95  # after the checkpoint hook: the weights it saved
+
+        def __init__(self) -> None:
+            self.at_end: list[dict[str, torch.Tensor]] = []
+
+        def on_train_epoch_end(self, engine: Engine) -> None:
+            state = engine.model.state_dict()
+            self.at_end.append({k: v.detach().clone() for k, v in state.items()})
+
+    weights = Weights()
+    make_engine([CheckpointHook(tmp_path), weights], max_epochs=3, sanity_steps=0).fit()
+    assert [name.split("_")[0] for name, _ in written] == ["checkpoint-writer"] * 3
+    for (_, saved), at_end in zip(written, weights.at_end, strict=True):
+        assert saved.keys() == at_end.keys()
+        assert all(torch.equal(saved[k], at_end[k]) for k in at_end)  # not later weights
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert len(last["state"]["history"]) == 3  # fit waited for the last write
