@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class CheckpointHook(Hook):
         self.top: list[tuple[float, str]] = []  # (value, file name), best first
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None  # the epoch's files, being written
+        self.write_cpu_s = 0.0  # CPU time the background writes took, for benchmarks
 
     @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
@@ -102,11 +104,15 @@ class CheckpointHook(Hook):
 
     def _write(self, ckpt: dict[str, Any], links: list[str], stale: list[str]) -> None:
         """On the writer thread: last.pt, then its links, then the files out of the top-k."""
-        last = save_checkpoint(ckpt, self.dir / "last.pt")
-        for name in links:
-            atomic_link(last, self.dir / name)
-        for name in stale:
-            (self.dir / name).unlink(missing_ok=True)
+        cpu = time.thread_time()
+        try:
+            last = save_checkpoint(ckpt, self.dir / "last.pt")
+            for name in links:
+                atomic_link(last, self.dir / name)
+            for name in stale:
+                (self.dir / name).unlink(missing_ok=True)
+        finally:
+            self.write_cpu_s += time.thread_time() - cpu
 
     def wait(self) -> None:
         """Wait for the checkpoint being written; a failed write stops the run."""

@@ -16,26 +16,33 @@ echo "== CUDA tests (sync, nvjpeg decode)"
 timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/test_gpu_decode.py 2>&1 | tail -30
 
 echo "== JPEG tree"
+# Smooth patterns with a little noise: ~40-60 KB per 500x375 JPEG, as photos are. (Pure noise
+# makes 170 KB files, and moving those bytes from the workers then limits both decode paths.)
+# 8 x 1500 training images: 47 batches of 256 per epoch, several per loader worker.
 python - <<'PY'
 import numpy as np
+from multiprocessing import Pool
 from pathlib import Path
 from PIL import Image
-rng = np.random.default_rng(0)
 root = Path("/tmp/jpeg")
-base = rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)
-for split, n in (("train", 300), ("val", 30)):
-    for c in range(8):
-        d = root / split / f"class{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            arr = np.roll(base, shift=(i * 7 + c * 31) % 375, axis=0)
-            Image.fromarray(arr).save(d / f"{i}.jpg", quality=90)
-print("wrote", sum(1 for _ in root.rglob("*.jpg")), "JPEGs of 500x375")
+def make(job):
+    split, c, i = job
+    rng = np.random.default_rng(c * 10_000 + i)
+    y, x = np.mgrid[0:375, 0:500]
+    ch = [np.sin(x / (9 + 5 * k + c) + rng.uniform(0, 6)) + np.cos(y / (7 + 3 * k)) for k in range(3)]
+    arr = (np.stack(ch, -1) + 2) * 55 + rng.normal(0, 6, (375, 500, 3))
+    d = root / split / f"class{c}"
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+jobs = [(s, c, i) for s, n in (("train", 1500), ("val", 30)) for c in range(8) for i in range(n)]
+with Pool(16) as pool:
+    pool.map(make, jobs, chunksize=64)
+print("wrote", len(jobs), "JPEGs of 500x375")
 PY
 echo "== bench --data (resnet50, 224 px, batch 256, 16 workers)"
-timeout 120 python tools/bench.py --data /tmp/jpeg --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
+timeout 120 python tools/bench.py --data /tmp/jpeg --steps 40 --rounds 2 --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
 echo "== bench --data --decode gpu (nvjpeg, crops on the GPU)"
-timeout 120 python tools/bench.py --data /tmp/jpeg --decode gpu --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
+timeout 120 python tools/bench.py --data /tmp/jpeg --decode gpu --steps 40 --rounds 2 --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
 
 echo "== bench --preset gpu"
 timeout 200 python tools/bench.py --preset gpu --ema ${LIGHTNING:+--lightning} --json "$OUT/bench_gpu.json" 2>&1 | tail -40
