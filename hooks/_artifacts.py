@@ -211,8 +211,9 @@ def submit(fn: Callable[[], None], path: str | os.PathLike[str], replace: bool =
             (``REFRESH_BUDGET`` of one core): over it, they wait, and later jobs pass them,
             until it recovers or ``flush`` is called; on short epochs the file is then
             rewritten every few epochs, and always at the end. A path's first drawing
-            is not held back (its CPU counts against the budget). Leave False for jobs that each add something (per-epoch
-            files with distinct paths never meet anyway; TensorBoard events share a folder).
+            is not held back (its CPU counts against the budget). Leave False for jobs
+            that each add something (per-epoch files with distinct paths never meet
+            anyway; TensorBoard events share a folder).
 
     Example:
         >>> counts = matrix.numpy().copy()

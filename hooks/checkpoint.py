@@ -149,7 +149,7 @@ class CheckpointHook(Hook):
         """
         try:
             self.wait()  # the last finished epoch's files, whole
-        except OutputError as e:
+        except Exception as e:  # the original error is the one to report
             log.error("%s", e)
         finally:
             self._close()
