@@ -89,6 +89,7 @@ class _Writer:
         self._queued: dict[str, _Job] = {}
         self._unfinished = 0
         self._flushing = 0
+        self._busy = False  # a job is running
         self._debt, self._debt_at = 0.0, 0.0  # CPU seconds owed, as of time.monotonic()
         self.cpu_s = 0.0  # CPU time all jobs took so far, for benchmarks
         self._drawn: set[str] = set()  # keys of replaceable jobs that have run once
@@ -133,6 +134,20 @@ class _Writer:
             finally:
                 self._flushing -= 1
 
+    def settle(self) -> None:
+        """Wait until the writer has nothing it may run now: jobs the redraw budget holds
+        back stay queued (``flush`` runs those too)."""
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                return
+            self._cond.wait_for(lambda: not self._busy and not self._runnable())
+
+    def _runnable(self) -> bool:
+        owed = 0.0 if self._flushing else self._owed()
+        return any(
+            job.key is None or owed == 0.0 or job.key not in self._drawn for job in self._pending
+        )
+
     def _owed(self) -> float:
         """CPU seconds of replaceable work still over budget, now."""
         paid = (time.monotonic() - self._debt_at) * REFRESH_BUDGET
@@ -160,6 +175,7 @@ class _Writer:
                     self._cond.wait(wait)
                     job, wait = self._next()
                 fn, path = job.fn, job.path
+                self._busy = True
             cpu = time.thread_time()
             try:
                 with guarded(path):
@@ -175,6 +191,7 @@ class _Writer:
                         self._debt_at = time.monotonic()
                         self._drawn.add(job.key)
                     self._unfinished -= 1
+                    self._busy = False
                     self._cond.notify_all()
 
 
@@ -226,6 +243,12 @@ def flush() -> None:
     """Run every submitted job, deferred ones too, and wait for them (call at fit end, so
     the files exist)."""
     _WRITER.flush()
+
+
+def settle() -> None:
+    """Wait for every job the writer may run now; redraws the budget holds back stay queued
+    (benchmarks use it: those are drawn at ``flush``, at fit end, in no epoch's time)."""
+    _WRITER.settle()
 
 
 def writer_cpu_seconds() -> float:

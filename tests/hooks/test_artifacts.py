@@ -136,6 +136,29 @@ def test_a_first_drawing_goes_ahead_and_is_paid_for(
     assert ran == ["first", "redraw"]
 
 
+def test_settle_waits_for_what_may_run_and_leaves_held_back_redraws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 0.01)
+    ran: list[str] = []
+    plot = tmp_path / "plot.png"
+    submit(lambda: ran.append("first"), plot, replace=True)
+    flush()
+    monkeypatch.setattr(_artifacts._WRITER, "_debt", 1.0)  # redraws held back for 100 s
+    monkeypatch.setattr(_artifacts._WRITER, "_debt_at", time.monotonic())
+    submit(lambda: ran.append("redraw"), plot, replace=True)
+
+    def slow() -> None:
+        time.sleep(0.2)
+        ran.append("epoch_000")
+
+    submit(slow, tmp_path / "epoch_000.png")
+    _artifacts.settle()
+    assert ran == ["first", "epoch_000"]  # the per-epoch file waited for, the redraw not
+    flush()
+    assert ran == ["first", "epoch_000", "redraw"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_the_writer_thread_runs_niced(tmp_path: Path) -> None:
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
