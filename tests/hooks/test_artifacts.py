@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from hooks import _artifacts
 from hooks._artifacts import flush, submit
@@ -171,3 +174,20 @@ def test_the_writer_thread_runs_niced(tmp_path: Path) -> None:
     assert seen == [_artifacts.WRITER_NICE]
     # Only the writer: the caller's threads (the training loop) keep their priority.
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape"), [("RGB", (37, 53, 3)), ("L", (20, 9)), ("RGB", (1, 1, 3))]
+)
+def test_png_bytes_decode_to_the_same_pixels(mode: str, shape: tuple[int, ...]) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    image = Image.open(io.BytesIO(_artifacts.png_bytes(Image.fromarray(pixels, mode))))
+    image.load()  # checks every chunk's CRC and the deflate stream
+    assert image.format == "PNG" and image.mode == mode
+    assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_png_bytes_hands_other_modes_to_pillow() -> None:
+    rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 40))
+    back = Image.open(io.BytesIO(_artifacts.png_bytes(rgba)))
+    assert back.mode == "RGBA" and back.getpixel((0, 0)) == (10, 20, 30, 40)
