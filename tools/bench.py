@@ -67,7 +67,7 @@ from hooks._artifacts import settle as artifacts_settle
 from hooks._artifacts import writer_cpu_seconds
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderData, resize_size
 from trainer.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
-from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.device import autocast_dtype, resolve_device, resolve_precision, steady_malloc
 from trainer.engine import Engine, default_optimizer, warmup_cosine
 from trainer.errors import UserError
 from trainer.hook import HOOK_METHODS, Hook
@@ -671,7 +671,9 @@ def bench_data(
 ) -> dict[str, Any]:
     """Loader alone, model alone and both, on the ImageFolder tree at ``args.data``."""
     model, img_size, batch_size = _data_settings(args, DATA_DEFAULTS)
-    data = ImageFolderData(args.data, img_size=img_size, batch_size=batch_size, workers=args.workers)
+    data = ImageFolderData(
+        args.data, img_size=img_size, batch_size=batch_size, workers=args.workers
+    )
     steps = args.steps
     # Loader alone: the first batch (worker start-up) is left out of the speed.
     loader = _TimedLoader(data.train_loader(), steps)
@@ -1080,6 +1082,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # As train.py does: without it, whether a process pays ~500k page faults per CPU epoch
+    # depends on its allocation history, which made paired fits differ by up to 15%.
+    steady_malloc()
     for flag in ("rounds", "steps", "threads", "epochs"):
         value = getattr(args, flag)
         if value is not None and value < 1:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import platform
+import sys
+
 import pytest
 import torch
 
-from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.device import autocast_dtype, resolve_device, resolve_precision, steady_malloc
 from trainer.errors import ConfigError
 
 
@@ -39,3 +42,14 @@ def test_device_auto_and_errors(monkeypatch) -> None:
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="not a device"):
         resolve_device("gpu0")
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's",
+)
+def test_steady_malloc_sets_glibc_thresholds_and_refuses_bad_ones() -> None:
+    assert steady_malloc() is True
+    assert steady_malloc() is True  # idempotent
+    assert steady_malloc(mmap_threshold=64 << 20) is False  # glibc's maximum is 32 MB
+    assert steady_malloc() is True
