@@ -734,8 +734,8 @@ class _FitClock(Hook):
 
     The epochs run from the first epoch's start until the artefact writer has done all it may
     after the last one: plots drawn in the background are work the epochs caused, so they
-    count. The plots fit start queued are drawn before the first epoch starts, in fit
-    start's time; the redraws the writer's budget held back are drawn at fit end, in its.
+    count. The plots fit start queued are drawn before the first epoch starts and count in
+    fit start; the redraws the writer's budget held back are drawn at fit end and count there.
     """
 
     order = -(10**9)  # before every other hook at each event

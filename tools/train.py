@@ -456,7 +456,7 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    steady_malloc()  # CPU training: no page faults on every step (trainer.device)
+    steady_malloc()  # CPU training: far fewer page faults per step (trainer.device)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
