@@ -45,6 +45,7 @@ def default_hooks(
     monitor: str = "val/acc",
     top_k: int = 1,
     early_stopping: int = 0,
+    min_delta: float = 0.0,
     progress: bool = True,
     confusion_matrix: bool = True,
     dataset_stats: bool = True,
@@ -66,6 +67,7 @@ def default_hooks(
         monitor: metric for best.pt and early stopping ("...loss" metrics are minimised).
         top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
         early_stopping: patience in epochs; 0 disables early stopping.
+        min_delta: for early stopping, an improvement must beat the best by more than this.
         progress: tqdm bars and per-epoch lines.
         report: ``report.html``, the run on one page, refreshed during the run and at the end.
         tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
@@ -92,7 +94,9 @@ def default_hooks(
     if progress:
         hooks.append(ProgressBarHook())
     if early_stopping > 0:
-        hooks.append(EarlyStoppingHook(monitor, patience=early_stopping, mode=mode))
+        hooks.append(
+            EarlyStoppingHook(monitor, patience=early_stopping, min_delta=min_delta, mode=mode)
+        )
     hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=top_k))
     if export:
         hooks.append(OnnxExportHook(out))

@@ -15,6 +15,7 @@ from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
 from trainer.errors import Interrupted, OutputError
 from trainer.hook import Hook
 from trainer.io import atomic_link, clean_stale_temp_files
+from trainer.metrics import is_better
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -74,14 +75,7 @@ class CheckpointHook(Hook):
         monitor = self.monitor or engine.monitor
         mode = self.mode or engine.mode
         value = engine.state.metrics.get(monitor)
-        improved = (
-            value is not None
-            and not math.isnan(value)
-            and (
-                self.best_value is None
-                or (value > self.best_value if mode == "max" else value < self.best_value)
-            )
-        )
+        improved = is_better(value, self.best_value, mode)
         if improved:
             self.best_value = value
         ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it

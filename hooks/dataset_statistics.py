@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from hooks._artifacts import bar_chart, flush, guarded, save_png, submit
+from hooks.plots import plot_class_bars, save_png
+from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -99,13 +98,7 @@ class DatasetStatisticsHook(Hook):
             self.figure = plot_class_distribution(classes, split_counts)
             save_png(self.figure, path)
 
-        submit(job, path, replace=True)
-
-    def on_fit_end(self, engine: Engine) -> None:
-        flush()  # the plot exists when fit returns
-
-    def on_exception(self, engine: Engine, exception: BaseException) -> None:
-        flush()
+        engine.artifacts.submit(job, path)
 
     def _table(self, classes: list[str], split_counts: dict[str, list[int]]) -> Table:
         from rich.markup import escape
@@ -157,12 +150,6 @@ def dataset_stats(
 
 def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int]]) -> Figure:
     """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
-    fig, ax = bar_chart(classes, 0.22, "dataset_stats.json")
-    width = 0.8 / len(split_counts)
-    x = np.arange(len(classes))
-    for k, (split, counts) in enumerate(split_counts.items()):
-        ax.bar(x + (k - (len(split_counts) - 1) / 2) * width, counts, width, label=split)
-    ax.set_ylabel("images")
-    ax.set_title("Images per class and split")
-    ax.legend()
-    return fig
+    groups = list(split_counts.items())
+    return plot_class_bars(classes, groups, "Images per class and split", "images",
+                           "dataset_stats.json")  # fmt: skip

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 from trainer.hook import Hook
+from trainer.metrics import is_better
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -53,10 +53,7 @@ class EarlyStoppingHook(Hook):
                 f"EarlyStoppingHook monitors {self.monitor!r}, which the run does not produce; "
                 f"available: {sorted(engine.state.metrics)}"
             )
-        sign = 1.0 if self.mode == "max" else -1.0
-        if not math.isnan(value) and (
-            self.best is None or sign * (value - self.best) > self.min_delta
-        ):
+        if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer.hooks")
 
+# Leading columns, in the order users expect; the rest follow sorted (metric_columns).
 _FIRST = ["epoch", "step", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5"]
 
 
@@ -39,13 +41,18 @@ class MetricsLogger(Hook):
     @rank_zero_only  # rank 0 writes the files under DDP
     def on_train_epoch_end(self, engine: Engine) -> None:
         history = engine.state.history
-        keys = {k for row in history for k in row}
-        header = [k for k in _FIRST if k in keys] + sorted(keys - set(_FIRST))
+        header = metric_columns(history)
         rows = [[_fmt(row.get(k)) for k in header] for row in history]
         try:
             atomic_write_csv(self.path, header, rows)
         except OSError as e:
             log.warning("could not write %s (%s); training goes on", self.path, e)
+
+
+def metric_columns(history: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The columns of ``metrics.csv`` for ``history``: the usual ones first, the rest sorted."""
+    keys = {k for row in history for k in row}
+    return [k for k in _FIRST if k in keys] + sorted(keys - set(_FIRST))
 
 
 def _fmt(value: float | None) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from hooks._artifacts import guarded
+from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json

@@ -15,6 +15,7 @@ from torch import nn
 
 from trainer import export
 from trainer.checkpoint import load_checkpoint
+from trainer.distributed import is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
 from trainer.restore import checkpoint_weights, normalize
@@ -76,7 +77,7 @@ class OnnxExportHook(Hook):
         self.report: dict[str, Any] | None = None
 
     def on_fit_end(self, engine: Engine) -> None:
-        if not _is_rank_zero():
+        if not is_global_zero():
             return  # under DDP every rank holds the same weights; one file is enough
         data: Any = engine.data  # labels_mapping, mean and std are beyond the engine's protocol
         model, weights, checkpoint = self._best_model(engine)
@@ -196,9 +197,3 @@ def export_with_report(
         report = {**report, **extra}
         atomic_write_json(report_path, report)
     return report
-
-
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

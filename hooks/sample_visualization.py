@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import bisect
-import collections
-import functools
 import logging
-import math
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-from hooks._artifacts import flush, guarded, save_image, submit, to_display
+from hooks.plots import plot_grid, save_image
+from trainer.artifacts import guarded
 from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from trainer.engine import Engine
 
 log = logging.getLogger("trainer.hooks")
@@ -84,11 +81,6 @@ class SampleVisualizationHook(Hook):
         self._fixed_logits: dict[int, torch.Tensor] = {}
         self._fixed_targets: dict[int, torch.Tensor] = {}
         self._top: tuple[torch.Tensor, ...] | None = None  # score, index, pred, target
-        # Validation images re-read for the mistakes grid, by index: the same confident
-        # mistakes tend to come back epoch after epoch. The least recently used go first.
-        self._read_cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
-        # Both grids' images as fitted tiles, by index; only the artefact writer touches it.
-        self._tiles: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
     def on_fit_start(self, engine: Engine) -> None:
         r, w = self._rank, self._world = get_rank(), get_world_size()
@@ -100,8 +92,6 @@ class SampleVisualizationHook(Hook):
             local = list(range(self.num_images))
         self.fixed_indices = [r + w * i for i in local]
         self._lookup = sorted(self.fixed_indices)
-        self._read_cache.clear()  # the data may differ from an earlier fit's
-        self._tiles = collections.OrderedDict()  # a new one: a queued job may hold the old
 
     def on_validation_epoch_start(self, engine: Engine) -> None:
         self._seen = 0
@@ -157,6 +147,7 @@ class SampleVisualizationHook(Hook):
             true = torch.stack([self._fixed_targets[g] for g in order]).tolist()
             self.samples = _records(order, true, pred, prob)
             self._draw(
+                engine,
                 "figure",
                 stem.parent / f"{stem.name}_fixed.png",
                 [self.fixed_images[g].cpu() for g in order],
@@ -180,8 +171,9 @@ class SampleVisualizationHook(Hook):
             path = stem.parent / f"{stem.name}_mistakes.png"
             images: list[torch.Tensor | None] = []
             with guarded(path):  # the dataset is read here, not on the writer thread
-                images = self._val_images(data, [m["index"] for m in self.mistakes])
+                images = _read_val_images(data, [m["index"] for m in self.mistakes])
                 self._draw(
+                    engine,
                     "mistakes_figure",
                     path,
                     images,
@@ -192,22 +184,9 @@ class SampleVisualizationHook(Hook):
                     f"Most confident mistakes, epoch {engine.state.epoch + 1}",
                 )
 
-    def _val_images(self, data: Any, indices: list[int]) -> list[torch.Tensor | None]:
-        """The validation images at ``indices``, from the cache or re-read (then cached)."""
-        cache = self._read_cache
-        missing = [i for i in indices if i not in cache]
-        for i, img in zip(missing, _read_val_images(data, missing), strict=True):
-            if img is not None:
-                cache[i] = img
-        for i in indices:
-            if i in cache:
-                cache.move_to_end(i)
-        while len(cache) > 4 * self.num_images:
-            cache.popitem(last=False)
-        return [cache.get(i) for i in indices]
-
     def _draw(
         self,
+        engine: Engine,
         attr: str,
         path: Path,
         images: list[torch.Tensor | None],
@@ -217,24 +196,14 @@ class SampleVisualizationHook(Hook):
         std: Any,
         title: str,
     ) -> None:
-        """Queue a grid for the artefact writer; it lands in ``self.<attr>`` and at ``path``."""
-
-        tiles, keep = self._tiles, 4 * self.num_images
+        """Queue a grid on the run's artefact writer; it lands in ``self.<attr>`` and at ``path``."""
 
         def job() -> None:
-            grid = plot_grid(images, records, classes, mean, std, title, tiles)
-            while len(tiles) > keep:
-                tiles.popitem(last=False)  # the least recently shown
+            grid = plot_grid(images, records, classes, mean, std, title)
             setattr(self, attr, grid)
             save_image(grid, path)
 
-        submit(job, path)
-
-    def on_fit_end(self, engine: Engine) -> None:
-        flush()  # the grids exist when fit returns
-
-    def on_exception(self, engine: Engine, exception: BaseException) -> None:
-        flush()
+        engine.artifacts.submit(job, path)
 
 
 def pick_stratified(targets: list[int], k: int, seed: int) -> list[int]:
@@ -274,130 +243,3 @@ def _read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]
         log.info("SampleVisualizationHook: no indexable validation dataset; mistakes unshown")
         return [None] * len(indices)
     return [dataset[i][0] for i in indices]
-
-
-# Tile geometry of the grids, in pixels: the image area, the caption band above it, the frame.
-_TILE = 128
-_CAPTION = 30
-_FRAME = 4
-_GAP = 6
-_TITLE = 26
-_GREEN = (44, 160, 44)  # matplotlib's tab:green and tab:red, as the grids used before
-_RED = (214, 39, 40)
-
-
-def plot_grid(
-    images: Sequence[torch.Tensor | None],
-    records: list[dict[str, Any]],
-    classes: list[str],
-    mean: Any = None,
-    std: Any = None,
-    title: str = "",
-    tiles: collections.OrderedDict[int, np.ndarray] | None = None,
-) -> Image.Image:
-    """A grid of images captioned ``pred (prob)`` / ``true``, framed green if right, red if wrong.
-
-    Drawn with numpy and PIL rather than matplotlib subplots: a 16-image matplotlib grid
-    took ~0.8 s per epoch, this takes a few milliseconds.
-
-    Args:
-        tiles: images already fitted to a tile, by record ``index``: read, and filled with
-            the images fitted here. The fixed images are the same every epoch and the
-            worst mistakes mostly are, so a cache kept across epochs saves refitting them.
-    """
-    font = _font()
-    if not images:
-        canvas = Image.new("RGB", (max(320, _TILE + 2 * _GAP), _TITLE + 80), "white")
-        draw = ImageDraw.Draw(canvas)
-        draw.text((_GAP, 6), title, fill="black", font=font)
-        draw.text(
-            (canvas.width // 2, _TITLE + 40), "no mistakes", fill="black", font=font, anchor="mm"
-        )
-        return canvas
-    n = len(images)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    width = max(320, cols * (_TILE + _GAP) + _GAP)
-    pixels = np.full((_TITLE + rows * (_CAPTION + _TILE + _GAP) + _GAP, width, 3), 255, np.uint8)
-    places = []
-    for k, (img, rec) in enumerate(zip(images, records, strict=True)):
-        x = _GAP + (k % cols) * (_TILE + _GAP)
-        y = _TITLE + _GAP + (k // cols) * (_CAPTION + _TILE + _GAP)
-        places.append((x, y))
-        fitted = tiles.get(rec["index"]) if tiles is not None and img is not None else None
-        if fitted is not None and tiles is not None:
-            tiles.move_to_end(rec["index"])  # recently used: kept longest
-        else:
-            fitted = _fit(img, mean, std)
-            if tiles is not None and img is not None:
-                tiles[rec["index"]] = fitted
-        area = pixels[y + _CAPTION : y + _CAPTION + _TILE, x : x + _TILE]
-        area[...] = fitted
-        color = _GREEN if rec["correct"] else _RED
-        area[:_FRAME] = color
-        area[-_FRAME:] = color
-        area[:, :_FRAME] = color
-        area[:, -_FRAME:] = color
-    canvas = Image.fromarray(pixels)
-    _text(canvas, (_GAP, 6), title, (0, 0, 0), canvas.width - 2 * _GAP)
-    for (x, y), rec in zip(places, records, strict=True):
-        color = _GREEN if rec["correct"] else _RED
-        pred = f"pred: {_short(classes[rec['pred']])} ({rec['prob']:.2f})"
-        true = f"true: {_short(classes[rec['true']])}  #{rec['index']}"
-        _text(canvas, (x + 1, y + 2), pred, color, _TILE - 2)
-        _text(canvas, (x + 1, y + 15), true, color, _TILE - 2)
-    return canvas
-
-
-def _fit(img: torch.Tensor | None, mean: Any, std: Any) -> np.ndarray:
-    """One HWC uint8 tile: the image fitted into the square inside the frame, on grey."""
-    area = np.full((_TILE, _TILE, 3), 128, np.uint8)  # grey where no image, or not filled
-    if img is None:
-        return area
-    arr = to_display(img, mean, std)
-    if arr.dtype != np.uint8:
-        arr = (arr * 255).round().astype(np.uint8)
-    arr = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr[..., :3]
-    h, w = arr.shape[:2]
-    inner = _TILE - 2 * _FRAME
-    scale = inner / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    # Nearest when enlarging keeps small images' pixels crisp; antialiasing when shrinking.
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-    pil = Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), resample)
-    top, left = _FRAME + (inner - size[0]) // 2, _FRAME + (inner - size[1]) // 2
-    area[top : top + size[0], left : left + size[1]] = np.asarray(pil)
-    return area
-
-
-@functools.cache
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default()
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= 16 else name[:15] + "…"
-
-
-def _text(canvas: Image.Image, xy: tuple[int, int], text: str, fill: Any, width: int) -> None:
-    """Draw ``text`` on ``canvas`` in ``fill``, cut with an ellipsis to ``width`` pixels."""
-    mask = _text_mask(text, width)
-    canvas.paste(fill, (*xy, xy[0] + mask.width, xy[1] + mask.height), mask)
-
-
-@functools.lru_cache(maxsize=1024)
-def _text_mask(text: str, width: int) -> Image.Image:
-    """``text`` rendered once as a mask (most captions come back every epoch); glyphs the
-    font lacks become ``?``."""
-    font = _font()
-    if isinstance(font, ImageFont.ImageFont):  # Pillow's bitmap fallback font: latin-1 only
-        text = text.encode("latin-1", "replace").decode("latin-1")
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    if probe.textlength(text, font=font) > width:
-        while text and probe.textlength(text + "…", font=font) > width:
-            text = text[:-1]
-        text += "…"
-    _, _, right, bottom = probe.textbbox((0, 0), text, font=font)
-    mask = Image.new("L", (max(1, math.ceil(right)), max(1, math.ceil(bottom))), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
-    return mask

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hooks._artifacts import bar_chart, flush, guarded, save_png, submit
+from hooks.plots import plot_class_bars, save_png
+from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
@@ -114,16 +115,10 @@ class SamplerDistributionHook(Hook):
         path = self.out_dir / "plots" / "sampler_distribution.png"
 
         def job() -> None:  # on the artefact writer; every argument is a fresh list
-            self.figure = plot_shares(classes, dataset, expected, drawn, epoch, self.figure)
+            self.figure = plot_shares(classes, dataset, expected, drawn, epoch)
             save_png(self.figure, path)
 
-        submit(job, path, replace=True)
-
-    def on_fit_end(self, engine: Engine) -> None:
-        flush()  # the plot exists when fit returns
-
-    def on_exception(self, engine: Engine, exception: BaseException) -> None:
-        flush()
+        engine.artifacts.submit(job, path, replace=True)
 
     def _table(
         self,
@@ -177,40 +172,12 @@ def _train_counts(data: Any) -> list[int]:
 
 
 def plot_shares(
-    classes: list[str],
-    dataset: list[int],
-    expected: list[float],
-    drawn: list[int],
-    epoch: int,
-    figure: Figure | None = None,
+    classes: list[str], dataset: list[int], expected: list[float], drawn: list[int], epoch: int
 ) -> Figure:
-    """Grouped bars per class: share of the dataset, expected share and drawn share, in %.
-
-    Given the previous epoch's ``figure`` (same classes), its bars are resized in place
-    instead of drawing a new figure: a redraw then costs about half as much.
-    """
-    series = [("dataset", dataset), ("expected", expected), ("drawn", drawn)]
-    shares = []
-    for _, values in series:
+    """Grouped bars per class: share of the dataset, expected share and drawn share, in %."""
+    groups = []
+    for name, values in (("dataset", dataset), ("expected", expected), ("drawn", drawn)):
         v = np.asarray(values, dtype=float)
-        shares.append(100 * v / v.sum() if v.sum() > 0 else v)
-    title = f"Training draw by class, epoch {epoch + 1}"
-    if figure is not None and figure.axes:
-        ax = figure.axes[0]
-        bars = ax.containers
-        if len(bars) == len(series) and all(len(b) == len(classes) for b in bars):
-            for container, share in zip(bars, shares, strict=True):
-                for rect, h in zip(container, share, strict=True):
-                    rect.set_height(h)
-            ax.relim()
-            ax.autoscale_view()
-            ax.set_title(title)
-            return figure
-    fig, ax = bar_chart(classes, 0.3, "sampler_distribution.csv")
-    x = np.arange(len(classes))
-    for k, ((name, _), share) in enumerate(zip(series, shares, strict=True)):
-        ax.bar(x + (k - 1) * 0.27, share, 0.27, label=name)
-    ax.set_ylabel("% of the epoch's draw")
-    ax.set_title(title)
-    ax.legend()
-    return fig
+        groups.append((name, 100 * v / v.sum() if v.sum() > 0 else v))
+    return plot_class_bars(classes, groups, f"Training draw by class, epoch {epoch + 1}",
+                           "% of the epoch's draw", "sampler_distribution.csv")  # fmt: skip

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hooks._artifacts import flush, guarded, submit
+from trainer.artifacts import guarded
+from trainer.distributed import is_global_zero
 from trainer.errors import ConfigError
 from trainer.hook import Hook
 
@@ -67,7 +68,7 @@ class TensorBoardHook(Hook):
         self._writer: SummaryWriter | None = None
 
     def on_fit_start(self, engine: Engine) -> None:
-        if _is_rank_zero():
+        if is_global_zero():
             self._writer = _summary_writer_class()(log_dir=str(self.log_dir))
 
     def on_train_epoch_end(self, engine: Engine) -> None:
@@ -78,7 +79,7 @@ class TensorBoardHook(Hook):
         epoch = int(row.get("epoch", engine.state.epoch))
         # On the artefact writer, after the plot hooks' jobs of this epoch (they run first,
         # order 40/50), so the PNGs read back below are this epoch's.
-        submit(functools.partial(self._log_epoch, w, row, epoch), self.log_dir)
+        engine.artifacts.submit(functools.partial(self._log_epoch, w, row, epoch), self.log_dir)
 
     def _log_epoch(self, w: SummaryWriter, row: dict[str, Any], epoch: int) -> None:
         step = epoch + 1
@@ -93,8 +94,7 @@ class TensorBoardHook(Hook):
         w.flush()
 
     def on_fit_end(self, engine: Engine) -> None:
-        flush()  # this fit's epochs are logged before the writer closes
-        w = self._writer
+        w, self._writer = self._writer, None
         if w is None:
             return
         best = engine.state.best or (engine.state.history[-1] if engine.state.history else {})
@@ -105,17 +105,17 @@ class TensorBoardHook(Hook):
         }
         if metrics:
             # run_name "." keeps the hparams beside the scalars instead of in a timestamped subfolder.
-            w.add_hparams(hparams(engine), metrics, run_name=".")
-        self._close()
+            args = hparams(engine)
+            engine.artifacts.submit(
+                lambda: w.add_hparams(args, metrics, run_name="."), self.log_dir
+            )
+        # Closed after this fit's epochs are logged: the writer runs jobs in order.
+        engine.artifacts.submit(w.close, self.log_dir)
 
     def on_exception(self, engine: Engine, exception: BaseException) -> None:
-        flush()
-        self._close()  # what was logged so far stays readable
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        w, self._writer = self._writer, None
+        if w is not None:  # what was logged so far stays readable
+            engine.artifacts.submit(w.close, self.log_dir)
 
 
 def hparams(engine: Engine) -> dict[str, Any]:
@@ -149,9 +149,3 @@ def _read_png(path: Path) -> Any:
 
     # matplotlib writes RGBA; TensorBoard shows RGB.
     return decode_png(read_file(str(path)), mode=ImageReadMode.RGB)
-
-
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -34,8 +34,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from hooks._artifacts import save_image
-from hooks.confusion_matrix import plot_confusion_matrix
+from hooks.plots import plot_confusion_matrix, save_png
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.device import resolve_device
@@ -305,12 +304,9 @@ def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tu
     json_path, png_path = out / RESULT_NAME, out / PLOT_NAME
     atomic_write_json(json_path, result)
     counts = np.asarray(result["confusion_matrix"], dtype=np.int64)
-    support = counts.sum(axis=1, keepdims=True)
-    normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
     # The hook's titles name an epoch; here the split and its size say what was counted.
     caption = f"{result['split']}, {result['n_images']} images"
-    image = plot_confusion_matrix(counts, normalized, result["classes"], epoch=0, caption=caption)
-    save_image(image, png_path)
+    save_png(plot_confusion_matrix(counts, result["classes"], caption), png_path)
     return json_path, png_path
 
 

@@ -28,7 +28,7 @@ import torch
 from hooks.onnx_export import REPORT_NAME, export_with_report, first_images
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
-from trainer.demo import default_demo_root
+from trainer.data.demo import default_demo_root
 from trainer.errors import DataError, UserError
 from trainer.export import MIN_OPSET, ExportVerificationError
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint

@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 
 echo "== CUDA tests (sync, nvjpeg decode)"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/test_gpu_decode.py 2>&1 | tail -30
+timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/data/test_gpu_decode.py 2>&1 | tail -30
 
 echo "== JPEG tree"
 # Smooth patterns with a little noise: ~40-60 KB per 500x375 JPEG, as photos are. (Pure noise

@@ -9,6 +9,7 @@ torchrun --nproc_per_node 2 tools/train.py --data DIR     # DDP: one process per
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -18,11 +19,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from runtime import steady_malloc
 
 from hooks import default_hooks
 from trainer.data import ImageFolderData
-from trainer.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
-from trainer.device import resolve_device, steady_malloc
+from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
+from trainer.device import resolve_device
 from trainer.distributed import (
     barrier,
     broadcast_object,
@@ -31,12 +33,13 @@ from trainer.distributed import (
     init_distributed,
     is_global_zero,
 )
-from trainer.engine import Engine, seed_everything
+from trainer.engine import Engine
 from trainer.errors import ConfigError, NonFiniteLossError, OutputError, UserError
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json
 from trainer.losses import build_loss
 from trainer.models import MODELS, TIMM_PREFIX, build_model
+from trainer.rng import seed_everything
 
 log = logging.getLogger("trainer")
 
@@ -209,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATIENCE",
         help="stop after this many epochs without improvement; 0 disables",
     )
+    g.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        help="for --early-stopping: an improvement must beat the best by more than this",
+    )
     g.add_argument("--sanity-steps", type=int, default=2, help="val batches before training")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -380,6 +389,7 @@ def _train(config: dict[str, Any]) -> Engine:
         monitor=config["monitor"],
         top_k=config["top_k"],
         early_stopping=config["early_stopping"],
+        min_delta=config["min_delta"],
         progress=not config["quiet"],
         confusion_matrix=config["confusion_matrix"],
         dataset_stats=config["dataset_stats"],
@@ -422,7 +432,11 @@ def _train(config: dict[str, Any]) -> Engine:
         out,
     )
     t0 = time.perf_counter()
-    engine.fit(resume=resume)
+    gc.freeze()  # what exists now stays out of the collector's scans (tools/runtime.py)
+    try:
+        engine.fit(resume=resume)
+    finally:
+        gc.unfreeze()
     if engine.is_global_zero:
         _summary(engine, out, time.perf_counter() - t0)
     return engine
@@ -456,7 +470,7 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    steady_malloc()  # CPU training: far fewer page faults per step (trainer.device)
+    steady_malloc()  # CPU training: far fewer page faults per step (tools/runtime.py)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",

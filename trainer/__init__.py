@@ -1,11 +1,11 @@
 """A pure-PyTorch image-classifier trainer."""
 
 from trainer.data import ImageFolderData
+from trainer.data.sampler import TrackingWeightedRandomSampler
 from trainer.ema import ModelEMA
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
-from trainer.sampler import TrackingWeightedRandomSampler
 from trainer.state import EngineState
 
 __all__ = [

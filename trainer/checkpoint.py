@@ -62,3 +62,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this trainer (no 'model' entry)")
     return ckpt
+
+
+def check_classes(ckpt: dict[str, Any], classes: list[str], path: str | os.PathLike[str]) -> None:
+    """Raise ``CheckpointError`` naming the difference unless ``ckpt`` has these classes."""
+    saved = list(ckpt.get("classes", []))
+    if saved != list(classes):
+        gone = sorted(set(saved) - set(classes))
+        new = sorted(set(classes) - set(saved))
+        raise CheckpointError(
+            f"checkpoint {path} was trained on other classes: only in the checkpoint: {gone}, "
+            f"only in the data: {new}"
+            + ("" if gone or new else " (same names, different order)")
+            + ". Resume with the data it was trained on, or start a new run."
+        )

@@ -1,11 +1,10 @@
-"""Picking the device and the numeric precision; steadier glibc malloc for CPU training."""
+"""Picking the device and the numeric precision; putting the model on it."""
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from trainer.errors import ConfigError
 
@@ -54,25 +53,17 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
 
 
-def steady_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
-    """Fix glibc malloc's mmap and trim thresholds for this process (and the loader workers
-    it forks). Returns whether it could (glibc only; elsewhere nothing changes).
-
-    glibc starts with a 128 KB mmap threshold that it raises only as mmapped blocks are
-    freed. Training on the CPU allocates and frees activation-sized blocks every step: until
-    the threshold has risen past them, each one is a fresh mmap whose pages fault in again.
-    On the demo that was ~500k minor faults and ~15% of every epoch, in some processes and
-    not others. With fixed thresholds the blocks stay in the heap from the first step, and
-    up to ``trim_threshold`` of freed memory is kept for reuse instead of returned.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-        mallopt(m_trim_threshold, trim_threshold)
-    )
+def place_model(
+    model: nn.Module, device: torch.device, channels_last: bool, sync_bn: bool = False
+) -> nn.Module:
+    """``model`` on ``device``, in NHWC when ``channels_last``; with ``sync_bn`` under a
+    process group, its BatchNorm layers become SyncBatchNorm (CUDA only)."""
+    model = model.to(device)
+    if sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if device.type != "cuda":
+            raise ConfigError(
+                f"sync_bn needs CUDA GPUs (SyncBatchNorm has no {device.type} kernel); "
+                "drop --sync-bn, or train on GPUs."
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

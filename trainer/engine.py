@@ -25,24 +25,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import logging
 import math
-import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.device import autocast_dtype, resolve_device, resolve_precision
+from trainer.artifacts import ArtifactWriter
+from trainer.batch import BatchToDevice
+from trainer.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
     all_reduce_sum,
@@ -53,20 +51,22 @@ from trainer.distributed import (
     get_rank,
     get_world_size,
     init_distributed,
+    is_global_zero,
     rank_seed,
 )
 from trainer.ema import ModelEMA
-from trainer.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
-from trainer.gpu_decode import EncodedBatch, decode_batch
-from trainer.hook import HOOK_METHODS, Hook
+from trainer.errors import Interrupted
+from trainer.hook import Hook, describe_hook_plan, hook_keys, resolve_hook_plan
+from trainer.metrics import EvalTally, TrainTally, confusion_counter, is_better
+from trainer.nonfinite import NonFiniteGuard
+from trainer.optim import default_optimizer, warmup_cosine
+from trainer.rng import get_rng_state, rank_rng_state, seed_everything, set_rng_state
+from trainer.signals import stop_on_signals
 from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# Optimizer steps between host reads of the non-finite-loss counters (one tiny sync each).
-NONFINITE_CHECK_EVERY = 50
 
 
 class DataSource(Protocol):
@@ -186,23 +186,13 @@ class Engine:
         self.channels_last = self.device.type in ("cuda", "cpu")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.model = model.to(self.device)
-        if sync_bn and self.world_size > 1:
-            if self.device.type != "cuda":
-                raise ConfigError(
-                    f"sync_bn needs CUDA GPUs (SyncBatchNorm has no {self.device.type} kernel); "
-                    "drop --sync-bn, or train on GPUs."
-                )
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(model, self.device, self.channels_last, sync_bn)
         # DDP wraps the training forward only; it broadcasts rank 0's weights to all ranks here.
         self._ddp: DistributedDataParallel | None = None
-        train_model: nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
-            train_model = self._ddp
+        train_model = self._ddp or self.model
         # dynamic=False: the short last batch would otherwise make dynamo recompile with
         # symbolic shapes, and that slower graph then serves every full batch too.
         forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
@@ -228,36 +218,22 @@ class Engine:
             torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
         )
 
-        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
-        if mean is not None and std is not None:
-            m = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-            s = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-            # (x / 255 - mean) / std as one multiply-add.
-            self._norm = (1.0 / (255.0 * s), -m / s)
-
-        n = data.num_classes
-        # Imported here: torchmetrics pulls in matplotlib, too slow for `import trainer`.
-        from torchmetrics.classification import MulticlassConfusionMatrix
-
-        # No torchmetrics sync: the engine sums all its validation counts in one all-reduce.
-        confmat = MulticlassConfusionMatrix(n, validate_args=False, sync_on_compute=False)
-        self._confmat = confmat.to(self.device)
+        self._to_device = BatchToDevice(
+            self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
+        )
+        self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
+        # Hooks draw their plots and reports on it; flushed when fit, validate and test end.
+        self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
-        self.max_nonfinite = max_nonfinite
-        # Non-finite losses are tracked on the device: whether this optimizer step's
-        # micro-batches were all finite, skips this epoch, and skips in a row.
-        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
-        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
-        self._skipped_run = torch.zeros((), dtype=torch.long, device=self.device)
+        self._nonfinite = NonFiniteGuard(self.device, max_nonfinite)
         self._signal: int | None = None
 
     @property
     def is_global_zero(self) -> bool:
         """Whether this process is rank 0 (always True without DDP): the one that writes files."""
-        return self.rank == 0
+        return is_global_zero()
 
     @property
     def eval_model(self) -> nn.Module:
@@ -286,7 +262,7 @@ class Engine:
                 return s.history
         s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
         self._signal = None
-        with self._signal_handlers(), _gc_frozen():
+        with stop_on_signals(self._on_signal):
             return self._fit(resume)
 
     def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
@@ -310,17 +286,21 @@ class Engine:
                     break
             s.finished = True
             self._call("on_fit_end")
-            barrier()  # when fit returns on any rank, rank 0's files are all written
         except BaseException as e:
             self._call_on_exception(e)
             raise
         finally:
             s.phase = "idle"
+            self.artifacts.flush()  # every plot a hook asked for exists when fit returns
+        barrier()  # when fit returns on any rank, rank 0's files are all written
         return s.history
 
     def validate(self) -> dict[str, float]:
         """Run the validation split once and return its metrics."""
-        return self._eval_loop("val", self._val_loader)
+        try:
+            return self._eval_loop("val", self._val_loader)
+        finally:
+            self.artifacts.flush()
 
     def test(self) -> dict[str, float]:
         """Run the test split (falls back to val when there is none) and return its metrics."""
@@ -328,7 +308,10 @@ class Engine:
         if loader is None:
             log.warning("no test split; testing on the validation split")
             loader = self._val_loader
-        return self._eval_loop("test", loader)
+        try:
+            return self._eval_loop("test", loader)
+        finally:
+            self.artifacts.flush()
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:
@@ -339,65 +322,25 @@ class Engine:
             sampler.set_epoch(s.epoch)
         self.model.train()
         s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        counted = torch.zeros((), device=self.device, dtype=torch.long)  # finite-loss images
-        seen = 0
+        tally = TrainTally(self.device)
         t0 = time.perf_counter()
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
             s.batch_idx = batch_idx
             self._call("on_train_batch_start", batch, batch_idx)
-            x, y = self._to_device(batch)
-            stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == s.num_batches
-            with self._grad_sync(stepping):
-                with self._autocast():
-                    logits = self._forward_model(x)
-                    loss = self.loss_fn(logits, y)
-                self._finite.logical_and_(torch.isfinite(loss.detach()))
-                self._call("on_before_backward", loss)
-                self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
-                self._call("on_after_backward")
-            if stepping:
-                self._optimizer_step()
-            # Device-side sums only: the host reads them once, after the epoch. A batch whose
-            # loss is not finite (its step was skipped) counts in neither loss nor accuracy.
-            loss = loss.detach()
-            logits = logits.detach()
-            finite = torch.isfinite(loss)
-            loss_sum.add_(torch.where(finite, loss, 0.0), alpha=y.shape[0])
-            correct += ((logits.argmax(1) == y) & finite).sum()
-            counted += finite * y.shape[0]
-            seen += y.shape[0]
-            self._call(
-                "on_train_batch_end",
-                {"loss": loss, "logits": logits, "targets": y},
-                batch,
-                batch_idx,
-            )
+            outputs = self._train_step(batch, batch_idx)
+            tally.update(outputs["loss"], outputs["logits"], outputs["targets"])
+            self._call("on_train_batch_end", outputs, batch, batch_idx)
             if s.should_stop and self._ddp is None:
                 break
         if self._signal is not None and self._ddp is None:
             raise Interrupted(self._signal)  # no validation or epoch-end checkpoint of a part
         train_time = time.perf_counter() - t0
-        # One reduction and one host read per epoch: the metrics of all ranks' batches.
-        counts = [loss_sum, correct, counted, torch.tensor(seen, device=self.device)]
-        totals = all_reduce_sum(torch.stack([c.double() for c in counts]))
-        loss_total, correct_total, counted_total, seen_total = totals.tolist()
-        skipped = self._check_nonfinite()
-        if skipped:
-            s.metrics["train/skipped_steps"] = skipped
-            log.warning(
-                "epoch %d: skipped %d optimizer step(s) with a NaN or infinite loss",
-                s.epoch + 1,
-                skipped,
-            )
-        self._skipped.zero_()
-        # Over the batches with a finite loss; NaN only when there was none.
-        s.metrics["train/loss"] = loss_total / counted_total if counted_total else math.nan
-        s.metrics["train/acc"] = correct_total / counted_total if counted_total else math.nan
+        loss, acc, seen = tally.compute()  # one reduction and one host read per epoch
+        self._report_skipped_steps()
+        s.metrics.update({"train/loss": loss, "train/acc": acc})
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        s.metrics["train/img_s"] = seen_total / max(time.perf_counter() - t0, 1e-9)
+        s.metrics["train/img_s"] = seen / max(time.perf_counter() - t0, 1e-9)
         if self._val_loader is not None:
             self._eval_loop("val", self._val_loader)
         s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
@@ -405,20 +348,30 @@ class Engine:
         self._end_epoch()
         self._call("on_train_epoch_end")
 
+    def _train_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Forward, loss, backward; the optimizer step on the last micro-batch of a step."""
+        x, y = self._to_device(batch)
+        stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
+        with self._grad_sync(stepping):
+            with self._autocast():
+                logits = self._forward_model(x)
+                loss = self.loss_fn(logits, y)
+            self._nonfinite.observe(loss)
+            self._call("on_before_backward", loss)
+            self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
+            self._call("on_after_backward")
+        if stepping:
+            self._optimizer_step()
+        return {"loss": loss.detach(), "logits": logits.detach(), "targets": y}
+
     def _end_epoch(self) -> None:
         """Append this epoch's row to history and track the best epoch by ``monitor``."""
         s = self.state
         row = {"epoch": float(s.epoch), "step": float(s.step), **s.metrics}
         s.history.append(row)
-        value = row.get(self.monitor)
         best = None if s.best is None else s.best.get(self.monitor)
-        better = (
-            value is not None
-            and not math.isnan(value)
-            and (best is None or (value > best if self.mode == "max" else value < best))
-        )
-        s.is_best = bool(better)
-        if better:
+        s.is_best = is_better(row.get(self.monitor), best, self.mode)
+        if s.is_best:
             s.best = dict(row)
 
     def _grad_sync(self, stepping: bool) -> contextlib.AbstractContextManager[Any]:
@@ -438,7 +391,7 @@ class Engine:
         if self.scaler is not None:
             self.scaler.unscale_(opt)  # hooks and clipping see true gradients
         self._call("on_before_optimizer_step", opt)
-        finite = self._finite
+        finite = self._nonfinite.finite
         if self.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
             finite = finite & torch.isfinite(norm)
@@ -459,52 +412,31 @@ class Engine:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, apply=finite)
-        skip = (~finite).long()
-        self._skipped += skip
-        self._skipped_run.mul_(skip).add_(skip)  # run = (run + 1) if skipped else 0
-        self._finite.fill_(True)
         self.state.step += 1
-        if self.state.step % NONFINITE_CHECK_EVERY == 0:
-            self._check_nonfinite()
+        self._nonfinite.stepped(finite, self.state.step, self.state.epoch)
 
-    def _check_nonfinite(self) -> int:
-        """Read the skip counters (a host sync: every NONFINITE_CHECK_EVERY steps and at epoch
-        end only); raise once ``max_nonfinite`` steps in a row were skipped."""
-        skipped, run = torch.stack([self._skipped, self._skipped_run]).tolist()
-        if run >= self.max_nonfinite:
-            raise NonFiniteLossError(
-                f"the loss was NaN or infinite for {run} optimizer steps in a row (epoch "
-                f"{self.state.epoch + 1}, step {self.state.step}); training stopped. Try a lower "
-                "--lr, --grad-clip 1.0, or --precision bf16-mixed / 32 instead of 16-mixed, and "
-                "check the data. Checkpoints of finished epochs are kept."
-            )
-        return int(skipped)
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        """SIGINT/SIGTERM: stop after the current step; a second signal exits at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._signal is not None:
-                raise KeyboardInterrupt  # the second signal: leave now
-            # No stop_reason: that marks a finished run, and an interrupted one is not.
-            self._signal = signum
-            self.state.should_stop = True
+    def _report_skipped_steps(self) -> None:
+        """At epoch end: record and log the steps skipped for a non-finite loss, reset the count."""
+        skipped = self._nonfinite.check(self.state.step, self.state.epoch)
+        if skipped:
+            self.state.metrics["train/skipped_steps"] = skipped
             log.warning(
-                "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
-                "press Ctrl-C again to exit at once",
-                signal.Signals(signum).name,
+                "epoch %d: skipped %d optimizer step(s) with a NaN or infinite loss",
+                self.state.epoch + 1,
+                skipped,
             )
+        self._nonfinite.reset()
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+    def _on_signal(self, signum: int) -> None:
+        """SIGINT/SIGTERM: stop after the current step (see ``trainer.signals``)."""
+        # No stop_reason: that marks a finished run, and an interrupted one is not.
+        self._signal = signum
+        self.state.should_stop = True
+        log.warning(
+            "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
+            "press Ctrl-C again to exit at once",
+            signal.Signals(signum).name,
+        )
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -516,18 +448,11 @@ class Engine:
             return {}
         s = self.state
         kind = "test" if phase == "test" else "validation"
-        prefix = "test" if phase == "test" else "val"
         s.phase = phase
         model = self.eval_model
         was_training = model.training
         model.eval()
-        # Predictions gather on the device; the confusion matrix (whose bincount would make
-        # the host wait for the GPU on every batch) is built once, after the loop.
-        preds: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        top5_hits = torch.zeros((), device=self.device, dtype=torch.long)
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
+        tally = EvalTally(self.data.num_classes, self.device)
         t0 = time.perf_counter()
         s.num_batches = len(loader) if limit is None else min(limit, len(loader))  # type: ignore[arg-type]
         self._call(f"on_{kind}_start")
@@ -542,71 +467,35 @@ class Engine:
                 logits = model(x)
             logits = logits.float()
             loss = self.loss_fn(logits, y)
-            loss_sum += loss * y.shape[0]
-            seen += y.shape[0]
-            preds.append(logits.argmax(1))
-            targets.append(y)
-            if self.data.num_classes >= 5:
-                top5_hits += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
-            self._call(
-                f"on_{kind}_batch_end",
-                {"loss": loss, "logits": logits, "targets": y},
-                batch,
-                batch_idx,
-            )
-        metrics: dict[str, float] = {}
-        if phase != "sanity":
-            # Each rank saw its own shard of the split: summing the counts gives every rank
-            # the whole split's (float64 holds counts exactly up to 2**53). One all-reduce.
-            n = self.data.num_classes
-            sums = [loss_sum, top5_hits, torch.tensor(seen, device=self.device)]
-            local = torch.cat(
-                [self._confusion_matrix(preds, targets)] + [t.double()[None] for t in sums]
-            )
-            totals = all_reduce_sum(local).cpu()
-            cm = totals[: n * n].view(n, n)
-            loss_total, top5_total, seen_total = totals[n * n :].tolist()
-        if phase != "sanity" and seen_total > 0:
-            support = cm.sum(1)
-            metrics[f"{prefix}/loss"] = loss_total / seen_total
-            metrics[f"{prefix}/acc"] = float(cm.diag().sum() / cm.sum())
-            if self.data.num_classes >= 5:
-                metrics[f"{prefix}/acc_top5"] = top5_total / seen_total
-            metrics[f"{prefix}/time"] = time.perf_counter() - t0
-            s.per_class_acc = {
-                name: (float(cm[i, i] / support[i]) if support[i] > 0 else None)
-                for i, name in enumerate(self.data.classes)
-            }
-            s.metrics.update(metrics)
+            tally.update(loss, logits, y)
+            outputs = {"loss": loss, "logits": logits, "targets": y}
+            self._call(f"on_{kind}_batch_end", outputs, batch, batch_idx)
+        metrics = {} if phase == "sanity" else self._eval_metrics(phase, tally, t0)
         self._call(f"on_{kind}_epoch_end")
         self._call(f"on_{kind}_end")
         model.train(was_training)
         return metrics
 
-    def _confusion_matrix(
-        self, preds: list[torch.Tensor], targets: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """This rank's confusion matrix, flattened, float64; zeros when its shard was empty."""
-        n = self.data.num_classes
-        if not preds:
-            return torch.zeros(n * n, dtype=torch.float64, device=self.device)
-        self._confmat.reset()
-        self._confmat.update(torch.cat(preds), torch.cat(targets))
-        return self._confmat.compute().flatten().double()
-
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(batch, EncodedBatch):  # decode="gpu": JPEGs decoded here, in a batch
-            x, y = decode_batch(batch, self.device)
-        else:
-            x = batch[0].to(self.device, non_blocking=True)
-            y = batch[1].to(self.device, non_blocking=True)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if x.dtype == torch.uint8:
-            x = x.float()
-            if self._norm is not None:
-                x = torch.addcmul(self._norm[1], x, self._norm[0])
-        return x, y
+    def _eval_metrics(self, phase: str, tally: EvalTally, t0: float) -> dict[str, float]:
+        """Reduce the pass's counts over ranks; fill ``state.metrics``, ``per_class_acc`` and
+        ``confusion_matrix``, which every rank then holds."""
+        s = self.state
+        cm, loss, top5, seen = tally.compute(self._confmat)
+        if seen == 0:
+            return {}
+        prefix = "test" if phase == "test" else "val"
+        metrics = {f"{prefix}/loss": loss / seen, f"{prefix}/acc": float(cm.diag().sum()) / seen}
+        if self.data.num_classes >= 5:
+            metrics[f"{prefix}/acc_top5"] = top5 / seen
+        metrics[f"{prefix}/time"] = time.perf_counter() - t0
+        hits, support = cm.diag().tolist(), cm.sum(1).tolist()
+        s.per_class_acc = {
+            name: (hits[i] / support[i] if support[i] > 0 else None)
+            for i, name in enumerate(self.data.classes)
+        }
+        s.confusion_matrix = cm
+        s.metrics.update(metrics)
+        return metrics
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._amp_dtype is None:
@@ -634,12 +523,7 @@ class Engine:
 
     def describe_hooks(self) -> str:
         """Print and return the resolved hook plan: order, hook, and the methods it runs."""
-        ordered = sorted(enumerate(self.hooks), key=lambda t: (t[1].order, t[0]))
-        lines = ["order  hook                         methods"]
-        for _, h in ordered:
-            methods = [m for m in HOOK_METHODS if _overrides(h, m)]
-            lines.append(f"{h.order:>5}  {h.name:<28} {', '.join(methods) or '-'}")
-        text = "\n".join(lines)
+        text = describe_hook_plan(self.hooks)
         print(text)
         return text
 
@@ -662,7 +546,7 @@ class Engine:
             "state": self.state.state_dict(),
             "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
             "rng": rng,
-            "hooks": {key: h.state_dict() for key, h in self._hook_keys().items()},
+            "hooks": {key: h.state_dict() for key, h in hook_keys(self.hooks).items()},
             "classes": list(self.data.classes),
             "args": self.args,
             "precision": self.precision,
@@ -680,16 +564,7 @@ class Engine:
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
         ckpt = load_checkpoint(path)
-        classes = list(ckpt.get("classes", []))
-        if classes != list(self.data.classes):
-            gone = sorted(set(classes) - set(self.data.classes))
-            new = sorted(set(self.data.classes) - set(classes))
-            raise CheckpointError(
-                f"checkpoint {path} was trained on other classes: only in the checkpoint: {gone}, "
-                f"only in the data: {new}"
-                + ("" if gone or new else " (same names, different order)")
-                + ". Resume with the data it was trained on, or start a new run."
-            )
+        check_classes(ckpt, self.data.classes, path)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
@@ -701,142 +576,19 @@ class Engine:
         sampler: Any = getattr(self._train_loader, "sampler", None)
         if ckpt.get("sampler") is not None and hasattr(sampler, "load_state_dict"):
             sampler.load_state_dict(ckpt["sampler"])
-        keys = self._hook_keys()
+        keys = hook_keys(self.hooks)
         for key, hook_state in ckpt.get("hooks", {}).items():
             if key in keys:
                 keys[key].load_state_dict(hook_state)
-        self._pending_rng = ckpt.get("rng")
-        per_rank = ckpt.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == self.world_size:
-            self._pending_rng = per_rank[self.rank]
-        elif self.world_size > 1 or per_rank is not None:
+        self._pending_rng = rank_rng_state(ckpt, self.rank, self.world_size)
+        if self._pending_rng is None and (self.world_size > 1 or "rng_per_rank" in ckpt):
             # Saved by another number of processes: the sampler still draws exactly what it
             # would have, but the augmentation streams cannot continue; each rank gets a new one.
             log.warning(
                 "%s was saved by %d process(es), this run has %d: data order is exact, "
                 "augmentation randomness is reseeded",
-                path,
-                len(per_rank or [None]),
-                self.world_size,
-            )
-            self._pending_rng = None
+                path, len(ckpt.get("rng_per_rank") or [None]), self.world_size,
+            )  # fmt: skip
             seed_everything(rank_seed(self.seed + len(self.state.history), self.rank))
         self._call("on_load_checkpoint", ckpt)
         return ckpt
-
-    def _hook_keys(self) -> dict[str, Hook]:
-        keys: dict[str, Hook] = {}
-        for h in self.hooks:
-            key, n = h.name, 1
-            while key in keys:
-                n += 1
-                key = f"{h.name}#{n}"
-            keys[key] = h
-        return keys
-
-
-# ------------------------------------------------------------------------------------ helpers
-def _overrides(hook: Hook, method: str) -> bool:
-    return getattr(type(hook), method, None) is not getattr(Hook, method)
-
-
-def resolve_hook_plan(hooks: Sequence[Hook]) -> dict[str, list[Callable[..., None]]]:
-    """For each hook method, the bound methods to call: by ``order``, then list position.
-
-    Methods a hook does not override are left out, so an unused method costs nothing per step.
-    """
-    for h in hooks:
-        if not isinstance(h, Hook):
-            raise TypeError(f"hooks must be Hook instances, got {type(h).__name__}")
-    ordered = [h for _, h in sorted(enumerate(hooks), key=lambda t: (t[1].order, t[0]))]
-    return {m: [getattr(h, m) for h in ordered if _overrides(h, m)] for m in HOOK_METHODS}
-
-
-def default_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norm weights (1-d tensors), as timm does."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # Fused on CPU and CUDA: fastest, and it can skip a non-finite step on the device.
-    kwargs: dict[str, Any] = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(groups, lr=lr, **kwargs)
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the base lr over ``warmup_steps``, then cosine decay to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch and CUDA RNG states as tensors and plain data (weights_only-safe)."""
-    np_state = np.random.get_state(legacy=False)
-    assert isinstance(np_state, dict)
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Keep the objects alive at fit start (modules, the model, the data) out of the garbage
-    collector's scans for the fit, with ``gc.freeze``.
-
-    With torch and matplotlib loaded they are ~400k objects, and every full collection walked
-    them all: ~0.3 s at a time on a 2-core machine, triggered by whatever allocates most (the
-    plots). The fit's own objects are still collected as usual; ``gc.unfreeze`` at the end
-    hands the frozen ones back. A caller that froze objects itself is left alone.
-    """
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

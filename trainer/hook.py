@@ -19,6 +19,7 @@ The engine calls them in Lightning's order (see ``Engine`` for the loop written 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -112,3 +113,43 @@ class Hook:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+
+def overrides(hook: Hook, method: str) -> bool:
+    """Whether ``hook``'s class defines its own ``method`` (not the base's no-op)."""
+    return getattr(type(hook), method, None) is not getattr(Hook, method)
+
+
+def resolve_hook_plan(hooks: Sequence[Hook]) -> dict[str, list[Callable[..., None]]]:
+    """For each hook method, the bound methods to call: by ``order``, then list position.
+
+    Methods a hook does not override are left out, so an unused method costs nothing per step.
+    """
+    for h in hooks:
+        if not isinstance(h, Hook):
+            raise TypeError(f"hooks must be Hook instances, got {type(h).__name__}")
+    ordered = [h for _, h in sorted(enumerate(hooks), key=lambda t: (t[1].order, t[0]))]
+    return {m: [getattr(h, m) for h in ordered if overrides(h, m)] for m in HOOK_METHODS}
+
+
+def describe_hook_plan(hooks: Sequence[Hook]) -> str:
+    """The resolved plan as text: order, hook, and the methods it runs."""
+    ordered = sorted(enumerate(hooks), key=lambda t: (t[1].order, t[0]))
+    lines = ["order  hook                         methods"]
+    for _, h in ordered:
+        methods = [m for m in HOOK_METHODS if overrides(h, m)]
+        lines.append(f"{h.order:>5}  {h.name:<28} {', '.join(methods) or '-'}")
+    return "\n".join(lines)
+
+
+def hook_keys(hooks: Sequence[Hook]) -> dict[str, Hook]:
+    """Each hook by the key its state is saved under in checkpoints: its name, then
+    ``name#2``, ``name#3`` ... for further hooks of the same class."""
+    keys: dict[str, Hook] = {}
+    for h in hooks:
+        key, n = h.name, 1
+        while key in keys:
+            n += 1
+            key = f"{h.name}#{n}"
+        keys[key] = h
+    return keys

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -19,6 +22,8 @@ class EngineState:
         num_batches: batches in the loader being run.
         metrics: this epoch's scalar metrics, e.g. ``train/loss``, ``val/acc``, ``lr``.
         per_class_acc: last validation's accuracy per class name; None where val has no sample.
+        confusion_matrix: the last validation's (or test's) confusion matrix over all ranks, a
+            CPU int64 tensor, rows = true class; None before any. Hooks render it.
         history: one dict per finished epoch (``epoch`` plus every metric); ``fit()`` returns it.
         best: the history row of the best epoch by ``Engine.monitor``, or None before any.
         is_best: whether the epoch that just ended is the new best.
@@ -36,6 +41,7 @@ class EngineState:
     num_batches: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     per_class_acc: dict[str, float | None] = field(default_factory=dict)
+    confusion_matrix: torch.Tensor | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] | None = None
     is_best: bool = False
@@ -44,7 +50,10 @@ class EngineState:
     stop_reason: str = ""
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field but the confusion matrix (the plots keep it; checkpoints need not)."""
+        state = asdict(self)
+        del state["confusion_matrix"]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from hooks.dataset_statistics import DatasetStatisticsHook
-
-from .standin import (
+from tests.conftest import (
     StandInData,
     assert_survives_unwritable,
     console_text,

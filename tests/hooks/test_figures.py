@@ -9,8 +9,7 @@ from PIL import Image
 
 from hooks import default_hooks
 from hooks.training_history import TrainingHistoryHook
-
-from .standin import run_fit
+from tests.conftest import run_fit
 
 
 def test_every_plotting_hook_keeps_its_latest_figure(tmp_path: Path) -> None:

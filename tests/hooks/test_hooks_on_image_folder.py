@@ -13,12 +13,10 @@ from hooks.model_info import ModelInfoHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.training_history import TrainingHistoryHook
-from tests.conftest import make_tree
+from tests.conftest import make_tree, png_size, quiet_console
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.models import build_model
-
-from .standin import png_size, quiet_console
 
 
 def test_all_hooks_on_an_image_folder(tmp_path: Path) -> None:

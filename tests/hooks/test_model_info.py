@@ -7,8 +7,13 @@ import pytest
 from torch import nn
 
 from hooks.model_info import ModelInfoHook, model_size
-
-from .standin import StandInData, assert_survives_unwritable, console_text, quiet_console, run_fit
+from tests.conftest import (
+    StandInData,
+    assert_survives_unwritable,
+    console_text,
+    quiet_console,
+    run_fit,
+)
 
 
 def test_model_info_and_labels_mapping(tmp_path: Path, data: StandInData) -> None:

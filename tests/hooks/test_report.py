@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from hooks import default_hooks
-from hooks._artifacts import flush
-from hooks.report import ReportHook, RunFacts, render_report
+from hooks.report import ReportHook
+from tests.conftest import StandInData, assert_survives_unwritable, png_size, run_fit
 from trainer.engine import Engine
 from trainer.hook import Hook
 
 from .browser import check_page, find_chromium
-from .standin import StandInData, assert_survives_unwritable, png_size, run_fit
 
 # Markup, mathtext, an ampersand and non-Latin text: each must reach the page as text.
 CLASSES = ["<b>cat</b>", "$x$ & co", "oiseau é Ω"]
@@ -54,10 +53,11 @@ class _PageAtEpochEnd(Hook):
         self.pages: list[str] = []
 
     def on_train_epoch_end(self, engine: Engine) -> None:
-        flush()  # the page is rendered on the artefact writer thread; wait for it
+        engine.artifacts.flush()  # the page is rendered on the artefact writer; wait for it
         self.pages.append(self.path.read_text(encoding="utf-8"))
 
     def on_fit_end(self, engine: Engine) -> None:
+        engine.artifacts.flush()
         self.pages.append(self.path.read_text(encoding="utf-8"))
 
 
@@ -131,25 +131,6 @@ def test_rewritten_each_epoch_and_after_the_export(run: Run) -> None:
     assert "epoch\n1 of 2" in after_epochs[0]
     assert 'id="export"' in at_end and "finished" in at_end
     assert "verified: ONNX Runtime agrees with PyTorch" in at_end
-
-
-def test_render_escapes_everything_from_data(tmp_path: Path) -> None:
-    facts = RunFacts(
-        title="<run>",
-        status="failed: ValueError: <bad> & worse",
-        epochs_done=0,
-        max_epochs=3,
-        history=[],
-        best=None,
-        monitor="val/acc",
-        args={"data": "/d/<x>", "note": {"a": "<y>"}},
-        facts=[("model", "<script>alert(1)</script>")],
-    )
-    page = render_report(tmp_path, facts)
-    assert "<script" not in page and "<x>" not in page and "<y>" not in page and "<bad>" not in page
-    assert "&lt;script&gt;" in page
-    # An empty run folder: no images, no dead links, and only the sections with content.
-    assert "<img" not in page and 'id="metrics"' not in page and 'id="files"' not in page
 
 
 def test_survives_an_unwritable_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

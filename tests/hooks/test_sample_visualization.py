@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 from typing import Any
 
@@ -8,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from hooks import sample_visualization as sv
-from hooks._artifacts import to_display
-from hooks.sample_visualization import SampleVisualizationHook, pick_stratified, plot_grid
+from hooks import plots
+from hooks.plots import plot_grid, to_display
+from hooks.sample_visualization import SampleVisualizationHook, pick_stratified
+from tests.conftest import StandInData, assert_survives_unwritable, png_size, run_fit
 from trainer.engine import Engine
 from trainer.hook import Hook
-
-from .standin import StandInData, assert_survives_unwritable, png_size, run_fit
 
 
 class Recorder(Hook):
@@ -83,57 +81,28 @@ def test_fixed_images_and_mistakes(tmp_path: Path, data: StandInData) -> None:
     assert hook.figure is not None
 
 
-def test_mistake_images_are_read_once_across_epochs(tmp_path: Path, data: StandInData) -> None:
-    data.val_y = data.val_y.roll(4)  # wrong labels: the same mistakes come back every epoch
-    reads: list[int] = []
-    dataset = data.val_dataset()
-
-    class Counting:
-        def __len__(self) -> int:
-            return len(dataset)
-
-        def __getitem__(self, i: int) -> Any:
-            reads.append(i)
-            return dataset[i]
-
-    loader = data.val_loader()  # the engine's reads do not count
-    data.val_loader = lambda: loader  # type: ignore[method-assign]
-    data.val_dataset = Counting  # type: ignore[method-assign]
-    hook = SampleVisualizationHook(tmp_path, num_images=4)
-    run_fit([hook], data, epochs=3)
-    assert hook.mistakes and reads
-    assert len(reads) == len(set(reads))  # each image decoded once, then from the cache
-    assert set(reads) >= {m["index"] for m in hook.mistakes}
-    assert 0 < len(hook._tiles) <= 4 * hook.num_images  # fitted tiles: kept, and bounded
-
-
-def test_grid_from_cached_tiles_is_the_same_and_framed_by_correctness() -> None:
+def test_grid_is_framed_by_correctness_with_captions() -> None:
     torch.manual_seed(0)
     images: list[torch.Tensor | None] = [
         torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8) for _ in range(4)
     ]
-    images.append(None)  # an image that could not be read: a grey tile, never cached
+    images.append(None)  # an image that could not be read: a grey tile
     records = [
         {"index": 10 + i, "true": i % 3, "pred": (i + 1) % 3, "prob": 0.5, "correct": i % 2 == 0}
         for i in range(5)
     ]
     classes = ["a", "b", "a class name far too long to fit under one tile"]
-    tiles: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-    first = np.asarray(plot_grid(images, records, classes, title="t", tiles=tiles))
-    assert list(tiles) == [10, 11, 12, 13]
-    tiles[10][:] = 0  # the second drawing must take the cached tile: tamper with it
-    second = np.asarray(plot_grid(images, records, classes, title="t", tiles=tiles))
-    uncached = np.asarray(plot_grid(images, records, classes, title="t"))
-    assert np.array_equal(first, uncached)
-    changed = np.argwhere((first != second).any(axis=2))
-    assert len(changed) > 0 and changed[:, 1].max() < sv._GAP + sv._TILE  # only tile 0 moved
+    grid = np.asarray(plot_grid(images, records, classes, title="t"))
     cols = 3  # ceil(sqrt(5))
     for k, rec in enumerate(records):
-        x = sv._GAP + (k % cols) * (sv._TILE + sv._GAP)
-        y = sv._TITLE + sv._GAP + (k // cols) * (sv._CAPTION + sv._TILE + sv._GAP)
-        frame = tuple(first[y + sv._CAPTION + 1, x + 1])
-        assert frame == (sv._GREEN if rec["correct"] else sv._RED)
-        assert (first[y : y + sv._CAPTION, x : x + sv._TILE] != 255).any()  # a caption
+        x = plots._GAP + (k % cols) * (plots.TILE + plots._GAP)
+        y = plots._TITLE + plots._GAP + (k // cols) * (plots._CAPTION + plots.TILE + plots._GAP)
+        frame = tuple(grid[y + plots._CAPTION + 1, x + 1])
+        assert frame == (plots._GREEN if rec["correct"] else plots._RED)
+        assert (grid[y : y + plots._CAPTION, x : x + plots.TILE] != 255).any()  # a caption
+    x = plots._GAP + plots.TILE + plots._GAP  # the missing image's tile, centre
+    y = plots._TITLE + 2 * plots._GAP + plots._CAPTION + plots.TILE + plots._CAPTION
+    assert tuple(grid[y + plots.TILE // 2, x + plots.TILE // 2]) == (128, 128, 128)
 
 
 def test_normalised_float_batches_are_shown_in_true_colours() -> None:

@@ -7,10 +7,7 @@ import pytest
 
 from hooks.checkpoint import CheckpointHook
 from hooks.sampler_distribution import HEADER, SamplerDistributionHook, plot_shares
-from trainer.engine import Engine
-from trainer.models import build_model
-
-from .standin import (
+from tests.conftest import (
     StandInData,
     assert_survives_unwritable,
     console_text,
@@ -18,6 +15,8 @@ from .standin import (
     quiet_console,
     run_fit,
 )
+from trainer.engine import Engine
+from trainer.models import build_model
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -93,15 +92,10 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
     )
 
 
-def test_a_redraw_resizes_the_bars_of_the_same_figure() -> None:
-    classes = ["a", "b", "c"]
-    first = plot_shares(classes, [6, 3, 1], [2.0, 2.0, 2.0], [3, 2, 1], epoch=0)
-    again = plot_shares(classes, [6, 3, 1], [2.0, 2.0, 2.0], [1, 1, 8], epoch=1, figure=first)
-    assert again is first
-    drawn = again.axes[0].containers[2]
-    assert [round(r.get_height(), 1) for r in drawn] == [10.0, 10.0, 80.0]
-    assert again.axes[0].get_ylim()[1] >= 80  # rescaled to the new bars
-    assert "epoch 2" in again.axes[0].get_title()
-    # Other classes: a new figure.
-    other = plot_shares(["a", "b"], [1, 1], [1.0, 1.0], [1, 1], epoch=2, figure=first)
-    assert other is not first and len(other.axes[0].containers[0]) == 2
+def test_shares_plot_draws_percentages_per_group() -> None:
+    fig = plot_shares(["a", "b", "c"], [6, 3, 1], [2.0, 2.0, 2.0], [1, 1, 8], epoch=1)
+    ax = fig.axes[0]
+    heights = [[round(r.get_height(), 1) for r in bars] for bars in ax.containers]
+    assert heights == [[60.0, 30.0, 10.0], [33.3, 33.3, 33.3], [10.0, 10.0, 80.0]]
+    assert "epoch 2" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dataset", "expected", "drawn"]

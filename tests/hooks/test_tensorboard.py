@@ -10,9 +10,8 @@ import pytest
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.tensorboard import TensorBoardHook
+from tests.conftest import run_fit
 from trainer.errors import ConfigError
-
-from .standin import run_fit
 
 
 def test_scalars_images_and_hparams_reach_the_event_file(tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -9,11 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hooks._artifacts import flush
 from hooks.training_history import TrainingHistoryHook
+from tests.conftest import StandInData, assert_survives_unwritable, png_size, run_fit
+from trainer.artifacts import ArtifactWriter
 from trainer.state import EngineState
-
-from .standin import StandInData, assert_survives_unwritable, png_size, run_fit
 
 
 def _lines(hook: TrainingHistoryHook, stem: str) -> dict[str, list[float]]:
@@ -57,8 +55,9 @@ def test_nan_and_inf_leave_gaps(tmp_path: Path) -> None:
         {"epoch": 2.0, "lr": 1e-4, "train/loss": 1.0, "val/loss": 0.5, "train/acc": 0.6},
     ]
     hook = TrainingHistoryHook(tmp_path)
-    hook.on_train_epoch_end(SimpleNamespace(state=EngineState(history=rows)))  # type: ignore[arg-type]
-    flush()  # the plots are drawn on the artefact writer thread
+    engine = SimpleNamespace(state=EngineState(history=rows), artifacts=ArtifactWriter())
+    hook.on_train_epoch_end(engine)  # type: ignore[arg-type]
+    engine.artifacts.flush()  # the plots are drawn on the artefact writer thread
     loss = _lines(hook, "loss")
     assert [math.isnan(v) for v in loss["train"]] == [True, True, False]
     assert math.isnan(_lines(hook, "accuracy")["train top-1"][1])
@@ -71,32 +70,3 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert_survives_unwritable(TrainingHistoryHook, tmp_path, caplog)
-
-
-def test_short_epochs_redraw_under_the_budget_and_end_complete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each plot is drawn once early, then held by the redraw budget (tiny here) until fit
-    end, which draws it once more with the whole history."""
-    from hooks import _artifacts
-
-    monkeypatch.setattr(_artifacts, "REFRESH_BUDGET", 1e-9)
-    flush()
-    monkeypatch.setattr(_artifacts._WRITER, "_debt", 1.0)  # over budget from the start
-    monkeypatch.setattr(_artifacts._WRITER, "_debt_at", time.monotonic())
-    hook = TrainingHistoryHook(tmp_path)
-    drawn: list[tuple[str, int]] = []
-    plot = hook._plot
-
-    def counting(history: list[dict[str, float]], stem: str, path: Path) -> None:
-        drawn.append((stem, len(history)))
-        plot(history, stem, path)
-
-    monkeypatch.setattr(hook, "_plot", counting)
-    run_fit([hook], epochs=4)
-    for stem in ("loss", "accuracy", "lr"):
-        epochs = [n for s, n in drawn if s == stem]
-        # The first drawing (whatever epoch the writer got to), then nothing until the end:
-        # four epochs, at most two drawings, the last with the whole history.
-        assert 1 <= len(epochs) <= 2 and epochs[-1] == 4, (stem, epochs)
-    assert len(_lines(hook, "loss")["train"]) == 4  # the last drawing holds every epoch

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hooks.checkpoint import CheckpointHook
-from tests.trainer.synthetic import SyntheticData
+from tests.conftest import StandInData
 from trainer.engine import Engine
 from trainer.models import SmallCNN
 
@@ -22,7 +22,7 @@ def train_until_killed(out: str, max_epochs: int, ready: Any) -> None:
     model.register_buffer("ballast", torch.zeros(8_000_000))
     engine = Engine(
         model,
-        SyntheticData(n=32, batch_size=16),
+        StandInData.sized(32, batch_size=16),
         max_epochs=max_epochs,
         device="cpu",
         hooks=[CheckpointHook(out, top_k=2)],

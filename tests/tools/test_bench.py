@@ -26,6 +26,11 @@ def bench() -> ModuleType:
     return load_tool("bench")
 
 
+@pytest.fixture(scope="module")
+def bench_common() -> ModuleType:
+    return load_tool("bench_common")
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
@@ -57,12 +62,12 @@ def test_tiny_preset_writes_the_documented_json(
     assert "bare" in printed and "EMA 0.999" in printed
 
 
-def test_hooks_run_writes_the_default_artifacts(bench: ModuleType, tmp_path: Path) -> None:
+def test_hooks_run_writes_the_default_artifacts(bench_common: ModuleType, tmp_path: Path) -> None:
     # The "+hooks" run must really run the default hooks, not an empty list.
-    w = bench.Workload("small_cnn", 16, 4, steps=2, num_classes=3, val_batches=1)
-    data = bench.DeviceBatches(w, torch.device("cpu"))
-    hooks = bench.hooks_for_bench(tmp_path)
-    run = bench.EngineRun("hooks", w, data, torch.device("cpu"), "32", 1, hooks)
+    w = bench_common.Workload("small_cnn", 16, 4, steps=2, num_classes=3, val_batches=1)
+    data = bench_common.DeviceBatches(w, torch.device("cpu"))
+    hooks = bench_common.hooks_for_bench(tmp_path)
+    run = bench_common.EngineRun("hooks", w, data, torch.device("cpu"), "32", 1, hooks)
     e = run.run_epoch()
     assert e.images == 8 and 0 < e.train_s <= e.wall_s
     for name in ("metrics.csv", "checkpoints/last.pt", "plots/loss.png", "model_info.json"):

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import FAST_CLI, make_tree, tree_digest
 from tests.tools.tiny_run import load_tool
-from trainer.sampler import TrackingWeightedRandomSampler
+from trainer.data.sampler import TrackingWeightedRandomSampler
 
 train = load_tool("train")
 

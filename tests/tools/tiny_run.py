@@ -19,7 +19,12 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def load_tool(name: str) -> ModuleType:
-    """Load ``tools/<name>.py``; tools/ is a folder of scripts, not a package."""
+    """Load ``tools/<name>.py``; tools/ is a folder of scripts, not a package.
+
+    tools/ goes on ``sys.path``, as when a script runs, so the tools find their shared modules.
+    """
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
     spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import collections
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from hooks.checkpoint import CheckpointHook
+from tests.conftest import make_engine
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.engine import Engine
 from trainer.errors import CheckpointError
 from trainer.hook import Hook
 from trainer.io import atomic_link
-
-from .test_engine import make_engine
 
 
 def test_checkpoint_files_load_with_weights_only(tmp_path) -> None:
@@ -114,14 +113,27 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_copy(
     import hooks.checkpoint as checkpoint_hook
 
     written: list[tuple[str, dict[str, torch.Tensor]]] = []
+    # trained[e]: a batch of epoch e has trained (for the last epoch: the fit is ending).
+    trained = collections.defaultdict(threading.Event)
 
     def slow_save(ckpt: dict[str, Any], path: Path) -> Path:
-        time.sleep(0.5)  # the next epoch trains meanwhile
+        # Held until the next epoch has trained a batch: proof that the write is not on the
+        # training thread, which would never get there (the wait would time out).
+        assert trained[ckpt["state"]["epoch"] + 1].wait(60), "training waited for the write"
         model = {k: v.clone() for k, v in ckpt["model"].items()}
         written.append((threading.current_thread().name, model))
         return save_checkpoint(ckpt, path)
 
     monkeypatch.setattr(checkpoint_hook, "save_checkpoint", slow_save)
+
+    class Progress(Hook):
+        order = 10  # before the checkpoint hook, which waits for the last write at fit end
+
+        def on_train_batch_end(self, engine: Engine, outputs: Any, batch: Any, i: int) -> None:
+            trained[engine.state.epoch].set()
+
+        def on_fit_end(self, engine: Engine) -> None:
+            trained[engine.state.epoch + 1].set()
 
     class Weights(Hook):
         order = 95  # after the checkpoint hook: the weights it saved
@@ -134,7 +146,8 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_copy(
             self.at_end.append({k: v.detach().clone() for k, v in state.items()})
 
     weights = Weights()
-    make_engine([CheckpointHook(tmp_path), weights], max_epochs=3, sanity_steps=0).fit()
+    hooks = [CheckpointHook(tmp_path), weights, Progress()]
+    make_engine(hooks, max_epochs=3, sanity_steps=0).fit()
     assert [name.split("_")[0] for name, _ in written] == ["checkpoint-writer"] * 3
     for (_, saved), at_end in zip(written, weights.at_end, strict=True):
         assert saved.keys() == at_end.keys()

@@ -14,11 +14,10 @@ import torch
 
 from hooks import default_hooks
 from hooks.progress_bar import ProgressBarHook
+from tests.conftest import StandInData
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
-
-from .synthetic import SyntheticData
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -42,7 +41,7 @@ class _SyncWindow(Hook):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "32"])
 def test_no_sync_inside_cuda_training_steps(tmp_path: Path, precision: str) -> None:
-    data = SyntheticData(n=96, num_classes=6, batch_size=16)
+    data = StandInData.sized(96, num_classes=6, batch_size=16)
     hooks = [h for h in default_hooks(tmp_path, export=False) if not isinstance(h, ProgressBarHook)]
     end = _SyncWindow(10_000, on=False)
     hooks += [_SyncWindow(-10_000, on=True), end, ProgressBarHook(refresh_every=10_000)]

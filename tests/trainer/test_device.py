@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import platform
-import sys
-
 import pytest
 import torch
 
-from trainer.device import autocast_dtype, resolve_device, resolve_precision, steady_malloc
+from trainer.device import autocast_dtype, resolve_device, resolve_precision
 from trainer.errors import ConfigError
 
 
@@ -42,17 +39,3 @@ def test_device_auto_and_errors(monkeypatch) -> None:
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="not a device"):
         resolve_device("gpu0")
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="mallopt is glibc's",
-)
-def test_steady_malloc_applies_on_glibc() -> None:
-    assert steady_malloc() is True  # glibc took both thresholds
-    assert steady_malloc() is True  # and again: idempotent
-
-
-def test_steady_malloc_changes_nothing_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert steady_malloc() is False

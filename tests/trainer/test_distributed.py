@@ -27,10 +27,10 @@ from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from trainer.data import ImageFolderData, ImageListDataset, val_transform
+from trainer.data.sampler import ShardSampler, TrackingWeightedRandomSampler
 from trainer.distributed import destroy_distributed, init_distributed
 from trainer.engine import Engine
 from trainer.hook import Hook
-from trainer.sampler import ShardSampler, TrackingWeightedRandomSampler
 
 from ..conftest import make_tree
 

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
+from tests.conftest import make_engine
 from trainer.ema import ModelEMA
 
 
@@ -41,3 +45,28 @@ def test_ema_warmup_decay_and_state_roundtrip() -> None:
     assert other.updates == 10_000
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(nn.Linear(2, 2), decay=1.5)
+
+
+def _val_loss(engine: Any, model: nn.Module) -> float:
+    """The validation loss of ``model``, computed by hand over the engine's val loader."""
+    total, seen = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in engine.data.val_loader():
+            x, y = engine._to_device(batch)
+            total += float(engine.loss_fn(model(x).float(), y)) * len(y)
+            seen += len(y)
+    return total / seen
+
+
+def test_the_engine_updates_ema_each_step_and_validates_on_it() -> None:
+    engine = make_engine(ema_decay=0.9, max_epochs=1, sanity_steps=0)
+    assert engine.ema is not None
+    start = copy.deepcopy(engine.ema.module.state_dict())
+    engine.fit()
+    assert engine.ema.updates == engine.state.step > 0
+    now = engine.ema.module.state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in now.items())
+    ema_loss, raw_loss = _val_loss(engine, engine.ema.module), _val_loss(engine, engine.model)
+    assert engine.state.metrics["val/loss"] == pytest.approx(ema_loss, rel=1e-5)
+    assert raw_loss != pytest.approx(ema_loss, rel=1e-5)  # the two really differ

@@ -249,3 +249,37 @@ def test_malformed_sidecar_is_a_clear_error(
     assert load_tool("predict").main(["--model", str(bare), str(image)]) == 2
     err = capsys.readouterr().err
     assert "malformed" in err and str(sidecar) in err and "Traceback" not in err
+
+
+class ExportsShifted(TinyNet):
+    """Exports logits 0.05 higher: every top-1 agrees, the logits do not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return logits + 0.05 if torch.compiler.is_exporting() else logits
+
+
+class ExportsSwappedTie(TinyNet):
+    """Two classes a hair apart, in the other order once exported: every top-1 disagrees
+    while every logit is within the tolerance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = super().forward(x)[:, :1]
+        gap = -1e-4 if torch.compiler.is_exporting() else 1e-4
+        return torch.cat([z, z + gap, z - 1.0], dim=1)
+
+
+@pytest.mark.parametrize(
+    ("cls", "agrees", "within_tolerance"),
+    [(ExportsShifted, True, False), (ExportsSwappedTie, False, True)],
+)
+def test_verification_fails_on_either_check_alone(
+    tmp_path: Path, cls: type[TinyNet], agrees: bool, within_tolerance: bool
+) -> None:
+    model = make_model(cls)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, labels_mapping=make_mapping(), model_name="tiny")
+    report = verify_onnx(path, model, torch.randn(12, 3, IMG, IMG))
+    assert (report["top1_agreement"] == 1.0) == agrees
+    assert (report["max_abs_diff"] <= report["tolerance"]) == within_tolerance
+    assert report["passed"] is False

@@ -16,14 +16,11 @@ from torch import nn
 
 from hooks.checkpoint import CheckpointHook
 from hooks.early_stopping import EarlyStoppingHook
-from tests.conftest import FAST_CLI, make_tree
+from tests.conftest import FAST_CLI, StandInData, make_engine, make_tree
 from trainer.checkpoint import load_checkpoint
 from trainer.engine import Engine
 from trainer.errors import Interrupted, NonFiniteLossError
 from trainer.hook import Hook
-
-from .synthetic import SyntheticData
-from .test_engine import make_engine
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
@@ -159,7 +156,7 @@ def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
                         assert torch.equal(v, ema_before[k]), k
 
     engine.hooks.append(EmaSnapshot())
-    from trainer.engine import resolve_hook_plan
+    from trainer.hook import resolve_hook_plan
 
     engine._plan = resolve_hook_plan(engine.hooks)
     engine.fit()
@@ -180,9 +177,9 @@ def _digest(path: Path) -> str:
 
 
 def test_nan_in_a_row_stops_with_a_clear_error_and_keeps_best(tmp_path: Path, monkeypatch) -> None:
-    import trainer.engine as engine_module
+    import trainer.nonfinite
 
-    monkeypatch.setattr(engine_module, "NONFINITE_CHECK_EVERY", 1)
+    monkeypatch.setattr(trainer.nonfinite, "CHECK_EVERY", 1)
     make_engine([CheckpointHook(tmp_path)], max_epochs=1).fit()
     best = tmp_path / "checkpoints" / "best.pt"
     before = _digest(best)
@@ -217,7 +214,7 @@ def test_artefact_hook_failure_does_not_stop_training(tmp_path: Path, caplog) ->
 
 
 def test_fp16_on_cpu_uses_a_grad_scaler() -> None:
-    engine = make_engine(precision="16-mixed", max_epochs=1, data=SyntheticData(n=32))
+    engine = make_engine(precision="16-mixed", max_epochs=1, data=StandInData.sized(32))
     assert engine.scaler is not None
     engine.fit()
     assert all(torch.isfinite(p).all() for p in engine.model.parameters())

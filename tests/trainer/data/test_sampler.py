@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.sampler import TrackingWeightedRandomSampler
+from trainer.data.sampler import TrackingWeightedRandomSampler
 
 # 80 / 15 / 5 samples of classes 0 / 1 / 2.
 TARGETS = [0] * 80 + [1] * 15 + [2] * 5

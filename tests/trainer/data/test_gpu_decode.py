@@ -17,9 +17,9 @@ from PIL import Image
 
 from tests.conftest import make_tree
 from trainer.data import ImageFolderData, load_image, train_transform
+from trainer.data.gpu_decode import EncodedBatch, EncodedImageDataset, collate_encoded, decode_batch
 from trainer.engine import Engine
 from trainer.errors import ConfigError, DataError
-from trainer.gpu_decode import EncodedBatch, EncodedImageDataset, collate_encoded, decode_batch
 from trainer.models import build_model
 
 SIZE = 24

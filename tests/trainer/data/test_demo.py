@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import tree_digest
 from trainer.data import ImageFolderData
-from trainer.demo import DEMO_CLASSES, MARKER, TRAIN_COUNTS, default_demo_root, demo_dataset
+from trainer.data.demo import DEMO_CLASSES, MARKER, TRAIN_COUNTS, default_demo_root, demo_dataset
 from trainer.errors import DataError
 
 

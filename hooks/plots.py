@@ -1,0 +1,270 @@
+"""Every figure the hooks and tools draw, one renderer per kind, and the PNG writers.
+
+matplotlib draws the charts (history curves, bars per class, the confusion matrix); PIL
+draws the image grids; Pillow encodes every PNG. The hooks call these on the run's
+artefact writer (``engine.artifacts``), off the training thread.
+
+Example:
+    >>> fig = plot_confusion_matrix(counts, ["cat", "dog"], "epoch 3")
+    >>> save_png(fig, "plots/confusion_matrix/epoch_002.png")
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from trainer.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+# zlib level 1: plots' flat colours compress about as well as at the default level, faster.
+PNG_LEVEL = 1
+# Above this many classes the axes show indices (the names are in the JSON or CSV files).
+MAX_NAMED = 30
+# Up to this many classes each confusion-matrix cell shows its value.
+MAX_ANNOTATED = 20
+
+
+def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> None:
+    """Render a matplotlib figure to PNG and write it atomically (no half-written image)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_LEVEL})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_image(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Encode a PIL image as PNG and write it atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=PNG_LEVEL)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def label(name: str, max_len: int = 24) -> str:
+    """A class name safe to draw: shortened, and ``$`` escaped so mathtext never parses it."""
+    if len(name) > max_len:
+        name = name[: max_len - 1] + "…"
+    return name.replace("$", r"\$")
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure  # deferred: matplotlib costs ~0.2 s to import
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# ---------------------------------------------------------------------------- curves and bars
+def plot_history(
+    history: Sequence[dict[str, float]], title: str, ylabel: str, series: Sequence[tuple[str, str]]
+) -> Figure:
+    """Curves over epochs (counted from 1) for each ``(history key, legend label)`` present.
+
+    Every point has a marker, so a one-epoch run still shows; a NaN or infinite value leaves a
+    gap. A positive series spanning more than 20x (the learning rate) gets a log axis.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    epochs = [int(row.get("epoch", i)) + 1 for i, row in enumerate(history)]
+    plotted: list[float] = []
+    for k, (key, name) in enumerate(series):
+        if any(key in row for row in history):
+            ys = [_finite(row.get(key)) for row in history]
+            marker = 3 if len(epochs) > 30 else 5
+            ax.plot(epochs, ys, marker="o", markersize=marker, label=name, color=f"C{k}")
+            plotted += [y for y in ys if not math.isnan(y)]
+    if plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 20:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+    ax.grid(alpha=0.3)
+    if len(series) > 1 and plotted:
+        ax.legend()
+    return fig
+
+
+def _finite(value: float | None) -> float:
+    return float(value) if value is not None and math.isfinite(value) else math.nan
+
+
+def plot_class_bars(
+    classes: Sequence[str],
+    groups: Sequence[tuple[str, Sequence[float] | np.ndarray]],
+    title: str,
+    ylabel: str,
+    names_file: str,
+) -> Figure:
+    """Grouped bars per class, one bar per ``(legend label, values)`` group.
+
+    Up to 30 classes the axis shows their names, beyond it indices (the names are in
+    ``names_file``), thinned to at most 100 ticks.
+    """
+    n = len(classes)
+    fig = _figure(float(np.clip(2 + 0.1 * n * len(groups), 6, 30)), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    width = 0.8 / max(1, len(groups))
+    for k, (name, values) in enumerate(groups):
+        ax.bar(x + (k - (len(groups) - 1) / 2) * width, values, width, label=name)
+    named = n <= MAX_NAMED
+    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
+    step = max(1, math.ceil(n / 100))
+    ax.set_xticks(
+        x[::step], ticks[::step], rotation=45 if named else 90, ha="right" if named else "center",
+        fontsize=float(np.clip(300 / max(n, 1), 5, 9)),
+    )  # fmt: skip
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set(title=title, ylabel=ylabel)
+    ax.set_xlabel("class" if named else f"class index (names in {names_file})")
+    ax.legend()
+    return fig
+
+
+# --------------------------------------------------------------------------- confusion matrix
+def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: str) -> Figure:
+    """Counts and the row-normalised matrix (recall per true class) side by side.
+
+    Up to 20 classes each cell shows its value; above 30 the axes show class indices. The
+    figure grows with the classes up to ~1,400 px per panel, so 100 classes stay legible.
+
+    Args:
+        counts: the confusion matrix, rows = true class.
+        classes: class names by index.
+        caption: what the titles say the matrix is of, e.g. ``"epoch 3"`` or ``"test"``.
+    """
+    counts = np.asarray(counts)
+    n = len(classes)
+    support = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    side = float(np.clip(1.5 + 0.35 * n, 4.0, 14.0))
+    fig = _figure(2 * side + 1.5, side + 1.0)
+    named = n <= MAX_NAMED
+    ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
+    step = max(1, math.ceil(n / 60))
+    fontsize = float(np.clip(200 / max(n, 1), 4, 9))
+    panels = [(counts, f"counts ({caption})", "d"), (normalized, f"recall ({caption})", ".2f")]
+    for k, (values, title, fmt) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        vmax = max(1.0, float(values.max(initial=0))) if fmt == "d" else 1.0
+        im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(0, n, step), ticks[::step], rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(0, n, step), ticks[::step], fontsize=fontsize)
+        ax.set(title=title, xlabel="predicted", ylabel="true")
+        if n <= MAX_ANNOTATED:
+            for (i, j), v in np.ndenumerate(values):
+                colour = "white" if v > 0.6 * vmax else "black"
+                ax.text(j, i, format(v, fmt), ha="center", va="center", color=colour,
+                        fontsize=fontsize)  # fmt: skip
+    return fig
+
+
+# ------------------------------------------------------------------------------ image grids
+TILE = 128  # the image area of a grid tile, in pixels
+_CAPTION, _FRAME, _GAP, _TITLE = 30, 4, 6, 26
+_GREEN, _RED = (44, 160, 44), (214, 39, 40)
+
+
+def to_display(
+    img: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> np.ndarray:
+    """A CHW image tensor as an HWC array (2-d for one channel) that shows correctly.
+
+    uint8 images are shown as they are; float images are de-normalised with ``mean``/``std``
+    when given (the engine's convention), else taken as already in [0, 1], then clamped.
+    """
+    img = img.detach().cpu()
+    if img.dtype != torch.uint8:
+        img = img.float()
+        if mean is not None and std is not None:
+            img = img * torch.tensor(list(std)).view(-1, 1, 1) + torch.tensor(list(mean)).view(
+                -1, 1, 1
+            )
+        img = img.clamp(0.0, 1.0)
+    arr = img.permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def plot_grid(
+    images: Sequence[torch.Tensor | None],
+    records: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str = "",
+) -> Image.Image:
+    """Images captioned ``pred (prob)`` / ``true #index``, framed green if right, red if wrong.
+
+    Args:
+        images: CHW tensors (None draws a grey tile).
+        records: per image, a dict with ``index``, ``true``, ``pred``, ``prob``, ``correct``.
+        classes: class names by index.
+        mean: the normalisation of float images, to undo for display.
+        std: likewise.
+        title: the line above the grid.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n = len(images)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    width = max(320, cols * (TILE + _GAP) + _GAP)
+    canvas = Image.new("RGB", (width, _TITLE + rows * (_CAPTION + TILE + _GAP) + _GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((_GAP, 6), _fit_text(draw, title, width - 2 * _GAP, font), fill="black", font=font)
+    if not images:
+        draw.text((width // 2, _TITLE + 60), "no mistakes", fill="black", font=font, anchor="mm")
+    for k, (img, rec) in enumerate(zip(images, records, strict=True)):
+        x = _GAP + (k % cols) * (TILE + _GAP)
+        y = _TITLE + _GAP + (k // cols) * (_CAPTION + TILE + _GAP)
+        colour = _GREEN if rec["correct"] else _RED
+        pred = f"pred: {classes[rec['pred']]} ({rec['prob']:.2f})"
+        true = f"true: {classes[rec['true']]}  #{rec['index']}"
+        draw.text((x + 1, y + 2), _fit_text(draw, pred, TILE - 2, font), fill=colour, font=font)
+        draw.text((x + 1, y + 15), _fit_text(draw, true, TILE - 2, font), fill=colour, font=font)
+        top = y + _CAPTION
+        draw.rectangle((x, top, x + TILE - 1, top + TILE - 1), fill=(128, 128, 128))
+        if img is not None:
+            tile = _fitted(img, mean, std)
+            canvas.paste(tile, (x + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
+        draw.rectangle((x, top, x + TILE - 1, top + TILE - 1), outline=colour, width=_FRAME)
+    return canvas
+
+
+def _fitted(img: torch.Tensor, mean: Any, std: Any) -> Image.Image:
+    """The image scaled to fit inside the frame: nearest when enlarging keeps small images'
+    pixels crisp, bilinear when shrinking."""
+    from PIL import Image
+
+    arr = to_display(img, mean, std)
+    if arr.dtype != np.uint8:
+        arr = (arr * 255).round().astype(np.uint8)
+    pil = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+    inner = TILE - 2 * _FRAME
+    scale = inner / max(pil.width, pil.height)
+    size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    return pil.resize(size, resample)
+
+
+def _fit_text(draw: Any, text: str, width: int, font: Any) -> str:
+    """``text`` cut with an ellipsis to ``width`` pixels; glyphs the font lacks become ``?``."""
+    from PIL import ImageFont
+
+    if isinstance(font, ImageFont.ImageFont):  # Pillow's bitmap fallback font: latin-1 only
+        text = text.encode("latin-1", "replace").decode("latin-1")
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"

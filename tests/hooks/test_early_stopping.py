@@ -1,0 +1,56 @@
+"""EarlyStoppingHook: stops after ``patience`` epochs without an improvement of ``min_delta``."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from hooks import EarlyStoppingHook, default_hooks
+from trainer.state import EngineState
+
+
+def _stops_after(hook: EarlyStoppingHook, values: list[float]) -> int | None:
+    """Feed one validation per value; the 1-based epoch at which the hook asked to stop."""
+    state = EngineState(phase="val")
+    engine = SimpleNamespace(state=state)
+    for epoch, value in enumerate(values, start=1):
+        state.metrics = {"val/acc": value, "val/loss": value}
+        hook.on_validation_end(engine)  # type: ignore[arg-type]
+        if state.should_stop:
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize(
+    ("values", "min_delta", "mode", "stop"),
+    [
+        ([0.5, 0.6, 0.7, 0.8, 0.9], 0.0, "max", None),  # improving every epoch
+        ([0.5, 0.5, 0.5], 0.0, "max", 3),  # an equal value is no improvement
+        ([0.5, 0.4, 0.6, 0.59, 0.58], 0.0, "max", 5),  # the count restarts at 0.6
+        ([0.5, 0.54, 0.545, 0.6], 0.05, "max", 3),  # within min_delta of the best: no gain
+        ([0.5, 0.56, 0.62, 0.68], 0.05, "max", None),  # +0.06: over it
+        ([1.0, 0.9, 0.95, 0.91], 0.0, "min", 4),  # a loss: lower is better
+        ([math.nan, math.nan], 0.0, "max", 2),  # NaN never improves
+    ],
+)
+def test_stops_after_patience_epochs_without_enough_improvement(
+    values: list[float], min_delta: float, mode: str, stop: int | None
+) -> None:
+    monitor = "val/acc" if mode == "max" else "val/loss"
+    hook = EarlyStoppingHook(monitor, patience=2, min_delta=min_delta, mode=mode)
+    assert _stops_after(hook, values) == stop
+
+
+def test_the_sanity_pass_counts_for_nothing() -> None:
+    hook = EarlyStoppingHook("val/acc", patience=1)
+    state = EngineState(phase="sanity", metrics={"val/acc": 0.1})
+    hook.on_validation_end(SimpleNamespace(state=state))  # type: ignore[arg-type]
+    assert hook.wait == 0 and hook.best is None
+
+
+def test_default_hooks_pass_min_delta_and_mode() -> None:
+    hooks = default_hooks("runs/x", monitor="val/loss", early_stopping=3, min_delta=0.01)
+    (hook,) = [h for h in hooks if isinstance(h, EarlyStoppingHook)]
+    assert (hook.patience, hook.min_delta, hook.mode) == (3, 0.01, "min")

@@ -1,0 +1,107 @@
+"""The tree scan: layouts, split folders, the seeded split, file rules and tree errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_tree
+from tests.trainer.data.conftest import small_data
+from trainer.errors import DataError
+
+
+@pytest.mark.parametrize("val_name", ["valid", "validation"])
+def test_val_aliases_and_test_split(tmp_path: Path, val_name: str) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 2}, splits=("train", val_name, "test"))
+    data = small_data(tmp_path)
+    assert len(data.val_samples) == 4 and len(data.test_samples) == 4
+    loader = data.test_loader()
+    assert loader is not None
+    assert next(iter(loader))[0].shape == (4, 3, 16, 16)
+
+
+def test_unsplit_tree_is_split_stratified_and_deterministic(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_tree(tmp_path, {"a": 10, "b": 5, "c": 1}, splits=())
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        data = small_data(tmp_path, val_fraction=0.2, seed=3)
+    assert data.class_counts["train"] == [8, 4, 1]
+    assert data.class_counts["val"] == [2, 1, 0]
+    assert "c" in caplog.text and "single" in caplog.text
+    again = small_data(tmp_path, val_fraction=0.2, seed=3)
+    assert again.val_samples == data.val_samples
+    other = small_data(tmp_path, val_fraction=0.2, seed=4)
+    assert other.val_samples != data.val_samples
+    assert not set(data.val_samples) & set(data.train_samples)
+
+
+def test_file_rules_nested_hidden_ignored_case_and_symlinks(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 2})
+    a = tmp_path / "train" / "a"
+    (a / "sub" / "deeper").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(a / "sub" / "deeper" / "x.PNG")
+    Image.new("RGB", (8, 8)).save(a / "UPPER.JPEG", format="JPEG")
+    (a / ".DS_Store").write_bytes(b"junk")
+    (a / "._0.png").write_bytes(b"appledouble")
+    (a / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(a / ".ipynb_checkpoints" / "y.png")
+    (tmp_path / "train" / "__MACOSX").mkdir()
+    (a / "notes.txt").write_text("hi")
+    (tmp_path / "train" / "README.md").write_text("hi")
+    os.symlink(a, a / "sub" / "loop")  # a loop: must not hang or count twice
+    data = small_data(tmp_path)
+    assert data.classes == ["a", "b"]
+    assert data.class_counts["train"] == [4, 2]
+    assert {p.name for p in data.ignored_files} == {"notes.txt", "README.md"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: r.write_text("x"), "is a file"),
+        (lambda r: r.mkdir(), "holds no folders"),
+        (lambda r: make_tree(r, {"a": 1, "b": 1}, splits=("val",)), "no train/"),
+        (lambda r: make_tree(r, {"a": 1, "b": 1}, splits=("train",)), "no val/"),
+        (lambda r: make_tree(r, {"a": 2}), "at least two"),
+        (lambda r: make_tree(r, {"a": 2}, splits=()), "at least two"),
+        (lambda r: (make_tree(r, {"a": 1, "b": 1}), (r / "train" / "empty").mkdir()), "'empty'"),
+        (
+            lambda r: (make_tree(r, {"a": 1, "b": 1}), make_tree(r, {"zebra": 1}, splits=("val",))),
+            "'zebra'.*Train classes: a, b",
+        ),
+    ],
+    ids=[
+        "missing",
+        "file",
+        "empty",
+        "val-only",
+        "train-only",
+        "one-class",
+        "one-class-flat",
+        "empty-class",
+        "unknown-val-class",
+    ],
+)
+def test_tree_errors(tmp_path: Path, setup: object, match: str) -> None:
+    root = tmp_path / "data"
+    setup(root)  # type: ignore[operator]
+    with pytest.raises(DataError, match=match) as info:
+        small_data(root)
+    assert str(root) in str(info.value)
+
+
+def test_train_class_missing_from_val_only_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 2, "c": 2}, splits=("train",))
+    make_tree(tmp_path, {"a": 2, "b": 2}, splits=("val",))
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        data = small_data(tmp_path)
+    assert data.class_counts["val"] == [2, 2, 0]
+    assert "c" in caplog.text

@@ -1,0 +1,151 @@
+"""The run's artefact writer: order, replacement, flush, failures as warnings, one per engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_fit
+from trainer.artifacts import WRITER_NICE, ArtifactWriter
+from trainer.hook import Hook
+
+
+def _blocked(writer: ArtifactWriter, tmp_path: Path) -> threading.Event:
+    """Occupy the writer with a job that waits for the returned event."""
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(30)
+
+    writer.submit(block, tmp_path / "block")
+    assert started.wait(30)
+    return release
+
+
+def test_jobs_run_in_order_off_the_caller_thread(tmp_path: Path) -> None:
+    writer = ArtifactWriter()
+    ran: list[tuple[int, str]] = []
+    for i in range(5):
+        writer.submit(lambda i=i: ran.append((i, threading.current_thread().name)), tmp_path / f"{i}")
+    writer.flush()
+    assert [i for i, _ in ran] == list(range(5))
+    assert {name for _, name in ran} == {"artifacts"}
+    assert writer.cpu_seconds >= 0.0
+
+
+def test_a_failing_job_warns_naming_the_file_and_later_jobs_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail() -> None:
+        raise ValueError("boom")
+
+    writer = ArtifactWriter()
+    ran: list[int] = []
+    writer.submit(fail, tmp_path / "bad.png")
+    writer.submit(lambda: ran.append(1), tmp_path / "good.png")
+    writer.flush()
+    assert ran == [1]
+    assert "bad.png" in caplog.text and "boom" in caplog.text
+
+
+def test_inline_writer_runs_jobs_where_they_are_submitted(tmp_path: Path) -> None:
+    names: list[str] = []
+    ArtifactWriter(background=False).submit(
+        lambda: names.append(threading.current_thread().name), tmp_path / "x"
+    )
+    assert names == [threading.current_thread().name]
+
+
+def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> None:
+    writer = ArtifactWriter()
+    release = _blocked(writer, tmp_path)  # everything below stays queued
+    ran: list[str] = []
+    loss, report = tmp_path / "loss.png", tmp_path / "report.html"
+    writer.submit(lambda: ran.append("loss 1"), loss, replace=True)
+    writer.submit(lambda: ran.append("epoch_001.png"), tmp_path / "epoch_001.png")
+    writer.submit(lambda: ran.append("report 1"), report, replace=True)
+    writer.submit(lambda: ran.append("loss 2"), loss, replace=True)
+    writer.submit(lambda: ran.append("tb 1"), tmp_path / "tb")  # not replacing: both run
+    writer.submit(lambda: ran.append("tb 2"), tmp_path / "tb")
+    writer.submit(lambda: ran.append("report 2"), report, replace=True)
+    release.set()
+    writer.flush()
+    # The newest loss plot runs once, in the older job's slot, so the report still follows it.
+    assert ran == ["loss 2", "epoch_001.png", "report 2", "tb 1", "tb 2"]
+    # A job that has started is never replaced: the next one queues anew and runs too.
+    writer.submit(lambda: ran.append("loss 3"), loss, replace=True)
+    writer.flush()
+    assert ran[-1] == "loss 3"
+
+
+def test_each_writer_is_its_own(tmp_path: Path) -> None:
+    """Two engines in one notebook do not share a queue: one busy writer holds up no other."""
+    busy, other = ArtifactWriter(), ArtifactWriter()
+    release = _blocked(busy, tmp_path)
+    ran: list[str] = []
+    other.submit(lambda: ran.append("other"), tmp_path / "x")
+    other.flush()  # returns although ``busy`` is still blocked
+    assert ran == ["other"]
+    release.set()
+    busy.flush()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_writer_thread_runs_niced(tmp_path: Path) -> None:
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    writer = ArtifactWriter()
+    seen: list[int] = []
+    writer.submit(
+        lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+        tmp_path / "x",
+    )
+    writer.flush()
+    assert seen == [WRITER_NICE]
+    # Only the writer: the caller's threads (the training loop) keep their priority.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main
+
+
+class _RecordingWriter(ArtifactWriter):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def flush(self) -> None:
+        self.events.append("flush")
+        super().flush()
+
+
+class _Recorder(Hook):
+    """Puts a recording writer in the engine's place and logs the hook calls around it."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.events = fail, []
+
+    def on_fit_start(self, engine) -> None:  # type: ignore[no-untyped-def]
+        engine.artifacts = _RecordingWriter(self.events)
+
+    def on_train_epoch_end(self, engine) -> None:  # type: ignore[no-untyped-def]
+        if self.fail:
+            raise RuntimeError("broken hook")
+
+    def on_fit_end(self, engine) -> None:  # type: ignore[no-untyped-def]
+        self.events.append("on_fit_end")
+
+    def on_exception(self, engine, exception: BaseException) -> None:  # type: ignore[no-untyped-def]
+        self.events.append("on_exception")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_fit_flushes_the_writer_after_the_last_hook_call(fail: bool) -> None:
+    hook = _Recorder(fail)
+    if fail:
+        with pytest.raises(RuntimeError, match="broken hook"):
+            run_fit([hook], epochs=1)
+    else:
+        run_fit([hook], epochs=1)
+    assert hook.events == ["on_exception" if fail else "on_fit_end", "flush"]

@@ -1,0 +1,46 @@
+"""The path from files to batches.
+
+Modules:
+    decode      image files to uint8 RGB tensors (torchvision.io, PIL fallback), the bomb guard
+    transforms  the validation recipe and the training augmentation, on uint8 tensors
+    scan        the tree walk and split detection: a folder tree to ``(path, class)`` samples
+    cache       verify every image once up front; optionally keep them decoded in RAM
+    dataset     ImageListDataset: samples served as transformed uint8 images
+    folder      ImageFolderData: the above put together, with loaders and the labels mapping
+    sampler     the tracking weighted sampler (resumable, DDP-aware) and the eval shard sampler
+    gpu_decode  ``decode="gpu"``: JPEGs decoded in batches on the device
+    demo        the built-in demo dataset of drawn shapes
+"""
+
+from trainer.data.dataset import ImageListDataset
+from trainer.data.decode import BACKGROUND, IMG_EXTENSIONS, load_image
+from trainer.data.folder import ImageFolderData
+from trainer.data.scan import VAL_DIR_NAMES, Sample
+from trainer.data.transforms import (
+    CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_preprocess,
+    jitter_transform,
+    resize_size,
+    train_transform,
+    val_transform,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "CROP_PCT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "VAL_DIR_NAMES",
+    "ImageFolderData",
+    "ImageListDataset",
+    "Sample",
+    "eval_preprocess",
+    "jitter_transform",
+    "load_image",
+    "resize_size",
+    "train_transform",
+    "val_transform",
+]

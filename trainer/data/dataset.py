@@ -1,0 +1,53 @@
+"""ImageListDataset: ``(path, class index)`` samples served as transformed uint8 images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from trainer.data.decode import load_image
+from trainer.data.scan import Sample
+from trainer.errors import DataError
+
+
+class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
+    """``(path, target)`` samples decoded on demand (or from a RAM cache) and transformed.
+
+    Args:
+        samples: the ``(path, class index)`` list.
+        transform: applied to the uint8 ``(3, H, W)`` image.
+        cache: decoded images aligned with ``samples``, or None to read from disk.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        cache: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        if self.cache is not None:
+            img = self.cache[index]
+        else:
+            try:
+                img = load_image(path)
+            except Exception as e:
+                raise DataError(
+                    f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
+                    "the file, or construct the data with verify=True to skip unreadable files."
+                ) from e
+        return self.transform(img), target
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]

@@ -1,0 +1,135 @@
+"""Image decoding: any image file to a uint8 RGB tensor, with the decompression-bomb guard."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+# torchvision 0.29 deprecates torchvision.io decoding in favour of TorchCodec, which has no
+# still-image decoder we can rely on yet; the warning would repeat for every worker.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+
+IMG_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+# Alpha is composited over white: most transparent images (logos, cut-outs) are meant for a
+# light page, and a fixed colour keeps training and prediction identical.
+BACKGROUND = 255
+
+
+def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Bring a decoded CHW tensor with 1-4 channels, uint8 or uint16, to uint8 RGB."""
+    if img.ndim == 4:  # animated GIF / multi-frame: the first frame stands for the file
+        img = img[0]
+    if img.dtype == torch.uint16:
+        # Scale, not clip: 65535 -> 255, 32768 -> 128 (round half up).
+        img = ((img.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    elif img.dtype != torch.uint8:
+        raise ValueError(f"unsupported pixel type {img.dtype}")
+    channels = img.shape[0]
+    if channels in (2, 4):
+        color, alpha = img[:-1].to(torch.int32), img[-1:].to(torch.int32)
+        if bool((alpha == 255).all()):
+            img = img[:-1]
+        else:
+            mixed = color * alpha + BACKGROUND * (255 - alpha)
+            img = ((mixed + 127) // 255).to(torch.uint8)
+        channels -= 1
+    if channels == 1:
+        img = img.expand(3, -1, -1)
+    elif channels != 3:
+        raise ValueError(f"unsupported channel count {channels}")
+    return img.contiguous()
+
+
+def _load_with_pil(data: bytes) -> torch.Tensor:
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as opened:
+        pil = ImageOps.exif_transpose(opened)
+        assert pil is not None
+        if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            # 32-bit "I" images are read as 16-bit data, the common case (16-bit TIFF/PNG).
+            arr = torch.from_numpy(np.asarray(pil, dtype=np.int64).copy())
+            return _to_rgb_uint8(arr.clamp(0, 65535).to(torch.uint16)[None])
+        has_alpha = pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info
+        pil = pil.convert("RGBA" if has_alpha else "RGB")
+        arr = torch.from_numpy(np.asarray(pil).copy())
+    return _to_rgb_uint8(arr.permute(2, 0, 1))
+
+
+def _refuse_bombs(raw: bytes) -> None:
+    """Refuse images over twice PIL's decompression-bomb limit (about 179 million pixels).
+
+    Only the header is read. Such a file (often a few KB claiming 50,000 x 50,000 pixels) would
+    need gigabytes to decode; it is reported as unusable instead of crashing the run.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(raw)).close()
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"too large to decode safely ({e}); downscale it, or remove it from the tree"
+        ) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass  # not for this check to judge: the decoders below report it
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor ``(3, H, W)``, EXIF orientation applied.
+
+    torchvision.io decodes JPEG, PNG, GIF and WebP; anything it rejects (BMP, TIFF, odd
+    variants) goes through PIL. Whatever the source: grayscale is repeated to 3 channels,
+    palette and CMYK become RGB, alpha (RGBA, LA, palette transparency) is composited over
+    white, and 16-bit samples are scaled (not clipped) to 8 bits.
+
+    Args:
+        path: the image file.
+
+    Raises:
+        OSError or ValueError (or another decoder error) when the file cannot be decoded.
+    """
+    data = read_file(os.fspath(path))
+    raw = data.numpy().tobytes()
+    _refuse_bombs(raw)
+    mode = _torchvision_mode(raw)
+    if mode is None:
+        return _load_with_pil(raw)
+    try:
+        img = decode_image(data, mode=mode, apply_exif_orientation=True)
+    except Exception:
+        return _load_with_pil(raw)
+    return _to_rgb_uint8(img)
+
+
+def _torchvision_mode(raw: bytes) -> ImageReadMode | None:
+    """The mode to ask torchvision for, or None where PIL must decode the file."""
+    if raw[:2] == b"\xff\xd8":
+        # JPEG has no alpha and its decoder refuses RGB_ALPHA; RGB also converts CMYK.
+        return ImageReadMode.RGB
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 25:
+        color_type = raw[25]
+        idat = raw.find(b"IDAT")
+        # torchvision 0.29 scrambles palette PNGs read as RGB_ALPHA, and tRNS transparency
+        # needs compositing: PIL handles both.
+        if color_type == 3 or raw.find(b"tRNS", 0, idat) >= 0:
+            return None
+        return ImageReadMode.RGB_ALPHA if color_type in (4, 6) else ImageReadMode.RGB
+    if raw[:4] == b"GIF8":
+        # GIF transparency is a palette index torchvision ignores.
+        return None
+    return ImageReadMode.RGB_ALPHA

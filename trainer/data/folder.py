@@ -1,0 +1,407 @@
+"""ImageFolderData: an ImageFolder tree, validated, with its transforms, loaders and labels mapping.
+
+The data path hands the engine **uint8** batches ``(B, 3, H, W)`` and int64 targets ``(B,)``; the
+engine moves them to the device and normalises there with ``data.mean`` / ``data.std``, which keeps
+host work and host-to-device traffic four times smaller than float batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from trainer.data.cache import verify_and_cache
+from trainer.data.dataset import ImageListDataset
+from trainer.data.decode import load_image
+from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
+from trainer.data.sampler import SAMPLER_MODES, ShardSampler, TrackingWeightedRandomSampler
+from trainer.data.scan import Sample, scan_tree
+from trainer.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    jitter_transform,
+    resize_size,
+    train_transform,
+    val_transform,
+)
+from trainer.distributed import get_rank, get_world_size, rank_seed
+from trainer.errors import ConfigError, DataError
+from trainer.io import atomic_write_json
+
+logger = logging.getLogger("trainer.data")
+
+
+class ImageFolderData:
+    """An ImageFolder tree, validated, with its transforms, loaders and labels mapping.
+
+    Layout: ``root/train/<class>/...`` and ``root/val/<class>/...`` (``valid/`` and
+    ``validation/`` also accepted), optional ``root/test/<class>/...``. A root holding only class
+    folders is split into train/val per class with ``val_fraction`` and ``seed`` (deterministic;
+    every class keeps at least one training image, and a class with a single image goes to train
+    only). Classes are the sorted folder names of train; their indices follow that order.
+
+    Files: an image is any file with extension .jpg .jpeg .png .bmp .gif .webp .tif .tiff (any
+    case). Images in nested subfolders of a class folder belong to that class. Hidden entries
+    (names starting with ``.``, e.g. ``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints``) and
+    ``__MACOSX`` are skipped; other non-image files are listed in ``ignored_files``. Symlinked
+    folders are followed once each. Files are only ever read, never modified.
+
+    Verification (``verify=True``) decodes every image once, on threads, before training.
+    Unreadable files are dropped, listed in ``bad_files`` and logged; more than
+    ``max_bad_fraction`` of them is a DataError.
+
+    Loaders yield ``(images, targets)``: uint8 ``(B, 3, img_size, img_size)`` (not normalised;
+    normalise on the device with ``mean``/``std``) and int64 ``(B,)``.
+
+    Args:
+        root: the tree's root folder.
+        img_size: side of the square images the model sees.
+        batch_size: batch size of every loader.
+        workers: DataLoader worker processes; None means ``min(8, os.cpu_count())``.
+        val_fraction: share of each class held out for val when the root is not split.
+        seed: seeds the split, the shuffling and the sampler.
+        crop_scale: smallest area share RandomResizedCrop keeps.
+        hflip: random horizontal flips in training.
+        color_jitter: brightness/contrast/saturation strength (hue is ``min(0.1, s/4)``); 0 = off.
+        sampler: "none" (plain shuffling), "balanced" (classes drawn equally often) or "manual"
+            (drawn by ``class_weights``).
+        class_weights: class name -> sampling weight, for ``sampler="manual"``; unlisted
+            classes weigh 1.0.
+        cache: "ram" keeps decoded images, pre-resized to the validation resize size, in memory
+            (up to ``cache_max_bytes``; beyond that it warns and reads from disk); None reads
+            from disk every epoch. Training crops are then taken from the pre-resized image.
+        cache_max_bytes: memory the RAM cache may use.
+        max_bad_fraction: largest share of unreadable images tolerated.
+        verify: decode every image once up front.
+        decode: "cpu" decodes and augments training images in the loader's workers; "gpu"
+            has the workers only read the files and draw the crops, and the engine decode
+            the JPEGs in batches on its device (nvjpeg on CUDA) and crop, resize and flip
+            them there (see ``trainer.data.gpu_decode``). Training batches are then
+            ``EncodedBatch`` objects, which ``Engine`` decodes. Validation is unchanged.
+
+    Example:
+        >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
+        >>> images, targets = next(iter(data.train_loader()))  # uint8, int64
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        img_size: int = 224,
+        batch_size: int = 64,
+        workers: int | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        crop_scale: float = 0.08,
+        hflip: bool = True,
+        color_jitter: float = 0.0,
+        sampler: str = "none",
+        class_weights: dict[str, float] | None = None,
+        cache: str | None = None,
+        cache_max_bytes: int = 4 * 1024**3,
+        max_bad_fraction: float = 0.05,
+        verify: bool = True,
+        decode: str = "cpu",
+    ) -> None:
+        self._check_args(
+            img_size,
+            batch_size,
+            workers,
+            val_fraction,
+            crop_scale,
+            color_jitter,
+            sampler,
+            class_weights,
+            cache,
+            max_bad_fraction,
+            decode,
+        )
+        self.root = Path(root).expanduser()
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.crop_scale = crop_scale
+        self.hflip = hflip
+        self.color_jitter = color_jitter
+        self.cache_max_bytes = cache_max_bytes
+        self.max_bad_fraction = max_bad_fraction
+        self.decode = decode
+
+        scan = scan_tree(self.root, val_fraction=val_fraction, seed=seed)
+        self.classes: list[str] = scan.classes
+        self.train_samples: list[Sample] = scan.train
+        self.val_samples: list[Sample] = scan.val
+        self.test_samples: list[Sample] = scan.test
+        self.ignored_files: list[Path] = scan.ignored_files
+        self.bad_files: list[tuple[Path, str]] = []
+        self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
+        self.num_classes = len(self.classes)
+        weights_by_idx = self._class_weights_by_index(class_weights)
+
+        self._cache: dict[str, list[torch.Tensor]] | None = None
+        if verify or cache == "ram":
+            # Called from __init__ itself: its over-budget warning names the caller's line.
+            checked = verify_and_cache(
+                self._splits(),
+                root=self.root,
+                img_size=img_size,
+                keep=cache == "ram",
+                cache_max_bytes=cache_max_bytes,
+                max_bad_fraction=max_bad_fraction,
+                workers=self.workers,
+            )
+            self.train_samples = checked.samples["train"]
+            self.val_samples = checked.samples["val"]
+            self.test_samples = checked.samples["test"]
+            self.bad_files = checked.bad_files
+            self._cache = checked.images
+        self._check_counts()
+        self.class_counts: dict[str, list[int]] = {
+            split: self._count(samples) for split, samples in self._splits().items()
+        }
+
+        # Even unweighted runs draw through the tracking sampler (a seeded permutation per
+        # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
+        # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
+        self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
+            [t for _, t in self.train_samples],
+            self.num_classes,
+            mode=sampler,
+            class_weights=weights_by_idx,
+            seed=seed,
+            num_replicas=get_world_size(),
+            rank=get_rank(),
+        )
+
+    # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_args(
+        img_size: int,
+        batch_size: int,
+        workers: int | None,
+        val_fraction: float,
+        crop_scale: float,
+        color_jitter: float,
+        sampler: str,
+        class_weights: dict[str, float] | None,
+        cache: str | None,
+        max_bad_fraction: float,
+        decode: str,
+    ) -> None:
+        problems = []
+        if img_size < 1:
+            problems.append(f"img_size must be >= 1, got {img_size}")
+        if batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {batch_size}")
+        if workers is not None and workers < 0:
+            problems.append(f"workers must be >= 0, got {workers}")
+        if not 0 <= val_fraction < 1:
+            problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0 < crop_scale <= 1:
+            problems.append(f"crop_scale must be in (0, 1], got {crop_scale}")
+        if color_jitter < 0:
+            problems.append(f"color_jitter must be >= 0, got {color_jitter}")
+        if sampler not in SAMPLER_MODES:
+            problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
+        if sampler == "manual" and not class_weights:
+            problems.append("sampler='manual' needs class_weights (class name -> weight)")
+        if cache not in (None, "ram"):
+            problems.append(f"cache must be None or 'ram', got {cache!r}")
+        if not 0 <= max_bad_fraction <= 1:
+            problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if decode not in ("cpu", "gpu"):
+            problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
+        if decode == "gpu" and cache == "ram":
+            problems.append(
+                "decode='gpu' reads JPEG files for the device to decode, while cache='ram' "
+                "keeps images decoded in memory: use one or the other"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
+    def _class_weights_by_index(
+        self, class_weights: dict[str, float] | None
+    ) -> dict[int, float] | None:
+        if not class_weights:
+            return None
+        unknown = sorted(set(class_weights) - set(self.classes))
+        if unknown:
+            raise DataError(
+                f"class_weights name classes that are not in {self.root}: "
+                f"{', '.join(map(repr, unknown))}. Known classes: {', '.join(self.classes)}. "
+                "Fix the names (they are the class folder names)."
+            )
+        bad = {k: v for k, v in class_weights.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ConfigError(f"class_weights must be finite and >= 0; got {bad}.")
+        return {self.class_to_idx[k]: float(v) for k, v in class_weights.items()}
+
+    # ------------------------------------------------------------------ counts
+
+    def _check_counts(self) -> None:
+        counts = self._count(self.train_samples)
+        emptied = [self.classes[i] for i, n in enumerate(counts) if n == 0]
+        if emptied:
+            raise DataError(
+                f"After skipping unreadable files, class(es) {', '.join(emptied)} in {self.root} "
+                "have no training image left. Replace the broken files listed in the log."
+            )
+        single = [self.classes[i] for i, n in enumerate(counts) if n == 1]
+        if single:
+            logger.warning(
+                "Class(es) %s have a single training image; the model can hardly learn them.",
+                ", ".join(single),
+            )
+
+    def _splits(self) -> dict[str, list[Sample]]:
+        return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
+
+    def _count(self, samples: Sequence[Sample]) -> list[int]:
+        counts = [0] * len(self.classes)
+        for _, t in samples:
+            counts[t] += 1
+        return counts
+
+    @property
+    def cached(self) -> bool:
+        """Whether images are served from the RAM cache."""
+        return self._cache is not None
+
+    # ------------------------------------------------------------------ loaders
+
+    def _dataset(
+        self, split: str, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> ImageListDataset:
+        cache = None if self._cache is None else self._cache[split]
+        return ImageListDataset(self._splits()[split], transform, cache)
+
+    def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
+        kwargs.setdefault("collate_fn", default_collate)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            drop_last=False,
+            **kwargs,
+        )
+
+    def train_dataset(self) -> ImageListDataset:
+        """The training samples with the training augmentation."""
+        return self._dataset(
+            "train",
+            train_transform(
+                self.img_size,
+                crop_scale=self.crop_scale,
+                hflip=self.hflip,
+                color_jitter=self.color_jitter,
+            ),
+        )
+
+    def train_loader(self) -> DataLoader[Any]:
+        """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
+
+        Build it once per fit: each call makes a new loader (and, with workers, a new pool).
+        With a sampler, call ``data.sampler.set_epoch(epoch)`` before each epoch. Under a
+        torch.distributed process group the loader yields this rank's shard of the epoch's
+        global draw (see ``TrackingWeightedRandomSampler``).
+        """
+        # The world is read here, not only at construction, so data built before the process
+        # group came up (e.g. by a notebook, before Engine joined it) still shards.
+        self.sampler.set_replicas(get_world_size(), get_rank())
+        # Seeding the loader's generator also seeds the workers' augmentation streams; each
+        # rank gets its own, so ranks do not apply the same crops in lockstep.
+        g = torch.Generator().manual_seed(rank_seed(self.seed))
+        if self.decode == "gpu":
+            encoded = EncodedImageDataset(
+                self._splits()["train"],
+                self.img_size,
+                crop_scale=self.crop_scale,
+                hflip=self.hflip,
+                load=load_image,
+            )
+            jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
+            collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
+            return self._loader(encoded, sampler=self.sampler, generator=g, collate_fn=collate)
+        return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
+
+    def val_dataset(self) -> ImageListDataset:
+        """The validation samples, in file order, with the validation preprocessing."""
+        return self._dataset("val", val_transform(self.img_size))
+
+    def val_loader(self) -> DataLoader[Any]:
+        """Validation batches in file order, with the validation preprocessing.
+
+        Under a process group, rank ``r`` gets images ``r, r + world_size, ...`` (no padding, so
+        the engine's summed metrics count every image exactly once).
+        """
+        return self._eval_loader(self.val_dataset())
+
+    def test_loader(self) -> DataLoader[Any] | None:
+        """Test batches like validation, or None when the tree has no test/ split."""
+        if not self.test_samples:
+            return None
+        return self._eval_loader(self._dataset("test", val_transform(self.img_size)))
+
+    def _eval_loader(self, dataset: ImageListDataset) -> DataLoader[Any]:
+        shard = ShardSampler(len(dataset), num_replicas=get_world_size(), rank=get_rank())
+        return self._loader(dataset, sampler=shard)
+
+    # ------------------------------------------------------------------ labels mapping
+
+    def labels_mapping(self) -> dict[str, Any]:
+        """What ``tools/predict.py`` needs to map outputs to names and preprocess like val."""
+        return {
+            "class_to_idx": dict(self.class_to_idx),
+            "idx_to_class": {str(i): c for i, c in self.idx_to_class.items()},
+            "image_size": self.img_size,
+            "resize_size": resize_size(self.img_size),
+            "interpolation": "bilinear",
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+        }
+
+    def save_labels_mapping(self, path: str | os.PathLike[str]) -> None:
+        """Write ``labels_mapping()`` as JSON, atomically."""
+        atomic_write_json(path, self.labels_mapping())
+
+    def report(self) -> dict[str, Any]:
+        """What the scan found, for ``data_report.json``: counts, unusable and ignored files."""
+        return {
+            "root": str(self.root),
+            "classes": list(self.classes),
+            "class_counts": {k: list(v) for k, v in self.class_counts.items()},
+            "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
+            "ignored_files": [str(p) for p in self.ignored_files],
+        }
+
+    def summary(self) -> str:
+        """A few lines on classes and split sizes, for the start of a run."""
+        lines = [f"data: {self.root} ({self.num_classes} classes)"]
+        for split, counts in self.class_counts.items():
+            if sum(counts):
+                lines.append(
+                    f"  {split}: {sum(counts)} images, per class min {min(counts)} "
+                    f"max {max(counts)}"
+                )
+        if self.bad_files:
+            lines.append(f"  skipped {len(self.bad_files)} unreadable file(s)")
+        if self.ignored_files:
+            lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
+        return "\n".join(lines)
