@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from trainer.checkpoint import host_copy, save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
@@ -22,21 +26,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer.hooks")
 
+_TOP_K_NAME = re.compile(r"epoch_(\d+)\.pt")
+
 
 class CheckpointHook(Hook):
     """Saves ``checkpoints/last.pt`` each epoch, ``best.pt`` on improvement, and the top-k.
 
     Every file is written atomically, so a crash leaves the previous checkpoint whole. The
-    checkpoint is serialised once per epoch: ``best.pt`` and the top-k files are hard links to
-    that epoch's ``last.pt`` (copies where the file system has no links). The files are
-    written on a background thread while the next epoch trains: the epoch end only copies
-    the state to the host (on an H200, saving resnet50 took 0.7 s of every epoch end). At
-    most one write is in flight; the next epoch end, the fit's end and an exception wait
-    for it, so every file exists when ``fit`` returns. With EMA
-    on, the monitored metric is the EMA model's (validation uses it), and both raw and EMA
-    weights are in every file. A failed save (disk full, read-only folder) stops the run: a
-    run that cannot checkpoint would lose its work silently. Under DDP every rank runs the hook
-    (building the checkpoint gathers each rank's RNG state) and rank 0 writes the files.
+    checkpoint is serialised once per epoch, on a background thread while the next epoch
+    trains (the epoch end only copies the state to the host); ``best.pt`` and the top-k files
+    are hard links to that epoch's ``last.pt`` (copies where there are no links). One write
+    is in flight at most; the next epoch end, the fit's end and an exception wait for it. A
+    failed save (full disk, read-only folder) stops the run rather than lose work silently.
+    With EMA on, the monitored metric is the EMA model's; both weights are in every file.
+
+    ``last.pt`` is written first and holds the bookkeeping (best epoch, top-k list), so a crash
+    between it and its links leaves ``best.pt`` or a top-k file behind. On resume they are put
+    back in step: relinked to the checkpoint resumed from, ``epoch_XXX.pt`` files outside the
+    top-k removed, a ``best.pt`` of an epoch the resumed run never reached removed too. Under
+    DDP every rank runs the hook (the checkpoint gathers each rank's RNG state); rank 0 writes.
 
     Args:
         out_dir: the run folder; files go to ``out_dir/checkpoints``.
@@ -60,6 +68,7 @@ class CheckpointHook(Hook):
         self.dir = Path(out_dir) / "checkpoints"
         self.monitor, self.mode, self.top_k = monitor, mode, top_k
         self.best_value: float | None = None
+        self.best_epoch: int | None = None  # the epoch best.pt holds
         self.top: list[tuple[float, str]] = []  # (value, file name), best first
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None  # the epoch's files, being written
@@ -77,10 +86,7 @@ class CheckpointHook(Hook):
         value = engine.state.metrics.get(monitor)
         improved = is_better(value, self.best_value, mode)
         if improved:
-            self.best_value = value
-        ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
-        if not is_global_zero():
-            return  # the ranks hold the same weights; rank 0 writes them
+            self.best_value, self.best_epoch = value, engine.state.epoch
         # Serialised once: best.pt and the top-k are links to (or copies of) last.pt.
         links = ["best.pt"] if improved else []
         stale: list[str] = []
@@ -92,6 +98,11 @@ class CheckpointHook(Hook):
                 links.append(name)
             stale = [n for _, n in self.top[self.top_k :]]
             self.top = self.top[: self.top_k]
+        # After the bookkeeping: last.pt holds this epoch's best and top-k, which a resume
+        # (and _reconcile) go by.
+        ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
+        if not is_global_zero():
+            return  # the ranks hold the same weights; rank 0 writes them
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
         self._pending = self._writer.submit(self._write, host_copy(ckpt), links, stale)
@@ -104,7 +115,7 @@ class CheckpointHook(Hook):
             for name in links:
                 atomic_link(last, self.dir / name)
             for name in stale:
-                (self.dir / name).unlink(missing_ok=True)
+                remove_file(self.dir / name)
         finally:
             self.write_cpu_s += time.thread_time() - cpu
 
@@ -158,6 +169,46 @@ class CheckpointHook(Hook):
         except Exception as e:  # the original error is the one to report
             log.error("could not save an emergency checkpoint to %s: %s", path, e)
 
+    def on_load_checkpoint(self, engine: Engine, checkpoint: dict[str, Any]) -> None:
+        """Resuming: bring best.pt and the top-k files in line with the loaded state."""
+        if is_global_zero() and engine.resume_path is not None:
+            self._reconcile(engine.resume_path, len(engine.state.history) - 1)
+
+    def _reconcile(self, source: Path, epoch: int) -> None:
+        """Make the files agree with the bookkeeping of ``source``, the checkpoint of ``epoch``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.top = self.top[: max(self.top_k, 0)]  # a resume may ask for a smaller k
+        for value, name in list(self.top):
+            if _epoch_of(name) == epoch:
+                self._relink(source, name)
+            elif not (self.dir / name).is_file():
+                log.warning("%s is missing; it leaves the top-%d", self.dir / name, self.top_k)
+                self.top.remove((value, name))
+        kept = {name for _, name in self.top}
+        for path in self.dir.glob("epoch_*.pt"):
+            if _TOP_K_NAME.fullmatch(path.name) and path.name not in kept:
+                remove_file(path)
+        best, twin = self.dir / "best.pt", f"epoch_{self.best_epoch or 0:03d}.pt"
+        if self.best_epoch is None:
+            return  # no best yet (or a checkpoint from before best_epoch was kept)
+        if self.best_epoch == epoch:
+            self._relink(source, best.name)
+        elif twin in kept:
+            self._relink(self.dir / twin, best.name)
+        elif best.is_file() and _saved_epoch(best) != self.best_epoch:
+            # Resumed from an earlier checkpoint: this best.pt is of an abandoned future.
+            log.warning(
+                "removing %s: it is not epoch %d, the resumed run's best", best, self.best_epoch
+            )
+            remove_file(best)
+
+    def _relink(self, source: Path, name: str) -> None:
+        dst = self.dir / name
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, dst):
+                return
+        atomic_link(source, dst)
+
     @property
     def best_path(self) -> Path:
         return self.dir / "best.pt"
@@ -167,8 +218,32 @@ class CheckpointHook(Hook):
         return self.dir / "last.pt"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "top": [list(t) for t in self.top]}
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "top": [list(t) for t in self.top],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_value = state.get("best_value")
+        self.best_epoch = state.get("best_epoch")
         self.top = [(float(v), str(n)) for v, n in state.get("top", [])]
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it exists (one place to stop at, for the crash tests)."""
+    path.unlink(missing_ok=True)
+
+
+def _epoch_of(name: str) -> int | None:
+    match = _TOP_K_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def _saved_epoch(path: Path) -> int:
+    """The epoch a checkpoint file holds; mmap reads the small pickle, not the tensors."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["state"]["epoch"])
+    except Exception:  # unreadable or foreign: not the best checkpoint of this run either
+        return -1

@@ -41,15 +41,7 @@ def host_copy(obj: Any) -> Any:
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain Python data only."""
-    path = Path(path)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(
-                f"no checkpoint to resume in {path}: expected {last}. Pass the .pt file itself, "
-                "or the --out folder of an earlier run."
-            )
-        path = last
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path to the .pt file")
     try:
@@ -62,6 +54,20 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this trainer (no 'model' entry)")
     return ckpt
+
+
+def checkpoint_file(path: str | os.PathLike[str]) -> Path:
+    """The file ``path`` stands for: itself, or a run folder's ``checkpoints/last.pt``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    last = path / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(
+            f"no checkpoint to resume in {path}: expected {last}. Pass the .pt file itself, "
+            "or the --out folder of an earlier run."
+        )
+    return last
 
 
 def check_classes(ckpt: dict[str, Any], classes: list[str], path: str | os.PathLike[str]) -> None:

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
-from trainer.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from trainer.checkpoint import check_classes, checkpoint_file, load_checkpoint, save_checkpoint
 from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
@@ -114,6 +114,10 @@ class Engine:
         max_nonfinite: a NaN or infinite loss skips its optimizer step (and the EMA update);
             this many skipped steps in a row end the fit with ``NonFiniteLossError``. The
             skips are counted in ``state.metrics["train/skipped_steps"]``.
+
+    Attributes:
+        resume_path: the checkpoint file the last ``load_checkpoint`` read, else None;
+            ``CheckpointHook`` relinks ``best.pt`` and the top-k from it on resume.
 
     Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
     ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
@@ -227,6 +231,7 @@ class Engine:
         # Hooks draw their plots and reports on it; flushed when fit, validate and test end.
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
+        self.resume_path: Path | None = None
         self._nonfinite = NonFiniteGuard(self.device, max_nonfinite)
         self._signal: int | None = None
 
@@ -565,6 +570,7 @@ class Engine:
         """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
         ckpt = load_checkpoint(path)
         check_classes(ckpt, self.data.classes, path)
+        self.resume_path = checkpoint_file(path)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])

@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError, UserError
-from trainer.io import atomic_write_bytes, atomic_write_json
+from trainer.io import atomic_write_bytes, atomic_write_json, replace_durably, temp_path
 
 __all__ = [
     "INPUT_NAME",
@@ -62,6 +64,7 @@ def export_onnx(
     labels_mapping: Mapping[str, Any],
     opset: int = 18,
     model_name: str = "",
+    data_name: str | None = None,
 ) -> Path:
     """Export ``model`` to a single self-contained ONNX file with a dynamic batch axis.
 
@@ -75,6 +78,8 @@ def export_onnx(
             ``image_size``, ``normalization``, ...); stored in the model's metadata.
         opset: ONNX opset version, at least 17.
         model_name: Architecture name recorded in the metadata (e.g. ``"resnet18"``).
+        data_name: for a model over 2 GB, the file its weights go to, beside ``path``;
+            default ``<path name>.data``.
 
     Returns:
         The path written.
@@ -124,7 +129,7 @@ def export_onnx(
         )
     onnx.helper.set_model_props(proto, _metadata_props(labels_mapping, model_name))
     onnx.checker.check_model(proto, full_check=True)
-    _save_proto(proto, path)
+    _save_proto(proto, path, data_name)
     return path
 
 
@@ -144,26 +149,33 @@ def _metadata_props(labels_mapping: Mapping[str, Any], model_name: str) -> dict[
     }
 
 
-def _save_proto(proto: Any, path: Path) -> None:
+def _save_proto(proto: Any, path: Path, data_name: str | None = None) -> None:
     import onnx
+
+    data_name = data_name or f"{path.name}.data"
 
     if proto.ByteSize() < _SINGLE_FILE_LIMIT:
         atomic_write_bytes(path, proto.SerializeToString())
         return
-    # Too big for one protobuf: weights go to "<name>.data" beside the file. The .data file is
+    # Too big for one protobuf: weights go to ``data_name`` beside the file. The .data file is
     # written in place; the .onnx that points to it is still replaced atomically last.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(
-        proto,
-        tmp,
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        # Small constants (axes, shapes) stay inline: onnxruntime's shape inference reads them.
-        size_threshold=1024,
-        location=f"{path.name}.data",
-    )
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        onnx.save_model(
+            proto,
+            tmp,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            # Small constants (axes, shapes) stay inline: onnxruntime's shape inference reads them.
+            size_threshold=1024,
+            location=data_name,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> np.ndarray:
@@ -253,6 +265,9 @@ def export_and_verify(
 ) -> dict[str, Any]:
     """Export ``model``, check it with onnxruntime, and write the report JSON.
 
+    The model is exported to a temp file beside ``path`` and checked there; only a model that
+    passes replaces ``path``, so a failed check never costs the previous good ``model.onnx``.
+
     Args:
         model: The classifier to export (not modified).
         path: Destination ``.onnx`` file.
@@ -268,24 +283,62 @@ def export_and_verify(
         The report of :func:`verify_onnx` plus ``"path"``.
 
     Raises:
-        ExportVerificationError: The check failed; the report has been written first.
+        ExportVerificationError: The check failed; the report has been written first, and
+            ``path`` is as it was.
     """
-    path = export_onnx(
-        model, path, labels_mapping=labels_mapping, opset=opset, model_name=model_name
-    )
-    report = verify_onnx(path, model, images, atol=atol, min_agreement=min_agreement)
-    report["path"] = str(path)
-    report_path = Path(report_path) if report_path else path.with_suffix(".verify.json")
-    atomic_write_json(report_path, report)
-    if not report["passed"]:
+    path = Path(path)
+    tmp, passed = temp_path(path), False
+    # A model over 2 GB keeps its weights in a file of its own name, so the previous model's
+    # weights stay whole until the new model is in place.
+    data_name = f"{path.name}.{tmp.name.split('.')[-2]}.data"
+    try:
+        export_onnx(
+            model,
+            tmp,
+            labels_mapping=labels_mapping,
+            opset=opset,
+            model_name=model_name,
+            data_name=data_name,
+        )
+        report = verify_onnx(tmp, model, images, atol=atol, min_agreement=min_agreement)
+        report["path"] = str(path)
+        report_path = Path(report_path) if report_path else path.with_suffix(".verify.json")
+        atomic_write_json(report_path, report)
+        passed = bool(report["passed"])
+        if passed:
+            replace_durably(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # what is left of a failed export
+        _remove_data_files(path, keep=data_name if passed else None, failed=data_name)
+    if not passed:
+        kept = f"{path} is as it was" if path.exists() else f"{path} was not written"
         raise ExportVerificationError(
-            f"ONNX export {path} does not match the PyTorch model on {report['n_images']} images: "
-            f"top-1 agreement {report['top1_agreement']:.4f} (need >= {min_agreement}), "
-            f"max |logit diff| {report['max_abs_diff']:.3g} (allowed {report['tolerance']:.3g}). "
-            f"Report: {report_path}. Ops that export differently (custom ops, train-mode layers) "
-            "are the usual cause; export with opset 18 and check the model is deterministic."
+            f"ONNX export to {path} does not match the PyTorch model on {report['n_images']} "
+            f"images: top-1 agreement {report['top1_agreement']:.4f} (need >= {min_agreement}), "
+            f"max |logit diff| {report['max_abs_diff']:.3g} (allowed {report['tolerance']:.3g}); "
+            f"{kept}. Report: {report_path}. Ops that export differently (custom ops, "
+            "train-mode layers) are the usual cause; export with opset 18 and check the model "
+            "is deterministic."
         )
     return report
+
+
+def _remove_data_files(path: Path, keep: str | None, failed: str) -> None:
+    """Remove the external-data files (models over 2 GB) that ``path`` no longer points to.
+
+    After a passed export (``keep`` is its data file name) that is every other one; after a
+    failed one (``keep`` None) only its own, ``failed``.
+    """
+    if keep is None:
+        with contextlib.suppress(OSError):
+            (path.parent / failed).unlink()
+        return
+    ours = re.compile(re.escape(path.name) + r"(\.[0-9a-f]{8})?\.data")
+    for p in path.parent.glob(f"{path.name}*.data"):
+        if ours.fullmatch(p.name) and p.name != keep:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Crash-consistent file writing: a temp file in the same folder, fsync, os.replace, fsync dir."""
+"""Crash-consistent file writing: a temp file in the same folder, fsync, os.replace, fsync dir.
+
+Every temp file is named ``.<name>.<8 hex digits>.tmp`` beside its target (``temp_path``), so
+``clean_stale_temp_files`` can remove what a killed run left without touching anyone's files.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import csv
 import io
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,14 +32,12 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp makes files private (0600); give them the usual umask-based mode.
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -57,10 +60,8 @@ def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     ``dst`` then keeps its content when ``src`` is later replaced.
     """
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp = temp_path(dst)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
@@ -72,10 +73,41 @@ def atomic_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     _fsync_dir(dst.parent)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Our temp names: 8 hex digits (8 of mkstemp's characters and ".<pid>.link" in older versions).
+_TEMP_NAME = re.compile(r"\..+\.(?:[a-z0-9_]{8}|\d+\.link)\.tmp")
+
+
+def temp_path(path: str | os.PathLike[str]) -> Path:
+    """A fresh temp name beside ``path``: ``.<name>.<8 hex digits>.tmp``, not yet existing."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        if not os.path.lexists(tmp):
+            return tmp
+
+
+def is_temp_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named like a temp file of ours (see ``temp_path``)."""
+    return _TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    # Mode 0666 through os.open: the kernel applies the process umask, as it does for any
+    # new file. (mkstemp makes 0600 files, and reading the umask means setting it, which
+    # races between threads and once left it at 000.)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = temp_path(path)
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # taken between the check and the open
+
+
+def replace_durably(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``os.replace(src, dst)``, then fsync the folder so the rename survives a power cut."""
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -111,13 +143,17 @@ def atomic_write_csv(
 
 
 def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Remove temp files an interrupted atomic write left behind; returns how many."""
+    """Remove the temp files interrupted writes left anywhere under ``folder``; returns how many.
+
+    Only files named like ours (``is_temp_file``) go; any other file stays.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for p in folder.rglob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            removed += 1
+        if p.is_file() and is_temp_file(p):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
     return removed

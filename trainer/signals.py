@@ -8,11 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from trainer.errors import Interrupted
+
 
 @contextlib.contextmanager
 def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     """Call ``on_signal(signum)`` at the first SIGINT or SIGTERM; a second one raises
-    ``KeyboardInterrupt`` at once. The previous handlers come back on exit.
+    ``Interrupted(signum)`` at once, so the process exits with that signal's own code
+    (128 + signum). The previous handlers come back on exit.
 
     Signal handlers can only be installed from the main thread; elsewhere nothing changes.
     """
@@ -23,7 +26,7 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         if received:
-            raise KeyboardInterrupt  # the second signal: leave now
+            raise Interrupted(signum)  # the second signal: leave now
         received.append(signum)
         on_signal(signum)
 

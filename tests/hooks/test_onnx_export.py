@@ -21,6 +21,7 @@ from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.export import ExportVerificationError, read_onnx_metadata
 from trainer.hook import Hook
+from trainer.io import is_temp_file
 from trainer.models import build_model
 
 
@@ -116,9 +117,15 @@ def test_failed_verification_fails_the_fit(
     monkeypatch.setattr(export, "export_onnx", fake_export)
     monkeypatch.setattr(export, "verify_onnx", failing_verify)
     out = tmp_path / "run"
+    out.mkdir()
+    good = b"the previous, verified model"
+    (out / "model.onnx").write_bytes(good)
     hook = OnnxExportHook(out, num_verify_images=4)
-    with pytest.raises(ExportVerificationError, match="does not match"):
+    with pytest.raises(ExportVerificationError, match="is as it was"):
         fit(out, run["root"], [CheckpointHook(out), hook], epochs=1)
+    # The failed model never replaced the good one, and left no temp file.
+    assert (out / "model.onnx").read_bytes() == good
+    assert not [p for p in out.rglob("*") if is_temp_file(p)]
     assert (out / "checkpoints" / "last.pt").is_file()
     assert (out / "checkpoints" / "best.pt").is_file()
     report = json.loads((out / "export_report.json").read_text())
@@ -142,3 +149,36 @@ def test_nothing_exported_when_the_fit_fails(run: dict[str, Any], tmp_path: Path
 def test_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_verify_images"):
         OnnxExportHook(tmp_path, num_verify_images=0)
+
+
+@pytest.mark.parametrize("passes", [True, False], ids=["passed", "failed"])
+def test_weights_over_2gb_swap_with_their_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passes: bool
+) -> None:
+    """A model with external weights: its data file is replaced only with the model."""
+    (tmp_path / "model.onnx").write_bytes(b"old model")
+    (tmp_path / "model.onnx.data").write_bytes(b"old weights")
+
+    def fake_export(model: Any, path: Any, *, data_name: str, **kwargs: Any) -> Path:
+        Path(path).write_bytes(b"new model")
+        (Path(path).parent / data_name).write_bytes(b"new weights")
+        return Path(path)
+
+    def verify(path: Any, model: Any, images: torch.Tensor, **kwargs: Any) -> dict:
+        return {"passed": passes, "n_images": 1, "top1_agreement": 1.0 * passes,
+                "max_abs_diff": 0.0, "tolerance": 1e-3}  # fmt: skip
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+    monkeypatch.setattr(export, "verify_onnx", verify)
+    mapping = {"image_size": 8, "idx_to_class": {"0": "a"}}
+    args = (torch.nn.Identity(), tmp_path / "model.onnx")
+    kwargs = {"labels_mapping": mapping, "images": torch.zeros(1, 3, 8, 8)}
+    if passes:
+        export.export_and_verify(*args, **kwargs)
+    else:
+        with pytest.raises(ExportVerificationError):
+            export.export_and_verify(*args, **kwargs)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix != ".json"}
+    want = (b"new model", b"new weights") if passes else (b"old model", b"old weights")
+    assert files["model.onnx"] == want[0]
+    assert sorted(files.values()) == sorted(want)  # no other model or data file left

@@ -124,3 +124,104 @@ def test_too_many_bad_files_aborts_with_the_list(tmp_path: Path, fraction: str, 
     assert code == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "--max-bad-fraction" in err
+
+
+# Scores per epoch for best.pt and a top-2: the best moves at epochs 1 and 3; epochs 0 and 2
+# leave the top-2, so every kind of write happens: last.pt, its links, removals.
+SCORES = [1.0, 3.0, 2.0, 4.0, 0.0]
+WRITES = 15  # file operations of the 5 epoch ends (save, link, remove)
+
+
+class Crash(Exception):
+    """Where the process dies."""
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n-th file operation of the checkpoint writes fail, and only that one."""
+    import hooks.checkpoint as checkpoint_hook
+
+    done = [0]
+
+    def counted(fn):  # type: ignore[no-untyped-def]
+        def op(*args, **kwargs):  # type: ignore[no-untyped-def]
+            done[0] += 1
+            if done[0] - 1 == n:
+                raise Crash(f"file operation {n}")
+            return fn(*args, **kwargs)
+
+        return op
+
+    for name in ("save_checkpoint", "atomic_link", "remove_file"):
+        monkeypatch.setattr(checkpoint_hook, name, counted(getattr(checkpoint_hook, name)))
+
+
+def _epoch_in(path: Path) -> int:
+    return int(torch.load(path, weights_only=True)["state"]["epoch"])
+
+
+def _assert_files_agree_with_state(folder: Path, scores: list[float], top_k: int) -> None:
+    """best.pt and the epoch_XXX.pt files are exactly what last.pt's history calls for."""
+    n = len(torch.load(folder / "last.pt", weights_only=True)["state"]["history"])
+    by_score = sorted(range(n), key=lambda e: scores[e], reverse=True)
+    top = by_score[:top_k]
+    assert sorted(p.name for p in folder.glob("epoch_*.pt")) == sorted(
+        f"epoch_{e:03d}.pt" for e in top
+    )
+    for e in top:
+        assert _epoch_in(folder / f"epoch_{e:03d}.pt") == e
+    assert _epoch_in(folder / "best.pt") == by_score[0]
+
+
+def _fit(out: Path, scores: list[float], *, top_k: int = 2, resume: Path | None = None):  # type: ignore[no-untyped-def]
+    from hooks.checkpoint import CheckpointHook
+    from tests.conftest import make_engine
+    from tests.trainer.test_checkpoint import _Score
+
+    hooks = [_Score(scores), CheckpointHook(out, monitor="score", top_k=top_k)]
+    engine = make_engine(hooks, max_epochs=len(scores), sanity_steps=0, data=_small_data())
+    engine.fit(resume=resume)
+    return engine
+
+
+def _small_data():  # type: ignore[no-untyped-def]
+    from tests.conftest import StandInData
+
+    return StandInData.sized(16, batch_size=16)
+
+
+@pytest.mark.parametrize("n", range(WRITES))
+def test_best_and_top_k_agree_with_the_state_after_a_crash_at_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    with monkeypatch.context() as m:
+        _crash_at(m, n)
+        with pytest.raises(Crash):
+            _fit(tmp_path, SCORES)
+    folder = tmp_path / "checkpoints"
+    resume = tmp_path if (folder / "last.pt").exists() else None
+    _fit(tmp_path, SCORES, resume=resume)
+    _assert_files_agree_with_state(folder, SCORES, top_k=2)
+
+
+def test_no_crash_writes_as_many_files_as_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # WRITES above must cover every write, or the crash test would miss the last ones.
+    _crash_at(monkeypatch, WRITES)
+    _fit(tmp_path, SCORES)
+    monkeypatch.undo()
+    _crash_at(monkeypatch, WRITES - 1)
+    with pytest.raises(Crash):
+        _fit(tmp_path / "again", SCORES)
+
+
+def test_resume_from_an_earlier_epoch_or_with_a_smaller_top_k(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    _fit(tmp_path, SCORES[:4])  # best: epoch 3; top-2: epochs 3 and 1
+    # Back to epoch 1: epoch 3's best.pt and epoch_003.pt belong to an abandoned future.
+    later = [*SCORES[:2], 2.5, 2.2, 2.1]  # epoch 0 (its file is gone) stays out of the top
+    _fit(tmp_path, later, resume=folder / "epoch_001.pt")
+    _assert_files_agree_with_state(folder, later, top_k=2)
+    longer = [*later, 0.0]
+    _fit(tmp_path, longer, top_k=1, resume=tmp_path)
+    _assert_files_agree_with_state(folder, longer, top_k=1)

@@ -283,3 +283,25 @@ def test_verification_fails_on_either_check_alone(
     assert (report["top1_agreement"] == 1.0) == agrees
     assert (report["max_abs_diff"] <= report["tolerance"]) == within_tolerance
     assert report["passed"] is False
+
+
+def test_verified_huge_model_replaces_the_old_one_with_its_own_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.export as export_module
+
+    monkeypatch.setattr(export_module, "_SINGLE_FILE_LIMIT", 0)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old model")
+    (tmp_path / "model.onnx.data").write_bytes(b"old weights")
+    images = torch.randn(4, 3, IMG, IMG)
+    export_module.export_and_verify(
+        make_model(), path, labels_mapping=make_mapping(), images=images
+    )
+    data = [p.name for p in tmp_path.glob("*.data")]
+    assert (
+        len(data) == 1 and data[0] != "model.onnx.data"
+    )  # the old weights went with the old model
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": images.numpy()})[0].shape == (4, 3)

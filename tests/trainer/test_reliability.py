@@ -26,15 +26,19 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
 class RaiseSignal(Hook):
-    """Sends the process ``times`` SIGINTs from inside a training step."""
+    """Sends the process ``times`` signals (SIGINT by default) from inside a training step."""
 
-    def __init__(self, at_step: int, times: int = 1) -> None:
-        self.at_step, self.times = at_step, times
+    def __init__(self, at_step: int, times: int = 1, signum: int = signal.SIGINT) -> None:
+        self.at_step, self.times, self.signum = at_step, times, signum
+        self.batch_ends: list[int] = []
 
     def on_after_backward(self, engine: Engine) -> None:
         if engine.state.epoch == 1 and engine.state.batch_idx == self.at_step:
             for _ in range(self.times):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(self.signum)
+
+    def on_train_batch_end(self, engine: Engine, outputs, batch, batch_idx: int) -> None:
+        self.batch_ends.append(batch_idx)
 
 
 def test_sigint_finishes_the_step_saves_and_raises(tmp_path: Path) -> None:
@@ -66,11 +70,14 @@ def test_sigint_finishes_the_step_saves_and_raises(tmp_path: Path) -> None:
     assert len(again.state.history) == 3
 
 
-def test_second_signal_exits_at_once(tmp_path: Path) -> None:
-    engine = make_engine([RaiseSignal(at_step=1, times=2)], max_epochs=3)
-    with pytest.raises(KeyboardInterrupt) as info:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_second_signal_leaves_at_once_with_its_own_exit_code(signum: int) -> None:
+    hook = RaiseSignal(at_step=1, times=2, signum=signum)
+    engine = make_engine([hook], max_epochs=3)
+    with pytest.raises(Interrupted) as info:
         engine.fit()
-    assert not isinstance(info.value, Interrupted)  # raised inside the step, not after it
+    assert info.value.exit_code == 128 + signum
+    assert hook.batch_ends[-1] == 0  # raised inside step 1, which never reached its end
 
 
 def test_sigterm_exits_143_and_the_run_resumes(tmp_path: Path) -> None:

@@ -1,0 +1,286 @@
+"""tools/train.py's command line: the flags, and the configuration they resolve to
+(``--config`` replays an ``args.json``, flags on the command line win, and the demo and
+``--data`` defaults fill what is left)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from run_folder import run_dir_of
+
+from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
+from trainer.errors import ConfigError
+from trainer.models import MODELS, TIMM_PREFIX
+
+# Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
+NOT_SAVED = ("resume", "config", "print_config", "overwrite")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/train.py",
+        description="Train an image classifier on an ImageFolder tree "
+        "(DIR/train/<class>/*, DIR/val/<class>/*, optional DIR/test/<class>/*).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        type=str,
+        default=None,
+        help="ImageFolder root; omitted: the built-in demo dataset of drawn shapes",
+    )
+    g.add_argument(
+        "--img-size", type=int, default=None, help="square input side (demo: 64, else 224)"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (demo: 32, else 64)"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loading processes; default min(8, CPU count)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share held out for val when DIR has only class folders",
+    )
+    g.add_argument(
+        "--crop-scale",
+        type=float,
+        default=None,
+        metavar="LOW",
+        help="smallest area share kept by RandomResizedCrop (demo: 0.5, else 0.08)",
+    )
+    g.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips (switch off for digits and text)",
+    )
+    g.add_argument(
+        "--color-jitter",
+        type=float,
+        default=0.0,
+        metavar="STRENGTH",
+        help="brightness/contrast/saturation jitter; 0 is off",
+    )
+    g.add_argument(
+        "--sampler",
+        choices=("none", "balanced", "manual"),
+        default="none",
+        help="balanced draws each class equally often; manual uses --class-weights",
+    )
+    g.add_argument(
+        "--class-weights",
+        type=str,
+        default=None,
+        metavar="NAME=W,...",
+        help="per-class sampling weights by class name (implies --sampler manual)",
+    )
+    g.add_argument(
+        "--cache",
+        choices=("none", "ram"),
+        default="none",
+        help="ram keeps decoded, pre-resized images in memory when they fit",
+    )
+    g.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: training JPEGs decoded in batches by nvjpeg and cropped, resized and "
+        "flipped on the GPU (CUDA only; other formats still decode on the CPU)",
+    )
+    g.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.05,
+        help="abort when more than this share of the images cannot be read",
+    )
+
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help=f"architecture: {', '.join(sorted(MODELS))}, or {TIMM_PREFIX}<name> for any timm "
+        "model (needs the [timm] extra) (demo: small_cnn, else resnet18)",
+    )
+    g.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from ImageNet weights, torchvision's or timm's (downloads once)",
+    )
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (demo: 15, else 20)")
+    g.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (demo: 3e-3, else 1e-3)"
+    )
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy smoothing")
+    g.add_argument("--loss", choices=("ce", "focal"), default="ce", help="training loss")
+    g.add_argument(
+        "--loss-weights",
+        choices=("none", "balanced"),
+        default="none",
+        help="balanced weights the loss by inverse class frequency",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("auto", "32", "16-mixed", "bf16-mixed"),
+        default="auto",
+        help="auto: bf16 on CUDA where supported, fp16 on other CUDA, fp32 on CPU",
+    )
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="EMA of the weights (e.g. 0.999), used for val and export; 0 disables",
+    )
+    g.add_argument("--grad-clip", type=float, default=0.0, help="clip gradient norm; 0 disables")
+    g.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch",
+    )
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=str, default=None, help="run folder; default runs/<timestamp>")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--seed", type=int, default=0, help="seeds the split, sampling and init")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH",
+        help="continue from PATH (a .pt file or a run folder); alone: from --out",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out that holds one, deleting that run's files first",
+    )
+    g.add_argument(
+        "--config",
+        type=str,
+        default=None,
+        metavar="FILE",
+        help="replay a run's args.json; flags given here win",
+    )
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (what args.json would hold) as JSON and exit",
+    )
+    g.add_argument("--monitor", default="val/acc", help="metric for best.pt and early stopping")
+    g.add_argument("--top-k", type=int, default=1, help="also keep the k best epochs' checkpoints")
+    g.add_argument(
+        "--early-stopping",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop after this many epochs without improvement; 0 disables",
+    )
+    g.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        help="for --early-stopping: an improvement must beat the best by more than this",
+    )
+    g.add_argument("--sanity-steps", type=int, default=2, help="val batches before training")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("outputs (each on by default)")
+    for name, what in (
+        ("confusion-matrix", "per-epoch confusion matrix heatmaps"),
+        ("dataset-stats", "class distribution table"),
+        ("model-info", "model summary"),
+        ("history-plots", "loss/accuracy/lr curves"),
+        ("sampler-stats", "per-epoch sampler class counts"),
+        ("samples", "predicted-vs-true image grids"),
+        ("export", "ONNX export at the end, verified with onnxruntime"),
+        ("report", "report.html: the whole run on one page, rewritten each epoch"),
+    ):
+        g.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True, help=what)
+    g.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="TensorBoard event files in OUT/tensorboard (off by default; needs the "
+        "[tensorboard] extra)",
+    )
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse flags; --config (or a resumed run's args.json) supplies defaults, flags win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    replay: Path | None = Path(args.config) if args.config else None
+    if replay is None and args.resume not in (None, "auto"):
+        # Resuming a run folder replays its own configuration.
+        run_dir = run_dir_of(Path(args.resume))
+        replay = run_dir / "args.json" if (run_dir / "args.json").is_file() else None
+    elif replay is None and args.resume == "auto" and args.out:
+        candidate = Path(args.out) / "args.json"
+        replay = candidate if candidate.is_file() else None
+    if replay is not None:
+        try:
+            saved = json.loads(replay.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"--config {replay} does not exist; pass a run's args.json") from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--config {replay} is not readable JSON ({e})") from e
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise ConfigError(f"--config {replay} has unknown keys {unknown}; is it an args.json?")
+        for key in ("resume", "config", "print_config", "overwrite"):
+            saved.pop(key, None)
+        if not args.config:
+            # A resumed run stays in the folder resumed from, wherever it has been moved to.
+            saved.pop("out", None)
+        parser.set_defaults(**saved)
+        args = parser.parse_args(argv)
+    config = vars(args)
+    defaults = DEMO_DEFAULTS if config["data"] is None else DATA_DEFAULTS
+    for key, value in defaults.items():
+        if config[key] is None:
+            config[key] = value
+    if config["class_weights"] and config["sampler"] == "none":
+        config["sampler"] = "manual"
+    if config["model"] not in MODELS and not config["model"].startswith(TIMM_PREFIX):
+        # Checked here, not only in build_model, so a typo fails before the data is scanned.
+        raise ConfigError(
+            f"--model {config['model']!r} is not one of {', '.join(sorted(MODELS))}, "
+            f"nor {TIMM_PREFIX}<name> for a timm model"
+        )
+    return config
+
+
+def parse_class_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.rpartition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name.strip():
+            raise ConfigError(
+                f"--class-weights item {item!r} is not NAME=WEIGHT; e.g. --class-weights cat=2,dog=1"
+            )
+    return weights
