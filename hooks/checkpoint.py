@@ -149,7 +149,7 @@ class CheckpointHook(Hook):
         """Emergency checkpoint: ``checkpoints/interrupted.pt``, the weights as they are now.
 
         ``last.pt`` keeps the last finished epoch, so ``--resume`` stays exact; this file keeps
-        the work of the unfinished one. Under DDP only a signal (which reaches every rank)
+        the work of the unfinished one (a resume refuses it when it was saved inside an epoch). Under DDP only a signal (which reaches every rank)
         triggers it, since building a checkpoint is a collective the other ranks may not join.
         """
         try:

@@ -91,11 +91,19 @@ class OnnxExportHook(Hook):
             data.save_labels_mapping(sidecar)
         self.path = self.out_dir / "model.onnx"
         report_path = self.out_dir / REPORT_NAME
+        mapping = data.labels_mapping()
+        args = engine.args
+        split = export.split_entry(
+            getattr(data, "seed", args.get("seed")),
+            getattr(data, "val_fraction", args.get("val_fraction")),
+        )
+        if split is not None:
+            mapping["split"] = split  # so tools/evaluate.py scores the run's own val images
         try:
             self.report = export_with_report(
                 model,
                 self.path,
-                labels_mapping=data.labels_mapping(),
+                labels_mapping=mapping,
                 images=images,
                 report_path=report_path,
                 opset=self.opset,

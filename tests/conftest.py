@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader, TensorDataset
@@ -262,3 +266,33 @@ def assert_survives_unwritable(
     warnings = [r.getMessage() for r in caplog.records if r.name == "trainer.hooks"]
     assert warnings, "expected a warning from trainer.hooks"
     assert all(str(blocked) in w for w in warnings)
+
+
+# --------------------------------------------------------------------- processes of a group
+def join_as_rank(rank: int, world: int, port: int) -> None:
+    """In a spawned test process: torchrun's variables for ``rank`` of ``world``, one thread."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+
+
+def run_ranks(worker: Callable[..., None], *args: Any, world: int = 2, timeout: float = 120.0) -> None:
+    """Run ``worker(rank, world, port, *args)`` in ``world`` spawned processes, bounded in
+    time: a hung collective fails the test instead of the suite."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    ctx = mp.start_processes(
+        worker, args=(world, port, *args), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{world}-process run did not finish in {timeout:.0f} s")

@@ -7,13 +7,18 @@ Usage:
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
 as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
 default: beside the model). Images get exactly the validation preprocessing. The split is
-``test`` when the tree has one, else ``val``. The model's classes must be the data's.
+``test`` when the tree has one, else ``val``. The model's classes must be the data's. A tree of
+class folders only is split as the run split it: with the seed and val_fraction recorded in the
+checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
+(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
+since another split would score training images as validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -25,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -37,9 +43,16 @@ from torchmetrics.classification import (
 from hooks.plots import plot_confusion_matrix, save_png
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
+from trainer.data.scan import has_split_folders
 from trainer.device import resolve_device
 from trainer.errors import UserError
-from trainer.export import INPUT_NAME, OUTPUT_NAME, OnnxModelError, read_onnx_metadata
+from trainer.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxModelError,
+    check_onnx_signature,
+    read_onnx_metadata,
+)
 from trainer.io import atomic_write_json
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
 
@@ -63,6 +76,7 @@ class LoadedModel:
         logits: maps a normalised float (B, 3, H, W) CPU batch to (B, C) CPU logits.
         weights: "ema" or "model" for a checkpoint, None for ONNX.
         split_args: ``val_fraction`` and ``seed`` the run split an unsplit tree with.
+        split_source: where ``split_args`` came from, for messages.
     """
 
     path: Path
@@ -74,6 +88,7 @@ class LoadedModel:
     logits: Callable[[torch.Tensor], torch.Tensor]
     weights: str | None = None
     split_args: dict[str, Any] = field(default_factory=dict)
+    split_source: str = ""
 
 
 def load_model(
@@ -113,6 +128,7 @@ def load_model(
         logits=logits,
         weights=weights,
         split_args={k: args[k] for k in ("val_fraction", "seed") if k in args},
+        split_source=f"the args of {path}",
     )
 
 
@@ -130,6 +146,8 @@ def _load_onnx(path: Path) -> LoadedModel:
         raise OnnxModelError(
             f"cannot use {path} ({type(e).__name__}: {e}). Re-export it with tools/export.py."
         ) from e
+    check_onnx_signature(session, path, mapping)
+    split_args, split_source = _onnx_split(path, mapping)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.float().numpy()})
@@ -143,7 +161,70 @@ def _load_onnx(path: Path) -> LoadedModel:
         mean=mean,
         std=std,
         logits=logits,
+        split_args=split_args,
+        split_source=split_source,
     )
+
+
+def _onnx_split(path: Path, mapping: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The run's seed and val_fraction: the labels mapping's ``split``, else the run's args.json.
+
+    tools/train.py leaves ``model.onnx`` in the run folder beside ``args.json``; tools/export.py
+    writes ``checkpoints/<name>.onnx``, one level below it.
+    """
+    if isinstance(mapping.get("split"), dict):
+        return dict(mapping["split"]), f"the labels mapping of {path}"
+    for args_path in (path.parent / "args.json", path.parent.parent / "args.json"):
+        if not args_path.is_file():
+            continue
+        try:
+            args = json.loads(args_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log.warning("ignoring %s (%s)", args_path, e)
+            continue
+        if isinstance(args, dict):
+            found = {k: args[k] for k in ("val_fraction", "seed") if args.get(k) is not None}
+            return found, str(args_path)
+    return {}, ""
+
+
+def split_args_for(
+    model: LoadedModel, data: Path, seed: int | None, val_fraction: float | None
+) -> dict[str, Any]:
+    """The seed and val_fraction to split ``data`` with, as the model's run did.
+
+    Raises:
+        UserError: ``data`` is a tree of class folders and neither the model nor the arguments
+            say how the run split it.
+    """
+    found = dict(model.split_args)
+    if seed is not None:
+        found["seed"] = seed
+    if val_fraction is not None:
+        found["val_fraction"] = val_fraction
+    if not data.is_dir() or has_split_folders(data):
+        return found  # the folders say which image is which; nothing to reproduce
+    missing = [k for k in ("seed", "val_fraction") if k not in found]
+    if missing:
+        looked = model.split_source or (
+            "its labels mapping (no 'split' entry) and no args.json beside it"
+            if model.format == "onnx"
+            else "its args"
+        )
+        raise UserError(
+            f"{data} holds class folders only, so its val images are the ones the run's "
+            f"seeded split held out, and the {', '.join(missing)} of that split is unknown "
+            f"({model.path}: looked in {looked}). Another split would score training images "
+            "as validation. Pass --seed and --val-fraction as the run used them (its "
+            "args.json has them), or evaluate on a tree with train/ and val/ (or test/) folders."
+        )
+    log.info(
+        "%s holds class folders only: evaluating the run's split (seed %s, val_fraction %s)",
+        data,
+        found["seed"],
+        found["val_fraction"],
+    )
+    return found
 
 
 def check_classes(model: LoadedModel, data: ImageFolderData) -> None:
@@ -172,6 +253,8 @@ def evaluate(
     workers: int | None = None,
     device: str = "auto",
     img_size: int | None = None,
+    seed: int | None = None,
+    val_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Score a model on one split of an ImageFolder tree.
 
@@ -183,6 +266,8 @@ def evaluate(
         workers: data-loading processes; None: ``ImageFolderData``'s default.
         device: for checkpoints: "auto", "cpu", "cuda", ...; ONNX runs on the CPU.
         img_size: input size, for checkpoints that do not record it.
+        seed: the run's split seed, for a tree of class folders; None: the one recorded.
+        val_fraction: the run's val fraction, likewise.
 
     Returns:
         ``{"model", "format", "weights", "data", "split", "n_images", "classes", "top1",
@@ -203,7 +288,7 @@ def evaluate(
         batch_size=batch_size,
         workers=workers,
         verify=False,  # every image is decoded once below anyway
-        **model.split_args,
+        **split_args_for(model, Path(data).expanduser(), seed, val_fraction),
     )
     check_classes(model, tree)
     if split is None:
@@ -273,14 +358,15 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         f"top-1 {result['top1']:.4f}"
         + (f", top-5 {result['top5']:.4f}" if result["top5"] is not None else "")
     )
-    table = Table(title=title)
+    # Class names and file names are data, not rich markup: "[red]" and "[/]" print as is.
+    table = Table(title=escape(title))
     table.add_column("class", overflow="fold")
     for name in ("precision", "recall", "F1", "support"):
         table.add_column(name, justify="right")
     pc = result["per_class"]
     for i, name in enumerate(result["classes"]):
         table.add_row(
-            name,
+            escape(name),
             f"{pc['precision'][i]:.4f}",
             f"{pc['recall'][i]:.4f}",
             f"{pc['f1'][i]:.4f}",
@@ -326,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda, mps")
     p.add_argument("--img-size", type=int, default=None, help="for checkpoints lacking it")
     p.add_argument("--out", default=None, help="output folder; default: beside the model")
+    p.add_argument(
+        "--seed", type=int, default=None, help="the run's split seed (tree of class folders)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=None, help="the run's val fraction (likewise)"
+    )
     return p
 
 
@@ -342,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=a.workers,
             device=a.device,
             img_size=a.img_size,
+            seed=a.seed,
+            val_fraction=a.val_fraction,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

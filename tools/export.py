@@ -30,7 +30,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
 from trainer.errors import DataError, UserError
-from trainer.export import MIN_OPSET, ExportVerificationError
+from trainer.export import MIN_OPSET, ExportVerificationError, split_entry
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
 
 log = logging.getLogger("trainer")
@@ -148,9 +148,13 @@ def export_checkpoint(
     ckpt = load_checkpoint(path)
     model, weights = model_from_checkpoint(ckpt, path, ema=ema, model_name=model_name)
     mapping = labels_mapping_from_checkpoint(ckpt, path, img_size=img_size)
+    args = ckpt.get("args") or {}
+    split = split_entry(args.get("seed"), args.get("val_fraction"))
+    if split is not None:
+        mapping = {**mapping, "split": split}  # so tools/evaluate.py scores the run's val images
     images, verified_on, root = verification_images(ckpt, mapping, data=data, num_images=num_images)
     out_path = Path(out) if out is not None else path.with_suffix(".onnx")
-    name = model_name or str((ckpt.get("args") or {}).get("model", type(model).__name__))
+    name = model_name or str(args.get("model", type(model).__name__))
     return export_with_report(
         model,
         out_path,

@@ -25,7 +25,14 @@ from tqdm import tqdm
 
 from trainer.data import IMG_EXTENSIONS, eval_preprocess, load_image
 from trainer.errors import UserError
-from trainer.export import INPUT_NAME, OUTPUT_NAME, OnnxModelError, read_onnx_metadata
+from trainer.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxModelError,
+    check_num_outputs,
+    check_onnx_signature,
+    read_onnx_metadata,
+)
 from trainer.io import atomic_write_csv, atomic_write_json
 
 # Above this many rows the table floods the terminal; the output file is the place for them.
@@ -33,8 +40,18 @@ TABLE_MAX_ROWS = 20
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _images_in(folder: Path) -> Iterator[Path]:
+def _images_in(folder: Path, seen: set[Path]) -> Iterator[Path]:
+    """Images under ``folder``, following symlinked folders but entering each real one once.
+
+    ``seen`` holds the resolved folders already walked, so a link loop ends and a folder
+    reached twice (by two links, or by two PATH arguments) is listed once.
+    """
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = Path(dirpath).resolve()
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         # Hidden entries are editor/OS debris (.DS_Store, ._x.jpg, .ipynb_checkpoints).
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -53,18 +70,19 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """
     found: list[Path] = []
     missing: list[str] = []
+    seen: set[Path] = set()
     for raw in paths:
         text = os.fspath(raw)
         p = Path(text)
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            found.extend(_images_in(p))
+            found.extend(_images_in(p, seen))
         elif _GLOB_CHARS & set(text):
             for match in sorted(glob.glob(text, recursive=True)):
                 m = Path(match)
                 if m.is_dir():
-                    found.extend(_images_in(m))
+                    found.extend(_images_in(m, seen))
                 elif m.suffix.lower() in IMG_EXTENSIONS:
                     found.append(m)
         else:
@@ -164,6 +182,7 @@ def predict_paths(
     class_names = [idx_to_class[i] for i in range(len(idx_to_class))]
     images = collect_images(paths)
     session = _open_session(model_path)
+    check_onnx_signature(session, model_path, mapping)
     k = min(top_k, len(class_names))
 
     results: list[dict[str, Any]] = []
@@ -186,6 +205,7 @@ def predict_paths(
                 continue
             batch = torch.stack(tensors).numpy()
             (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            check_num_outputs(logits.shape, model_path, len(class_names))  # if left symbolic
             probs = _softmax(logits.astype(np.float64))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             for path, p, top in zip(kept, probs, order, strict=True):
@@ -217,6 +237,7 @@ def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     """Print predictions as a rich table on stdout."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} predictions")
@@ -226,7 +247,8 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     table.add_column("runners-up")
     for r in rows:
         others = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
-        table.add_row(r["path"], r["label"], f"{r['prob']:.3f}", others)
+        # Paths and class names are data, not rich markup: "[red]" and "[/]" print as is.
+        table.add_row(escape(r["path"]), escape(r["label"]), f"{r['prob']:.3f}", escape(others))
     Console().print(table)
 
 
@@ -264,11 +286,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    if args.output is not None:
+        # The file first: a table that fails to print (a closed pipe) must not lose the results.
+        try:
+            write_predictions(rows, args.output)
+        except OSError as exc:
+            print(
+                f"error: cannot write {args.output} ({exc.strerror or exc}); pass an --output "
+                "path in a writable folder.",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     if args.output is None or len(rows) <= TABLE_MAX_ROWS:
         print_table(rows)
-    if args.output is not None:
-        write_predictions(rows, args.output)
-        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     return 0
 
 

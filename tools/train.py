@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from run_folder import (
     check_resume_settings,
     check_resume_weights,
@@ -238,7 +239,7 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
     console = Console(stderr=True)
     console.print(
         f"[bold]done[/] in {seconds:.1f} s, {len(s.history)} epoch(s)"
-        + (f" ({s.stop_reason})" if s.stop_reason else "")
+        + (f" ({escape(s.stop_reason)})" if s.stop_reason else "")
     )
     if s.best is not None:
         best = s.best
@@ -247,7 +248,8 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
             f"{k} {best[k]:.4f}" for k in ("val/acc", "val/acc_top5", "val/loss") if k in best
         ]
         console.print("  " + ", ".join(parts))
-    console.print(f"  run folder: {out}")
+    # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
+    console.print(f"  run folder: {escape(str(out))}")
     for name in (
         "metrics.csv",
         "labels_mapping.json",
@@ -257,7 +259,7 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
         "plots",
     ):
         if (out / name).exists():
-            console.print(f"    {out / name}")
+            console.print(f"    {escape(str(out / name))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, console=Console(stderr=True))],
+        # markup=False (rich's default, spelled out): log lines carry paths and class names.
+        handlers=[RichHandler(show_path=False, markup=False, console=Console(stderr=True))],
     )
     config: dict[str, Any] = {}
+    started = time.time_ns()
     try:
         config = parse_config(argv)
         if config.pop("print_config"):
@@ -293,14 +297,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        out = config.get("out")
-        print(
-            f"interrupted. {out}/checkpoints/interrupted.pt holds the weights as they were; "
-            f"--resume --out {out} continues exactly from the last finished epoch.",
-            file=sys.stderr,
-        )
+        print(_interrupted_message(config.get("out"), started), file=sys.stderr)
         return getattr(e, "exit_code", 130)
     return 0
+
+
+def _interrupted_message(out: str | None, started_ns: int) -> str:
+    """What an interrupted run left: ``interrupted.pt`` only if this run wrote it, and the
+    resume command only if a finished epoch (``last.pt``) exists."""
+    if not out:
+        return "interrupted before the run folder was set up; nothing was saved."
+    ckpts = Path(out) / "checkpoints"
+    emergency = ckpts / "interrupted.pt"
+    parts = ["interrupted."]
+    if emergency.is_file() and emergency.stat().st_mtime_ns >= started_ns:
+        parts.append(f"{emergency} holds the weights as they were.")
+    if (ckpts / "last.pt").is_file():
+        parts.append(f"--resume --out {out} continues exactly from the last finished epoch.")
+    else:
+        parts.append("No epoch finished, so there is nothing to resume; start the run again.")
+    return " ".join(parts)
 
 
 if __name__ == "__main__":

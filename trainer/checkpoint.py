@@ -82,3 +82,24 @@ def check_classes(ckpt: dict[str, Any], classes: list[str], path: str | os.PathL
             + ("" if gone or new else " (same names, different order)")
             + ". Resume with the data it was trained on, or start a new run."
         )
+
+
+def check_resumable(ckpt: dict[str, Any], classes: list[str], path: str | os.PathLike[str]) -> None:
+    """Raise ``CheckpointError`` unless a fit on ``classes`` can resume ``ckpt`` exactly: same
+    classes, and saved between epochs (a single process's ``interrupted.pt`` is saved inside
+    one, and resuming it would train that epoch's first batches twice)."""
+    check_classes(ckpt, classes, path)
+    state = ckpt.get("state", {})
+    done = len(state.get("history", []))
+    if state.get("phase") in ("train", "val") and done <= int(state.get("epoch", 0)):
+        then = (
+            f"Resume from the run folder (--resume RUN_FOLDER uses checkpoints/last.pt, the end "
+            f"of epoch {done})"
+            if done
+            else "No epoch had finished, so start the run again"
+        )
+        raise CheckpointError(
+            f"{path} was saved in the middle of epoch {done + 1}, so a resume from it could not "
+            f"continue exactly. {then}; the file still serves tools/evaluate.py and "
+            "tools/export.py."
+        )

@@ -6,9 +6,9 @@ The trainer never starts processes itself. ``torchrun`` starts one per device an
 elsewhere). Without torchrun, or with a single process, every helper here is a no-op, so the
 same code runs on one device unchanged.
 
-Collectives (``all_reduce_sum``, ``any_rank``, ``all_gather_object``, ``broadcast_object``,
-``barrier``) must be called by every rank, in the same order, or the ranks wait for each other
-forever.
+Collectives (``all_reduce_sum``, ``max_over_ranks``, ``all_gather_object``, ``broadcast_object``,
+``broadcast_buffers``, ``barrier``) must be called by every rank, in the same order, or the
+ranks wait for each other forever.
 
 Example:
     >>> owns = init_distributed("auto")  # no-op outside torchrun
@@ -76,6 +76,7 @@ def init_distributed(device: str | torch.device = "auto") -> bool:
 def destroy_distributed() -> None:
     """Leave the process group, if one is up; safe to call more than once."""
     if dist.is_available() and dist.is_initialized():
+        _HOST_GROUP.clear()
         dist.destroy_process_group()
 
 
@@ -142,13 +143,34 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True on every rank when ``flag`` is True on any rank (e.g. ``should_stop``)."""
+def max_over_ranks(values: list[int]) -> list[int]:
+    """The element-wise max of a few host integers over all ranks (``values`` elsewhere).
+
+    Reduced on the CPU over gloo (a side group when the main one is nccl), so it never makes
+    the host wait for the GPU: cheap enough to run after every training step, e.g. to agree
+    on a stop.
+    """
     if not is_distributed():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return values
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
+    return [int(v) for v in t.tolist()]
+
+
+_HOST_GROUP: dict[str, Any] = {}
+
+
+def _host_group() -> Any:
+    """A gloo group over every rank: the default group when it is gloo, else one made once.
+
+    Made by a collective call: the first ``max_over_ranks`` must run on every rank (the engine
+    calls it after every step, on every rank).
+    """
+    if dist.get_backend() == "gloo":
+        return None
+    if "group" not in _HOST_GROUP:
+        _HOST_GROUP["group"] = dist.new_group(backend="gloo")
+    return _HOST_GROUP["group"]
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -167,6 +189,19 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm statistics) into every rank's ``module``.
+
+    DDP keeps parameters equal on all ranks, but each rank's forward passes update its own
+    BatchNorm statistics (and its EMA of them). Before an evaluation the engine makes every
+    rank use rank 0's, the ones rank 0 checkpoints and exports, so the summed metrics are
+    those of the saved model, and a resumed run (which loads rank 0's) continues exactly.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=src)
 
 
 def barrier() -> None:

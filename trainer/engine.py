@@ -39,19 +39,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
-from trainer.checkpoint import check_classes, checkpoint_file, load_checkpoint, save_checkpoint
+from trainer.checkpoint import check_resumable, checkpoint_file, load_checkpoint, save_checkpoint
 from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
     all_reduce_sum,
-    any_rank,
     barrier,
+    broadcast_buffers,
     destroy_distributed,
     device_for_rank,
     get_rank,
     get_world_size,
     init_distributed,
     is_global_zero,
+    max_over_ranks,
     rank_seed,
 )
 from trainer.ema import ModelEMA
@@ -111,9 +112,9 @@ class Engine:
         sync_bn: under DDP, turn BatchNorm layers into SyncBatchNorm (CUDA only), so the
             statistics span the global batch; useful when the per-GPU batch is small.
         args: the run's configuration, stored in checkpoints so a run can be replayed.
-        max_nonfinite: a NaN or infinite loss skips its optimizer step (and the EMA update);
-            this many skipped steps in a row end the fit with ``NonFiniteLossError``. The
-            skips are counted in ``state.metrics["train/skipped_steps"]``.
+        max_nonfinite: a NaN or infinite loss skips its optimizer step, EMA update and
+            BatchNorm statistics update; this many skipped steps in a row end the fit with
+            ``NonFiniteLossError``. Skips are counted in ``state.metrics["train/skipped_steps"]``.
 
     Attributes:
         resume_path: the checkpoint file the last ``load_checkpoint`` read, else None;
@@ -127,9 +128,9 @@ class Engine:
     ``trainer.distributed.init_distributed``; call it before building the data to shard from
     the start) and leaves it at exit if it created it. ``model`` stays the plain module that
     hooks, EMA, checkpoints and export use; the DDP wrapper drives the training forward only.
-    Give every rank the same hooks: some of them reduce over ranks. ``should_stop`` set on any
-    rank stops all of them at the end of the epoch (a mid-epoch stop would leave the other
-    ranks waiting in the gradient all-reduce).
+    Give every rank the same hooks: some of them reduce over ranks. ``should_stop`` set, or a
+    signal received, on any rank stops all of them after the same step (they agree after each
+    one, on the CPU), so no rank is left waiting in the gradient all-reduce.
 
     Example:
         >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
@@ -232,7 +233,7 @@ class Engine:
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
         self.resume_path: Path | None = None
-        self._nonfinite = NonFiniteGuard(self.device, max_nonfinite)
+        self._nonfinite = NonFiniteGuard(self.device, max_nonfinite, self.model)
         self._signal: int | None = None
 
     @property
@@ -256,14 +257,12 @@ class Engine:
         if resume is not None:
             self.load_checkpoint(resume)
             if len(s.history) >= self.max_epochs or s.stop_reason:
+                stopped = f", stopped: {s.stop_reason}" if s.stop_reason else ""
                 log.warning(
                     "the run in %s already finished (%d of %d epochs%s); nothing to train. "
                     "Raise --epochs to train further, or start a new run with another --out.",
-                    resume,
-                    len(s.history),
-                    self.max_epochs,
-                    f", stopped: {s.stop_reason}" if s.stop_reason else "",
-                )
+                    resume, len(s.history), self.max_epochs, stopped,
+                )  # fmt: skip
                 return s.history
         s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
         self._signal = None
@@ -282,11 +281,7 @@ class Engine:
             for epoch in range(len(s.history), self.max_epochs):
                 s.epoch = epoch
                 self._train_epoch()
-                if self._signal is not None:  # under DDP the epoch ran to its end first
-                    raise Interrupted(self._signal)
-                # All ranks leave together, or the others would wait in the next all-reduce.
-                s.should_stop = any_rank(s.should_stop, self.device)
-                if s.should_stop:
+                if self._agree_to_stop():
                     s.stop_reason = s.stop_reason or "stopped by a hook"
                     break
             s.finished = True
@@ -336,13 +331,11 @@ class Engine:
             outputs = self._train_step(batch, batch_idx)
             tally.update(outputs["loss"], outputs["logits"], outputs["targets"])
             self._call("on_train_batch_end", outputs, batch, batch_idx)
-            if s.should_stop and self._ddp is None:
+            if self._agree_to_stop():  # a signal raises: no validation or checkpoint of a part
                 break
-        if self._signal is not None and self._ddp is None:
-            raise Interrupted(self._signal)  # no validation or epoch-end checkpoint of a part
         train_time = time.perf_counter() - t0
         loss, acc, seen = tally.compute()  # one reduction and one host read per epoch
-        self._report_skipped_steps()
+        self._nonfinite.end_epoch(s)  # records and logs the steps skipped this epoch
         s.metrics.update({"train/loss": loss, "train/acc": acc})
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         s.metrics["train/img_s"] = seen / max(time.perf_counter() - t0, 1e-9)
@@ -358,6 +351,7 @@ class Engine:
         x, y = self._to_device(batch)
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
         with self._grad_sync(stepping):
+            self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
             with self._autocast():
                 logits = self._forward_model(x)
                 loss = self.loss_fn(logits, y)
@@ -415,22 +409,24 @@ class Engine:
             opt.step()
         opt.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self._nonfinite.restore(finite)
         if self.ema is not None:
             self.ema.update(self.model, apply=finite)
         self.state.step += 1
         self._nonfinite.stepped(finite, self.state.step, self.state.epoch)
 
-    def _report_skipped_steps(self) -> None:
-        """At epoch end: record and log the steps skipped for a non-finite loss, reset the count."""
-        skipped = self._nonfinite.check(self.state.step, self.state.epoch)
-        if skipped:
-            self.state.metrics["train/skipped_steps"] = skipped
-            log.warning(
-                "epoch %d: skipped %d optimizer step(s) with a NaN or infinite loss",
-                self.state.epoch + 1,
-                skipped,
-            )
-        self._nonfinite.reset()
+    def _agree_to_stop(self) -> bool:
+        """After each step and epoch: raise ``Interrupted`` if a signal came, else whether a
+        hook asked to stop. Under DDP the ranks agree first (one tiny all-reduce on the CPU,
+        no device sync), so a signal to any rank stops every rank at the same step, and none
+        is left waiting in the next gradient all-reduce."""
+        s = self.state
+        if self.world_size > 1:
+            signum, stop = max_over_ranks([self._signal or 0, int(s.should_stop)])
+            self._signal, s.should_stop = signum or None, bool(stop)
+        if self._signal is not None:
+            raise Interrupted(self._signal)
+        return s.should_stop
 
     def _on_signal(self, signum: int) -> None:
         """SIGINT/SIGTERM: stop after the current step (see ``trainer.signals``)."""
@@ -439,9 +435,8 @@ class Engine:
         self.state.should_stop = True
         log.warning(
             "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
-            "press Ctrl-C again to exit at once",
-            signal.Signals(signum).name,
-        )
+            "press Ctrl-C again to exit at once", signal.Signals(signum).name,
+        )  # fmt: skip
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -455,6 +450,7 @@ class Engine:
         kind = "test" if phase == "test" else "validation"
         s.phase = phase
         model = self.eval_model
+        broadcast_buffers(model)  # every rank evaluates the BatchNorm statistics rank 0 saves
         was_training = model.training
         model.eval()
         tally = EvalTally(self.data.num_classes, self.device)
@@ -569,7 +565,7 @@ class Engine:
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
         ckpt = load_checkpoint(path)
-        check_classes(ckpt, self.data.classes, path)
+        check_resumable(ckpt, self.data.classes, path)
         self.resume_path = checkpoint_file(path)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
@@ -588,11 +584,11 @@ class Engine:
                 keys[key].load_state_dict(hook_state)
         self._pending_rng = rank_rng_state(ckpt, self.rank, self.world_size)
         if self._pending_rng is None and (self.world_size > 1 or "rng_per_rank" in ckpt):
-            # Saved by another number of processes: the sampler still draws exactly what it
-            # would have, but the augmentation streams cannot continue; each rank gets a new one.
+            # Saved by another number of processes: the draw and the augmentation (seeded per
+            # image) are still exact, but the ranks' own streams cannot continue: new ones.
             log.warning(
-                "%s was saved by %d process(es), this run has %d: data order is exact, "
-                "augmentation randomness is reseeded",
+                "%s was saved by %d process(es), this run has %d: data order and augmentation "
+                "are exact, other randomness (dropout) is reseeded",
                 path, len(ckpt.get("rng_per_rank") or [None]), self.world_size,
             )  # fmt: skip
             seed_everything(rank_seed(self.seed + len(self.state.history), self.rank))

@@ -2,7 +2,8 @@
 
 The exported file is all ``tools/predict.py`` needs: the graph takes ``input`` (float NCHW,
 normalised with the mapping's mean/std, any batch size) and returns ``logits``; the labels
-mapping travels in the model's ``metadata_props``.
+mapping travels in the model's ``metadata_props``. Reading it back and checking it against the
+graph lives in ``trainer.onnx_mapping``, re-exported here.
 
 Example:
     >>> report = export_and_verify(model, "runs/demo/model.onnx",
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
+import logging
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +29,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.errors import ConfigError, UserError
+from trainer.errors import ConfigError
 from trainer.io import atomic_write_bytes, atomic_write_json, replace_durably, temp_path
+from trainer.onnx_mapping import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIDECAR_NAME,
+    OnnxModelError,
+    check_num_outputs,
+    check_onnx_signature,
+    read_onnx_metadata,
+    split_entry,
+    validate_labels_mapping,
+)
 
 __all__ = [
     "INPUT_NAME",
     "MIN_OPSET",
     "OUTPUT_NAME",
+    "SIDECAR_NAME",
     "ExportVerificationError",
     "OnnxModelError",
+    "check_num_outputs",
+    "check_onnx_signature",
     "export_and_verify",
     "export_onnx",
     "read_onnx_metadata",
+    "split_entry",
+    "validate_labels_mapping",
     "verify_onnx",
 ]
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # Opset 17 is the oldest with LayerNormalization; older runtimes are not worth supporting.
 MIN_OPSET = 17
-SIDECAR_NAME = "labels_mapping.json"
 # Protobuf cannot serialise a message over 2 GiB; past this, weights go to a side file.
 _SINGLE_FILE_LIMIT = 1_800_000_000
+# The exporter's own loggers: at INFO they report each optimisation pass ("Removed 38 unused
+# nodes", a dozen lines per export), which a tool's INFO logging would print.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 class ExportVerificationError(RuntimeError):
     """The exported ONNX model disagrees with the PyTorch model beyond the tolerance."""
-
-
-class OnnxModelError(UserError, ValueError):
-    """An ONNX file is missing, unreadable, or lacks the labels mapping."""
 
 
 def export_onnx(
@@ -105,17 +121,18 @@ def export_onnx(
     # A batch of 2, not 1: torch.export specialises size-1 dims, which would pin the batch.
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        export_model,
-        (example,),
-        None,  # no file: torch would default to writing weights to a separate .data file
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=opset,
-        dynamo=True,
-        dynamic_shapes=({0: batch},),
-        verbose=False,  # otherwise torch prints a progress line per export stage to stdout
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            export_model,
+            (example,),
+            None,  # no file: torch would default to writing weights to a separate .data file
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            verbose=False,  # otherwise torch prints a progress line per export stage to stdout
+        )
     assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
     got = _default_opset(proto)
@@ -131,6 +148,29 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     _save_proto(proto, path, data_name)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep the exporter's progress chatter off the terminal; its warnings and errors stay.
+
+    Its loggers are raised to WARNING, and what it prints to stdout is held back and replayed
+    on stderr only when the export fails, where it may explain the failure.
+    """
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    held = io.StringIO()
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(held):
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _default_opset(proto: Any) -> int | None:
@@ -339,91 +379,3 @@ def _remove_data_files(path: Path, keep: str | None, failed: str) -> None:
         if ours.fullmatch(p.name) and p.name != keep:
             with contextlib.suppress(OSError):
                 p.unlink()
-
-
-def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
-    """Check a labels mapping's structure before anything trusts it; return it as a dict.
-
-    Raises:
-        OnnxModelError: naming ``source`` and the first problem found.
-    """
-
-    def bad(problem: str) -> OnnxModelError:
-        return OnnxModelError(
-            f"the labels mapping in {source} is malformed: {problem}. Re-export the model, or "
-            "copy the run's labels_mapping.json beside it."
-        )
-
-    if not isinstance(mapping, dict):
-        raise bad(f"expected a JSON object, found {type(mapping).__name__}")
-    idx_to_class = mapping.get("idx_to_class")
-    if not isinstance(idx_to_class, dict) or not idx_to_class:
-        raise bad("'idx_to_class' must be a non-empty object of index -> class name")
-    expected = {str(i) for i in range(len(idx_to_class))}
-    if set(idx_to_class) != expected:
-        raise bad(f"'idx_to_class' keys must be 0..{len(idx_to_class) - 1}")
-    if not all(isinstance(v, str) for v in idx_to_class.values()):
-        raise bad("'idx_to_class' values must be class names (strings)")
-    class_to_idx = mapping.get("class_to_idx")
-    if class_to_idx is not None and class_to_idx != {v: int(k) for k, v in idx_to_class.items()}:
-        raise bad("'class_to_idx' and 'idx_to_class' disagree")
-    size = mapping.get("image_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise bad(f"'image_size' must be a positive integer, found {size!r}")
-    norm = mapping.get("normalization")
-    ok = isinstance(norm, dict) and all(
-        isinstance(norm.get(k), list)
-        and len(norm[k]) == 3
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in norm[k])
-        for k in ("mean", "std")
-    )
-    if not ok or not all(x > 0 for x in norm["std"]):  # type: ignore[index]
-        raise bad("'normalization' must hold 'mean' and 'std', 3 numbers each, std > 0")
-    return dict(mapping)
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the labels mapping of an ONNX model exported by :func:`export_onnx`.
-
-    Looks in the model's ``metadata_props`` first, then in a ``labels_mapping.json`` beside it.
-
-    Raises:
-        OnnxModelError: The file is missing or not ONNX, or neither place holds a mapping.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise OnnxModelError(
-            f"ONNX model not found: {path}. Pass the model.onnx written by training "
-            "(runs/<name>/model.onnx) or by tools/export.py."
-        )
-    try:
-        # External weights are not needed for the metadata, and may live elsewhere.
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # protobuf raises a variety of decode errors
-        raise OnnxModelError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
-            "Pass a .onnx file exported by this trainer."
-        ) from exc
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "labels_mapping" in props:
-        source = f"the 'labels_mapping' metadata of {path}"
-        try:
-            return validate_labels_mapping(json.loads(props["labels_mapping"]), source)
-        except json.JSONDecodeError as exc:
-            raise OnnxModelError(
-                f"{path} has a corrupt 'labels_mapping' metadata entry ({exc}); re-export it."
-            ) from exc
-    sidecar = path.with_name(SIDECAR_NAME)
-    if sidecar.is_file():
-        try:
-            raw = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OnnxModelError(f"Cannot read labels mapping {sidecar}: {exc}") from exc
-        return validate_labels_mapping(raw, str(sidecar))
-    raise OnnxModelError(
-        f"No labels mapping for {path}: the model's metadata has no 'labels_mapping' entry and "
-        f"there is no {sidecar}. Re-export with trainer.export.export_onnx, or copy the run's "
-        f"{SIDECAR_NAME} next to the model."
-    )

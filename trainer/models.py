@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -48,12 +52,78 @@ def _replace_linear(parent: nn.Module, attr: str, num_classes: int) -> None:
     setattr(parent, attr, nn.Linear(old.in_features, num_classes))
 
 
+def _weights_url(name: str) -> str:
+    """The URL of torchvision's default ImageNet weights for ``name``."""
+    import torchvision
+
+    return str(torchvision.models.get_model_weights(name).DEFAULT.url)
+
+
+def _hub_file(url: str) -> Path:
+    """Where torch.hub caches the file at ``url``: ``$TORCH_HOME/hub/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _check_hash(path: Path, url: str) -> None:
+    """Refuse a weights file whose SHA-256 does not start with the prefix in its name.
+
+    torch.hub checks the hash only while downloading; a file already in the cache (truncated,
+    tampered with, or another file under the name) would otherwise be loaded as is.
+    """
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None:
+        raise ConfigError(
+            f"cannot verify the pretrained weights from {url}: the file name {path.name} carries "
+            "no hash; train without --pretrained"
+        )
+    prefix = match.group(1)
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(prefix):
+        raise ConfigError(
+            f"the pretrained weights file {path} is not the published one: its SHA-256 starts "
+            f"with {digest.hexdigest()[: len(prefix)]}, its name says {prefix} (a truncated "
+            "download, or another file under that name). Delete it and run again to download "
+            "it afresh, or train without --pretrained"
+        )
+
+
+def load_verified_weights(url: str) -> dict[str, Any]:
+    """Weights from ``url`` through torch.hub's cache, hash-checked and read with weights_only.
+
+    Downloads the file when it is not cached; a cached file is checked too. Reading with
+    ``weights_only=True`` means the file cannot run code while it is unpickled.
+
+    Raises:
+        ConfigError: the file's hash is wrong or it holds more than tensors and plain data.
+        OSError: it is not cached and cannot be downloaded (no network).
+    """
+    path = _hub_file(url)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, os.fspath(path), progress=True)
+    _check_hash(path, url)
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle's errors for anything beyond tensors and plain data
+        raise ConfigError(
+            f"the pretrained weights file {path} holds more than weights ({type(e).__name__}); "
+            "delete it and run again to download it afresh, or train without --pretrained"
+        ) from e
+    return state
+
+
 def _torchvision(name: str) -> Callable[[int, bool], nn.Module]:
     def build(num_classes: int, pretrained: bool) -> nn.Module:
         import torchvision
 
-        weights = "DEFAULT" if pretrained else None
-        model = torchvision.models.get_model(name, weights=weights)
+        # The ImageNet architecture (1000 classes) first; its weights are loaded here, not by
+        # torchvision, which would skip the hash of a cached file and unpickle unrestricted.
+        model = torchvision.models.get_model(name, weights=None)
+        if pretrained:
+            model.load_state_dict(load_verified_weights(_weights_url(name)))
         if name.startswith("resnet"):
             _replace_linear(model, "fc", num_classes)
         elif name.startswith(("mobilenet_v3", "efficientnet", "convnext")):
@@ -144,6 +214,8 @@ def _timm_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
         )
     if pretrained and not timm.is_model_pretrained(arch):
         raise ConfigError(f"timm has no pretrained weights for {arch!r}; drop --pretrained")
+    if pretrained:
+        _check_timm_cache(timm, arch)
     try:
         # timm sizes the head itself: num_classes replaces the classifier of any architecture.
         model: nn.Module = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
@@ -154,6 +226,22 @@ def _timm_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
             "or train without --pretrained"
         ) from e
     return model
+
+
+def _check_timm_cache(timm: Any, arch: str) -> None:
+    """Have timm check the hash of what it downloads, and check a cached URL file ourselves.
+
+    timm reads Hugging Face Hub weights as safetensors or with ``weights_only=True``, and the
+    Hub checks their hashes on download; URL weights go through torch.hub's cache, where a
+    file already present is not checked, hence the check here.
+    """
+    timm.models.set_pretrained_check_hash(True)
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or getattr(cfg, "file", None) or getattr(cfg, "hf_hub_id", None):
+        return
+    url = getattr(cfg, "url", None)
+    if isinstance(url, str) and url and _hub_file(url).is_file():
+        _check_hash(_hub_file(url), url)
 
 
 def close_timm_names(timm: Any, arch: str, n: int = 6) -> list[str]:

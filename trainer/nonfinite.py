@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from trainer.errors import NonFiniteLossError
+from trainer.state import EngineState
+
+log = logging.getLogger("trainer")
 
 # Optimizer steps between host reads of the skip counters (one tiny sync each).
 CHECK_EVERY = 50
@@ -18,16 +25,47 @@ class NonFiniteGuard:
     and EMA, which skip the update on the device; ``stepped`` counts the skips, and every
     ``CHECK_EVERY`` steps and at the epoch's end the counters are read once.
 
+    A NaN in the forward pass reaches the BatchNorm running statistics before the loss is
+    seen, and would then spoil every later validation. So ``before_forward`` keeps a copy of
+    the model's normalisation buffers at the start of each optimizer step, and ``restore``
+    puts them back with ``torch.where`` on the device where the step is skipped: a skipped
+    step leaves the weights, the buffers and (through ``ModelEMA.update``'s ``apply``) the
+    average as they were.
+
     Args:
         device: where the counters live.
         max_in_a_row: this many skipped steps in a row raise ``NonFiniteLossError``.
+        model: the trained model (unwrapped), whose normalisation buffers are guarded.
     """
 
-    def __init__(self, device: torch.device, max_in_a_row: int) -> None:
+    def __init__(
+        self, device: torch.device, max_in_a_row: int, model: nn.Module | None = None
+    ) -> None:
         self.max_in_a_row = max_in_a_row
         self.finite = torch.ones((), dtype=torch.bool, device=device)
         self._skipped = torch.zeros((), dtype=torch.long, device=device)
         self._in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        # Running mean, variance and batch count of every BatchNorm (and tracking InstanceNorm).
+        self._stats = [
+            b
+            for m in (model.modules() if model is not None else ())
+            if isinstance(m, _NormBase)
+            for b in m.buffers(recurse=False)
+        ]
+        self._saved = [b.detach().clone() for b in self._stats]
+        self._first_micro_batch = True
+
+    def before_forward(self) -> None:
+        """Keep the normalisation statistics, before the first forward pass of a step."""
+        if self._first_micro_batch and self._stats:
+            torch._foreach_copy_(self._saved, self._stats)
+        self._first_micro_batch = False
+
+    @torch.no_grad()
+    def restore(self, applied: torch.Tensor) -> None:
+        """Put the statistics kept by ``before_forward`` back unless ``applied`` (a device bool)."""
+        for buf, saved in zip(self._stats, self._saved, strict=True):
+            torch.where(applied, buf, saved, out=buf)
 
     def observe(self, loss: torch.Tensor) -> None:
         """Fold a micro-batch's loss into ``finite``."""
@@ -39,6 +77,7 @@ class NonFiniteGuard:
         self._skipped += skip
         self._in_a_row.mul_(skip).add_(skip)  # (n + 1) if skipped else 0
         self.finite.fill_(True)
+        self._first_micro_batch = True
         if step % CHECK_EVERY == 0:
             self.check(step, epoch)
 
@@ -55,6 +94,14 @@ class NonFiniteGuard:
             )
         return int(skipped)
 
-    def reset(self) -> None:
-        """Start counting skips anew (at each epoch's end); a run in a row carries on."""
+    def end_epoch(self, state: EngineState) -> None:
+        """Read the counters once; record and log this epoch's skipped steps, then count anew
+        (a run of skips in a row carries on into the next epoch)."""
+        skipped = self.check(state.step, state.epoch)
+        if skipped:
+            state.metrics["train/skipped_steps"] = skipped
+            log.warning(
+                "epoch %d: skipped %d optimizer step(s) with a NaN or infinite loss",
+                state.epoch + 1, skipped,
+            )  # fmt: skip
         self._skipped.zero_()

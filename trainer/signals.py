@@ -36,3 +36,16 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: loader workers ignore SIGINT and SIGTERM.
+
+    A signal sent to the whole process group (Ctrl-C in a terminal, SLURM, systemd,
+    ``kill -- -PGID``) reaches the workers too. It is the main process's to handle: it stops
+    the fit after the current step, saves ``interrupted.pt`` and shuts the workers down. A
+    worker that died of it instead would end the run with "DataLoader worker killed", and
+    one that ran the inherited handler would print the stop message once per worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -71,7 +71,10 @@ def test_exports_and_reports(run: dict[str, Any]) -> None:
     assert hook.report == report
     assert (out / "labels_mapping.json").is_file()
     meta = read_onnx_metadata(hook.path)
-    assert meta == run["engine"].data.labels_mapping()
+    data = run["engine"].data
+    # The split travels with the model, so tools/evaluate.py can score the run's own val images.
+    split = {"seed": data.seed, "val_fraction": data.val_fraction}
+    assert meta == {**data.labels_mapping(), "split": split}
 
 
 def test_onnx_holds_best_ema_weights(run: dict[str, Any]) -> None:

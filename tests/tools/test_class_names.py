@@ -3,9 +3,11 @@ nothing outside --out and never changes the data."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import FAST_CLI, make_tree, tree_digest
@@ -57,3 +59,28 @@ def test_balanced_sampler_handles_1_to_1000() -> None:
         list(sampler)
         drawn += torch.tensor(sampler.class_counts, dtype=torch.float32)
     assert abs(drawn[1].item() / drawn.sum().item() - 0.5) < 0.03
+
+
+BRACKETS = {"[red]": 4, "[bold]x": 4, "a[b]c": 4}
+
+
+def test_brackets_in_class_names_and_paths_print_literally(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_tree(tmp_path / "data[x]", BRACKETS, size=(16, 16))
+    (tmp_path / "run[").mkdir()
+    out = tmp_path / "run[" / "]x"  # the path reads ".../run[/]x": a closing tag to rich
+    # pytest's log capture holds the root logger; without handlers, main() installs its own
+    # RichHandler as on a terminal. monkeypatch puts pytest's back afterwards.
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: each path stays on one line
+    argv = ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST_CLI]
+    assert train.main([*argv, "--no-report", "--no-samples", "--no-history-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert f"run folder {out}" in captured.err  # a log line, through the RichHandler
+    assert f"run folder: {out}" in captured.err  # the closing summary, a rich console line
+    assert f"exported {out / 'model.onnx'}" in captured.err
+    for name in BRACKETS:
+        assert name in captured.out  # the class-distribution table

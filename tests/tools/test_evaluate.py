@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 
 from tests.conftest import make_tree
 from tests.tools.tiny_run import load_tool, train_tiny_run
@@ -142,3 +144,23 @@ def test_user_mistakes_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_report_prints_brackets_literally() -> None:
+    classes = ["[red]", "[/]", "a[b]c"]
+    result = {
+        "model": "/runs/m[bold]/model[red].onnx",
+        "split": "val",
+        "n_images": 3,
+        "top1": 1.0,
+        "top5": None,
+        "classes": classes,
+        "per_class": {k: [1.0] * 3 for k in ("precision", "recall", "f1")} | {"support": [1] * 3},
+        "macro": {"precision": 1.0, "recall": 1.0, "f1": 1.0},
+    }
+    console = Console(file=io.StringIO(), width=200)
+    evaluate.print_report(result, console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "model[red].onnx on val" in text
+    for name in classes:
+        assert f" {name} " in text

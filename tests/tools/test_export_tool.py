@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_exports_best_ema_weights_verified_on_val(run: Path, tmp_path: Path) -> 
 
     meta = read_onnx_metadata(out)
     data = ImageFolderData(run.parent / "tree", img_size=16, batch_size=15, workers=0)
-    assert meta == data.labels_mapping()
+    # The run's split travels with the model, for tools/evaluate.py on a tree of class folders.
+    assert meta == {**data.labels_mapping(), "split": {"seed": 0, "val_fraction": 0.2}}
 
     # The file computes what the checkpoint's EMA weights compute.
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
@@ -141,3 +143,20 @@ def test_script_runs_standalone(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_one_line_per_export(
+    run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pytest's log capture holds the root logger; without handlers, main() installs its own
+    # INFO handler on stderr, as on a terminal. monkeypatch puts pytest's back afterwards.
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    out = tmp_path / "model.onnx"
+    assert tool.main([str(run / "checkpoints" / "best.pt"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and captured.out.startswith(f"exported {out} ")
+    assert "unused" not in captured.err and "rewrite rules" not in captured.err, captured.err

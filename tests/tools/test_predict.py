@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,111 @@ def test_script_runs_as_a_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "nope.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _relabelled(src: Path, dst: Path, **changes: Any) -> Path:
+    """A copy of the ONNX model at ``src`` whose embedded labels mapping has ``changes``."""
+    import onnx
+
+    proto = onnx.load(src)
+    props = {p.key: p.value for p in proto.metadata_props}
+    mapping = {**json.loads(props["labels_mapping"]), **changes}
+    props["labels_mapping"] = json.dumps(mapping)
+    onnx.helper.set_model_props(proto, props)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, dst)
+    return dst
+
+
+def test_folder_walk_enters_each_folder_once_through_link_loops(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        Image.new("RGB", (8, 8)).save(photos / name)
+    # A loop back to the top. (One only: with two, a walk that follows loops branches at each
+    # level and would not end before the kernel's 40-link limit, 2**40 folders later.)
+    os.symlink(photos, photos / "sub" / "up")
+    images = predict.collect_images([photos, photos / "sub"])
+    assert [p.relative_to(photos).as_posix() for p in images] == ["a.png", "sub/b.png"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"idx_to_class": {"0": "a", "1": "b", "2": "c", "3": "d"},
+             "class_to_idx": {"a": 0, "b": 1, "c": 2, "d": 3}},
+            "outputs 3 scores per image, but its labels mapping names 4 classes",
+        ),
+        ({"image_size": 24}, f"takes {IMG}x{IMG} images, but its labels mapping says image_size 24"),
+    ],
+    ids=["classes", "image-size"],
+)  # fmt: skip
+def test_model_that_does_not_match_its_mapping_exits_2(
+    setup: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    changes: dict[str, Any],
+    expected: str,
+) -> None:
+    model = _relabelled(setup["onnx"], tmp_path / "odd.onnx", **changes)
+    out = tmp_path / "preds.csv"
+    argv = ["--model", str(model), str(setup["photos"]), "--output", str(out)]
+    assert predict.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(model) in err and "tools/export.py" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_output_count_is_checked_when_the_graph_leaves_it_symbolic(
+    setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = {"idx_to_class": {str(i): c for i, c in enumerate("abcd")}, "class_to_idx": None}
+    model = _relabelled(setup["onnx"], tmp_path / "odd.onnx", **names)
+    # As if the graph's output had no static size: only the first batch's logits can tell.
+    monkeypatch.setattr(predict, "check_onnx_signature", lambda *args: None)
+    with pytest.raises(
+        predict.OnnxModelError, match="outputs 3 scores per image, but .* 4 classes"
+    ):
+        predict.predict_paths(model, [setup["photos"]])
+
+
+def test_output_file_is_written_before_the_table(
+    setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "preds.json"
+    existed: list[bool] = []
+
+    def table(rows: Any) -> None:
+        existed.append(out.is_file())
+        raise BrokenPipeError  # the terminal went away while printing
+
+    monkeypatch.setattr(predict, "print_table", table)
+    with pytest.raises(BrokenPipeError):
+        predict.main(["--model", str(setup["onnx"]), str(setup["photos"]), "--output", str(out)])
+    assert existed == [True]
+    assert len(json.loads(out.read_text())) == 3
+
+
+def test_brackets_in_names_and_paths_print_literally(
+    setup: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ["[red]", "[bold]x", "[/]"]
+    model = _relabelled(
+        setup["onnx"],
+        tmp_path / "brackets.onnx",
+        idx_to_class={str(i): c for i, c in enumerate(names)},
+        class_to_idx={c: i for i, c in enumerate(names)},
+    )
+    (tmp_path / "a[").mkdir()
+    image = tmp_path / "a[" / "]b[red].png"  # the path reads ".../a[/]b[red].png"
+    Image.new("RGB", (8, 8)).save(image)
+    monkeypatch.setenv("COLUMNS", "400")  # one line per row, so the names are not folded
+    assert predict.main(["--model", str(model), str(image), "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert str(image) in out
+    for name in names:
+        assert name in out

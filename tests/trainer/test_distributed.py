@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from hooks import default_hooks
+from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
+from tests.conftest import join_as_rank, make_tree, run_ranks
+from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData, ImageListDataset, val_transform
 from trainer.data.sampler import ShardSampler, TrackingWeightedRandomSampler
 from trainer.distributed import destroy_distributed, init_distributed
 from trainer.engine import Engine
+from trainer.errors import Interrupted
 from trainer.hook import Hook
-
-from ..conftest import make_tree
 
 REPO = Path(__file__).resolve().parents[2]
 # 16 training images: an even draw, so 2 ranks need no padding and see exactly the images
@@ -144,15 +144,16 @@ class Kill(Hook):
         raise KeyboardInterrupt
 
 
+class SignalRank1(Hook):
+    """Rank 1 sends itself SIGTERM in the middle of the second epoch."""
+
+    def on_train_batch_end(self, engine: Engine, outputs: Any, batch: Any, i: int) -> None:
+        if engine.rank == 1 and engine.state.epoch == 1 and i == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )
-    torch.set_num_threads(1)
+    join_as_rank(rank, world, port)
     # Every file write goes through os.replace (atomic writes): count those of rank 1.
     writes: list[str] = []
     real_replace = os.replace
@@ -183,6 +184,11 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         resumed = make_engine(root, BATCH, default_hooks(tmp / "b", progress=False, export=False))
         resumed.fit(resume=tmp / "b")
 
+        # SIGTERM to rank 1 alone, mid-epoch: both ranks stop after the same step.
+        stopped = make_engine(root, BATCH, [CheckpointHook(tmp / "c"), SignalRank1()], epochs=3)
+        with pytest.raises(Interrupted) as info:
+            stopped.fit()
+
         torch.save(
             {
                 "history": engine.state.history,
@@ -196,6 +202,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "resumed_model": resumed.model.state_dict(),
                 "resumed_history": resumed.state.history,
                 "writes": writes,
+                "signal_exit": (info.value.exit_code, stopped.state.step),
             },
             tmp / f"rank{rank}.pt",
         )
@@ -203,28 +210,12 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         destroy_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp")
     root = make_tree(tmp / "tree", counts=TRAIN_COUNTS, size=(16, 16), splits=("train",))
     make_tree(root, counts=VAL_COUNTS, size=(16, 16), splits=("val",), seed=1)
-    ctx = mp.start_processes(
-        _worker, args=(2, _free_port(), root, tmp), nprocs=2, join=False, start_method="spawn"
-    )
-    # Bounded: a hung collective fails the test instead of the suite.
-    deadline = 120.0
-    t0 = time.monotonic()
-    while not ctx.join(timeout=max(1.0, deadline - (time.monotonic() - t0))):
-        if time.monotonic() - t0 > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("2-process run did not finish in 120 s")
+    run_ranks(_worker, root, tmp)
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {"root": root, "tmp": tmp, "ranks": ranks}
 
@@ -329,3 +320,14 @@ def test_torchrun_cli_runs_two_processes(tmp_path: Path) -> None:
     assert len(rows) == 2
     assert (tmp_path / "two" / "checkpoints" / "last.pt").is_file()
     assert float(rows[-1]["val/acc"]) >= 0  # a real number, reduced over both ranks
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(ddp: dict[str, Any]) -> None:
+    """No rank is left in a collective: both leave with 143 after step 1 of epoch 1, and
+    rank 0 writes interrupted.pt of that step (a collective itself: every rank's RNG)."""
+    steps_per_epoch = len(make_engine(ddp["root"], 2 * BATCH, [])._train_loader)
+    expected = (143, steps_per_epoch + 1)
+    assert [r["signal_exit"] for r in ddp["ranks"]] == [expected, expected]
+    emergency = load_checkpoint(ddp["tmp"] / "c" / "checkpoints" / "interrupted.pt")
+    assert emergency["state"]["step"] == steps_per_epoch + 1
+    assert len(emergency["rng_per_rank"]) == 2

@@ -70,3 +70,24 @@ def test_the_engine_updates_ema_each_step_and_validates_on_it() -> None:
     ema_loss, raw_loss = _val_loss(engine, engine.ema.module), _val_loss(engine, engine.model)
     assert engine.state.metrics["val/loss"] == pytest.approx(ema_loss, rel=1e-5)
     assert raw_loss != pytest.approx(ema_loss, rel=1e-5)  # the two really differ
+
+
+def test_a_skipped_update_keeps_the_average_bitwise_and_an_applied_one_is_the_lerp() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema, plain = ModelEMA(model, decay=0.9), ModelEMA(model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    plain.update(model)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():  # the step after moves the model, and is skipped
+        model[0].weight.add_(1.0)
+    ema.update(model, apply=torch.tensor(False))
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    ema.updates = plain.updates  # the same decay for both below
+    ema.update(model, apply=torch.tensor(True))  # applied: exactly the flagless update
+    plain.update(model)
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(v, plain.module.state_dict()[k]), k

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -305,3 +306,37 @@ def test_verified_huge_model_replaces_the_old_one_with_its_own_data_file(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": images.numpy()})[0].shape == (4, 3)
+
+
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+def test_exporter_chatter_stays_off_the_terminal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    levels = [logging.getLogger(n).level for n in EXPORTER_LOGGERS]
+    caplog.set_level(logging.INFO)  # as the tools log: INFO and up reaches the terminal
+    export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=make_mapping())
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
+    assert chatter == []  # e.g. "Removed 38 unused nodes", a dozen per export
+    assert capsys.readouterr().out == ""
+    assert [logging.getLogger(n).level for n in EXPORTER_LOGGERS] == levels  # put back
+
+
+def test_exporter_errors_and_warnings_still_show(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def failing_export(*args: Any, **kwargs: Any) -> None:
+        print("the exporter's account of the failure")
+        logging.getLogger("onnxscript").warning("a warning worth seeing")
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(RuntimeError, match="unsupported op"):
+        export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=make_mapping())
+    assert "the exporter's account of the failure" in capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records] == ["a warning worth seeing"]

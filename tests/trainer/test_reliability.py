@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from hooks.early_stopping import EarlyStoppingHook
 from tests.conftest import FAST_CLI, StandInData, make_engine, make_tree
 from trainer.checkpoint import load_checkpoint
 from trainer.engine import Engine
-from trainer.errors import Interrupted, NonFiniteLossError
+from trainer.errors import CheckpointError, Interrupted, NonFiniteLossError
 from trainer.hook import Hook
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
@@ -64,9 +65,12 @@ def test_sigint_finishes_the_step_saves_and_raises(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["step"] == 4
     # The handlers are restored after fit.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    # The emergency checkpoint resumes too (from the start of the interrupted epoch).
+    # Saved inside an epoch, the emergency checkpoint is no exact resume point: refused,
+    # naming the way that is. The run folder resumes from last.pt.
     again = make_engine([CheckpointHook(tmp_path)], max_epochs=3)
-    again.fit(resume=tmp_path / "checkpoints" / "interrupted.pt")
+    with pytest.raises(CheckpointError, match=r"interrupted\.pt.*middle of epoch 2.*last\.pt"):
+        again.fit(resume=tmp_path / "checkpoints" / "interrupted.pt")
+    again.fit(resume=tmp_path)
     assert len(again.state.history) == 3
 
 
@@ -177,6 +181,66 @@ def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
     # The skipped batch is left out of the epoch's loss and accuracy, not averaged in as NaN.
     assert math.isfinite(engine.state.history[1]["train/loss"])
     assert 0 <= engine.state.history[1]["train/acc"] <= 1
+
+
+class InfIntoFirstLayer(Hook):
+    """Puts an inf into one training batch's activations (a forward pre-hook on the first
+    layer), so the NaN reaches the BatchNorm statistics before the loss shows it; records the
+    model and EMA state around that batch."""
+
+    def __init__(self, epoch: int, batch_idx: int) -> None:
+        self.at = (epoch, batch_idx)
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+
+    def _now(self, engine: Engine) -> bool:
+        return (engine.state.epoch, engine.state.batch_idx) == self.at
+
+    def _state(self, engine: Engine) -> dict[str, torch.Tensor]:
+        assert engine.ema is not None
+        both = {**engine.model.state_dict(), **{f"ema.{k}": v for k, v in
+                                                 engine.ema.module.state_dict().items()}}
+        return {k: v.clone() for k, v in both.items()}
+
+    def on_fit_start(self, engine: Engine) -> None:
+        def inject(module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
+            if module.training and self._now(engine):
+                x = args[0].clone()
+                x[0, 0, 0, 0] = float("inf")
+                return (x,)
+            return None
+
+        engine.model.features[0].register_forward_pre_hook(inject)  # type: ignore[index]
+
+    def on_train_batch_start(self, engine: Engine, batch: Any, batch_idx: int) -> None:
+        if self._now(engine):
+            self.before = self._state(engine)
+
+    def on_train_batch_end(self, engine: Engine, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._now(engine):
+            self.after = self._state(engine)
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_inf_in_the_forward_pass_never_reaches_weights_ema_or_batchnorm(precision: str) -> None:
+    def fit(hooks: list[Hook]) -> Engine:
+        engine = make_engine(hooks, max_epochs=2, ema_decay=0.9, precision=precision)
+        engine.fit()
+        return engine
+
+    inf = InfIntoFirstLayer(epoch=0, batch_idx=1)
+    hit, clean = fit([inf]), fit([])
+    # The skipped step left every weight, BatchNorm buffer and EMA tensor as it was, bitwise.
+    assert inf.before and inf.before.keys() == inf.after.keys()
+    for k, v in inf.before.items():
+        assert torch.equal(v, inf.after[k]), k
+    assert hit.state.history[0]["train/skipped_steps"] == 1
+    # Validation (on the EMA weights) stays finite, near the run that never saw the inf.
+    for poisoned, ok in zip(hit.state.history, clean.state.history, strict=True):
+        assert math.isfinite(poisoned["val/loss"])
+        assert poisoned["val/loss"] == pytest.approx(ok["val/loss"], rel=0.1)
+    for t in [*hit.model.state_dict().values(), *hit.eval_model.state_dict().values()]:
+        assert torch.isfinite(t).all()
 
 
 def _digest(path: Path) -> str:

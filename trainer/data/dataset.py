@@ -10,10 +10,23 @@ from torch.utils.data import Dataset
 from trainer.data.decode import load_image
 from trainer.data.scan import Sample
 from trainer.errors import DataError
+from trainer.rng import torch_seeded
+
+# What a loader asks a dataset for: an index, or ``(index, seed)`` from ``SeededDraw``.
+SampleKey = int | tuple[int, int]
+
+
+def split_key(key: SampleKey) -> tuple[int, int | None]:
+    """``(index, augmentation seed or None)`` of a sample key."""
+    return key if isinstance(key, tuple) else (key, None)
 
 
 class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     """``(path, target)`` samples decoded on demand (or from a RAM cache) and transformed.
+
+    A key ``(index, seed)`` (what ``SeededDraw`` yields) runs the transform on torch's
+    generator seeded with ``seed``, so the augmentation is the same in any worker; a plain
+    index uses the process's own stream.
 
     Args:
         samples: the ``(path, class index)`` list.
@@ -34,7 +47,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
+        index, seed = split_key(key)
         path, target = self.samples[index]
         if self.cache is not None:
             img = self.cache[index]
@@ -46,7 +60,10 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                     f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
                     "the file, or construct the data with verify=True to skip unreadable files."
                 ) from e
-        return self.transform(img), target
+        if seed is None:
+            return self.transform(img), target
+        with torch_seeded(seed):
+            return self.transform(img), target
 
     @property
     def targets(self) -> list[int]:

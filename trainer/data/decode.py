@@ -92,8 +92,9 @@ def _refuse_bombs(raw: bytes) -> None:
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor ``(3, H, W)``, EXIF orientation applied.
 
-    torchvision.io decodes JPEG, PNG, GIF and WebP; anything it rejects (BMP, TIFF, odd
-    variants) goes through PIL. Whatever the source: grayscale is repeated to 3 channels,
+    torchvision.io decodes JPEG, PNG and WebP; GIF, WebP with EXIF (torchvision would ignore
+    its orientation) and anything torchvision rejects (BMP, TIFF, odd variants) go through
+    PIL. Whatever the source: grayscale is repeated to 3 channels,
     palette and CMYK become RGB, alpha (RGBA, LA, palette transparency) is composited over
     white, and 16-bit samples are scaled (not clipped) to 8 bits.
 
@@ -132,4 +133,18 @@ def _torchvision_mode(raw: bytes) -> ImageReadMode | None:
     if raw[:4] == b"GIF8":
         # GIF transparency is a palette index torchvision ignores.
         return None
+    if _webp_has_exif(raw):
+        # torchvision applies EXIF orientation to JPEG and PNG only; PIL rotates WebP too.
+        return None
     return ImageReadMode.RGB_ALPHA
+
+
+def _webp_has_exif(raw: bytes) -> bool:
+    """Whether a WebP file carries EXIF (the extended ``VP8X`` header's EXIF flag)."""
+    return (
+        raw[:4] == b"RIFF"
+        and raw[8:12] == b"WEBP"
+        and raw[12:16] == b"VP8X"
+        and len(raw) > 20
+        and bool(raw[20] & 0x08)
+    )

@@ -22,7 +22,12 @@ from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
-from trainer.data.sampler import SAMPLER_MODES, ShardSampler, TrackingWeightedRandomSampler
+from trainer.data.sampler import (
+    SAMPLER_MODES,
+    SeededDraw,
+    ShardSampler,
+    TrackingWeightedRandomSampler,
+)
 from trainer.data.scan import Sample, scan_tree
 from trainer.data.transforms import (
     IMAGENET_MEAN,
@@ -35,6 +40,7 @@ from trainer.data.transforms import (
 from trainer.distributed import get_rank, get_world_size, rank_seed
 from trainer.errors import ConfigError, DataError
 from trainer.io import atomic_write_json
+from trainer.signals import ignore_stop_signals
 
 logger = logging.getLogger("trainer.data")
 
@@ -67,7 +73,7 @@ class ImageFolderData:
         batch_size: batch size of every loader.
         workers: DataLoader worker processes; None means ``min(8, os.cpu_count())``.
         val_fraction: share of each class held out for val when the root is not split.
-        seed: seeds the split, the shuffling and the sampler.
+        seed: seeds the split, the sampler and each image's augmentation (see ``SeededDraw``).
         crop_scale: smallest area share RandomResizedCrop keeps.
         hflip: random horizontal flips in training.
         color_jitter: brightness/contrast/saturation strength (hue is ``min(0.1, s/4)``); 0 = off.
@@ -147,6 +153,7 @@ class ImageFolderData:
         self.val_samples: list[Sample] = scan.val
         self.test_samples: list[Sample] = scan.test
         self.ignored_files: list[Path] = scan.ignored_files
+        self.skipped_links: list[tuple[Path, str]] = scan.skipped_links
         self.bad_files: list[tuple[Path, str]] = []
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
@@ -293,12 +300,17 @@ class ImageFolderData:
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         kwargs.setdefault("collate_fn", default_collate)
+        # The loader draws its workers' base seed from this generator, not from the global
+        # one: persistent workers draw it at the first iter() only, which a resumed run
+        # reaches at another epoch, and the global stream (dropout) must not shift by it.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(rank_seed(self.seed)))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.workers > 0,
+            worker_init_fn=ignore_stop_signals,  # a signal to the group is the trainer's
             drop_last=False,
             **kwargs,
         )
@@ -326,9 +338,10 @@ class ImageFolderData:
         # The world is read here, not only at construction, so data built before the process
         # group came up (e.g. by a notebook, before Engine joined it) still shards.
         self.sampler.set_replicas(get_world_size(), get_rank())
-        # Seeding the loader's generator also seeds the workers' augmentation streams; each
-        # rank gets its own, so ranks do not apply the same crops in lockstep.
-        g = torch.Generator().manual_seed(rank_seed(self.seed))
+        # Each image's augmentation is seeded by (seed, epoch, its position in the epoch's
+        # draw), not by the workers' streams: a resumed run, whose workers are new, draws
+        # exactly what the straight run drew, with any number of workers (see SeededDraw).
+        sampler = SeededDraw(self.sampler)
         if self.decode == "gpu":
             encoded = EncodedImageDataset(
                 self._splits()["train"],
@@ -339,8 +352,8 @@ class ImageFolderData:
             )
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
-            return self._loader(encoded, sampler=self.sampler, generator=g, collate_fn=collate)
-        return self._loader(self.train_dataset(), sampler=self.sampler, generator=g)
+            return self._loader(encoded, sampler=sampler, collate_fn=collate)
+        return self._loader(self.train_dataset(), sampler=sampler)
 
     def val_dataset(self) -> ImageListDataset:
         """The validation samples, in file order, with the validation preprocessing."""
@@ -389,6 +402,7 @@ class ImageFolderData:
             "class_counts": {k: list(v) for k, v in self.class_counts.items()},
             "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
             "ignored_files": [str(p) for p in self.ignored_files],
+            "skipped_links": [{"path": str(p), "reason": r} for p, r in self.skipped_links],
         }
 
     def summary(self) -> str:

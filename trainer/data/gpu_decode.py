@@ -3,7 +3,7 @@ the device.
 
 The loader's workers only read the file and draw the augmentation: the crop box comes from
 the very ``v2.RandomResizedCrop`` the CPU path uses (its ``make_params``, on the image's size
-read from the header) and the flip from the same coin, in the same worker RNG stream. So
+read from the header) and the flip from the same coin, drawn from the same per-sample seed. So
 both paths share their augmentation statistics; only where the pixels are decoded and
 resampled differs. On the device the batch's JPEGs are decoded together
 (``torchvision.io.decode_jpeg`` with a list), each image is turned upright by its EXIF
@@ -17,6 +17,7 @@ Validation keeps the CPU path: it is deterministic and a small share of the work
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
@@ -31,7 +32,9 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from trainer.data.dataset import SampleKey, split_key
 from trainer.errors import DataError
+from trainer.rng import torch_seeded
 
 log = logging.getLogger("trainer.data")
 
@@ -82,7 +85,8 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int, torch.Tensor]:
+        index, seed = split_key(key)
         path, target = self.samples[index]
         try:
             data = read_file(str(path))
@@ -97,9 +101,11 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
                 f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace the "
                 "file, or construct the data with verify=True to skip unreadable files."
             ) from e
-        # The same draw as the CPU path's RandomResizedCrop and RandomHorizontalFlip.
-        box = self.crop.make_params([torch.empty((), dtype=torch.uint8).expand(3, *size)])
-        flip = bool(self.hflip and torch.rand(1) < 0.5)
+        # The same draw as the CPU path's RandomResizedCrop and RandomHorizontalFlip, from the
+        # same seed (see ImageListDataset).
+        with torch_seeded(seed) if seed is not None else contextlib.nullcontext():
+            box = self.crop.make_params([torch.empty((), dtype=torch.uint8).expand(3, *size)])
+            flip = bool(self.hflip and torch.rand(1) < 0.5)
         top, left, height, width = box["top"], box["left"], box["height"], box["width"]
         params = torch.tensor([orientation, top, left, height, width, int(flip)])
         if header is None:

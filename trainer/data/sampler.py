@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 from trainer.distributed import all_gather_object
+from trainer.rng import derive_seed
 
 SAMPLER_MODES: tuple[str, ...] = ("none", "balanced", "manual")
 
@@ -102,6 +103,7 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         self._class_share = (class_weight_sum / class_weight_sum.sum()).tolist()
 
         self.last_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
+        self.last_epoch = 0  # the epoch of the last draw (set_epoch's, or advanced by iter())
         self.class_counts: list[int] = [0] * num_classes
         self.expected_counts: list[float] = [s * len(self) for s in self._class_share]
 
@@ -154,6 +156,7 @@ class TrackingWeightedRandomSampler(Sampler[int]):
             total = len(self) * self.num_replicas
             indices = indices.repeat(math.ceil(total / len(indices)))[:total]
             indices = indices[self.rank :: self.num_replicas]
+        self.last_epoch = self.epoch + self._iterations
         self._iterations += 1
         self.last_indices = indices
         self.class_counts = torch.bincount(
@@ -195,6 +198,51 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._iterations = int(state.get("iterations", 0))
+
+
+class SeededDraw(Sampler[tuple[int, int]]):
+    """``sampler``'s draw, each index paired with the seed of its augmentation.
+
+    A sample's seed is a function of (the sampler's seed, the epoch, the sample's position in
+    the epoch's global draw) and nothing else. ``ImageListDataset`` runs the transform on
+    torch's generator seeded with it, so what an image gets (crop, flip, jitter) depends
+    neither on which loader worker serves it, nor on how many there are, nor on what the
+    workers drew before: a resumed epoch draws exactly what the straight run drew, although
+    its workers are new. Under DDP rank ``r`` holds positions ``r, r + N, ...`` of the global
+    draw, so the ranks together augment exactly as one process would.
+
+    ``set_epoch``, ``state_dict`` and ``load_state_dict`` are ``sampler``'s.
+
+    Args:
+        sampler: the tracking sampler whose draw is served.
+
+    Example:
+        >>> s = SeededDraw(TrackingWeightedRandomSampler([0, 1, 1], 2, mode="none"))
+        >>> [i for i, _ in s] == s.sampler.last_indices.tolist()
+        True
+    """
+
+    def __init__(self, sampler: TrackingWeightedRandomSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        s = self.sampler
+        indices = list(s)
+        base = derive_seed(s.seed, s.last_epoch)  # consecutive seeds: torch scrambles them
+        first, stride = s.rank, s.num_replicas
+        return ((i, (base + first + j * stride) % 2**63) for j, i in enumerate(indices))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class ShardSampler(Sampler[int]):

@@ -32,6 +32,8 @@ class TreeScan:
         val: the validation samples, in the same order.
         test: the test samples (empty when the tree has no test/ folder).
         ignored_files: non-image files found, in scan order (hidden entries are not listed).
+        skipped_links: symlinked folders not followed, with why: a loop back up the tree, or
+            a way into another class's folder (following it would take that class's images).
     """
 
     classes: list[str]
@@ -39,6 +41,26 @@ class TreeScan:
     val: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
     ignored_files: list[Path] = field(default_factory=list)
+    skipped_links: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Walk:
+    """State shared by the walks of one scan: real folders entered, every class folder's real
+    path (over all splits), and the links not followed."""
+
+    class_dirs: set[Path]
+    seen: set[Path] = field(default_factory=set)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def link_problem(self, target: Path, here: Path, own: Path) -> str | None:
+        """Why a symlinked folder resolving to ``target`` must not be followed, else None."""
+        if target == here or target in here.parents:
+            return f"a loop: it points back up to {target}"
+        for other in self.class_dirs - {own}:
+            if target == other or target in other.parents or other in target.parents:
+                return f"it leads into {other}, another class's folder"
+        return None
 
 
 def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
@@ -75,9 +97,11 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
     train_dir = top.get("train")
     val_dir = next((top[n] for n in VAL_DIR_NAMES if n in top), None)
     test_dir = top.get("test")
-    seen: set[Path] = set()
     if train_dir is None and val_dir is None and test_dir is None:
-        return _scan_unsplit(root, list(top.values()), seen, val_fraction=val_fraction, seed=seed)
+        walk = _Walk({d.resolve() for d in top.values()})
+        scan = _scan_unsplit(root, list(top.values()), walk, val_fraction=val_fraction, seed=seed)
+        scan.skipped_links = walk.skipped
+        return scan
     if train_dir is None:
         other = val_dir.name if val_dir is not None else "test"
         raise DataError(
@@ -91,8 +115,11 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
             f"val/<class>/<images>, or move the class folders from {train_dir} up into "
             f"{root} to have them split into train/val automatically."
         )
-    train, ignored = _scan_split(train_dir, seen)
-    scan = TreeScan(classes=sorted(train), ignored_files=ignored)
+    walk = _Walk(
+        {d.resolve() for s in (train_dir, val_dir, test_dir) if s is not None for d in _subdirs(s)}
+    )
+    train, ignored = _scan_split(train_dir, walk)
+    scan = TreeScan(classes=sorted(train), ignored_files=ignored, skipped_links=walk.skipped)
     if len(scan.classes) < 2:
         raise DataError(
             f"{train_dir} has {len(scan.classes)} class folder(s) "
@@ -105,7 +132,7 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
     for split_dir, split in ((val_dir, "val"), (test_dir, "test")):
         if split_dir is None:
             continue
-        found, ignored = _scan_split(split_dir, seen)
+        found, ignored = _scan_split(split_dir, walk)
         scan.ignored_files += ignored
         unknown = sorted(set(found) - set(scan.classes))
         if unknown:
@@ -124,6 +151,13 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
             )
         setattr(scan, split, [(p, to_idx[c]) for c in scan.classes for p in found.get(c, [])])
     return scan
+
+
+def has_split_folders(root: Path) -> bool:
+    """Whether ``root`` holds ``train/``, ``val/`` (or an alias) or ``test/``; False for a tree
+    of class folders, which ``scan_tree`` splits with a seed and a fraction."""
+    names = {p.name for p in _subdirs(root)} if root.is_dir() else set()
+    return bool(names & {"train", "test", *VAL_DIR_NAMES})
 
 
 def stratified_split(
@@ -154,21 +188,36 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_images(folder: Path, seen: set[Path]) -> tuple[list[Path], list[Path]]:
+def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
     """Images (and ignored non-image files) anywhere under ``folder``, sorted.
 
-    Follows symlinked folders, but each real folder only once (``seen`` holds resolved paths),
-    so a link loop or two links to the same folder never count images twice.
+    Follows symlinked folders, but each real folder only once (``walk.seen`` holds resolved
+    paths), so two links to the same folder never count images twice. A link back up the tree
+    or into another class's folder is not followed, and is recorded in ``walk.skipped``: it
+    would loop, or hand this class another class's images (and leave that class without).
     """
     images: list[Path] = []
     ignored: list[Path] = []
+    own = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = Path(dirpath).resolve()
-        if real in seen:
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in walk.seen:
             dirnames[:] = []
             continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        walk.seen.add(real)
+        kept = []
+        for d in sorted(dirnames):
+            link = here / d
+            problem = None
+            if not _is_hidden(d) and link.is_symlink():
+                problem = walk.link_problem(link.resolve(), real, own)
+            if problem is not None:
+                walk.skipped.append((link, problem))
+                logger.warning("Not following the symlink %s: %s.", link, problem)
+            elif not _is_hidden(d):
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if _is_hidden(name):
                 continue
@@ -181,7 +230,7 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
-def _scan_split(split_dir: Path, seen: set[Path]) -> tuple[dict[str, list[Path]], list[Path]]:
+def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[Path]], list[Path]]:
     """Images per class folder of ``split_dir``, and the non-image files found."""
     found: dict[str, list[Path]] = {}
     ignored_files: list[Path] = []
@@ -189,7 +238,7 @@ def _scan_split(split_dir: Path, seen: set[Path]) -> tuple[dict[str, list[Path]]
         if _is_hidden(entry.name):
             continue
         if entry.is_dir():
-            images, ignored = _walk_images(entry, seen)
+            images, ignored = _walk_images(entry, walk)
             found[entry.name] = images
             ignored_files += ignored
         else:
@@ -199,12 +248,12 @@ def _scan_split(split_dir: Path, seen: set[Path]) -> tuple[dict[str, list[Path]]
 
 
 def _scan_unsplit(
-    root: Path, class_dirs: list[Path], seen: set[Path], *, val_fraction: float, seed: int
+    root: Path, class_dirs: list[Path], walk: _Walk, *, val_fraction: float, seed: int
 ) -> TreeScan:
     found: dict[str, list[Path]] = {}
     ignored_files: list[Path] = []
     for d in class_dirs:
-        images, ignored = _walk_images(d, seen)
+        images, ignored = _walk_images(d, walk)
         found[d.name] = images
         ignored_files += ignored
     ignored_files += sorted(p for p in root.iterdir() if p.is_file() and not _is_hidden(p.name))

@@ -72,11 +72,21 @@ def test_16_bit_is_scaled_not_clipped(tmp_path: Path, fmt: str) -> None:
     assert torch.equal(out[0], out[2])
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("rot.jpg", {"quality": 95}),
+        ("rot.png", {}),
+        ("rot.tiff", {}),
+        ("rot.webp", {"lossless": True}),
+        ("lossy.webp", {"quality": 95}),
+    ],
+)
+def test_exif_orientation_is_applied(tmp_path: Path, name: str, options: dict[str, object]) -> None:
     img = Image.fromarray(RGB)  # 10 wide, 12 high
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = _save(img, tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    path = _save(img, tmp_path / name, exif=exif.tobytes(), **options)
     with Image.open(path) as opened:
         ref = np.asarray(ImageOps.exif_transpose(opened).convert("RGB")).astype(int)
     out = load_image(path)

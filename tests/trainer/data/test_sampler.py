@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.data.sampler import TrackingWeightedRandomSampler
+from trainer.data.sampler import SeededDraw, TrackingWeightedRandomSampler
 
 # 80 / 15 / 5 samples of classes 0 / 1 / 2.
 TARGETS = [0] * 80 + [1] * 15 + [2] * 5
@@ -113,3 +113,28 @@ def test_two_ranks_split_the_single_process_draw(mode: str) -> None:
 def test_uneven_ranks_are_padded_to_equal_length() -> None:
     ranks = [TrackingWeightedRandomSampler([0, 1, 0], 2, num_replicas=2, rank=r) for r in range(2)]
     assert [len(list(r)) for r in ranks] == [2, 2]
+
+
+def test_seeded_draw_seeds_depend_on_seed_epoch_and_global_position_only() -> None:
+    def draw(replicas: int, rank: int, epoch: int, seed: int = 0) -> list[tuple[int, int]]:
+        s = SeededDraw(TrackingWeightedRandomSampler(
+            TARGETS, 3, mode="balanced", seed=seed, num_replicas=replicas, rank=rank))
+        s.set_epoch(epoch)
+        return list(s)  # fmt: skip
+
+    single = draw(1, 0, epoch=2)
+    plain = TrackingWeightedRandomSampler(TARGETS, 3, mode="balanced")
+    plain.set_epoch(2)
+    assert [i for i, _ in single] == list(plain)  # the indices are the sampler's own draw
+    assert single == draw(1, 0, epoch=2)  # and the seeds a function of (seed, epoch, position)
+    # Two ranks together carry the single process's (index, seed) pairs, position by position.
+    shards = [draw(2, r, epoch=2) for r in range(2)]
+    assert [p for pair in zip(*shards, strict=True) for p in pair] == single
+    # A balanced draw repeats indices; every position still gets its own seed.
+    assert len({seed for _, seed in single}) == len(single)
+    assert {seed for _, seed in draw(1, 0, epoch=3)}.isdisjoint(seed for _, seed in single)
+    assert draw(1, 0, epoch=2, seed=1) != single
+    # Without set_epoch each iter() acts as the next epoch: new seeds too.
+    again = SeededDraw(TrackingWeightedRandomSampler(TARGETS, 3, mode="balanced"))
+    first, second = list(again), list(again)
+    assert {seed for _, seed in first}.isdisjoint(seed for _, seed in second)

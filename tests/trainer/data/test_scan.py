@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import make_tree
 from tests.trainer.data.conftest import small_data
+from trainer.data import ImageFolderData
 from trainer.errors import DataError
 
 
@@ -105,3 +107,35 @@ def test_train_class_missing_from_val_only_warns(
         data = small_data(tmp_path)
     assert data.class_counts["val"] == [2, 2, 0]
     assert "c" in caplog.text
+
+
+@pytest.mark.parametrize("splits", [(), ("train", "val")], ids=["class-folders", "train-val"])
+def test_links_up_the_tree_neither_drop_nor_steal_images(
+    tmp_path: Path, splits: tuple[str, ...]
+) -> None:
+    counts = {"a": 4, "b": 4, "c": 4}
+    make_tree(tmp_path, counts, splits=splits)
+    base = tmp_path / splits[0] if splits else tmp_path
+    (base / "a" / "sub").mkdir()
+    loops = {
+        base / "a" / "sub" / "up": tmp_path,  # a loop: the tree's root, above every class
+        base / "b" / "parent": base / "b",  # a loop onto the class's own folder
+        base / "a" / "c_too": base / "c",  # not a loop, but a way into class c's images
+    }
+    for link, target in loops.items():
+        os.symlink(target, link)
+    data = ImageFolderData(tmp_path, img_size=16, workers=0, verify=False, val_fraction=0.25)
+    assert data.classes == ["a", "b", "c"]
+    for split in ("train", "val"):
+        samples = data.train_samples if split == "train" else data.val_samples
+        for path, label in samples:
+            # Each image is counted once, in the class whose folder it really is in.
+            assert path.resolve().parent.name == data.classes[label], (path, label)
+        assert len({p.resolve() for p, _ in samples}) == len(samples)
+    totals = [sum(column) for column in zip(*data.class_counts.values(), strict=True)]
+    assert totals == [4 * (len(splits) or 1)] * 3  # every class keeps all of its own images
+    report = json.loads(json.dumps(data.report()))  # what data_report.json holds
+    assert {r["path"] for r in report["skipped_links"]} == {str(p) for p in loops}
+    reasons = {r["path"]: r["reason"] for r in report["skipped_links"]}
+    assert "a loop" in reasons[str(base / "a" / "sub" / "up")]
+    assert "another class's folder" in reasons[str(base / "a" / "c_too")]
