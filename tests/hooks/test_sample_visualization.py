@@ -3,12 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from hooks import plots
-from hooks.plots import plot_grid, to_display
 from hooks.sample_visualization import SampleVisualizationHook, pick_stratified
 from tests.conftest import StandInData, assert_survives_unwritable, png_size, run_fit
 from trainer.engine import Engine
@@ -79,38 +76,6 @@ def test_fixed_images_and_mistakes(tmp_path: Path, data: StandInData) -> None:
     assert [m["index"] for m in hook.mistakes] == expected
     assert all(not m["correct"] for m in hook.mistakes)
     assert hook.figure is not None
-
-
-def test_grid_is_framed_by_correctness_with_captions() -> None:
-    torch.manual_seed(0)
-    images: list[torch.Tensor | None] = [
-        torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8) for _ in range(4)
-    ]
-    images.append(None)  # an image that could not be read: a grey tile
-    records = [
-        {"index": 10 + i, "true": i % 3, "pred": (i + 1) % 3, "prob": 0.5, "correct": i % 2 == 0}
-        for i in range(5)
-    ]
-    classes = ["a", "b", "a class name far too long to fit under one tile"]
-    grid = np.asarray(plot_grid(images, records, classes, title="t"))
-    cols = 3  # ceil(sqrt(5))
-    for k, rec in enumerate(records):
-        x = plots._GAP + (k % cols) * (plots.TILE + plots._GAP)
-        y = plots._TITLE + plots._GAP + (k // cols) * (plots._CAPTION + plots.TILE + plots._GAP)
-        frame = tuple(grid[y + plots._CAPTION + 1, x + 1])
-        assert frame == (plots._GREEN if rec["correct"] else plots._RED)
-        assert (grid[y : y + plots._CAPTION, x : x + plots.TILE] != 255).any()  # a caption
-    x = plots._GAP + plots.TILE + plots._GAP  # the missing image's tile, centre
-    y = plots._TITLE + 2 * plots._GAP + plots._CAPTION + plots.TILE + plots._CAPTION
-    assert tuple(grid[y + plots.TILE // 2, x + plots.TILE // 2]) == (128, 128, 128)
-
-
-def test_normalised_float_batches_are_shown_in_true_colours() -> None:
-    data = StandInData(float_images=True)
-    shown = to_display(data.val_x[0], data.mean, data.std)
-    original = StandInData().val_x[0].permute(1, 2, 0).float().numpy() / 255
-    assert shown.shape == (16, 16, 3) and shown.min() >= 0 and shown.max() <= 1
-    assert abs(shown - original).max() < 1e-5
 
 
 def test_float_run_and_more_images_than_the_val_set(tmp_path: Path) -> None:

@@ -1,0 +1,80 @@
+"""hooks/plots.py: the renderers (matplotlib charts, PIL grids) and the Pillow PNG writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hooks import plots
+from hooks.plots import plot_confusion_matrix, plot_grid, save_image, save_png, to_display
+from tests.conftest import StandInData, png_size
+
+
+@pytest.mark.parametrize(("mode", "shape"), [("RGB", (37, 53, 3)), ("L", (20, 9))])
+def test_save_image_round_trips_through_pillow(tmp_path: Path, mode: str, shape: tuple) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    save_image(Image.fromarray(pixels, mode), tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as back:
+        assert back.format == "PNG" and back.mode == mode
+        assert np.array_equal(np.asarray(back), pixels)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+@pytest.mark.parametrize("n", [6, 25, 100])
+def test_many_classes_use_indices(tmp_path: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5, (n, n))
+    counts[0] = 0  # a class with no validation image must not give NaNs
+    classes = [f"class $name$ number {i} with a long tail" for i in range(n)]
+    fig = plot_confusion_matrix(counts, classes, "epoch 3")
+    save_png(fig, tmp_path / "cm.png")
+    w, h = png_size(tmp_path / "cm.png")
+    assert 400 < w <= 3200 and 300 < h <= 1700
+    counts_ax, recall_ax = fig.axes[0], fig.axes[2]  # each panel is followed by its colour bar
+    ticks = [t.get_text() for t in counts_ax.get_xticklabels()]
+    if n > 30:
+        assert ticks[:3] == ["0", "2", "4"]  # indices, thinned past 60 classes
+    else:
+        assert ticks[0].startswith(r"class \$name\$") and len(ticks) == n  # mathtext escaped
+    # Cells are annotated up to 20 classes only.
+    assert bool(counts_ax.texts) == (n <= 20)
+    recall = recall_ax.images[0].get_array()
+    assert np.isfinite(recall).all() and recall[0].sum() == 0
+    rows = counts.sum(axis=1) > 0
+    assert np.allclose(np.asarray(recall).sum(axis=1)[rows], 1.0)
+
+
+def test_grid_is_framed_by_correctness_with_captions() -> None:
+    torch.manual_seed(0)
+    images: list[torch.Tensor | None] = [
+        torch.randint(0, 256, (3, 40, 24), dtype=torch.uint8) for _ in range(4)
+    ]
+    images.append(None)  # an image that could not be read: a grey tile
+    records = [
+        {"index": 10 + i, "true": i % 3, "pred": (i + 1) % 3, "prob": 0.5, "correct": i % 2 == 0}
+        for i in range(5)
+    ]
+    classes = ["a", "b", "a class name far too long to fit under one tile"]
+    grid = np.asarray(plot_grid(images, records, classes, title="t"))
+    cols = 3  # ceil(sqrt(5))
+    for k, rec in enumerate(records):
+        x = plots._GAP + (k % cols) * (plots.TILE + plots._GAP)
+        y = plots._TITLE + plots._GAP + (k // cols) * (plots._CAPTION + plots.TILE + plots._GAP)
+        frame = tuple(grid[y + plots._CAPTION + 1, x + 1])
+        assert frame == (plots._GREEN if rec["correct"] else plots._RED)
+        assert (grid[y : y + plots._CAPTION, x : x + plots.TILE] != 255).any()  # a caption
+    x = plots._GAP + plots.TILE + plots._GAP  # the missing image's tile, centre
+    y = plots._TITLE + 2 * plots._GAP + plots._CAPTION + plots.TILE + plots._CAPTION
+    assert tuple(grid[y + plots.TILE // 2, x + plots.TILE // 2]) == (128, 128, 128)
+
+
+def test_normalised_float_batches_are_shown_in_true_colours() -> None:
+    data = StandInData(float_images=True)
+    shown = to_display(data.val_x[0], data.mean, data.std)
+    original = StandInData().val_x[0].permute(1, 2, 0).float().numpy() / 255
+    assert shown.shape == (16, 16, 3) and shown.min() >= 0 and shown.max() <= 1
+    assert abs(shown - original).max() < 1e-5
