@@ -1,7 +1,8 @@
 """ArtifactWriter: one background thread per run that draws and writes plots and reports.
 
-The engine owns one (``engine.artifacts``) and flushes it when ``fit``, ``validate`` or
-``test`` ends, and on an exception, so every file a hook asked for exists when they return.
+The engine owns one (``engine.artifacts``) and closes it (every job run, the thread ended) when
+``fit``, ``validate`` or ``test`` ends, and on an exception, so every file a hook asked for
+exists when they return.
 Hooks hand it a function that draws and writes one file; the training loop never waits.
 """
 
@@ -76,6 +77,7 @@ class ArtifactWriter:
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued: dict[str, _Job] = {}  # replaceable jobs not started yet, by file
         self._unfinished = 0
+        self._closing = False
         self._thread: threading.Thread | None = None
 
     def submit(
@@ -122,11 +124,24 @@ class ArtifactWriter:
                 return
             self._cond.wait_for(lambda: self._unfinished == 0)
 
+    def close(self) -> None:
+        """``flush``, then end the thread (the next ``submit`` starts a new one), so an engine
+        that is done leaves no idle thread behind."""
+        with self._cond:
+            thread, self._closing = self._thread, True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            self._thread, self._closing = None, False
+
     def _loop(self) -> None:
         _lower_priority()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue))
+                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
+                if not self._queue:
+                    return  # closing, and nothing left to run
                 job = self._queue.popleft()
                 if job.key is not None:
                     del self._queued[job.key]  # a job submitted from now on queues anew

@@ -229,7 +229,7 @@ class Engine:
         self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
-        # Hooks draw their plots and reports on it; flushed when fit, validate and test end.
+        # Hooks draw their plots and reports on it; closed (flushed) when fit, validate, test end.
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
         self.resume_path: Path | None = None
@@ -291,7 +291,7 @@ class Engine:
             raise
         finally:
             s.phase = "idle"
-            self.artifacts.flush()  # every plot a hook asked for exists when fit returns
+            self.artifacts.close()  # every plot a hook asked for exists when fit returns
         barrier()  # when fit returns on any rank, rank 0's files are all written
         return s.history
 
@@ -300,7 +300,7 @@ class Engine:
         try:
             return self._eval_loop("val", self._val_loader)
         finally:
-            self.artifacts.flush()
+            self.artifacts.close()
 
     def test(self) -> dict[str, float]:
         """Run the test split (falls back to val when there is none) and return its metrics."""
@@ -311,7 +311,7 @@ class Engine:
         try:
             return self._eval_loop("test", loader)
         finally:
-            self.artifacts.flush()
+            self.artifacts.close()
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:

@@ -115,9 +115,9 @@ class _RecordingWriter(ArtifactWriter):
         super().__init__()
         self.events = events
 
-    def flush(self) -> None:
-        self.events.append("flush")
-        super().flush()
+    def close(self) -> None:
+        self.events.append("close")
+        super().close()
 
 
 class _Recorder(Hook):
@@ -127,7 +127,8 @@ class _Recorder(Hook):
         self.fail, self.events = fail, []
 
     def on_fit_start(self, engine) -> None:  # type: ignore[no-untyped-def]
-        engine.artifacts = _RecordingWriter(self.events)
+        self.writer = engine.artifacts = _RecordingWriter(self.events)
+        self.writer.submit(lambda: None, "start")  # a thread is running now
 
     def on_train_epoch_end(self, engine) -> None:  # type: ignore[no-untyped-def]
         if self.fail:
@@ -141,11 +142,29 @@ class _Recorder(Hook):
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_fit_flushes_the_writer_after_the_last_hook_call(fail: bool) -> None:
+def test_fit_closes_the_writer_after_the_last_hook_call(fail: bool) -> None:
     hook = _Recorder(fail)
     if fail:
         with pytest.raises(RuntimeError, match="broken hook"):
             run_fit([hook], epochs=1)
     else:
         run_fit([hook], epochs=1)
-    assert hook.events == ["on_exception" if fail else "on_fit_end", "flush"]
+    assert hook.events == ["on_exception" if fail else "on_fit_end", "close"]
+    assert hook.writer._thread is None  # no idle thread left behind
+
+
+def test_close_runs_every_job_then_ends_the_thread_and_a_submit_starts_anew(
+    tmp_path: Path,
+) -> None:
+    writer = ArtifactWriter()
+    release = _blocked(writer, tmp_path)
+    ran: list[int] = []
+    writer.submit(lambda: ran.append(1), tmp_path / "a")
+    thread = writer._thread
+    release.set()
+    writer.close()
+    assert ran == [1] and thread is not None and not thread.is_alive()
+    writer.submit(lambda: ran.append(2), tmp_path / "b")
+    writer.flush()
+    assert ran == [1, 2]
+    writer.close()
