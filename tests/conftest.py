@@ -211,6 +211,20 @@ class StandInData:
         atomic_write_json(path, self.labels_mapping())
 
 
+class KillAfterEpoch(Hook):
+    """Raises KeyboardInterrupt at the end of epoch ``epoch`` (from 0), once its checkpoint is
+    written: a run that died there, to resume from."""
+
+    order = 100  # after the checkpoint hook (90)
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        if engine.state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 def make_engine(
     hooks: Sequence[Hook] = (), data: StandInData | None = None, **kwargs: Any
 ) -> Engine:

@@ -25,7 +25,7 @@ from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
-from tests.conftest import join_as_rank, make_tree, run_ranks
+from tests.conftest import KillAfterEpoch, join_as_rank, make_tree, run_ranks
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData, ImageListDataset, val_transform
 from trainer.data.sampler import ShardSampler, TrackingWeightedRandomSampler
@@ -137,13 +137,6 @@ class RecordDraws(Hook):
         )
 
 
-class Kill(Hook):
-    order = 100  # after the checkpoint is written
-
-    def on_train_epoch_end(self, engine: Engine) -> None:
-        raise KeyboardInterrupt
-
-
 class SignalRank1(Hook):
     """Rank 1 sends itself SIGTERM in the middle of the second epoch."""
 
@@ -179,7 +172,9 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
         with pytest.raises(KeyboardInterrupt):
             make_engine(
-                root, BATCH, [*default_hooks(tmp / "b", progress=False, export=False), Kill()]
+                root,
+                BATCH,
+                [*default_hooks(tmp / "b", progress=False, export=False), KillAfterEpoch(0)],
             ).fit()
         resumed = make_engine(root, BATCH, default_hooks(tmp / "b", progress=False, export=False))
         resumed.fit(resume=tmp / "b")

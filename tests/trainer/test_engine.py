@@ -12,7 +12,7 @@ from torch import nn
 
 from hooks import default_hooks
 from hooks.checkpoint import CheckpointHook
-from tests.conftest import StandInData, make_engine
+from tests.conftest import KillAfterEpoch, StandInData, make_engine
 from trainer.engine import Engine
 from trainer.hook import HOOK_METHODS, Hook, resolve_hook_plan
 from trainer.models import build_model
@@ -214,14 +214,9 @@ def test_resume_is_bitwise_equal(tmp_path) -> None:
     straight = make_engine([CheckpointHook(tmp_path / "a")], max_epochs=4, ema_decay=0.9)
     straight.fit()
 
-    class Kill(Hook):
-        order = 100  # after the checkpoint is written
-
-        def on_train_epoch_end(self, engine: Engine) -> None:
-            if engine.state.epoch == 1:
-                raise KeyboardInterrupt
-
-    first = make_engine([CheckpointHook(tmp_path / "b"), Kill()], max_epochs=4, ema_decay=0.9)
+    first = make_engine(
+        [CheckpointHook(tmp_path / "b"), KillAfterEpoch(1)], max_epochs=4, ema_decay=0.9
+    )
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     assert len(first.state.history) == 2

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hooks.checkpoint import CheckpointHook
-from tests.conftest import StandInData
+from tests.conftest import KillAfterEpoch, StandInData
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
@@ -36,15 +36,8 @@ def test_resume_continues_the_random_stream(tmp_path) -> None:
     straight = _dropout_engine(tmp_path / "a", [])
     straight.fit()
 
-    class Kill(Hook):
-        order = 100  # after the checkpoint is written
-
-        def on_train_epoch_end(self, engine: Engine) -> None:
-            if engine.state.epoch == 0:
-                raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _dropout_engine(tmp_path / "b", [Kill()]).fit()
+        _dropout_engine(tmp_path / "b", [KillAfterEpoch(0)]).fit()
     torch.manual_seed(123)  # a new process would start from another random state
     resumed = _dropout_engine(tmp_path / "b", [])
     resumed.fit(resume=tmp_path / "b")
