@@ -112,8 +112,8 @@ class SampleVisualizationHook(Hook):
         hi = bisect.bisect_left(self._lookup, r + w * (start + size))
         for g in self._lookup[lo:hi]:
             j = (g - r) // w - start  # position in this batch
-            # Copies, so the batch and its logits can be freed; the pixels stay where the
-            # loader put them (the host), the logits on the device.
+            # Copies, so the batch and its logits can be freed; they stay on the device (the
+            # batch hooks get the images as the model does: normalised floats).
             self.fixed_images[g] = images[j].clone()
             self._fixed_logits[g] = logits[j].clone()
             self._fixed_targets[g] = targets[j].clone()

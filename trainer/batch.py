@@ -45,10 +45,15 @@ class BatchToDevice:
         else:
             x = batch[0].to(self.device, non_blocking=True)
             y = batch[1].to(self.device, non_blocking=True)
+        return self.images(x), y
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """Images alone (prediction has no targets) on the device, normalised there."""
+        x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if x.dtype == torch.uint8:
             x = x.float()
             if self.scale is not None and self.shift is not None:
                 x = torch.addcmul(self.shift, x, self.scale)
-        return x, y
+        return x

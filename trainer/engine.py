@@ -57,10 +57,11 @@ from trainer.distributed import (
 )
 from trainer.ema import ModelEMA
 from trainer.errors import Interrupted
-from trainer.hook import Hook, describe_hook_plan, hook_keys, resolve_hook_plan
+from trainer.hook import Hook, HookPlan, describe_hook_plan, hook_keys
 from trainer.metrics import EvalTally, TrainTally, confusion_counter, is_better
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import default_optimizer, warmup_cosine
+from trainer.predict import PredictSource, predict
 from trainer.rng import get_rng_state, rank_rng_state, seed_everything, set_rng_state
 from trainer.signals import stop_on_signals
 from trainer.state import EngineState
@@ -228,7 +229,7 @@ class Engine:
         )
         self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
-        self._plan = resolve_hook_plan(self.hooks)
+        self._plan = HookPlan(self.hooks)
         # Hooks draw their plots and reports on it; closed (flushed) when fit, validate, test end.
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
@@ -254,30 +255,34 @@ class Engine:
             resume: a checkpoint file, or a run folder holding ``checkpoints/last.pt``.
         """
         s = self.state
-        if resume is not None:
-            self.load_checkpoint(resume)
-            if len(s.history) >= self.max_epochs or s.stop_reason:
-                stopped = f", stopped: {s.stop_reason}" if s.stop_reason else ""
-                log.warning(
-                    "the run in %s already finished (%d of %d epochs%s); nothing to train. "
-                    "Raise --epochs to train further, or start a new run with another --out.",
-                    resume, len(s.history), self.max_epochs, stopped,
-                )  # fmt: skip
-                return s.history
-        s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
-        self._signal = None
-        with stop_on_signals(self._on_signal):
-            return self._fit(resume)
+        with self._plan.stage(self, "fit"):
+            if resume is not None:
+                self.load_checkpoint(resume)
+                if len(s.history) >= self.max_epochs or s.stop_reason:
+                    stopped = f", stopped: {s.stop_reason}" if s.stop_reason else ""
+                    log.warning(
+                        "the run in %s already finished (%d of %d epochs%s); nothing to train. "
+                        "Raise --epochs to train further, or start a new run with another --out.",
+                        resume, len(s.history), self.max_epochs, stopped,
+                    )  # fmt: skip
+                    return s.history
+            s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
+            self._signal = None
+            with stop_on_signals(self._on_signal):
+                return self._fit(resume)
 
     def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
         s = self.state
         try:
             self._call("on_fit_start")
-            if resume is None and self.sanity_steps > 0:
+            if resume is None and self.sanity_steps > 0 and self._val_loader is not None:
+                self._call("on_sanity_check_start")
                 self._eval_loop("sanity", self._val_loader, limit=self.sanity_steps)
+                self._call("on_sanity_check_end")
             if self._pending_rng is not None:
                 set_rng_state(self._pending_rng)
                 self._pending_rng = None
+            self._call("on_train_start")
             for epoch in range(len(s.history), self.max_epochs):
                 s.epoch = epoch
                 self._train_epoch()
@@ -285,9 +290,10 @@ class Engine:
                     s.stop_reason = s.stop_reason or "stopped by a hook"
                     break
             s.finished = True
+            self._call("on_train_end")
             self._call("on_fit_end")
         except BaseException as e:
-            self._call_on_exception(e)
+            self._plan.call_on_exception(self, e)
             raise
         finally:
             s.phase = "idle"
@@ -298,7 +304,8 @@ class Engine:
     def validate(self) -> dict[str, float]:
         """Run the validation split once and return its metrics."""
         try:
-            return self._eval_loop("val", self._val_loader)
+            with self._plan.stage(self, "validate"):
+                return self._eval_loop("val", self._val_loader)
         finally:
             self.artifacts.close()
 
@@ -309,9 +316,16 @@ class Engine:
             log.warning("no test split; testing on the validation split")
             loader = self._val_loader
         try:
-            return self._eval_loop("test", loader)
+            with self._plan.stage(self, "test"):
+                return self._eval_loop("test", loader)
         finally:
             self.artifacts.close()
+
+    def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
+        """Class probabilities (N, C) on the CPU for a loader, a folder, or a list of image
+        paths and PIL images: validation's transform, ``eval_model``, autocast, predict hooks.
+        See ``trainer.predict.predict``."""
+        return predict(self, source, batch_size)
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:
@@ -327,6 +341,7 @@ class Engine:
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
             s.batch_idx = batch_idx
+            batch = self._to_device(batch)  # hooks get it as the model does (as in Lightning)
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = self._train_step(batch, batch_idx)
             tally.update(outputs["loss"], outputs["logits"], outputs["targets"])
@@ -347,8 +362,9 @@ class Engine:
         self._call("on_train_epoch_end")
 
     def _train_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Forward, loss, backward; the optimizer step on the last micro-batch of a step."""
-        x, y = self._to_device(batch)
+        """Forward, loss, zero_grad on the first micro-batch of a step (after the forward, as
+        Lightning does), backward; the optimizer step on the last micro-batch of a step."""
+        x, y = batch
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
         with self._grad_sync(stepping):
             self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
@@ -356,6 +372,9 @@ class Engine:
                 logits = self._forward_model(x)
                 loss = self.loss_fn(logits, y)
             self._nonfinite.observe(loss)
+            if batch_idx % self.accumulate == 0:
+                self._call("on_before_zero_grad", self.optimizer)
+                self.optimizer.zero_grad(set_to_none=True)
             self._call("on_before_backward", loss)
             self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
             self._call("on_after_backward")
@@ -407,7 +426,6 @@ class Engine:
             del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
         elif finite.item():  # another optimizer: one host read per step decides
             opt.step()
-        opt.zero_grad(set_to_none=True)
         self.scheduler.step()
         self._nonfinite.restore(finite)
         if self.ema is not None:
@@ -462,8 +480,8 @@ class Engine:
             if limit is not None and batch_idx >= limit:
                 break
             s.batch_idx = batch_idx
+            batch = x, y = self._to_device(batch)
             self._call(f"on_{kind}_batch_start", batch, batch_idx)
-            x, y = self._to_device(batch)
             with self._autocast():
                 logits = model(x)
             logits = logits.float()
@@ -505,22 +523,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------- hooks
     def _call(self, method: str, *args: Any) -> None:
-        for fn in self._plan[method]:
-            try:
-                fn(self, *args)
-            except Exception as e:
-                hook = getattr(fn, "__self__", fn)
-                note = f"raised in hook {type(hook).__name__}.{method}"
-                if hasattr(e, "add_note"):
-                    e.add_note(note)
-                raise
-
-    def _call_on_exception(self, error: BaseException) -> None:
-        for fn in self._plan["on_exception"]:
-            try:
-                fn(self, error)
-            except Exception:  # the original error matters more than a failing handler
-                log.exception("hook %s failed in on_exception", getattr(fn, "__self__", fn))
+        self._plan.call(method, self, *args)
 
     def describe_hooks(self) -> str:
         """Print and return the resolved hook plan: order, hook, and the methods it runs."""

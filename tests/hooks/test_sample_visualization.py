@@ -60,10 +60,13 @@ def test_fixed_images_and_mistakes(tmp_path: Path, data: StandInData) -> None:
     assert rec.epochs[0]["indices"] == rec.epochs[1]["indices"] == hook.fixed_indices
     assert len(hook.fixed_indices) == 6
     assert {data.val_y[g].item() for g in hook.fixed_indices} == {0, 1, 2}  # stratified
+    m = torch.tensor(data.mean).view(3, 1, 1)
+    sd = torch.tensor(data.std).view(3, 1, 1)
     for g in hook.fixed_indices:
-        # Global index bookkeeping across batches of 5 (the last one short) is right.
-        assert torch.equal(rec.epochs[1]["images"][g], data.val_x[g])
-        assert rec.epochs[0]["images"][g].dtype == torch.uint8
+        # Global index bookkeeping across batches of 5 (the last one short) is right. The
+        # batch hooks get normalised images (as the model does): undone, they are the pixels.
+        pixels = ((rec.epochs[1]["images"][g] * sd + m) * 255).round().to(torch.uint8)
+        assert torch.equal(pixels, data.val_x[g])
     conf, pred = _predictions(engine, data)
     for s in hook.samples:
         assert s["true"] == data.val_y[s["index"]].item()

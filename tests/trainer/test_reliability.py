@@ -167,9 +167,9 @@ def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
                         assert torch.equal(v, ema_before[k]), k
 
     engine.hooks.append(EmaSnapshot())
-    from trainer.hook import resolve_hook_plan
+    from trainer.hook import HookPlan
 
-    engine._plan = resolve_hook_plan(engine.hooks)
+    engine._plan = HookPlan(engine.hooks)
     engine.fit()
     # Call 5 is epoch 1, batch 1: its step changed no parameter and no EMA weight.
     for k, v in weights[5].items():

@@ -13,7 +13,7 @@ Modules:
 """
 
 from trainer.data.dataset import ImageListDataset
-from trainer.data.decode import BACKGROUND, IMG_EXTENSIONS, load_image
+from trainer.data.decode import BACKGROUND, IMG_EXTENSIONS, image_to_tensor, load_image
 from trainer.data.folder import ImageFolderData
 from trainer.data.scan import VAL_DIR_NAMES, Sample
 from trainer.data.transforms import (
@@ -38,6 +38,7 @@ __all__ = [
     "ImageListDataset",
     "Sample",
     "eval_preprocess",
+    "image_to_tensor",
     "jitter_transform",
     "load_image",
     "resize_size",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,18 +53,39 @@ def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
 
 
 def _load_with_pil(data: bytes) -> torch.Tensor:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as opened:
-        pil = ImageOps.exif_transpose(opened)
-        assert pil is not None
-        if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            # 32-bit "I" images are read as 16-bit data, the common case (16-bit TIFF/PNG).
-            arr = torch.from_numpy(np.asarray(pil, dtype=np.int64).copy())
-            return _to_rgb_uint8(arr.clamp(0, 65535).to(torch.uint16)[None])
-        has_alpha = pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info
-        pil = pil.convert("RGBA" if has_alpha else "RGB")
-        arr = torch.from_numpy(np.asarray(pil).copy())
+        return image_to_tensor(opened)
+
+
+def image_to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image or a numpy uint8 array (``(H, W)`` or ``(H, W, C)``, C from 1 to 4) as a
+    uint8 RGB tensor ``(3, H, W)``, converted as :func:`load_image` converts files: EXIF
+    orientation applied, alpha composited over white, grayscale repeated.
+
+    Raises:
+        ValueError: an array of another dtype or shape.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(
+                f"expected a uint8 array of shape (H, W) or (H, W, C), got {image.dtype} "
+                f"{tuple(image.shape)}"
+            )
+        arr = torch.from_numpy(np.ascontiguousarray(image))
+        return _to_rgb_uint8(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
+    from PIL import ImageOps
+
+    pil = ImageOps.exif_transpose(image)
+    assert pil is not None
+    if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 32-bit "I" images are read as 16-bit data, the common case (16-bit TIFF/PNG).
+        arr = torch.from_numpy(np.asarray(pil, dtype=np.int64).copy())
+        return _to_rgb_uint8(arr.clamp(0, 65535).to(torch.uint16)[None])
+    has_alpha = pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info
+    pil = pil.convert("RGBA" if has_alpha else "RGB")
+    arr = torch.from_numpy(np.asarray(pil).copy())
     return _to_rgb_uint8(arr.permute(2, 0, 1))
 
 
