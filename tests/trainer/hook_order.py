@@ -16,7 +16,8 @@ EPOCHS, BATCHES = 2, 2
 def call_name(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """``setup(fit)`` for the stage methods, the bare method name for the others."""
     if method in ("setup", "teardown"):
-        return f"{method}({kwargs.get('stage', args[0] if args else None)})"
+        stage = kwargs.get("stage", args[0] if args else None)
+        return f"{method}({getattr(stage, 'value', stage)})"  # Lightning's stage is an enum
     return method
 
 
@@ -39,7 +40,7 @@ for _m in HOOK_METHODS:
 
 
 def engine_sequence(*extra: Hook) -> list[str]:
-    """The engine's calls for the run above; ``extra`` hooks run before the recorder."""
+    """The engine's calls for the run above; ``extra`` hooks are listed before the recorder."""
     rec = Recorder()
     data = StandInData.sized(BATCHES * 16, batch_size=16)  # 2 training and 2 validation batches
     engine = make_engine([*extra, rec], data=data, max_epochs=EPOCHS, sanity_steps=BATCHES)
