@@ -203,6 +203,7 @@ class StandInData:
         return {
             "class_to_idx": dict(self.class_to_idx),
             "idx_to_class": {str(i): c for i, c in self.idx_to_class.items()},
+            "num_classes": self.num_classes,
             "image_size": self.img_size,
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
         }

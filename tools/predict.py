@@ -3,6 +3,7 @@
 Usage:
     python tools/predict.py --model runs/demo/model.onnx photos/ extra/*.jpg
     python tools/predict.py --model model.onnx photos/ --top-k 3 --output preds.csv
+    python tools/predict.py --model model.onnx photos/ --output preds.jsonl
 
 Only the ``.onnx`` file is needed: the labels mapping (class names, image size, mean/std) is
 read from its metadata, or from a ``labels_mapping.json`` beside it. PATHs may be image files,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -20,24 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from trainer.data import IMG_EXTENSIONS, eval_preprocess, load_image
+from trainer.data import IMG_EXTENSIONS
 from trainer.errors import UserError
-from trainer.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    OnnxModelError,
-    check_num_outputs,
-    check_onnx_signature,
-    read_onnx_metadata,
-)
-from trainer.io import atomic_write_csv, atomic_write_json
+from trainer.export import OnnxClassifier
+from trainer.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 # Above this many rows the table floods the terminal; the output file is the place for them.
 TABLE_MAX_ROWS = 20
 _GLOB_CHARS = frozenset("*?[")
+OUTPUT_FORMATS = frozenset({".csv", ".json", ".jsonl"})
 
 
 def _images_in(folder: Path, seen: set[Path]) -> Iterator[Path]:
@@ -100,38 +95,8 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return images
 
 
-def _open_session(model_path: Path) -> Any:
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise OnnxModelError(
-            f"onnxruntime cannot load {model_path} ({type(exc).__name__}: {exc}). "
-            "Re-export the model with tools/export.py."
-        ) from exc
-
-
-def _check_model_path(model_path: Path) -> None:
-    if not model_path.is_file():
-        raise OnnxModelError(
-            f"Model file not found: {model_path}. Pass --model with the model.onnx from a run "
-            "folder (runs/<name>/model.onnx) or one written by tools/export.py."
-        )
-    if model_path.suffix.lower() in {".pt", ".pth", ".ckpt", ".bin", ".safetensors"}:
-        raise OnnxModelError(
-            f"{model_path} looks like a PyTorch checkpoint, not an ONNX model. Export it first "
-            "with tools/export.py and pass the resulting .onnx file to --model."
-        )
-
-
 def _print_skip(path: Path, reason: str) -> None:
     tqdm.write(f"Skipped {path}: {reason}", file=sys.stderr)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def predict_paths(
@@ -145,8 +110,9 @@ def predict_paths(
 ) -> list[dict[str, Any]]:
     """Classify every image found at ``paths`` with the ONNX model at ``model_path``.
 
-    Each image goes through ``trainer.data.load_image`` and ``eval_preprocess`` (the validation
-    transform), then is scaled to [0, 1] and normalised with the model's mean/std.
+    ``trainer.OnnxClassifier`` does the work: each image goes through ``load_image`` and
+    ``eval_preprocess`` (the validation transform), then is scaled to [0, 1] and normalised
+    with the model's mean/std.
 
     Args:
         model_path: An ``.onnx`` file exported by ``trainer.export.export_onnx``.
@@ -165,59 +131,40 @@ def predict_paths(
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}.")
-    model_path = Path(model_path)
-    _check_model_path(model_path)
-    mapping = read_onnx_metadata(model_path)
-    try:
-        idx_to_class = {int(k): str(v) for k, v in mapping["idx_to_class"].items()}
-        img_size = int(mapping["image_size"])
-        norm = mapping["normalization"]
-        mean = torch.tensor(norm["mean"], dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(norm["std"], dtype=torch.float32).view(3, 1, 1)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise OnnxModelError(
-            f"The labels mapping of {model_path} is incomplete ({type(exc).__name__}: {exc}); it "
-            "needs idx_to_class, image_size and normalization.mean/std. Re-export the model."
-        ) from exc
-    class_names = [idx_to_class[i] for i in range(len(idx_to_class))]
+    classifier = OnnxClassifier(model_path)
     images = collect_images(paths)
-    session = _open_session(model_path)
-    check_onnx_signature(session, model_path, mapping)
-    k = min(top_k, len(class_names))
-
     results: list[dict[str, Any]] = []
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(images), unit="img", desc="predict", disable=not show) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             kept: list[Path] = []
-            tensors: list[torch.Tensor] = []
+            rows: list[np.ndarray] = []
             for path in chunk:
                 try:
-                    img = eval_preprocess(load_image(path), img_size)
+                    rows.append(classifier.preprocess(path))
                 except Exception as exc:  # any decoder failure means "not a readable image"
                     on_skip(path, f"cannot decode ({type(exc).__name__}: {exc})")
                     continue
                 kept.append(path)
-                tensors.append((img.float() / 255.0 - mean) / std)
             bar.update(len(chunk))
-            if not tensors:
+            if not rows:
                 continue
-            batch = torch.stack(tensors).numpy()
-            (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-            check_num_outputs(logits.shape, model_path, len(class_names))  # if left symbolic
-            probs = _softmax(logits.astype(np.float64))
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for path, p, top in zip(kept, probs, order, strict=True):
-                topk = [{"label": class_names[i], "prob": float(p[i])} for i in top]
+            probs = classifier.probabilities(np.stack(rows))
+            for path, top in zip(kept, classifier.top_k(probs, top_k), strict=True):
+                topk = [{"label": label, "prob": prob} for label, prob in top]
                 results.append({"path": str(path), **topk[0], "topk": topk})
     return results
 
 
 def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
-    """Write rows as JSON, or CSV ``path,label,prob,topk`` (``topk`` like ``cat:0.91;dog:0.05``)."""
+    """Write rows as JSON (a list), JSON Lines (one object per image, the same objects), or CSV
+    ``path,label,prob,topk`` (``topk`` like ``cat:0.91;dog:0.05``)."""
     if output.suffix.lower() == ".json":
         atomic_write_json(output, list(rows))
+        return
+    if output.suffix.lower() == ".jsonl":
+        atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return
     atomic_write_csv(
         output,
@@ -261,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image")
     parser.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call")
     parser.add_argument(
-        "--output", type=Path, default=None, help="write predictions to a .csv or .json file"
+        "--output",
+        type=Path,
+        default=None,
+        help="write predictions to a .csv, .json or .jsonl (one JSON object per image) file",
     )
     return parser
 
@@ -270,9 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for a mistake in the arguments or inputs)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.output is not None and args.output.suffix.lower() not in {".csv", ".json"}:
+        if args.output is not None and args.output.suffix.lower() not in OUTPUT_FORMATS:
             raise UserError(
-                f"--output {args.output} has an unknown format; use a .csv or .json file name."
+                f"--output {args.output} has an unknown format; use a .csv, .json or .jsonl "
+                "file name."
             )
         rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size)
         if not rows:

@@ -6,6 +6,7 @@ from trainer.ema import ModelEMA
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
+from trainer.onnx_classifier import OnnxClassifier
 from trainer.state import EngineState
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Hook",
     "ImageFolderData",
     "ModelEMA",
+    "OnnxClassifier",
     "TrackingWeightedRandomSampler",
     "build_model",
 ]

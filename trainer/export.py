@@ -31,6 +31,7 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.io import atomic_write_bytes, atomic_write_json, replace_durably, temp_path
+from trainer.onnx_classifier import OnnxClassifier
 from trainer.onnx_mapping import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -49,6 +50,7 @@ __all__ = [
     "OUTPUT_NAME",
     "SIDECAR_NAME",
     "ExportVerificationError",
+    "OnnxClassifier",
     "OnnxModelError",
     "check_num_outputs",
     "check_onnx_signature",
@@ -101,7 +103,8 @@ def export_onnx(
         The path written.
 
     Raises:
-        ValueError: ``opset`` is below 17 or the mapping lacks ``image_size``/``idx_to_class``.
+        ValueError: ``opset`` is below 17, the mapping lacks ``image_size``/``idx_to_class``,
+            or its ``num_classes`` is not the number of classes in ``idx_to_class``.
         ConfigError: torch could not produce the requested opset (it implements >= 18 and
             down-converts, which fails for some ops, e.g. ReduceMean from BatchNorm/pooling).
     """
@@ -115,6 +118,12 @@ def export_onnx(
                 f"labels_mapping lacks {key!r} (has {sorted(labels_mapping)}); pass the mapping "
                 "written to labels_mapping.json by the data module."
             )
+    n = labels_mapping.get("num_classes", len(labels_mapping["idx_to_class"]))
+    if n != len(labels_mapping["idx_to_class"]):
+        raise ValueError(
+            f"labels_mapping says num_classes {n} but names {len(labels_mapping['idx_to_class'])} "
+            "classes in idx_to_class; pass the mapping written to labels_mapping.json."
+        )
     path = Path(path)
     size = int(labels_mapping["image_size"])
     export_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
@@ -180,9 +189,11 @@ def _default_opset(proto: Any) -> int | None:
 def _metadata_props(labels_mapping: Mapping[str, Any], model_name: str) -> dict[str, str]:
     idx_to_class = {str(k): v for k, v in labels_mapping["idx_to_class"].items()}
     class_names = [idx_to_class[str(i)] for i in range(len(idx_to_class))]
+    mapping = {**labels_mapping, "num_classes": len(class_names)}  # older mappings lack it
     return {
-        "labels_mapping": json.dumps(dict(labels_mapping), ensure_ascii=False),
+        "labels_mapping": json.dumps(mapping, ensure_ascii=False),
         "class_names": json.dumps(class_names, ensure_ascii=False),
+        "num_classes": str(len(class_names)),
         "image_size": str(int(labels_mapping["image_size"])),
         "normalization": json.dumps(labels_mapping.get("normalization", {})),
         "model_name": model_name,

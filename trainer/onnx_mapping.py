@@ -35,7 +35,8 @@ def split_entry(seed: Any, val_fraction: Any) -> dict[str, Any] | None:
 
 
 def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
-    """Check a labels mapping's structure before anything trusts it; return it as a dict.
+    """Check a labels mapping's structure before anything trusts it; return it as a dict,
+    with ``num_classes`` filled in when it lacks one (files written before it was added).
 
     Raises:
         OnnxModelError: naming ``source`` and the first problem found.
@@ -57,6 +58,11 @@ def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
         raise bad(f"'idx_to_class' keys must be 0..{len(idx_to_class) - 1}")
     if not all(isinstance(v, str) for v in idx_to_class.values()):
         raise bad("'idx_to_class' values must be class names (strings)")
+    num_classes = mapping.get("num_classes", len(idx_to_class))  # files before it lack it
+    if num_classes != len(idx_to_class) or isinstance(num_classes, bool):
+        raise bad(
+            f"'num_classes' is {num_classes!r} but 'idx_to_class' names {len(idx_to_class)} classes"
+        )
     class_to_idx = mapping.get("class_to_idx")
     if class_to_idx is not None and class_to_idx != {v: int(k) for k, v in idx_to_class.items()}:
         raise bad("'class_to_idx' and 'idx_to_class' disagree")
@@ -80,7 +86,7 @@ def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
         and 0 <= split["val_fraction"] < 1
     ):
         raise bad("'split' must hold an integer 'seed' and a 'val_fraction' in [0, 1)")
-    return dict(mapping)
+    return {**mapping, "num_classes": num_classes}
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -161,6 +161,7 @@ def labels_mapping_from_checkpoint(
     return {
         "class_to_idx": {c: i for i, c in enumerate(classes)},
         "idx_to_class": {str(i): c for i, c in enumerate(classes)},
+        "num_classes": len(classes),
         "image_size": size,
         "resize_size": resize_size(size),
         "interpolation": "bilinear",

@@ -17,8 +17,9 @@ from PIL import Image
 from torch import nn
 
 from tests.tools.tiny_run import load_tool
+from trainer import onnx_classifier
 from trainer.data import eval_preprocess, load_image
-from trainer.export import export_onnx
+from trainer.export import OnnxModelError, export_onnx
 
 IMG = 16
 CLASSES = ["bird", "cat", "dog"]
@@ -121,6 +122,20 @@ def test_json_output_with_glob(setup: dict[str, Any], tmp_path: Path) -> None:
         assert sum(t["prob"] for t in row["topk"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_jsonl_output_one_object_per_image(setup: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "preds.jsonl"
+    argv = ["--model", str(setup["onnx"]), str(setup["photos"]), "--top-k", "2", "--output", str(out)]
+    assert predict.main(argv) == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [Path(r["path"]).name for r in rows] == ["a.png", "b.png", "c.png"]
+    for row in rows:
+        assert set(row) == {"path", "label", "prob", "topk"}
+        expected = torch_probs(setup["model"], Path(row["path"]))
+        assert [t["label"] for t in row["topk"]] == [CLASSES[i] for i in expected.argsort()[::-1][:2]]
+        assert row["topk"][0]["prob"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
 def test_table_when_no_output(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert predict.main(["--model", str(setup["onnx"]), str(setup["photos"] / "a.png")]) == 0
     assert "a.png" in capsys.readouterr().out
@@ -216,7 +231,7 @@ def test_folder_walk_enters_each_folder_once_through_link_loops(tmp_path: Path) 
     [
         (
             {"idx_to_class": {"0": "a", "1": "b", "2": "c", "3": "d"},
-             "class_to_idx": {"a": 0, "b": 1, "c": 2, "d": 3}},
+             "class_to_idx": {"a": 0, "b": 1, "c": 2, "d": 3}, "num_classes": 4},
             "outputs 3 scores per image, but its labels mapping names 4 classes",
         ),
         ({"image_size": 24}, f"takes {IMG}x{IMG} images, but its labels mapping says image_size 24"),
@@ -242,13 +257,12 @@ def test_model_that_does_not_match_its_mapping_exits_2(
 def test_output_count_is_checked_when_the_graph_leaves_it_symbolic(
     setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = {"idx_to_class": {str(i): c for i, c in enumerate("abcd")}, "class_to_idx": None}
+    names = {"idx_to_class": {str(i): c for i, c in enumerate("abcd")}, "class_to_idx": None,
+             "num_classes": 4}  # fmt: skip
     model = _relabelled(setup["onnx"], tmp_path / "odd.onnx", **names)
     # As if the graph's output had no static size: only the first batch's logits can tell.
-    monkeypatch.setattr(predict, "check_onnx_signature", lambda *args: None)
-    with pytest.raises(
-        predict.OnnxModelError, match="outputs 3 scores per image, but .* 4 classes"
-    ):
+    monkeypatch.setattr(onnx_classifier, "check_onnx_signature", lambda *args: None)
+    with pytest.raises(OnnxModelError, match="outputs 3 scores per image, but .* 4 classes"):
         predict.predict_paths(model, [setup["photos"]])
 
 

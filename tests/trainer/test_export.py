@@ -54,6 +54,7 @@ def make_mapping(image_size: int = IMG) -> dict[str, Any]:
     return {
         "class_to_idx": {c: i for i, c in enumerate(CLASSES)},
         "idx_to_class": {str(i): c for i, c in enumerate(CLASSES)},
+        "num_classes": len(CLASSES),
         "image_size": image_size,
         "resize_size": int(image_size / 0.875),
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
@@ -117,6 +118,7 @@ def test_metadata_round_trip(exported: tuple[Path, TinyNet, float]) -> None:
     assert read_onnx_metadata(path) == make_mapping()
     props = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert json.loads(props["class_names"]) == CLASSES
+    assert props["num_classes"] == "3"
     assert props["image_size"] == str(IMG)
     assert json.loads(props["normalization"]) == make_mapping()["normalization"]
     assert props["model_name"] == "tiny"
@@ -145,6 +147,32 @@ def test_mapping_falls_back_to_sidecar(
         read_onnx_metadata(bare)
     (tmp_path / "labels_mapping.json").write_text(json.dumps(make_mapping()))
     assert read_onnx_metadata(bare) == make_mapping()
+
+
+def test_mappings_written_before_num_classes_still_load(
+    exported: tuple[Path, TinyNet, float], tmp_path: Path
+) -> None:
+    path, _, _ = exported
+    old = {k: v for k, v in make_mapping().items() if k != "num_classes"}
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    bare = tmp_path / "old.onnx"
+    onnx.save(proto, bare)
+    (tmp_path / "labels_mapping.json").write_text(json.dumps(old))
+    assert read_onnx_metadata(bare) == make_mapping()  # filled in from idx_to_class
+    onnx.helper.set_model_props(proto, {"labels_mapping": json.dumps(old)})
+    onnx.save(proto, tmp_path / "old_meta.onnx")
+    assert read_onnx_metadata(tmp_path / "old_meta.onnx")["num_classes"] == 3
+    # The exporter writes it even when handed an old mapping.
+    export_onnx(make_model(), tmp_path / "re.onnx", labels_mapping=old)
+    assert read_onnx_metadata(tmp_path / "re.onnx") == make_mapping()
+
+
+def test_export_refuses_a_num_classes_that_disagrees(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_classes 4"):
+        bad = {**make_mapping(), "num_classes": 4}
+        export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=bad)
+    assert not list(tmp_path.iterdir())
 
 
 def test_read_metadata_user_errors(tmp_path: Path) -> None:
@@ -224,6 +252,8 @@ def test_unreachable_opset_is_an_error_not_a_silent_upgrade(tmp_path: Path) -> N
         (lambda m: {**m, "idx_to_class": {"0": "a", "2": "b"}}, "keys must be 0.."),
         (lambda m: {**m, "idx_to_class": {"0": 1, "1": 2, "2": 3}}, "class names"),
         (lambda m: {**m, "class_to_idx": {"zebra": 0}}, "disagree"),
+        (lambda m: {**m, "num_classes": 4}, "'num_classes' is 4"),
+        (lambda m: {**m, "num_classes": "3"}, "'num_classes' is '3'"),
         (lambda m: {**m, "image_size": "big"}, "image_size"),
         (lambda m: {**m, "normalization": {"mean": [0.5], "std": [0.2]}}, "normalization"),
         (lambda m: {**m, "normalization": {"mean": [0, 0, 0], "std": [1, 0, 1]}}, "std > 0"),

@@ -384,6 +384,7 @@ class ImageFolderData:
         return {
             "class_to_idx": dict(self.class_to_idx),
             "idx_to_class": {str(i): c for i, c in self.idx_to_class.items()},
+            "num_classes": self.num_classes,
             "image_size": self.img_size,
             "resize_size": resize_size(self.img_size),
             "interpolation": "bilinear",

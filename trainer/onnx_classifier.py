@@ -1,0 +1,144 @@
+"""OnnxClassifier: an exported ``model.onnx`` that classifies images with ONNX Runtime alone.
+
+The labels mapping (class names, image size, mean/std) comes from the model's metadata, or from
+the ``labels_mapping.json`` beside it; images go through exactly the validation preprocessing
+(``trainer.data.eval_preprocess``, then ``(x / 255 - mean) / std``).
+
+Example:
+    >>> from trainer import OnnxClassifier
+    >>> clf = OnnxClassifier("runs/demo/model.onnx")
+    >>> clf.predict("photo.jpg", top_k=2)
+    [('circle', 0.93), ('square', 0.04)]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainer.data import eval_preprocess, image_to_tensor, load_image
+from trainer.onnx_mapping import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxModelError,
+    check_num_outputs,
+    check_onnx_signature,
+    read_onnx_metadata,
+)
+
+# A path, a PIL image, or a numpy uint8 array (H, W) or (H, W, C).
+ImageInput = str | os.PathLike[str] | np.ndarray | Image.Image
+_CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".safetensors"})
+
+
+class OnnxClassifier:
+    """Classify images with an ONNX model exported by this trainer, preprocessing as validation.
+
+    Args:
+        path: the ``model.onnx`` of a run folder, or one written by ``tools/export.py``.
+        providers: ONNX Runtime execution providers; default the CPU one.
+
+    Attributes:
+        path: the model file.
+        mapping: its labels mapping, validated (``num_classes`` filled in for older files).
+        classes: class names, by output index.
+        image_size: the side of the square images the model takes.
+
+    Raises:
+        OnnxModelError: the file is missing, a PyTorch checkpoint, not loadable by ONNX Runtime,
+            or has no labels mapping, or one that does not fit the graph.
+
+    Example:
+        >>> clf = OnnxClassifier("runs/demo/model.onnx")
+        >>> clf.predict_batch([Image.open("a.jpg"), np.asarray(Image.open("b.png"))], top_k=1)
+        [[('cat', 0.97)], [('dog', 0.88)]]
+    """
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OnnxModelError(
+                f"Model file not found: {self.path}. Pass the model.onnx from a run folder "
+                "(runs/<name>/model.onnx) or one written by tools/export.py."
+            )
+        if self.path.suffix.lower() in _CHECKPOINT_SUFFIXES:
+            raise OnnxModelError(
+                f"{self.path} looks like a PyTorch checkpoint, not an ONNX model. Export it "
+                "first with tools/export.py and pass the resulting .onnx file."
+            )
+        self.mapping = read_onnx_metadata(self.path)  # validated: the keys below exist
+        idx_to_class = self.mapping["idx_to_class"]
+        self.classes: list[str] = [str(idx_to_class[str(i)]) for i in range(len(idx_to_class))]
+        self.image_size = int(self.mapping["image_size"])
+        norm = self.mapping["normalization"]
+        self._mean = np.asarray(norm["mean"], dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(norm["std"], dtype=np.float32).reshape(3, 1, 1)
+        self._session = _open_session(self.path, providers or ["CPUExecutionProvider"])
+        check_onnx_signature(self._session, self.path, self.mapping)
+
+    def preprocess(self, image: ImageInput) -> np.ndarray:
+        """One image as the model's input row: float32 ``(3, S, S)``, normalised.
+
+        Raises:
+            OSError or ValueError (or another decoder error) when a file cannot be decoded.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            pixels = load_image(image)
+        else:
+            pixels = image_to_tensor(image)
+        x = eval_preprocess(pixels, self.image_size).numpy().astype(np.float32) / 255.0
+        return (x - self._mean) / self._std
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``."""
+        (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: inputs.astype(np.float32)})
+        check_num_outputs(logits.shape, self.path, len(self.classes))  # if left symbolic
+        logits = logits.astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely ``(label, probability)`` pairs of each row of ``probs``, most
+        likely first (ties in index order); ``k`` is capped at the number of classes."""
+        if k < 1:
+            raise ValueError(f"top_k must be >= 1, got {k}")
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : min(k, len(self.classes))]
+        return [
+            [(self.classes[i], float(row[i])) for i in top]
+            for row, top in zip(probs, order, strict=True)
+        ]
+
+    def predict(self, image: ImageInput, top_k: int = 5) -> list[tuple[str, float]]:
+        """The top-k ``(label, probability)`` pairs of one image (a path, a PIL image or a numpy
+        HWC uint8 array)."""
+        return self.predict_batch([image], top_k)[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageInput], top_k: int = 5
+    ) -> list[list[tuple[str, float]]]:
+        """``predict`` for several images, in one ONNX Runtime call."""
+        if len(images) == 0:
+            return []
+        inputs = np.stack([self.preprocess(image) for image in images])
+        return self.top_k(self.probabilities(inputs), top_k)
+
+    def __repr__(self) -> str:
+        n, size = len(self.classes), self.image_size
+        return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images)"
+
+
+def _open_session(path: Path, providers: Sequence[str]) -> Any:
+    import onnxruntime as ort  # deferred: importing it costs time, and training never needs it
+
+    try:
+        return ort.InferenceSession(str(path), providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise OnnxModelError(
+            f"onnxruntime cannot load {path} ({type(exc).__name__}: {exc}). Re-export the model "
+            "with tools/export.py."
+        ) from exc
