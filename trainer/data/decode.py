@@ -73,7 +73,7 @@ def image_to_tensor(image: Any) -> torch.Tensor:
                 f"expected a uint8 array of shape (H, W) or (H, W, C), got {image.dtype} "
                 f"{tuple(image.shape)}"
             )
-        arr = torch.from_numpy(np.ascontiguousarray(image))
+        arr = torch.from_numpy(np.array(image))  # a copy: the caller's array is only read
         return _to_rgb_uint8(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
     from PIL import ImageOps
 

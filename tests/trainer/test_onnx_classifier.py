@@ -1,0 +1,114 @@
+"""OnnxClassifier: the exported model and its mapping, validation preprocessing, top-k."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from trainer import OnnxClassifier
+from trainer.data import eval_preprocess, load_image
+from trainer.export import OnnxModelError, export_onnx
+
+IMG = 16
+CLASSES = ["bird", "cat", "dog", "fox"]
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.2]
+
+
+def _mapping() -> dict[str, Any]:
+    return {
+        "class_to_idx": {c: i for i, c in enumerate(CLASSES)},
+        "idx_to_class": {str(i): c for i, c in enumerate(CLASSES)},
+        "num_classes": len(CLASSES),
+        "image_size": IMG,
+        "normalization": {"mean": MEAN, "std": STD},
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("clf")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(32, len(CLASSES)),
+    ).eval()  # fmt: skip
+    path = export_onnx(model, root / "model.onnx", labels_mapping=_mapping())
+    rng = np.random.default_rng(0)
+    images = []
+    for i, (w, h) in enumerate([(20, 30), (40, 18), (17, 17)]):
+        images.append(root / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images[-1])
+    return {"model": model, "path": path, "images": images, "root": root}
+
+
+def _torch_probs(model: nn.Module, path: Path) -> np.ndarray:
+    """Validation's preprocessing by hand, then PyTorch."""
+    x = eval_preprocess(load_image(path), IMG).float() / 255
+    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    with torch.no_grad():
+        return model(x[None]).softmax(1)[0].double().numpy()
+
+
+def test_predict_takes_paths_pil_images_and_arrays(exported: dict[str, Any]) -> None:
+    clf = OnnxClassifier(exported["path"])
+    assert clf.classes == CLASSES and clf.image_size == IMG and clf.mapping["num_classes"] == 4
+    for path in exported["images"]:
+        expected = _torch_probs(exported["model"], path)
+        order = np.argsort(-expected)[:2]
+        top = clf.predict(path, top_k=2)
+        assert [label for label, _ in top] == [CLASSES[i] for i in order]
+        assert [p for _, p in top] == pytest.approx(expected[order].tolist(), abs=1e-5)
+        with Image.open(path) as pil:
+            assert clf.predict(pil, top_k=2) == pytest.approx(top, abs=1e-6)
+            assert clf.predict(np.asarray(pil), top_k=2) == pytest.approx(top, abs=1e-6)
+            gray = np.asarray(pil.convert("L"))
+        assert len(clf.predict(gray)) == 4  # (H, W) arrays are grayscale, repeated to RGB
+
+
+def test_predict_batch_is_predict_for_each(exported: dict[str, Any]) -> None:
+    clf = OnnxClassifier(exported["path"])
+    paths = exported["images"]
+    batch = clf.predict_batch(paths, top_k=10)  # capped at the 4 classes
+    assert all(len(top) == 4 for top in batch)
+    assert all(sum(p for _, p in top) == pytest.approx(1.0) for top in batch)
+    for path, top in zip(paths, batch, strict=True):
+        assert top == pytest.approx(clf.predict(path, top_k=4), abs=1e-6)
+    assert clf.predict_batch([]) == []
+
+
+def test_the_sidecar_serves_a_model_without_metadata_old_files_too(
+    exported: dict[str, Any], tmp_path: Path
+) -> None:
+    proto = onnx.load(exported["path"])
+    del proto.metadata_props[:]
+    bare = tmp_path / "model.onnx"
+    onnx.save(proto, bare)
+    with pytest.raises(OnnxModelError, match="labels_mapping.json"):
+        OnnxClassifier(bare)
+    old = {k: v for k, v in _mapping().items() if k != "num_classes"}  # before num_classes
+    (tmp_path / "labels_mapping.json").write_text(json.dumps(old))
+    clf = OnnxClassifier(bare)
+    assert clf.mapping["num_classes"] == 4
+    path = exported["images"][0]
+    assert clf.predict(path) == pytest.approx(OnnxClassifier(exported["path"]).predict(path))
+
+
+def test_user_errors(exported: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(OnnxModelError, match=r"not found: .*missing\.onnx"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    (tmp_path / "best.pt").write_bytes(b"x")
+    with pytest.raises(OnnxModelError, match="PyTorch checkpoint.*tools/export.py"):
+        OnnxClassifier(tmp_path / "best.pt")
+    clf = OnnxClassifier(exported["path"])
+    with pytest.raises(ValueError, match="uint8"):
+        clf.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="top_k"):
+        clf.predict(exported["images"][0], top_k=0)
