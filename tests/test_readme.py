@@ -24,7 +24,7 @@ def _python_block(after_heading: str) -> str:
     return match.group(1)
 
 
-def test_notebook_example_runs(tmp_path: Path) -> None:
+def _run_notebook_example(tmp_path: Path) -> dict[str, object]:
     tree = make_tree(tmp_path / "flowers")
     code = _python_block("## In a notebook")
     swaps = {
@@ -41,9 +41,33 @@ def test_notebook_example_runs(tmp_path: Path) -> None:
         code = "\n".join(line for line in code.splitlines() if "pandas" not in line)
     scope: dict[str, object] = {}
     exec(compile(code, "README.md (In a notebook)", "exec"), scope)
-    history = scope["history"]
+    return scope
+
+
+def test_notebook_example_runs(tmp_path: Path) -> None:
+    history = _run_notebook_example(tmp_path)["history"]
     assert isinstance(history, list) and len(history) == 1
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_predict_example_runs_after_the_notebook_one(tmp_path: Path) -> None:
+    scope = _run_notebook_example(tmp_path)
+    code = _python_block("### Predicting from Python")
+    val = tmp_path / "flowers" / "val"
+    swaps = {
+        '"photos/"': repr(str(val)),
+        '"a.jpg"': repr(str(val / "cat" / "1.jpg")),
+        '"b.png"': repr(str(val / "dog" / "0.png")),
+        '"runs/flowers/model.onnx"': repr(str(tmp_path / "run" / "model.onnx")),
+    }
+    for old, new in swaps.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    exec(compile(code, "README.md (Predicting from Python)", "exec"), scope)
+    probs, clf = scope["probs"], scope["clf"]
+    assert getattr(probs, "shape", None) == (15, 3)  # the validation loader's 15 images
+    top = clf.predict(str(val / "cat" / "1.jpg"), top_k=3)  # type: ignore[attr-defined]
+    assert len(top) == 3 and {label for label, _ in top} == {"bird", "cat", "dog"}
 
 
 def test_hook_example_stops_the_fit(tmp_path: Path) -> None:

@@ -2,16 +2,16 @@
 
 One fit, top to bottom::
 
-    fit():
+    fit():  inside setup("fit") ... teardown("fit"), as validate, test and predict are
         [resume: load the checkpoint into model, optimizer, scheduler, EMA, state, hooks]
-        on_fit_start
-        sanity validation (2 batches, phase "sanity"), unless resuming
+        on_fit_start, sanity check (2 val batches, phase "sanity") unless resuming, on_train_start
         for epoch in range(start, max_epochs):
-            train_epoch(): on_train_epoch_start, per batch: forward, loss, backward, and every
-                `accumulate` batches an optimizer step (clip, step, scheduler, EMA), then
-                validation (phase "val"), epoch row appended to history, on_train_epoch_end
+            train_epoch(): on_train_epoch_start, per batch: to the device, forward, loss,
+                zero_grad (first micro-batch of a step), backward, and every `accumulate`
+                batches an optimizer step (clip, step, scheduler, EMA), then validation
+                (phase "val"), epoch row appended to history, on_train_epoch_end
             stop if a hook set state.should_stop (on any rank)
-        on_fit_end
+        on_train_end, on_fit_end
 
 Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
 
@@ -83,7 +83,7 @@ class DataSource(Protocol):
 
 
 class Engine:
-    """Trains, validates and tests a classifier; hooks watch and steer.
+    """Trains, validates, tests and predicts with a classifier; hooks watch and steer.
 
     Args:
         model: an ``nn.Module`` mapping normalised NCHW float images to logits.
@@ -230,7 +230,7 @@ class Engine:
         self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
         self._plan = HookPlan(self.hooks)
-        # Hooks draw their plots and reports on it; closed (flushed) when fit, validate, test end.
+        # Hooks draw their plots and reports on it; closed (flushed) when each entry point ends.
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
         self.resume_path: Path | None = None
