@@ -19,7 +19,7 @@ def test_malformed_run_mapping_is_ignored_for_the_checkpoint(tmp_path: Path, cap
         mapping = labels_mapping_from_checkpoint(ckpt, ckpt_path)
     assert "labels_mapping.json" in caplog.text and "malformed" in caplog.text
     assert mapping["image_size"] == 32 and min(mapping["normalization"]["std"]) > 0
-    assert mapping["idx_to_class"] == {"0": "a", "1": "b"}
+    assert mapping["idx_to_class"] == {"0": "a", "1": "b"} and mapping["num_classes"] == 2
 
 
 @pytest.mark.parametrize("content", ["not json", "[1, 2]"])

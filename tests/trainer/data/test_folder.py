@@ -66,6 +66,7 @@ def test_labels_mapping_contract(tiny_tree: Path, tmp_path: Path) -> None:
     assert mapping == {
         "class_to_idx": {"bird": 0, "cat": 1, "dog": 2},
         "idx_to_class": {"0": "bird", "1": "cat", "2": "dog"},
+        "num_classes": 3,
         "image_size": 224,
         "resize_size": 256,
         "interpolation": "bilinear",
