@@ -49,7 +49,7 @@ def test_from_a_loader_the_ema_weights_give_the_probabilities(trained: Engine) -
     assert torch.allclose(probs, _expected(trained, data.val_x), atol=1e-5)
     raw = _expected(trained, data.val_x, model=trained.model)
     assert not torch.allclose(probs, raw, atol=1e-4)  # the EMA weights, not the raw ones
-    assert trained.model.training and trained.state.phase == "idle"
+    assert trained.state.phase == "idle"
 
 
 def test_images_only_batches_and_tensor_batches(trained: Engine) -> None:
@@ -110,7 +110,9 @@ def test_predict_hooks_get_the_batch_on_the_device_and_the_outputs() -> None:
 
     data = StandInData()
     engine = make_engine([Spy()], data=data)
+    assert engine.model.training
     engine.predict(data.val_loader())
+    assert engine.model.training  # in eval mode for predict only
     assert seen[0] == ("start", 0, torch.float32, "predict")  # normalised on the device
     assert seen[1] == ("end", 0, ["logits", "probs"], (5, 3))
     assert len(seen) == 2 * 3  # 12 images in batches of 5
