@@ -32,7 +32,7 @@ The engine calls them in Lightning 2.x's order (see ``Engine`` for the loop writ
     on an error in fit: on_exception, then teardown, then the error propagates.
 
 Batch methods get the batch as the model does: ``(images, targets)`` on the device, images
-already normalised (predict batches have no targets: ``(images,)``).
+already normalised (predict batches built from files or PIL images are ``(images,)``).
 """
 
 from __future__ import annotations
