@@ -44,7 +44,9 @@ def test_all_hooks_on_an_image_folder(tmp_path: Path) -> None:
     assert mapping["class_to_idx"] == data.class_to_idx
     stats = json.loads((out / "dataset_stats.json").read_text())
     assert stats["splits"]["train"]["counts"] == {"b[i]rd $x$": 4, "cat": 6, "dog": 5}
-    # Fixed images come from the batches; they must be the val images at those indices.
+    # Fixed images come from the batches; they must be the val images at those indices (the
+    # batch hooks get them normalised, as the model does: undone, they are the pixels).
     val = data.val_loader().dataset
+    m, sd = torch.tensor(data.mean).view(3, 1, 1), torch.tensor(data.std).view(3, 1, 1)
     for g, img in viz.fixed_images.items():
-        assert torch.equal(img, val[g][0])
+        assert torch.equal(((img * sd + m) * 255).round().to(torch.uint8), val[g][0])
