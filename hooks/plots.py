@@ -219,10 +219,10 @@ def plot_confusion_summary(counts: np.ndarray, classes: Sequence[str], caption: 
 
     pairs = confused_pairs(counts)
     worst = lowest_recall(counts)
-    panels = [
+    panels: list[tuple[list[str], list[float], str, str]] = [
         (
             [f"{name(t)} → {name(p)}" for t, p, _ in pairs],
-            [c for _, _, c in pairs],
+            [float(c) for _, _, c in pairs],
             "most confused: true → predicted",
             "images",
         ),
@@ -244,7 +244,7 @@ def plot_confusion_summary(counts: np.ndarray, classes: Sequence[str], caption: 
             ax.set_xlim(0, 1)
             ax.bar_label(bars, [f"{v:.2f}" for v in values], padding=2, fontsize=8)
         else:
-            ax.bar_label(bars, padding=2, fontsize=8)
+            ax.bar_label(bars, [f"{v:.0f}" for v in values], padding=2, fontsize=8)
         if not values:
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     return fig
