@@ -81,6 +81,7 @@ def test_many_classes_print_a_summary_and_write_every_class_to_csv(
     # 15 smallest from the smallest up, then 15 largest up to the largest.
     names = re.findall(r"│ +\d+ │ (class\d+)", text)
     assert len(names) == 30 and names[0] == "class123" and names[-1] == "class456"
+    assert text.count("├") == 2  # a rule between the two halves, and the footer's
     assert str(sum(train)) in text and "40.0x" in text  # the totals and the imbalance
     words = " ".join(text.split())  # the captions wrap at the table's width
     assert "970 more classes in class_distribution.csv" in words
