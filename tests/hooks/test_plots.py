@@ -90,6 +90,7 @@ def test_many_classes_get_the_most_confused_pairs_and_worst_classes(tmp_path: Pa
     assert len(labels) == 20
     assert labels[1] == "#7 n00000007 a long … → #3 n00000003 a long …"  # names cut short
     assert [round(b.get_width()) for b in pairs_ax.patches[:4]] == [20, 15, 12, 9]
+    assert pairs_ax.yaxis_inverted() and recall_ax.yaxis_inverted()  # the worst at the top
     assert recall_ax.get_yticklabels()[0].get_text().startswith("#42 ")
     assert recall_ax.patches[0].get_width() == 0.0
     # 7,847 of the 20,000 are on the diagonal.
