@@ -31,4 +31,7 @@ def test_default_hooks_at_a_thousand_classes(
     data_section = data_section[: data_section.index("</section>")]
     assert len(re.findall(r'<tr><td class="t">n\d{8}', data_section)) == 30
     assert '970 more in <a href="class_distribution.csv">' in data_section
+    # Every class is thin (under 10 training images): ten are named, the rest counted.
+    assert data_section.count(" a class name of the usual length (") == 10
+    assert "and 990 more (dataset_stats.json)" in data_section
     assert "plots/confusion_matrix/epoch_000.npz" in page
