@@ -35,3 +35,4 @@ def test_default_hooks_at_a_thousand_classes(
     assert data_section.count(" a class name of the usual length (") == 10
     assert "and 990 more (dataset_stats.json)" in data_section
     assert "plots/confusion_matrix/epoch_000.npz" in page
+    assert page.count('href="class_distribution.csv"') == 2  # here and in the file list
