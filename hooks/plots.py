@@ -139,7 +139,7 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
     """Counts and the row-normalised matrix (recall per true class) side by side.
 
     Up to 20 classes each cell shows its value; above 30 the axes show class indices. The
-    figure grows with the classes up to ~1,200 px per panel. Above ``MAX_GRID`` (50)
+    figure grows with the classes up to ~1,400 px per panel. Above ``MAX_GRID`` (50)
     classes it is ``plot_confusion_summary`` instead: no grid that size has readable labels.
 
     Args:
