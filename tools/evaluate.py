@@ -5,14 +5,13 @@ Usage:
     python tools/evaluate.py runs/demo/model.onnx --data DIR --split val --out eval/
 
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
-as a table (past 30 classes, the lowest and highest F1), writes them to ``evaluation.json``
-and draws ``confusion_matrix.png`` (in --out, default: beside the model). Images get exactly
-the validation preprocessing. The split is ``test`` when the tree has one, else ``val``. The
-model's classes must be the data's. A tree of class folders only is split as the run split
-it: with the seed and val_fraction recorded in the checkpoint, in the ONNX model's labels
-mapping or in the run's args.json beside the model (``--seed``/``--val-fraction`` override
-them); when none records them, evaluation refuses, since another split would score training
-images as validation.
+as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
+default: beside the model). Images get exactly the validation preprocessing. The split is
+``test`` when the tree has one, else ``val``. The model's classes must be the data's. A tree of
+class folders only is split as the run split it: with the seed and val_fraction recorded in the
+checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
+(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
+since another split would score training images as validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 
@@ -354,7 +353,10 @@ def _result(
 
 
 def print_report(result: dict[str, Any], console: Console | None = None) -> None:
-    """The per-class table and the overall numbers, on stdout (or ``console``)."""
+    """The per-class table and the overall numbers, on stdout (or ``console``).
+
+    Past 30 classes the table shows the 15 lowest and 15 highest F1 (all in evaluation.json).
+    """
     title = (
         f"{Path(result['model']).name} on {result['split']} ({result['n_images']} images): "
         f"top-1 {result['top1']:.4f}"
