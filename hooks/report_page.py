@@ -35,6 +35,7 @@ _FILES = [
     "args.json",
     "model_info.json",
     "dataset_stats.json",
+    "class_distribution.csv",
     "sampler_distribution.csv",
 ]
 _EPOCH_FILE = re.compile(r"epoch_(\d+)(_fixed|_mistakes)?\.png")
