@@ -1,18 +1,18 @@
-"""ConfusionMatrixHook: the validation confusion matrix per epoch, as PNG and JSON."""
+"""ConfusionMatrixHook: the validation confusion matrix per epoch, as PNG and NPZ (and JSON)."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hooks.plots import plot_confusion_matrix, save_png
-from trainer.artifacts import guarded
+from hooks.plots import MAX_GRID, plot_confusion_matrix, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
-from trainer.io import atomic_write_json
+from trainer.io import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -22,14 +22,18 @@ if TYPE_CHECKING:
 
 
 class ConfusionMatrixHook(Hook):
-    """Writes ``plots/confusion_matrix/epoch_XXX.png`` and ``.json`` after each validation.
+    """Writes ``plots/confusion_matrix/epoch_XXX.png`` and ``.npz`` after each validation.
 
     It renders the matrix the engine already counted (``engine.state.confusion_matrix``,
     summed over ranks under DDP): no second metric, no second all-reduce. The PNG has the
-    counts and the row-normalised matrix (recall per true class) side by side; the JSON holds
-    ``classes``, ``matrix`` (counts, rows = true class) and ``normalized``. ``XXX`` is
-    ``engine.state.epoch`` (from 0, as in ``metrics.csv`` and checkpoint names). The sanity
-    check is left out. Rank 0 writes the files.
+    counts and the row-normalised matrix (recall per true class) side by side; above 50
+    classes, the most confused pairs and the lowest per-class accuracies instead
+    (``hooks.plots.plot_confusion_matrix``). The ``.npz`` (compressed; tens of KB at 1,000
+    classes) holds ``matrix`` (int64 counts, rows = true class), ``classes`` and ``epoch``:
+    ``np.load(path)["matrix"]``. Up to 50 classes an ``epoch_XXX.json`` is written too, to
+    read by eye: ``classes``, ``matrix`` and ``normalized``. ``XXX`` is ``engine.state.epoch``
+    (from 0, as in ``metrics.csv`` and checkpoint names). The sanity check is left out.
+    Rank 0 writes the files, on the run's artefact writer.
 
     Args:
         out_dir: the run folder.
@@ -59,25 +63,28 @@ class ConfusionMatrixHook(Hook):
         self.matrix = matrix
         classes = list(engine.data.classes)
         counts = matrix.numpy().copy()  # a copy: the writer draws it while training goes on
-        support = counts.sum(axis=1, keepdims=True)
-        # A class with no validation image gets a zero row rather than NaNs.
-        normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-        stem = self.dir / f"epoch_{engine.state.epoch:03d}"
-        with guarded(stem.with_suffix(".json")):
-            atomic_write_json(
-                stem.with_suffix(".json"),
-                {
-                    "epoch": engine.state.epoch,
-                    "classes": classes,
-                    "matrix": counts.tolist(),
-                    "normalized": np.round(normalized, 4).tolist(),
-                },
-            )
-        png = stem.with_suffix(".png")
-        caption = f"epoch {engine.state.epoch + 1}"  # titles count epochs from 1, like the plots
+        epoch = engine.state.epoch
+        stem = self.dir / f"epoch_{epoch:03d}"
+        npz, png = stem.with_suffix(".npz"), stem.with_suffix(".png")
+        caption = f"epoch {epoch + 1}"  # titles count epochs from 1, like the plots
 
-        def job() -> None:
+        def save_data() -> None:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, matrix=counts, classes=np.array(classes, dtype=str),
+                                epoch=np.array(epoch))  # fmt: skip
+            atomic_write_bytes(npz, buf.getvalue())
+            if len(classes) <= MAX_GRID:
+                support = counts.sum(axis=1, keepdims=True)
+                # A class with no validation image gets a zero row rather than NaNs.
+                normalized = np.divide(counts, support, out=np.zeros(counts.shape),
+                                       where=support > 0)  # fmt: skip
+                doc = {"epoch": epoch, "classes": classes, "matrix": counts.tolist(),
+                       "normalized": np.round(normalized, 4).tolist()}  # fmt: skip
+                atomic_write_json(stem.with_suffix(".json"), doc)
+
+        def draw() -> None:
             self.figure = plot_confusion_matrix(counts, classes, caption)
             save_png(self.figure, png)
 
-        engine.artifacts.submit(job, png)
+        engine.artifacts.submit(save_data, npz)
+        engine.artifacts.submit(draw, png)

@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hooks.class_rows import MAX_ROWS, extreme_rows, more_caption
 from hooks.plots import plot_class_bars, save_png
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
-from trainer.io import atomic_write_json
+from trainer.io import atomic_write_csv, atomic_write_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer.hooks")
 
+CSV_NAME = "class_distribution.csv"
+# Thin classes named one by one, in the log and under the table; the rest are counted.
+MAX_NAMED_FEW = 10
+
 
 class DatasetStatisticsHook(Hook):
     """Prints and saves how the images spread over classes and splits, once, at fit start.
@@ -31,15 +36,19 @@ class DatasetStatisticsHook(Hook):
         {"splits": {"train": {"counts": {name: n}, "total": N, "imbalance_ratio": r}, ...},
          "few_images": [{"class_idx": i, "class_name": name, "count": n}, ...]}
 
+    ``class_distribution.csv`` (``class_idx``, ``class_name``, then one count column per split)
     and ``plots/class_distribution.png``. Splits with no image (often ``test``) are left out.
     ``imbalance_ratio`` is the largest class count over the smallest, None when a class has
     no image in that split. Classes with fewer than ``few_threshold`` training images are
-    logged as warnings and listed under the table.
+    logged as warnings and listed under the table (the first ``MAX_NAMED_FEW`` by name, then
+    a count). Past ``max_rows`` classes the table shows the smallest and largest classes
+    (by the first split's count) with the totals; every class is in the CSV and JSON.
 
     Args:
         out_dir: the run folder.
         few_threshold: a class with fewer training images than this is flagged.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+        max_rows: the table shows at most this many classes.
 
     Attributes:
         stats: the dict written to ``dataset_stats.json``.
@@ -58,10 +67,12 @@ class DatasetStatisticsHook(Hook):
         out_dir: str | os.PathLike[str],
         few_threshold: int = 10,
         console: Console | None = None,
+        max_rows: int = MAX_ROWS,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.few_threshold = few_threshold
         self.console = console
+        self.max_rows = max_rows
         self.stats: dict[str, Any] = {}
         self.figure: Figure | None = None
 
@@ -78,7 +89,8 @@ class DatasetStatisticsHook(Hook):
             log.info("DatasetStatisticsHook: data has no class_counts; nothing to report")
             return
         self.stats = dataset_stats(classes, split_counts, self.few_threshold)
-        for item in self.stats["few_images"]:
+        few = self.stats["few_images"]
+        for item in few[:MAX_NAMED_FEW]:
             log.warning(
                 "class %d (%s) has only %d training image(s), fewer than %d",
                 item["class_idx"],
@@ -86,12 +98,23 @@ class DatasetStatisticsHook(Hook):
                 item["count"],
                 self.few_threshold,
             )
+        if len(few) > MAX_NAMED_FEW:
+            log.warning(
+                "%d more classes have fewer than %d training images (few_images in %s)",
+                len(few) - MAX_NAMED_FEW,
+                self.few_threshold,
+                self.out_dir / "dataset_stats.json",
+            )
         from rich.console import Console  # deferred: only needed once a fit starts
 
         (self.console or Console()).print(self._table(classes, split_counts))
         path = self.out_dir / "dataset_stats.json"
         with guarded(path):
             atomic_write_json(path, self.stats)
+        path = self.out_dir / CSV_NAME
+        with guarded(path):
+            rows = [[i, c, *(n[i] for n in split_counts.values())] for i, c in enumerate(classes)]
+            atomic_write_csv(path, ["class_idx", "class_name", *split_counts], rows)
         path = self.out_dir / "plots" / "class_distribution.png"
 
         def job() -> None:  # on the artefact writer, while the first epoch trains
@@ -104,7 +127,8 @@ class DatasetStatisticsHook(Hook):
         from rich.markup import escape
         from rich.table import Table
 
-        few = {item["class_idx"] for item in self.stats["few_images"]}
+        few_items = self.stats["few_images"]
+        few = {item["class_idx"] for item in few_items}
         table = Table(title="Class distribution", show_footer=True)
         table.add_column("#", justify="right", footer="")
         table.add_column("class", footer="total / imbalance (max/min)", overflow="ellipsis")
@@ -112,18 +136,30 @@ class DatasetStatisticsHook(Hook):
             ratio = self.stats["splits"][split]["imbalance_ratio"]
             table.add_column(split, justify="right", footer=str(sum(counts)))
             table.add_column("%", justify="right", footer="-" if ratio is None else f"{ratio:.1f}x")
-        for i, name in enumerate(classes):
+        first, counts0 = next(iter(split_counts.items()))
+        shown = extreme_rows(counts0, self.max_rows)
+        captions = []
+        more = more_caption(len(classes), len(shown), CSV_NAME)
+        if more:
+            captions.append(f"the smallest and largest classes by {first} count; {more}")
+        for k, i in enumerate(shown):
+            if more and k == self.max_rows // 2:
+                table.add_section()  # the smallest classes above, the largest below
             # Class names are data, not markup: "[x]" must print as is.
-            cells = [str(i), escape(name) + (" (few)" if i in few else "")]
+            cells = [str(i), escape(classes[i]) + (" (few)" if i in few else "")]
             for counts in split_counts.values():
                 total = max(sum(counts), 1)
                 cells += [str(counts[i]), f"{100 * counts[i] / total:.1f}"]
             table.add_row(*cells, style="yellow" if i in few else None)
         if few:
-            table.caption = (
+            names = ", ".join(item["class_name"] for item in few_items[:MAX_NAMED_FEW])
+            if len(few) > MAX_NAMED_FEW:
+                names += f" and {len(few) - MAX_NAMED_FEW} more (dataset_stats.json)"
+            captions.append(
                 f"warning: {len(few)} class(es) have fewer than {self.few_threshold} training "
-                f"images: {escape(', '.join(classes[i] for i in sorted(few)))}"
+                f"images: {escape(names)}"
             )
+        table.caption = "\n".join(captions) or None
         return table
 
 

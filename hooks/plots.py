@@ -32,6 +32,11 @@ PNG_LEVEL = 1
 MAX_NAMED = 30
 # Up to this many classes each confusion-matrix cell shows its value.
 MAX_ANNOTATED = 20
+# Above this many classes no grid label is readable: the confusion-matrix figure shows the
+# most confused pairs and the lowest per-class accuracies instead.
+MAX_GRID = 50
+# Bars in each panel of that summary.
+SUMMARY_BARS = 20
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> None:
@@ -134,7 +139,8 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
     """Counts and the row-normalised matrix (recall per true class) side by side.
 
     Up to 20 classes each cell shows its value; above 30 the axes show class indices. The
-    figure grows with the classes up to ~1,400 px per panel, so 100 classes stay legible.
+    figure grows with the classes up to ~1,400 px per panel. Above ``MAX_GRID`` (50)
+    classes it is ``plot_confusion_summary`` instead: no grid that size has readable labels.
 
     Args:
         counts: the confusion matrix, rows = true class.
@@ -143,13 +149,14 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
     """
     counts = np.asarray(counts)
     n = len(classes)
+    if n > MAX_GRID:
+        return plot_confusion_summary(counts, classes, caption)
     support = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
     side = float(np.clip(1.5 + 0.35 * n, 4.0, 14.0))
     fig = _figure(2 * side + 1.5, side + 1.0)
     named = n <= MAX_NAMED
     ticks = [label(c, 18) for c in classes] if named else [str(i) for i in range(n)]
-    step = max(1, math.ceil(n / 60))
     fontsize = float(np.clip(200 / max(n, 1), 4, 9))
     panels = [(counts, f"counts ({caption})", "d"), (normalized, f"recall ({caption})", ".2f")]
     for k, (values, title, fmt) in enumerate(panels):
@@ -157,14 +164,89 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
         vmax = max(1.0, float(values.max(initial=0))) if fmt == "d" else 1.0
         im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_xticks(range(0, n, step), ticks[::step], rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(0, n, step), ticks[::step], fontsize=fontsize)
+        ax.set_xticks(range(n), ticks, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(n), ticks, fontsize=fontsize)
         ax.set(title=title, xlabel="predicted", ylabel="true")
         if n <= MAX_ANNOTATED:
             for (i, j), v in np.ndenumerate(values):
                 colour = "white" if v > 0.6 * vmax else "black"
                 ax.text(j, i, format(v, fmt), ha="center", va="center", color=colour,
                         fontsize=fontsize)  # fmt: skip
+    return fig
+
+
+def confused_pairs(counts: np.ndarray, k: int = SUMMARY_BARS) -> list[tuple[int, int, int]]:
+    """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first.
+
+    Ties keep row-major order; empty cells are left out.
+    """
+    off = np.array(counts, dtype=np.int64)  # a copy: the diagonal is zeroed
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    top = np.argsort(-flat, kind="stable")[:k]
+    n = off.shape[1]
+    return [(int(i) // n, int(i) % n, int(flat[i])) for i in top if flat[i] > 0]
+
+
+def lowest_recall(counts: np.ndarray, k: int = SUMMARY_BARS) -> list[tuple[int, float, int]]:
+    """The ``k`` classes with the lowest recall (accuracy on their own images) as
+    ``(class, recall, support)``, lowest first; ties keep index order. Classes with no
+    image are left out."""
+    counts = np.asarray(counts)
+    support = counts.sum(axis=1)
+    present = np.flatnonzero(support > 0)
+    recall = np.diag(counts)[present] / support[present]
+    order = np.argsort(recall, kind="stable")[:k]
+    return [(int(present[j]), float(recall[j]), int(support[present[j]])) for j in order]
+
+
+def plot_confusion_summary(counts: np.ndarray, classes: Sequence[str], caption: str) -> Figure:
+    """The confusion matrix of many classes as two bar charts of a fixed size (1,400 x 700 px).
+
+    Left, the ``SUMMARY_BARS`` most confused pairs (true -> predicted, in images); right, the
+    classes with the lowest recall. Labels are ``#index name``; the title gives the overall
+    accuracy. Every cell stays in the data file the figure was drawn from.
+    """
+    counts = np.asarray(counts)
+    n = len(classes)
+    fig = _figure(14.0, 7.0)
+    total = int(counts.sum())
+    accuracy = float(np.trace(counts)) / total if total else 0.0
+    fig.suptitle(f"{n} classes, {caption}: accuracy {accuracy:.1%} of {total:,} images")
+
+    def name(i: int) -> str:
+        return f"#{i} {label(classes[i], 18)}"
+
+    pairs = confused_pairs(counts)
+    worst = lowest_recall(counts)
+    panels: list[tuple[list[str], list[float], str, str]] = [
+        (
+            [f"{name(t)} → {name(p)}" for t, p, _ in pairs],
+            [float(c) for _, _, c in pairs],
+            "most confused: true → predicted",
+            "images",
+        ),
+        (
+            [f"{name(i)} (of {s})" for i, _, s in worst],
+            [r for _, r, _ in worst],
+            "lowest accuracy per class (recall)",
+            "recall",
+        ),
+    ]
+    for k, (labels, values, title, xlabel) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        y = np.arange(len(values))
+        bars = ax.barh(y, values, color=f"C{3 * k}")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()  # the worst at the top
+        ax.set(title=title, xlabel=xlabel)
+        if xlabel == "recall":
+            ax.set_xlim(0, 1)
+            ax.bar_label(bars, [f"{v:.2f}" for v in values], padding=2, fontsize=8)
+        else:
+            ax.bar_label(bars, [f"{v:.0f}" for v in values], padding=2, fontsize=8)
+        if not values:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     return fig
 
 

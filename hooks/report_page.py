@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hooks.class_rows import extreme_rows
+from hooks.dataset_statistics import CSV_NAME, MAX_NAMED_FEW
 from hooks.metrics_logger import metric_columns
 
 # Files worth a link, in the order a user looks for them; missing ones are left out.
@@ -33,6 +35,7 @@ _FILES = [
     "args.json",
     "model_info.json",
     "dataset_stats.json",
+    "class_distribution.csv",
     "sampler_distribution.csv",
 ]
 _EPOCH_FILE = re.compile(r"epoch_(\d+)(_fixed|_mistakes)?\.png")
@@ -285,12 +288,11 @@ def _confusion(out: Path) -> str:
     if not files:
         return ""
     epoch, name = files[-1]
-    data_link = f"{rel}/{Path(name).with_suffix('.json').name}"
     parts = [_figure(out, f"{rel}/{name}", f"epoch {epoch + 1}")]
-    if (out / data_link).is_file():
-        parts.append(
-            f'<p class="links">numbers: <a href="{_href(data_link)}">{_e(data_link)}</a></p>'
-        )
+    data = [f"{rel}/{Path(name).with_suffix(s).name}" for s in (".json", ".npz")]
+    links = " ".join(f'<a href="{_href(d)}">{_e(d)}</a>' for d in data if (out / d).is_file())
+    if links:
+        parts.append(f'<p class="links">numbers: {links}</p>')
     parts.append(_epoch_links(rel, files))
     return "".join(parts)
 
@@ -315,13 +317,17 @@ def _data(out: Path) -> str:
     stats = _read_json(out / "dataset_stats.json")
     if isinstance(stats, dict) and stats.get("splits"):
         splits: Mapping[str, Any] = stats["splits"]
-        classes = list(next(iter(splits.values()))["counts"])
+        first = next(iter(splits))
+        counts = splits[first]["counts"]
+        classes = list(counts)
+        # Past MAX_ROWS classes: the smallest and largest, the rest in the CSV.
+        shown = [classes[i] for i in extreme_rows([counts[c] for c in classes])]
         head = '<th class="k">class</th>' + "".join(f"<th>{_e(s)}</th>" for s in splits)
         body = "".join(
             f'<tr><td class="t">{_e(c)}</td>'
             + "".join(f"<td>{_e(splits[s]['counts'].get(c, 0))}</td>" for s in splits)
             + "</tr>"
-            for c in classes
+            for c in shown
         )
         foot = '<tr><td class="k">total</td>' + "".join(
             f"<td>{_e(splits[s]['total'])}</td>" for s in splits
@@ -333,9 +339,17 @@ def _data(out: Path) -> str:
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}{foot}'
             "</tr></tbody></table></div>"
         )
+        if len(shown) < len(classes):
+            full = CSV_NAME if (out / CSV_NAME).is_file() else "dataset_stats.json"
+            parts.append(
+                f'<p class="note">The smallest and largest classes by {_e(first)} count; '
+                f'{len(classes) - len(shown)} more in <a href="{full}">{full}</a></p>'
+            )
         few = stats.get("few_images") or []
         if few:
-            names = ", ".join(f"{item['class_name']} ({item['count']})" for item in few)
+            names = ", ".join(f"{i['class_name']} ({i['count']})" for i in few[:MAX_NAMED_FEW])
+            if len(few) > MAX_NAMED_FEW:
+                names += f" and {len(few) - MAX_NAMED_FEW} more (dataset_stats.json)"
             parts.append(f'<p class="bad">few training images: {_e(names)}</p>')
     figures = [
         _figure(out, "plots/class_distribution.png", "images per class and split"),

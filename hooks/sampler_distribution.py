@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hooks.class_rows import MAX_ROWS, more_caption, top_rows
 from hooks.plots import plot_class_bars, save_png
 from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
@@ -58,7 +59,7 @@ class SamplerDistributionHook(Hook):
         self,
         out_dir: str | os.PathLike[str],
         console: Console | None = None,
-        max_rows: int = 30,
+        max_rows: int = MAX_ROWS,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.console = console
@@ -134,14 +135,11 @@ class SamplerDistributionHook(Hook):
         table = Table(title=f"Sampled classes, epoch {epoch + 1}")
         for name in ("#", "class", "dataset", "expected", "drawn", "drawn %"):
             table.add_column(name, justify="left" if name == "class" else "right")
-        order = list(range(len(classes)))
-        if len(order) > self.max_rows:
-            # Show the classes the draw treated most differently from the plan.
-            order = sorted(order, key=lambda i: -abs(drawn[i] - expected[i]) / max(expected[i], 1))
-            order = sorted(order[: self.max_rows])
-            table.caption = (
-                f"{len(classes) - self.max_rows} more classes in sampler_distribution.csv"
-            )
+        # Past max_rows, the classes the draw treated most differently from the plan.
+        order = top_rows(
+            [abs(d - e) / max(e, 1) for d, e in zip(drawn, expected, strict=True)], self.max_rows
+        )
+        table.caption = more_caption(len(classes), len(order), "sampler_distribution.csv")
         total = max(sum(drawn), 1)
         for i in order:
             table.add_row(

@@ -40,6 +40,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from hooks.class_rows import MAX_ROWS, extreme_rows, more_caption
 from hooks.plots import plot_confusion_matrix, save_png
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
@@ -352,7 +353,10 @@ def _result(
 
 
 def print_report(result: dict[str, Any], console: Console | None = None) -> None:
-    """The per-class table and the overall numbers, on stdout (or ``console``)."""
+    """The per-class table and the overall numbers, on stdout (or ``console``).
+
+    Past 30 classes the table shows the 15 lowest and 15 highest F1 (all in evaluation.json).
+    """
     title = (
         f"{Path(result['model']).name} on {result['split']} ({result['n_images']} images): "
         f"top-1 {result['top1']:.4f}"
@@ -364,9 +368,17 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
     for name in ("precision", "recall", "F1", "support"):
         table.add_column(name, justify="right")
     pc = result["per_class"]
-    for i, name in enumerate(result["classes"]):
+    classes = result["classes"]
+    # Past MAX_ROWS classes: the lowest and the highest F1; every class is in evaluation.json.
+    shown = extreme_rows(pc["f1"])
+    more = more_caption(len(classes), len(shown), RESULT_NAME)
+    if more:
+        table.caption = f"the classes with the lowest and the highest F1; {more}"
+    for k, i in enumerate(shown):
+        if more and k == MAX_ROWS // 2:
+            table.add_section()
         table.add_row(
-            escape(name),
+            escape(classes[i]),
             f"{pc['precision'][i]:.4f}",
             f"{pc['recall'][i]:.4f}",
             f"{pc['f1'][i]:.4f}",

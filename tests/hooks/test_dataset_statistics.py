@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,33 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
         tmp_path,
         caplog,
     )
+
+
+def test_many_classes_print_a_summary_and_write_every_class_to_csv(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 1000
+    train = [2 + i % 5 for i in range(n)]
+    train[123], train[456] = 1, 40  # the smallest and the largest class
+    data = StandInData([f"class{i}" for i in range(n)], train, [1] * n, batch_size=250)
+    console = quiet_console()
+    hook = DatasetStatisticsHook(tmp_path, console=console)
+    with caplog.at_level(logging.WARNING, logger="trainer.hooks"):
+        run_fit([hook], data, epochs=1)
+    text = console_text(console)
+    assert len(text.splitlines()) <= 50
+    # 15 smallest from the smallest up, then 15 largest up to the largest.
+    names = re.findall(r"│ +\d+ │ (class\d+)", text)
+    assert len(names) == 30 and names[0] == "class123" and names[-1] == "class456"
+    assert text.count("├") == 2  # a rule between the two halves, and the footer's
+    assert str(sum(train)) in text and "40.0x" in text  # the totals and the imbalance
+    words = " ".join(text.split())  # the captions wrap at the table's width
+    assert "970 more classes in class_distribution.csv" in words
+    # Every class but one is thin here: ten are named, the rest counted.
+    assert "class9 and 989 more (dataset_stats.json)" in words
+    warnings = [r.getMessage() for r in caplog.records if r.name == "trainer.hooks"]
+    assert len(warnings) == 11 and "989 more classes have fewer than 10" in warnings[-1]
+    with (tmp_path / "class_distribution.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and list(rows[0]) == ["class_idx", "class_name", "train", "val"]
+    assert rows[456] == {"class_idx": "456", "class_name": "class456", "train": "40", "val": "1"}

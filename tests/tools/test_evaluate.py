@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from tests.conftest import make_tree
+from tests.conftest import console_text, make_tree, quiet_console
 from tests.tools.tiny_run import load_tool, train_tiny_run
 from trainer.checkpoint import save_checkpoint
 from trainer.models import build_model
@@ -164,3 +165,22 @@ def test_report_prints_brackets_literally() -> None:
     assert "model[red].onnx on val" in text
     for name in classes:
         assert f" {name} " in text
+
+
+def test_a_thousand_classes_print_the_worst_and_best_only(tmp_path: Path) -> None:
+    n = 1000
+    f1 = [0.5] * n
+    f1[321], f1[654] = 0.0, 1.0
+    result = {
+        "model": "m.onnx", "split": "val", "n_images": 2 * n, "top1": 0.5, "top5": 0.9,
+        "classes": [f"class{i}" for i in range(n)],
+        "per_class": {"precision": f1, "recall": f1, "f1": f1, "support": [2] * n},
+        "macro": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
+    }  # fmt: skip
+    console = quiet_console()
+    evaluate.print_report(result, console)
+    text = console_text(console)
+    names = re.findall(r"class\d+", text)
+    assert len(names) == 30 and names[0] == "class321" and names[-1] == "class654"
+    assert len(text.splitlines()) <= 45 and "macro avg" in text
+    assert "970 more classes in evaluation.json" in " ".join(text.split())
