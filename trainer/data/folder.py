@@ -22,14 +22,14 @@ from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
+from trainer.data.labelfile import scan_source
+from trainer.data.leakage import find_leaks
 from trainer.data.sampler import (
     SAMPLER_MODES,
     SeededDraw,
     ShardSampler,
     TrackingWeightedRandomSampler,
 )
-from trainer.data.labelfile import scan_source
-from trainer.data.leakage import find_leaks
 from trainer.data.scan import Sample
 from trainer.data.transforms import (
     IMAGENET_MEAN,

@@ -63,5 +63,8 @@ def find_leaks(splits: Mapping[str, Sequence[Sample]], *, workers: int = 4) -> l
 
 
 def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as f:  # hashlib.file_digest is Python 3.11+; we support 3.10
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
