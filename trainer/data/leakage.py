@@ -52,10 +52,11 @@ def find_leaks(splits: Mapping[str, Sequence[Sample]], *, workers: int = 4) -> l
         if len(names) < 2:
             continue
         files = sorted(files, key=lambda f: (order[f[0]], f[1]))
+        in_splits: list[str] = sorted(names, key=lambda s: order[s])
         leaks.append(
             {
                 "sha256": digest,
-                "splits": sorted(names, key=order.__getitem__),
+                "splits": in_splits,
                 "files": [{"split": s, "path": str(p)} for s, p in files],
             }
         )
