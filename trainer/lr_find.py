@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from trainer.distributed import all_reduce_sum, get_world_size
@@ -105,7 +104,9 @@ def lr_find(
     if num_steps < 2:
         raise ConfigError(f"the LR range test needs at least 2 steps, got {num_steps}.")
     if not 0 <= beta < 1 or diverge <= 1:
-        raise ConfigError(f"the LR range test needs 0 <= beta < 1 and diverge > 1, got {beta}, {diverge}.")
+        raise ConfigError(
+            f"the LR range test needs 0 <= beta < 1 and diverge > 1, got {beta}, {diverge}."
+        )
     saved = _snapshot(engine)
     try:
         lrs, losses, smoothed, diverged = _ramp(engine, min_lr, max_lr, num_steps, beta, diverge)
@@ -197,7 +198,7 @@ def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
 def _snapshot(engine: Engine) -> dict[str, Any]:
     model = engine.model
     loader: Any = engine._train_loader
-    sampler = getattr(loader, "sampler", None)
+    sampler: Any = getattr(loader, "sampler", None)
     generator = getattr(loader, "generator", None)
     params = list(model.parameters())
     return {
