@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lr_find import range_test, write_results
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -30,7 +31,6 @@ from run_folder import (
     same_folder,
 )
 from runtime import steady_malloc
-from lr_find import range_test, write_results
 from train_config import NOT_SAVED, build_data, parse_config
 
 from hooks import default_hooks
