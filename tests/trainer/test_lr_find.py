@@ -62,6 +62,7 @@ def snapshot(engine: Any) -> dict[str, Any]:
         "grads": [p.grad for p in engine.model.parameters()],
         "training": engine.model.training,
         "state": engine.state.state_dict(),
+        "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
     }
 
 
@@ -91,7 +92,7 @@ def assert_same(a: Any, b: Any, where: str = "") -> None:
 
 
 def test_engine_is_put_back_exactly() -> None:
-    engine = make_engine(max_epochs=1, ema_decay=0.9)
+    engine = make_engine(max_epochs=1, ema_decay=0.9, precision="16-mixed")
     engine.fit()  # the optimizer has state, BatchNorm has statistics, the sampler has moved
     engine.model.eval()
     before = snapshot(engine)
@@ -100,6 +101,7 @@ def test_engine_is_put_back_exactly() -> None:
     mean, tracked = bn.running_mean.clone(), int(bn.num_batches_tracked)
     result = lr_find(engine, min_lr=1e-5, max_lr=1.0, num_steps=15, skip_begin=2)
     assert len(result.lrs) >= 3  # it did train: weights and statistics moved meanwhile
+    assert before["scaler"] is not None and before["optimizer"]["state"]
     assert_same(before, snapshot(engine))
     assert torch.equal(bn.running_mean, mean) and int(bn.num_batches_tracked) == tracked
     assert [g["lr"] for g in engine.optimizer.param_groups] == [

@@ -49,7 +49,8 @@ def tree_rows(root: Path, *, split: bool = True) -> list[dict[str, object]]:
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_label_file_gives_the_samples_the_tree_gives(tmp_path: Path, suffix: str) -> None:
     tree = make_tree(tmp_path / "tree", splits=("train", "val", "test"))
-    labels = write_labels(tree / f"labels{suffix}", tree_rows(tree))
+    rows = tree_rows(tree)[::-1]  # in no particular order: dog before cat before bird
+    labels = write_labels(tree / f"labels{suffix}", rows)
     from_tree, from_file = small_data(tree), small_data(labels)
     assert from_file.classes == from_tree.classes == ["bird", "cat", "dog"]  # sorted labels
     assert from_file.train_samples == from_tree.train_samples
