@@ -4,6 +4,7 @@ descent as the suggestion, and an engine left exactly as it was."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import StandInData, make_engine
+from trainer.data import ImageFolderData
 from trainer.errors import ConfigError
 from trainer.lr_find import lr_find, suggest_lr
 from trainer.rng import get_rng_state
@@ -129,3 +131,13 @@ def test_a_fit_after_the_test_is_the_fit_without_it() -> None:
 def test_bad_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="LR range test"):
         lr_find(make_engine(), **kwargs)
+
+
+def test_an_image_folder_loader_is_put_back(tiny_tree: Path) -> None:
+    data = ImageFolderData(tiny_tree, img_size=16, batch_size=4, workers=0, sampler="balanced")
+    engine = make_engine(data=data)  # type: ignore[arg-type]
+    loader = engine._train_loader
+    generator, sampler = loader.generator.get_state(), loader.sampler.state_dict()
+    lr_find(engine, min_lr=1e-5, max_lr=1.0, num_steps=12, skip_begin=2)
+    assert torch.equal(loader.generator.get_state(), generator)  # it seeds the loader's workers
+    assert loader.sampler.state_dict() == sampler
