@@ -52,6 +52,9 @@ def test_a_run_on_a_csv_label_file(tmp_path: Path) -> None:
     }  # fmt: skip
     for name in ("metrics.csv", "report.html", "model.onnx", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert "leakage check: 1 image(s) in more than one split" in page
+    assert f"val: {images / 'dog' / 'dup.png'}" in page
     assert json.loads((out / "export_report.json").read_text())["verified_on"] == "val"
     # Resume replays the label file; one whose labels changed is refused, the folder untouched.
     assert train.main(["--resume", str(out), "--epochs", "2"]) == 0
