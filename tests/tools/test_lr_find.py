@@ -6,16 +6,18 @@ from __future__ import annotations
 import csv
 import gc
 import json
+import multiprocessing
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_CLI, NO_OUTPUTS, png_size
+from tests.conftest import FAST_CLI, NO_OUTPUTS, join_as_rank, png_size, run_ranks
 from tests.tools.test_resume import assert_equal, metric_rows
 from tests.tools.tiny_run import load_tool
 from trainer.checkpoint import load_checkpoint
+from trainer.distributed import destroy_distributed, init_distributed
 
 lr_find = load_tool("lr_find")
 train = load_tool("train")
@@ -51,10 +53,24 @@ def test_tool_writes_csv_and_plot_and_prints_the_suggestion(
     assert f"wrote {out / 'lr_find.png'}" in printed
 
 
+def auto_then_fixed(tree: Path, auto: Path, fixed: Path) -> float:
+    """A --lr auto run in ``auto``, then a run with its recorded lr in ``fixed``."""
+    assert train.main(["--data", str(tree), "--out", str(auto), "--lr", "auto", *RUN]) == 0
+    lr = json.loads((auto / "args.json").read_text())["lr"]
+    assert train.main(["--data", str(tree), "--out", str(fixed), "--lr", repr(lr), *RUN]) == 0
+    return float(lr)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert metric_rows(a) == metric_rows(b)
+    ca, cb = (load_checkpoint(p / "checkpoints" / "last.pt") for p in (a, b))
+    for part in ("model", "ema", "optimizer", "scaler", "sampler", "rng"):
+        assert_equal(ca[part], cb[part], part)
+
+
 def test_train_lr_auto_uses_and_records_the_suggestion(tiny_tree: Path, tmp_path: Path) -> None:
     auto, fixed = tmp_path / "auto", tmp_path / "fixed"
-    assert train.main(["--data", str(tiny_tree), "--out", str(auto), "--lr", "auto", *RUN]) == 0
-    lr = json.loads((auto / "args.json").read_text())["lr"]
+    lr = auto_then_fixed(tiny_tree, auto, fixed)
     assert isinstance(lr, float) and 1e-7 < lr < 10
     assert (auto / "lr_find.csv").is_file() and (auto / "lr_find.png").is_file()
     # The tool, with the same flags, suggests the same lr.
@@ -62,11 +78,7 @@ def test_train_lr_auto_uses_and_records_the_suggestion(tiny_tree: Path, tmp_path
     rows = list(csv.DictReader((tmp_path / "tool" / "lr_find.csv").open()))
     assert lr in [float(r["lr"]) for r in rows]
     # Nothing of the range test leaks into the run: an explicit --lr of the value trains the same.
-    assert train.main(["--data", str(tiny_tree), "--out", str(fixed), "--lr", repr(lr), *RUN]) == 0
-    assert metric_rows(auto) == metric_rows(fixed)
-    a, b = (load_checkpoint(p / "checkpoints" / "last.pt") for p in (auto, fixed))
-    for part in ("model", "ema", "optimizer", "scaler", "sampler", "rng"):
-        assert_equal(a[part], b[part], part)
+    assert_same_run(auto, fixed)
     # A resumed run keeps its recorded lr.
     assert train.main(["--resume", str(auto), "--epochs", "3"]) == 0
     assert json.loads((auto / "args.json").read_text())["lr"] == lr
@@ -84,3 +96,21 @@ def test_lr_flag_errors(tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert info.value.code == 2
     assert "expected a number or 'auto', got 'fast'" in capsys.readouterr().err
     assert train.parse_config(["--lr", "AUTO"])["lr"] == "auto"
+
+
+def _ddp_worker(rank: int, world: int, port: int, tree: Path, tmp: Path) -> None:
+    join_as_rank(rank, world, port)
+    multiprocessing.set_start_method("fork", force=True)
+    assert init_distributed("cpu")  # joined once here; the CLI runs then find it up
+    try:
+        auto_then_fixed(tree, tmp / "auto", tmp / "fixed")
+    finally:
+        destroy_distributed()
+
+
+def test_lr_auto_under_two_processes(tiny_tree: Path, tmp_path: Path) -> None:
+    # Had the ranks suggested different lrs, their weights would drift apart, and rank 0's
+    # would not be those of the run with its own lr on both ranks.
+    run_ranks(_ddp_worker, tiny_tree, tmp_path, timeout=300)
+    assert_same_run(tmp_path / "auto", tmp_path / "fixed")
+    assert len(load_checkpoint(tmp_path / "auto")["rng_per_rank"]) == 2
