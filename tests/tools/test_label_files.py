@@ -18,6 +18,7 @@ from tests.trainer.data.test_labelfile import tree_rows, write_labels
 
 train = load_tool("train")
 export = load_tool("export")
+evaluate = load_tool("evaluate")
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +83,10 @@ def test_jsonl_keys_are_recorded_and_replayed(tmp_path: Path) -> None:
     # tools/export.py verifies on the run's val images, read with the run's keys.
     assert export.main([str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
     assert json.loads((tmp_path / "export_report.json").read_text())["verified_on"] == "val"
+    # tools/evaluate.py reads it with the keys in the checkpoint's args too.
+    assert evaluate.main([str(out / "checkpoints" / "last.pt"), "--data", str(labels),
+                          "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["n_images"] == 8
 
 
 @pytest.mark.parametrize(
