@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ MIN_LR, MAX_LR, STEPS = 1e-7, 10.0, 100
 
 
 def build_lr_find_parser() -> argparse.ArgumentParser:
-    """train.py's flags (the data and model ones matter here) and the range test's."""
+    """train.py's flags and the range test's. The data, model and optimisation flags shape the
+    test; the run's own (--epochs, --resume, --early-stopping, the outputs, ...) are ignored."""
     p = build_parser()
     p.prog = "tools/lr_find.py"
     p.description = (
@@ -146,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = parse_config(argv, build_lr_find_parser())
+        if config.pop("print_config"):
+            print(json.dumps(config, indent=2, ensure_ascii=False))
+            return 0
         root = Path(config["data"]) if config["data"] else demo_dataset()
         data = build_data(config, root)
         seed_everything(config["seed"])  # the initial weights train.py would start from

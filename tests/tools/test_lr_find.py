@@ -96,6 +96,9 @@ def test_lr_flag_errors(tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert info.value.code == 2
     assert "expected a number or 'auto', got 'fast'" in capsys.readouterr().err
     assert train.parse_config(["--lr", "AUTO"])["lr"] == "auto"
+    assert lr_find.main(["--print-config", "--steps", "7", "--data", str(tiny_tree)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 7 and printed["data"] == str(tiny_tree) and printed["min_lr"] == 1e-7
 
 
 def _ddp_worker(rank: int, world: int, port: int, tree: Path, tmp: Path) -> None:
