@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import FAST_CLI, NO_OUTPUTS, join_as_rank, png_size, run_ranks
 from tests.tools.test_resume import assert_equal, metric_rows
 from tests.tools.tiny_run import load_tool
+from tests.trainer.data.test_labelfile import tree_rows, write_labels
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import destroy_distributed, init_distributed
 
@@ -111,9 +112,11 @@ def _ddp_worker(rank: int, world: int, port: int, tree: Path, tmp: Path) -> None
         destroy_distributed()
 
 
-def test_lr_auto_under_two_processes(tiny_tree: Path, tmp_path: Path) -> None:
+def test_lr_auto_under_two_processes_on_a_label_file(tiny_tree: Path, tmp_path: Path) -> None:
     # Had the ranks suggested different lrs, their weights would drift apart, and rank 0's
     # would not be those of the run with its own lr on both ranks.
-    run_ranks(_ddp_worker, tiny_tree, tmp_path, timeout=300)
+    labels = write_labels(tiny_tree / "labels.csv", tree_rows(tiny_tree))
+    run_ranks(_ddp_worker, labels, tmp_path, timeout=300)
+    assert json.loads((tmp_path / "auto" / "args.json").read_text())["data"] == str(labels)
     assert_same_run(tmp_path / "auto", tmp_path / "fixed")
     assert len(load_checkpoint(tmp_path / "auto")["rng_per_rank"]) == 2
