@@ -200,12 +200,12 @@ class ImageFolderData:
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
         if check_leakage:
             self.leaks = find_leaks(self._splits(), workers=max(1, self.workers))
-            for leak in self.leaks:
+            if self.leaks:
+                shown = "; ".join(", ".join(f["path"] for f in g["files"]) for g in self.leaks[:5])
                 logger.warning(
-                    "The same image is in %s: %s",
-                    " and ".join(leak["splits"]),
-                    ", ".join(f["path"] for f in leak["files"]),
-                )
+                    "%d image(s) are in more than one split (identical files): %s%s",
+                    len(self.leaks), shown, " ..." if len(self.leaks) > 5 else "",
+                )  # fmt: skip
         self.class_counts: dict[str, list[int]] = {
             split: self._count(samples) for split, samples in self._splits().items()
         }
