@@ -361,7 +361,30 @@ def _data(out: Path) -> str:
         parts.append(
             '<p class="links">per epoch: <a href="sampler_distribution.csv">sampler_distribution.csv</a></p>'
         )
+    parts.append(_leakage(out))
     return "".join(parts)
+
+
+def _leakage(out: Path) -> str:
+    """What --check-leakage found (``data_report.json``); nothing when it did not run."""
+    report = _read_json(out / "data_report.json")
+    if not isinstance(report, dict) or not isinstance(report.get("leakage"), list):
+        return ""
+    leaks = report["leakage"]
+    if not leaks:
+        return '<p class="ok">leakage check: no image is in more than one split</p>'
+    rows = "".join(
+        f'<tr><td class="t">{_e(" + ".join(leak["splits"]))}</td><td class="t">'
+        + "<br>".join(_e(f"{f['split']}: {f['path']}") for f in leak["files"])
+        + "</td></tr>"
+        for leak in leaks
+    )
+    return (
+        f'<p class="bad">leakage check: {len(leaks)} image(s) in more than one split '
+        '(identical files; see <a href="data_report.json">data_report.json</a>)</p>'
+        f'<div class="scroll"><table><thead><tr><th class="k">splits</th><th class="k">files'
+        f"</th></tr></thead><tbody>{rows}</tbody></table></div>"
+    )
 
 
 def _config(args: Mapping[str, Any]) -> str:

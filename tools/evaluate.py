@@ -76,7 +76,8 @@ class LoadedModel:
         std: normalisation std per channel.
         logits: maps a normalised float (B, 3, H, W) CPU batch to (B, C) CPU logits.
         weights: "ema" or "model" for a checkpoint, None for ONNX.
-        split_args: ``val_fraction`` and ``seed`` the run split an unsplit tree with.
+        split_args: ``val_fraction`` and ``seed`` the run split an unsplit tree with (and, for
+            a label file, the ``image_key`` and ``label_key`` it was read with).
         split_source: where ``split_args`` came from, for messages.
     """
 
@@ -128,7 +129,9 @@ def load_model(
         std=list(mapping["normalization"]["std"]),
         logits=logits,
         weights=weights,
-        split_args={k: args[k] for k in ("val_fraction", "seed") if k in args},
+        split_args={
+            k: args[k] for k in ("val_fraction", "seed", "image_key", "label_key") if k in args
+        },
         split_source=f"the args of {path}",
     )
 

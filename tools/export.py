@@ -92,6 +92,8 @@ def verification_images(
                 val_fraction=float(args.get("val_fraction", 0.2)),
                 seed=int(args.get("seed", 0)),
                 verify=False,
+                image_key=str(args.get("image_key", "path")),  # a label file's, as trained
+                label_key=str(args.get("label_key", "label")),
             )
             images = first_images(tree.val_loader(), num_images, norm["mean"], norm["std"])
         except DataError:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lr_find import range_test, write_results
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -30,11 +31,10 @@ from run_folder import (
     same_folder,
 )
 from runtime import steady_malloc
-from train_config import NOT_SAVED, parse_class_weights, parse_config
+from train_config import NOT_SAVED, build_data, parse_config
 
 from hooks import default_hooks
 from trainer.checkpoint import checkpoint_file, load_checkpoint
-from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
 from trainer.device import resolve_device
 from trainer.distributed import (
@@ -110,6 +110,11 @@ def _train(config: dict[str, Any]) -> Engine:
 def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     # Everything is checked before anything in the run folder is written: a refused or failed
     # start leaves it as it was.
+    if resume is not None and config["lr"] == "auto":
+        raise ConfigError(
+            "--lr auto picks the learning rate of a new run; a resumed run keeps the one it "
+            "was started with (in its args.json). Drop --lr auto."
+        )
     continuing = resume is not None and same_folder(out, run_dir_of(Path(resume)))
     # Rank 0 writes the folder, so its view of it decides (other machines may not see it).
     problem = broadcast_object(
@@ -133,25 +138,21 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     root = Path(config["data"]) if config["data"] else demo_dataset()
     if config["data"] is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
-    data = ImageFolderData(
-        root,
-        img_size=config["img_size"],
-        batch_size=config["batch_size"],
-        workers=config["workers"],
-        val_fraction=config["val_fraction"],
-        seed=config["seed"],
-        crop_scale=config["crop_scale"],
-        hflip=config["hflip"],
-        color_jitter=config["color_jitter"],
-        sampler=config["sampler"],
-        class_weights=parse_class_weights(config["class_weights"]),
-        cache=None if config["cache"] == "none" else config["cache"],
-        max_bad_fraction=config["max_bad_fraction"],
-        decode=config["decode"],
-    )
+    data = build_data(config, root)
     log.info(data.summary())
     seed_everything(config["seed"])  # the model's initial weights too
     model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])
+    finder = None
+    if config["lr"] == "auto":  # the range test leaves the model and data as they were
+        finder = range_test(config, data, model)
+        if finder.suggestion is None:
+            raise ConfigError(
+                f"--lr auto: the LR range test found no lr to suggest (the loss diverged after "
+                f"{len(finder.lrs)} steps). Run tools/lr_find.py with the same flags to see the "
+                "curve, then pass --lr."
+            )
+        config["lr"] = finder.suggestion
+        log.info("--lr auto: the LR range test suggests lr %.3g; training with it", config["lr"])
     if resume is not None and ckpt is not None:
         check_resume_weights(ckpt, model, data.classes, config, checkpoint_file(resume))
         del ckpt  # fit reads it again; a large checkpoint should not be held twice meanwhile
@@ -165,6 +166,8 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             atomic_write_json(out / "args.json", saved)
             atomic_write_json(out / "data_report.json", data.report())
             data.save_labels_mapping(out / "labels_mapping.json")
+            if finder is not None:
+                write_results(finder, out)
         except OSError as e:
             raise OutputError(
                 f"cannot write to the run folder {out} ({e.strerror or e}); "

@@ -11,6 +11,7 @@ from typing import Any
 
 from run_folder import run_dir_of
 
+from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tools/train.py",
         description="Train an image classifier on an ImageFolder tree "
-        "(DIR/train/<class>/*, DIR/val/<class>/*, optional DIR/test/<class>/*).",
+        "(DIR/train/<class>/*, DIR/val/<class>/*, optional DIR/test/<class>/*) "
+        "or a label file (a .csv or .jsonl of image path, label and optional split).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=str,
         default=None,
-        help="ImageFolder root; omitted: the built-in demo dataset of drawn shapes",
+        help="ImageFolder root, or a .csv/.jsonl label file (see --image-key); omitted: the "
+        "built-in demo dataset of drawn shapes",
     )
     g.add_argument(
         "--img-size", type=int, default=None, help="square input side (demo: 64, else 224)"
@@ -103,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="abort when more than this share of the images cannot be read",
     )
+    # Label files and the split-leakage check (issue 15, part 4).
+    g.add_argument(
+        "--image-key",
+        default="path",
+        metavar="KEY",
+        help="label file: the CSV column or JSONL key holding the image path (relative to the "
+        "label file's folder)",
+    )
+    g.add_argument(
+        "--label-key",
+        default="label",
+        metavar="KEY",
+        help="label file: the CSV column or JSONL key holding the label",
+    )
+    g.add_argument(
+        "--check-leakage",
+        action="store_true",
+        help="find images that are in more than one split (identical files, by content hash); "
+        "listed in data_report.json",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -121,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="epochs (demo: 15, else 20)")
     g.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate (demo: 3e-3, else 1e-3)"
+        "--lr",
+        type=lr_value,
+        default=None,
+        help="peak learning rate (demo: 3e-3, else 1e-3); auto: run the LR range test first "
+        "(tools/lr_find.py) and use its suggestion",
     )
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
@@ -223,9 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse flags; --config (or a resumed run's args.json) supplies defaults, flags win."""
-    parser = build_parser()
+def lr_value(text: str) -> float | str:
+    """``--lr``: a number, or ``auto`` (the LR range test picks it)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def parse_config(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> dict[str, Any]:
+    """Parse flags; --config (or a resumed run's args.json) supplies defaults, flags win.
+
+    ``parser`` is ``build_parser()`` unless another tool extends it (tools/lr_find.py).
+    """
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     replay: Path | None = Path(args.config) if args.config else None
     if replay is None and args.resume not in (None, "auto"):
@@ -284,3 +326,27 @@ def parse_class_weights(text: str | None) -> dict[str, float] | None:
                 f"--class-weights item {item!r} is not NAME=WEIGHT; e.g. --class-weights cat=2,dog=1"
             )
     return weights
+
+
+def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
+    """The run's data from its configuration: the tree or label file at ``root`` (tools/train.py
+    and tools/lr_find.py build it alike)."""
+    return ImageFolderData(
+        root,
+        img_size=config["img_size"],
+        batch_size=config["batch_size"],
+        workers=config["workers"],
+        val_fraction=config["val_fraction"],
+        seed=config["seed"],
+        crop_scale=config["crop_scale"],
+        hflip=config["hflip"],
+        color_jitter=config["color_jitter"],
+        sampler=config["sampler"],
+        class_weights=parse_class_weights(config["class_weights"]),
+        cache=None if config["cache"] == "none" else config["cache"],
+        max_bad_fraction=config["max_bad_fraction"],
+        decode=config["decode"],
+        image_key=config["image_key"],
+        label_key=config["label_key"],
+        check_leakage=config["check_leakage"],
+    )

@@ -171,7 +171,7 @@ def test_exit_message_names_interrupted_pt_only_when_written(
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"")
     os.utime(stale, (time.time() - 60, time.time() - 60))
-    monkeypatch.setattr(train, "ImageFolderData", ctrl_c)
+    monkeypatch.setattr(train, "build_data", ctrl_c)
     # --overwrite: the folder holds a run (its checkpoints/), which a new run must not reuse
     # by accident; the interrupt comes before anything is removed.
     assert train.main([*argv(tree, tmp_path / "run", 0), "--overwrite"]) == 130

@@ -4,6 +4,8 @@ Modules:
     decode      image files to uint8 RGB tensors (torchvision.io, PIL fallback), the bomb guard
     transforms  the validation recipe and the training augmentation, on uint8 tensors
     scan        the tree walk and split detection: a folder tree to ``(path, class)`` samples
+    labelfile   CSV and JSONL label files to the same samples; picks the reader for ``--data``
+    leakage     byte-identical images in more than one split
     cache       verify every image once up front; optionally keep them decoded in RAM
     dataset     ImageListDataset: samples served as transformed uint8 images
     folder      ImageFolderData: the above put together, with loaders and the labels mapping

@@ -22,13 +22,15 @@ from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
+from trainer.data.labelfile import scan_source
+from trainer.data.leakage import find_leaks
 from trainer.data.sampler import (
     SAMPLER_MODES,
     SeededDraw,
     ShardSampler,
     TrackingWeightedRandomSampler,
 )
-from trainer.data.scan import Sample, scan_tree
+from trainer.data.scan import Sample
 from trainer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -60,6 +62,9 @@ class ImageFolderData:
     ``__MACOSX`` are skipped; other non-image files are listed in ``ignored_files``. Symlinked
     folders are followed once each. Files are only ever read, never modified.
 
+    Label files: ``root`` may instead be a ``.csv`` or ``.jsonl`` file of ``(image path, label[,
+    split])`` rows (see ``trainer.data.labelfile``): the same samples, checks and loaders follow.
+
     Verification (``verify=True``) decodes every image once, on threads, before training.
     Unreadable files are dropped, listed in ``bad_files`` and logged; more than
     ``max_bad_fraction`` of them is a DataError.
@@ -68,7 +73,7 @@ class ImageFolderData:
     normalise on the device with ``mean``/``std``) and int64 ``(B,)``.
 
     Args:
-        root: the tree's root folder.
+        root: the tree's root folder, or a ``.csv`` / ``.jsonl`` label file.
         img_size: side of the square images the model sees.
         batch_size: batch size of every loader.
         workers: DataLoader worker processes; None means ``min(8, os.cpu_count())``.
@@ -92,6 +97,10 @@ class ImageFolderData:
             the JPEGs in batches on its device (nvjpeg on CUDA) and crop, resize and flip
             them there (see ``trainer.data.gpu_decode``). Training batches are then
             ``EncodedBatch`` objects, which ``Engine`` decodes. Validation is unchanged.
+        image_key: a label file's column (CSV) or key (JSONL) holding the image path.
+        label_key: a label file's column or key holding the label.
+        check_leakage: look for images in more than one split (byte-identical files, by
+            SHA-256); found ones are in ``leaks`` and the report, and logged.
 
     Example:
         >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
@@ -120,6 +129,9 @@ class ImageFolderData:
         max_bad_fraction: float = 0.05,
         verify: bool = True,
         decode: str = "cpu",
+        image_key: str = "path",
+        label_key: str = "label",
+        check_leakage: bool = False,
     ) -> None:
         self._check_args(
             img_size,
@@ -147,14 +159,21 @@ class ImageFolderData:
         self.max_bad_fraction = max_bad_fraction
         self.decode = decode
 
-        scan = scan_tree(self.root, val_fraction=val_fraction, seed=seed)
+        scan, missing = scan_source(
+            self.root,
+            val_fraction=val_fraction,
+            seed=seed,
+            image_key=image_key,
+            label_key=label_key,
+            max_bad_fraction=max_bad_fraction,
+        )
         self.classes: list[str] = scan.classes
         self.train_samples: list[Sample] = scan.train
         self.val_samples: list[Sample] = scan.val
         self.test_samples: list[Sample] = scan.test
         self.ignored_files: list[Path] = scan.ignored_files
         self.skipped_links: list[tuple[Path, str]] = scan.skipped_links
-        self.bad_files: list[tuple[Path, str]] = []
+        self.bad_files: list[tuple[Path, str]] = missing  # a label file's missing images
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
         self.num_classes = len(self.classes)
@@ -175,9 +194,18 @@ class ImageFolderData:
             self.train_samples = checked.samples["train"]
             self.val_samples = checked.samples["val"]
             self.test_samples = checked.samples["test"]
-            self.bad_files = checked.bad_files
+            self.bad_files = missing + checked.bad_files
             self._cache = checked.images
         self._check_counts()
+        self.leaks: list[dict[str, Any]] | None = None  # None: not checked
+        if check_leakage:
+            self.leaks = find_leaks(self._splits(), workers=max(1, self.workers))
+            if self.leaks:
+                shown = "; ".join(", ".join(f["path"] for f in g["files"]) for g in self.leaks[:5])
+                logger.warning(
+                    "%d image(s) are in more than one split (identical files): %s%s",
+                    len(self.leaks), shown, " ..." if len(self.leaks) > 5 else "",
+                )  # fmt: skip
         self.class_counts: dict[str, list[int]] = {
             split: self._count(samples) for split, samples in self._splits().items()
         }
@@ -404,6 +432,7 @@ class ImageFolderData:
             "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
             "ignored_files": [str(p) for p in self.ignored_files],
             "skipped_links": [{"path": str(p), "reason": r} for p, r in self.skipped_links],
+            **({} if self.leaks is None else {"leakage": self.leaks}),
         }
 
     def summary(self) -> str:
@@ -419,4 +448,9 @@ class ImageFolderData:
             lines.append(f"  skipped {len(self.bad_files)} unreadable file(s)")
         if self.ignored_files:
             lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
+        if self.leaks:
+            lines.append(
+                f"  leakage: {len(self.leaks)} image(s) in more than one split "
+                "(listed in data_report.json)"
+            )
         return "\n".join(lines)

@@ -1,0 +1,305 @@
+"""Label files: a CSV or JSON Lines file of ``(image path, label[, split])`` rows, read into the
+same table of samples as the tree scan (``TreeScan``), so everything downstream (checks, cache,
+sampler, loaders, reports) is shared.
+
+- CSV (``.csv``): a header row, then one row per image. The columns are named ``path`` and
+  ``label`` (``image_key`` and ``label_key`` rename them) and an optional ``split``.
+- JSON Lines (``.jsonl``): one JSON object per line, as labelling tools export them; the image
+  path and the label are under ``image_key`` and ``label_key``, the split under ``split``.
+
+Paths are relative to the label file's folder (absolute ones are taken as they are). A split is
+``train``, ``val`` (``valid``, ``validation``) or ``test``; rows without one are split into
+train/val per label, seeded and stratified, as a tree of class folders is. Classes are the
+sorted labels of the training rows (those whose split is ``train`` or empty), as ImageFolder
+sorts its class folders. A bad row is a ``DataError`` naming ``file:line`` and the fix; images
+that do not exist are dropped and reported under the rules for unreadable images.
+
+Example:
+    >>> scan, missing = read_label_file(Path("labels.csv"), val_fraction=0.2, seed=0)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.data.scan import Sample, TreeScan, scan_tree, stratified_split
+from trainer.errors import DataError
+
+logger = logging.getLogger("trainer.data")
+
+LABEL_FILE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
+SPLIT_KEY = "split"
+_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a label file: the image, its label, its split (None: to be split), and
+    where it is written (``file:line``)."""
+
+    path: Path
+    label: str
+    split: str | None
+    where: str
+
+
+def is_label_file(path: Path) -> bool:
+    """Whether ``path`` names a label file (by its suffix), existing or not."""
+    return path.suffix.lower() in LABEL_FILE_SUFFIXES
+
+
+def scan_source(
+    root: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    image_key: str = "path",
+    label_key: str = "label",
+    max_bad_fraction: float = 0.05,
+) -> tuple[TreeScan, list[tuple[Path, str]]]:
+    """The samples of ``--data``: a label file, or else an ImageFolder tree (``scan_tree``).
+
+    Returns:
+        The scan, and ``(path, reason)`` for each listed image that does not exist (always
+        empty for a tree).
+
+    Raises:
+        DataError: the source cannot be used; the message names the file (and line) and the fix.
+    """
+    if is_label_file(root):
+        return read_label_file(
+            root,
+            val_fraction=val_fraction,
+            seed=seed,
+            image_key=image_key,
+            label_key=label_key,
+            max_bad_fraction=max_bad_fraction,
+        )
+    if root.is_file():
+        raise DataError(
+            f"Data path {root} is a file, but neither a folder nor a label file. Pass the folder "
+            "that holds train/ and val/ (or one folder per class), or a label file ending in "
+            f"{' or '.join(LABEL_FILE_SUFFIXES)}; archives must be extracted first."
+        )
+    return scan_tree(root, val_fraction=val_fraction, seed=seed), []
+
+
+def read_label_file(
+    path: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    image_key: str = "path",
+    label_key: str = "label",
+    max_bad_fraction: float = 0.05,
+) -> tuple[TreeScan, list[tuple[Path, str]]]:
+    """Read a CSV or JSONL label file into train/val/test samples.
+
+    Args:
+        path: the ``.csv`` or ``.jsonl`` file.
+        val_fraction: share of each label held out for val among the rows without a split.
+        seed: seeds that split.
+        image_key: the column (CSV) or key (JSONL) holding the image path.
+        label_key: the column or key holding the label.
+        max_bad_fraction: largest share of rows whose image may be missing; they are dropped.
+
+    Returns:
+        The scan (classes, samples per split, by class then path), and ``(path, reason)`` for
+        each image that does not exist, in file order.
+
+    Raises:
+        DataError: the file is missing or unreadable, a row is malformed (``file:line`` named),
+            a path is listed twice, there are fewer than two labels, a val/test label has no
+            training row, or too many images are missing.
+    """
+    if not path.is_file():
+        raise DataError(
+            f"Label file {path} does not exist. Pass an existing .csv or .jsonl file with "
+            "--data (paths in it are relative to its folder), or an ImageFolder tree."
+        )
+    reader = _csv_rows if path.suffix.lower() == ".csv" else _jsonl_rows
+    try:
+        rows = list(reader(path, image_key, label_key))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e}); save it as UTF-8.") from e
+    except OSError as e:
+        raise DataError(f"cannot read the label file {path} ({e.strerror or e}).") from e
+    if not rows:
+        raise DataError(f"Label file {path} has no rows. Add one row per image.")
+    _check_unique(rows)
+    train_labels = sorted({r.label for r in rows if r.split in (None, "train")})
+    if len(train_labels) < 2:
+        raise DataError(
+            f"{path} has {len(train_labels)} label(s) among its training rows "
+            f"({', '.join(map(repr, train_labels)) or 'none'}); a classifier needs at least two."
+        )
+    for r in rows:
+        if r.label not in train_labels:
+            raise DataError(
+                f"{r.where}: label {r.label!r} has no training row ({r.split} only). Training "
+                f"labels: {', '.join(train_labels)}. Fix the label, or add training rows for it."
+            )
+    missing = [(r, f"file not found (listed at {r.where})") for r in rows if not r.path.is_file()]
+    _check_missing(path, rows, missing, max_bad_fraction)
+    gone = {r for r, _ in missing}
+    kept = [r for r in rows if r not in gone]
+    scan = _split(path, train_labels, kept, val_fraction=val_fraction, seed=seed)
+    if not scan.val and not any(r.split is None for r in rows):
+        raise DataError(
+            f"{path} has no val rows: every row names its split, and none is val. Mark some "
+            f"rows {SPLIT_KEY}=val, or leave the split empty to have them split automatically."
+        )
+    return scan, [(r.path, why) for r, why in missing]
+
+
+def _csv_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
+    # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            columns = {name: i for i, name in enumerate(header)}
+            for key, flag in ((image_key, "--image-key"), (label_key, "--label-key")):
+                if key not in columns:
+                    raise DataError(
+                        f"{path}:1: no column {key!r}; the header names "
+                        f"{', '.join(map(repr, header)) or 'no columns'}. The first line must "
+                        f"name the columns (e.g. path,label,split), or pass {flag} COLUMN."
+                    )
+            for fields in reader:
+                where = f"{path}:{reader.line_num}"
+                if not fields or fields == [""]:
+                    continue  # a blank line
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{where}: {len(fields)} field(s), the header has {len(header)}. "
+                        "Quote values that hold commas, and give every row every column."
+                    )
+                values = dict(zip(header, fields, strict=True))
+                yield _row(path, where, values, image_key, label_key)
+        except csv.Error as e:
+            raise DataError(
+                f"{path}:{reader.line_num}: malformed CSV ({e}). Fix the quoting on that line."
+            ) from e
+
+
+def _jsonl_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
+    with path.open(encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            where = f"{path}:{n}"
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{where}: not valid JSON ({e.msg}, column {e.colno}). Each line must be "
+                    'one JSON object, e.g. {"path": "a.jpg", "label": "cat"}.'
+                ) from e
+            if not isinstance(obj, dict):
+                raise DataError(
+                    f"{where}: a JSON {type(obj).__name__}, not an object. Each line must be "
+                    'one JSON object, e.g. {"path": "a.jpg", "label": "cat"}.'
+                )
+            for key, flag in ((image_key, "--image-key"), (label_key, "--label-key")):
+                if key not in obj:
+                    raise DataError(
+                        f"{where}: no key {key!r}; the object has "
+                        f"{', '.join(map(repr, obj)) or 'no keys'}. Pass {flag} with the key "
+                        "that holds it."
+                    )
+            yield _row(path, where, obj, image_key, label_key)
+
+
+def _row(path: Path, where: str, values: dict[str, Any], image_key: str, label_key: str) -> Row:
+    image, label, split = values[image_key], values[label_key], values.get(SPLIT_KEY)
+    if not isinstance(image, str) or not image.strip():
+        raise DataError(f"{where}: empty or non-text image path {image!r}. Give the image's path.")
+    if isinstance(label, int) and not isinstance(label, bool):
+        label = str(label)  # numeric class ids, as some tools export them
+    if not isinstance(label, str):
+        raise DataError(
+            f"{where}: label {label!r} is a {type(label).__name__}, not text. One label per "
+            "image (multi-label rows are not supported)."
+        )
+    if not label.strip():
+        raise DataError(f"{where}: empty label for {image.strip()}. Label it, or remove the row.")
+    if split is None or (isinstance(split, str) and not split.strip()):
+        name = None
+    elif isinstance(split, str) and split.strip().lower() in _SPLITS:
+        name = _SPLITS[split.strip().lower()]
+    else:
+        raise DataError(
+            f"{where}: unknown split {split!r}. Use train, val (valid, validation) or test, or "
+            "leave it empty to have the row split automatically."
+        )
+    file = Path(image.strip())
+    return Row(file if file.is_absolute() else path.parent / file, label.strip(), name, where)
+
+
+def _check_unique(rows: list[Row]) -> None:
+    first: dict[Path, Row] = {}
+    for r in rows:
+        seen = first.setdefault(r.path, r)
+        if seen is not r:
+            raise DataError(
+                f"{r.where}: {r.path} is listed again (first at {seen.where}). List each "
+                "image once."
+            )
+
+
+def _check_missing(
+    path: Path, rows: list[Row], missing: list[tuple[Row, str]], max_bad_fraction: float
+) -> None:
+    if not missing:
+        return
+    shown = "; ".join(f"{r.where}: {r.path}" for r, _ in missing[:5])
+    fraction = len(missing) / len(rows)
+    if fraction > max_bad_fraction:
+        raise DataError(
+            f"{len(missing)} of the {len(rows)} images listed in {path} ({fraction:.1%}) do not "
+            f"exist, more than max_bad_fraction={max_bad_fraction}. First ones: {shown}. Fix "
+            "the paths (they are relative to the label file's folder), or raise "
+            "--max-bad-fraction to skip them."
+        )
+    logger.warning(
+        "Skipping %d missing image(s) of %d listed in %s: %s%s",
+        len(missing), len(rows), path, shown, " ..." if len(missing) > 5 else "",
+    )  # fmt: skip
+
+
+def _split(
+    path: Path, classes: list[str], rows: list[Row], *, val_fraction: float, seed: int
+) -> TreeScan:
+    """Rows with a split keep it; the rest are split per label, seeded and stratified."""
+    to_idx = {c: i for i, c in enumerate(classes)}
+    fixed: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    pool: dict[str, list[Path]] = {c: [] for c in classes}
+    for r in rows:
+        if r.split is None:
+            pool[r.label].append(r.path)
+        else:
+            fixed[r.split].append((r.path, to_idx[r.label]))
+    train, val = stratified_split(pool, classes, val_fraction=val_fraction, seed=seed)
+    if any(pool.values()):
+        logger.info(
+            "%s: split %d row(s) without a split into %d train / %d val "
+            "(val_fraction=%s, seed=%d).",
+            path, sum(map(len, pool.values())), len(train), len(val), val_fraction, seed,
+        )  # fmt: skip
+
+    def ordered(samples: list[Sample]) -> list[Sample]:
+        return sorted(samples, key=lambda s: (s[1], s[0]))  # by class, then path, as a tree
+
+    return TreeScan(
+        classes=classes,
+        train=ordered(train + fixed["train"]),
+        val=ordered(val + fixed["val"]),
+        test=ordered(fixed["test"]),
+    )
