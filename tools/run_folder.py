@@ -18,7 +18,7 @@ RUN_MARKERS = ("args.json", "metrics.csv", "checkpoints")
 RUN_OUTPUTS = (
     "checkpoints", "plots", "tensorboard", "args.json", "data_report.json", "labels_mapping.json",
     "metrics.csv", "model.onnx", "export_report.json", "report.html", "model_info.json",
-    "dataset_stats.json", "sampler_distribution.csv",
+    "dataset_stats.json", "sampler_distribution.csv", "per_class.csv", "steps.csv",
 )  # fmt: skip
 # Settings that shape the weights a checkpoint holds: a resume must not change them.
 MODEL_SETTINGS = ("model", "img_size", "ema_decay")

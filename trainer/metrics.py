@@ -34,6 +34,11 @@ def is_better(value: float | None, best: float | None, mode: str, min_delta: flo
     return (value - best if mode == "max" else best - value) > min_delta
 
 
+def monitor_mode(metric: str) -> str:
+    """"min" for the metrics where lower is better (losses, calibration error), else "max"."""
+    return "min" if metric.endswith(("loss", "ece")) else "max"
+
+
 def track_best(state: EngineState, monitor: str, mode: str) -> dict[str, float]:
     """The row of the validation that just ran (``epoch``, ``step`` and ``state.metrics``);
     sets ``state.is_best`` by ``monitor`` under ``mode`` and, when it is, ``state.best``."""

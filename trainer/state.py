@@ -32,6 +32,8 @@ class EngineState:
         mid_epoch: True while a validation runs inside a training epoch (``val_every`` below
             an epoch); checkpoints written then are best-model files, not resume points.
         history: one dict per finished epoch (``epoch`` plus every metric); ``fit()`` returns it.
+        step_log: one dict every N optimizer steps (``step``, ``epoch``, ``lr``, ``loss``,
+            ``img_s``), appended by ``hooks.StepLogHook``; ``steps.csv`` holds the same rows.
         best: the history row of the best epoch by ``Engine.monitor``, or None before any.
         is_best: whether the epoch that just ended is the new best.
         should_stop: set True (by a hook) to end the fit at the next batch or epoch boundary.
@@ -52,6 +54,7 @@ class EngineState:
     calibration: torch.Tensor | None = None
     mid_epoch: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    step_log: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] | None = None
     is_best: bool = False
     should_stop: bool = False

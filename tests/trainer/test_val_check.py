@@ -104,7 +104,9 @@ def test_mid_epoch_validation_leaves_training_as_it_was() -> None:
     plain.fit()
     checked = _engine([], val_every=0.5, max_epochs=2)
     checked.fit()
-    weights = zip(plain.model.state_dict().values(), checked.model.state_dict().values(), strict=True)
+    weights = zip(
+        plain.model.state_dict().values(), checked.model.state_dict().values(), strict=True
+    )
     assert all(a.equal(b) for a, b in weights)
     assert plain.state.history[-1]["train/loss"] == checked.state.history[-1]["train/loss"]
 
