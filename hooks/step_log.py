@@ -83,7 +83,9 @@ class StepLogHook(Hook):
     ) -> None:
         loss, n = outputs["loss"].detach().float(), outputs["targets"].shape[0]
         if self._sums is None:  # from where a checkpoint left off: the straight run's sums
-            self._sums = torch.tensor(self._saved, dtype=torch.float64, device=loss.device)
+            self._sums = torch.zeros(2, dtype=torch.float64, device=loss.device)
+            for i, value in enumerate(self._saved):  # fill_, not torch.tensor: no host copy
+                self._sums[i].fill_(value)
         finite = torch.isfinite(loss)
         self._sums += torch.stack([torch.where(finite, loss, 0.0) * n, finite * n]).double()
         self._images += n

@@ -8,8 +8,9 @@ One fit, top to bottom::
         sanity validation (2 batches, phase "sanity"), unless resuming
         for epoch in range(start, max_epochs):
             train_epoch(): on_train_epoch_start, per batch: forward, loss, backward, and every
-                `accumulate` batches an optimizer step (clip, step, scheduler, EMA), then
-                validation (phase "val"), epoch row appended to history, on_train_epoch_end
+                `accumulate` batches an optimizer step (clip, step, scheduler, EMA) and, where
+                `val_every` falls, a validation (state.mid_epoch); then validation (phase
+                "val"), epoch row appended to history, on_train_epoch_end
             stop if a hook set state.should_stop (on any rank)
         on_fit_end
 

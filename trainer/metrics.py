@@ -160,7 +160,8 @@ class EvalTally:
 
     Predictions gather on the device; the confusion matrix (whose bincount would make the host
     wait for the GPU on every batch) is built once, in ``compute``. The confidence histogram
-    (for the calibration error) adds up on the device with ``index_add_``, no host read.
+    (for the calibration error) adds up on the device, no host read, with a one-hot matmul
+    rather than ``index_add_``, whose CUDA atomics would sum in a different order each run.
     """
 
     def __init__(self, num_classes: int, device: torch.device) -> None:
@@ -171,21 +172,22 @@ class EvalTally:
         self.top5 = torch.zeros((), device=device, dtype=torch.long)
         self.bins = torch.zeros(3, CALIBRATION_BINS + 1, dtype=torch.float64, device=device)
         self._edges = torch.linspace(0, 1, CALIBRATION_BINS + 1, device=device)
+        self._slots = torch.arange(CALIBRATION_BINS + 1, device=device)
         self.seen = 0
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss += loss * targets.shape[0]
         self.seen += targets.shape[0]
-        confidence, pred = logits.float().softmax(1).max(1)
-        self.preds.append(pred)
+        self.preds.append(logits.argmax(1))
         self.targets.append(targets)
         if self.num_classes >= 5:
             self.top5 += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
-        # torchmetrics' binning, so val/ece equals MulticlassCalibrationError's.
+        # torchmetrics' confidences and binning, so val/ece equals MulticlassCalibrationError's.
+        confidence, pred = logits.float().softmax(1).max(1)
         slot = torch.bucketize(confidence, self._edges, right=True) - 1
         hits = (pred == targets).to(confidence.dtype)
         rows = torch.stack([torch.ones_like(confidence), confidence, hits]).double()
-        self.bins.index_add_(1, slot, rows)
+        self.bins += rows @ (slot[:, None] == self._slots).double()
 
     def compute(self, confmat: Any) -> EvalCounts:
         """Summed over ranks, one all-reduce, read once (float64 holds counts exactly up to
