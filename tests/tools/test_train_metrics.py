@@ -75,3 +75,16 @@ def test_cli_run_with_every_metrics_output(tiny_tree: Path, tmp_path: Path) -> N
     best = load_checkpoint(out / "checkpoints" / "last.pt")["state"]["best"]
     assert best["val/macro_f1"] == pytest.approx(max(macro.values()), abs=1e-5)
     assert (out / "plots" / "reliability.png").is_file()
+
+
+def test_cli_monitor_ece_keeps_the_lowest(tiny_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "3", *FAST_CLI, *NO_OUTPUTS,
+            "--monitor", "val/ece"]  # fmt: skip
+    assert train.main(argv) == 0
+    ece = [float(r["val/ece"]) for r in _rows(out / "metrics.csv")]
+    assert len(set(ece)) == 3  # distinct, so the choice is visible
+    state = load_checkpoint(out / "checkpoints" / "last.pt")["state"]
+    assert state["best"]["val/ece"] == pytest.approx(min(ece), abs=1e-6)
+    best = load_checkpoint(out / "checkpoints" / "best.pt")["state"]
+    assert best["epoch"] == ece.index(min(ece))
