@@ -161,7 +161,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         # A straight run with every default hook but export (the ONNX hook checks rank itself).
         out = tmp / "straight"
         draws = RecordDraws()
-        hooks = [*default_hooks(out, progress=False, export=False, log_every=1), draws]
+        hooks = [*default_hooks(out, progress=False, export=False, log_every=3), draws]
         engine = make_engine(root, BATCH, hooks)
         engine.fit()
         val = engine.validate()
@@ -171,9 +171,9 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
 
         # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
         with pytest.raises(KeyboardInterrupt):
-            killed = default_hooks(tmp / "b", progress=False, export=False, log_every=1)
+            killed = default_hooks(tmp / "b", progress=False, export=False, log_every=3)
             make_engine(root, BATCH, [*killed, KillAfterEpoch(0)]).fit()
-        resumed_hooks = default_hooks(tmp / "b", progress=False, export=False, log_every=1)
+        resumed_hooks = default_hooks(tmp / "b", progress=False, export=False, log_every=3)
         resumed = make_engine(root, BATCH, resumed_hooks)
         resumed.fit(resume=tmp / "b")
 
@@ -290,7 +290,7 @@ def test_resume_under_ddp_continues_exactly(ddp: dict[str, Any]) -> None:
         return [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
 
     assert strip(r0["resumed_history"]) == strip(r0["history"])
-    # steps.csv's rows: losses summed over the ranks, so the same on both; and resumed exactly.
+    # steps.csv (a row at step 3 of 4, across the epoch end resumed from): sums over the ranks.
     assert r0["step_log"] and strip(r0["step_log"]) == strip(r1["step_log"])
     assert strip(r0["resumed_step_log"]) == strip(r0["step_log"])
     for k, v in r0["model"].items():
