@@ -77,7 +77,8 @@ def default_hooks(
         monitor: metric for best.pt and early stopping ("...loss" and "...ece" metrics are
             minimised).
         top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
-        early_stopping: patience in epochs; 0 disables early stopping.
+        early_stopping: patience in validations (epochs, unless the engine's ``val_every``
+            adds some inside them); 0 disables early stopping.
         min_delta: for early stopping, an improvement must beat the best by more than this.
         progress: tqdm bars and per-epoch lines.
         report: ``report.html``, the run on one page, refreshed during the run and at the end.
