@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hooks.calibration import CalibrationHook
 from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.dataset_statistics import DatasetStatisticsHook
@@ -12,15 +13,19 @@ from hooks.early_stopping import EarlyStoppingHook
 from hooks.metrics_logger import MetricsLogger
 from hooks.model_info import ModelInfoHook
 from hooks.onnx_export import OnnxExportHook
+from hooks.per_class_metrics import PerClassMetricsHook
 from hooks.progress_bar import ProgressBarHook
 from hooks.report import ReportHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
+from hooks.step_log import StepLogHook
 from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
 from trainer.hook import Hook
+from trainer.metrics import monitor_mode
 
 __all__ = [
+    "CalibrationHook",
     "CheckpointHook",
     "ConfusionMatrixHook",
     "DatasetStatisticsHook",
@@ -29,10 +34,12 @@ __all__ = [
     "MetricsLogger",
     "ModelInfoHook",
     "OnnxExportHook",
+    "PerClassMetricsHook",
     "ProgressBarHook",
     "ReportHook",
     "SampleVisualizationHook",
     "SamplerDistributionHook",
+    "StepLogHook",
     "TensorBoardHook",
     "TrainingHistoryHook",
     "default_hooks",
@@ -56,6 +63,9 @@ def default_hooks(
     export: bool = True,
     report: bool = True,
     tensorboard: bool = False,
+    per_class: bool = True,
+    calibration: bool = True,
+    log_every: int = 50,
 ) -> list[Hook]:
     """The standard hooks for a run folder; each flag switches one off.
 
@@ -64,21 +74,30 @@ def default_hooks(
 
     Args:
         out_dir: the run folder.
-        monitor: metric for best.pt and early stopping ("...loss" metrics are minimised).
+        monitor: metric for best.pt and early stopping ("...loss" and "...ece" metrics are
+            minimised).
         top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
-        early_stopping: patience in epochs; 0 disables early stopping.
+        early_stopping: patience in validations (epochs, unless the engine's ``val_every``
+            adds some inside them); 0 disables early stopping.
         min_delta: for early stopping, an improvement must beat the best by more than this.
         progress: tqdm bars and per-epoch lines.
         report: ``report.html``, the run on one page, refreshed during the run and at the end.
         tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
             ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
+        per_class: ``per_class.csv``, per-class metrics at every validation.
+        calibration: ``plots/reliability.png``, the reliability diagram.
+        log_every: a ``steps.csv`` row every this many optimizer steps; 0: no ``steps.csv``.
 
     Example:
         >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
     """
     out = Path(out_dir)
-    mode = "min" if monitor.endswith("loss") else "max"
+    mode = monitor_mode(monitor)
     hooks: list[Hook] = [MetricsLogger(out)]
+    if per_class:
+        hooks.append(PerClassMetricsHook(out))
+    if log_every > 0:
+        hooks.append(StepLogHook(out, every=log_every))
     if dataset_stats:
         hooks.append(DatasetStatisticsHook(out))
     if model_info:
@@ -89,6 +108,8 @@ def default_hooks(
         hooks.append(SamplerDistributionHook(out))
     if history_plots:
         hooks.append(TrainingHistoryHook(out))
+    if calibration:
+        hooks.append(CalibrationHook(out))
     if samples:
         hooks.append(SampleVisualizationHook(out))
     if progress:

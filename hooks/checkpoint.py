@@ -40,6 +40,9 @@ class CheckpointHook(Hook):
     failed save (full disk, read-only folder) stops the run rather than lose work silently.
     With EMA on, the monitored metric is the EMA model's; both weights are in every file.
 
+    With ``val_every`` below an epoch, a validation inside an epoch that improves writes
+    ``best.pt`` alone (that step's weights, not a resume point); last.pt and top-k: epoch ends.
+
     ``last.pt`` is written first and holds the bookkeeping (best epoch, top-k list), so a crash
     between it and its links leaves ``best.pt`` or a top-k file behind. On resume they are put
     back in step: relinked to the checkpoint resumed from, ``epoch_XXX.pt`` files outside the
@@ -69,6 +72,7 @@ class CheckpointHook(Hook):
         self.monitor, self.mode, self.top_k = monitor, mode, top_k
         self.best_value: float | None = None
         self.best_epoch: int | None = None  # the epoch best.pt holds
+        self.best_mid_epoch = False  # best.pt was saved inside best_epoch, not at its end
         self.top: list[tuple[float, str]] = []  # (value, file name), best first
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None  # the epoch's files, being written
@@ -79,6 +83,16 @@ class CheckpointHook(Hook):
         self.dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temp_files(self.dir)
 
+    def on_validation_end(self, engine: Engine) -> None:
+        """A validation inside the epoch (``val_every``) that improves: ``best.pt`` alone."""
+        value = engine.state.metrics.get(self.monitor or engine.monitor)
+        if engine.state.mid_epoch and is_better(value, self.best_value, self.mode or engine.mode):
+            self.wait()
+            self.best_value, self.best_epoch, self.best_mid_epoch = value, engine.state.epoch, True
+            ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
+            if is_global_zero():
+                self._submit(host_copy(ckpt), [], [], "best.pt")
+
     def on_train_epoch_end(self, engine: Engine) -> None:
         self.wait()  # the previous epoch's files first: one write in flight at most
         monitor = self.monitor or engine.monitor
@@ -87,6 +101,7 @@ class CheckpointHook(Hook):
         improved = is_better(value, self.best_value, mode)
         if improved:
             self.best_value, self.best_epoch = value, engine.state.epoch
+            self.best_mid_epoch = False
         # Serialised once: best.pt and the top-k are links to (or copies of) last.pt.
         links = ["best.pt"] if improved else []
         stale: list[str] = []
@@ -103,19 +118,22 @@ class CheckpointHook(Hook):
         ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
         if not is_global_zero():
             return  # the ranks hold the same weights; rank 0 writes them
+        self._submit(host_copy(ckpt), links, stale, "last.pt")
+
+    def _submit(self, ckpt: dict[str, Any], links: list[str], stale: list[str], name: str) -> None:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
-        self._pending = self._writer.submit(self._write, host_copy(ckpt), links, stale)
+        self._pending = self._writer.submit(self._write, ckpt, links, stale, name)
 
-    def _write(self, ckpt: dict[str, Any], links: list[str], stale: list[str]) -> None:
-        """On the writer thread: last.pt, then its links, then the files out of the top-k."""
+    def _write(self, ckpt: dict[str, Any], links: list[str], stale: list[str], name: str) -> None:
+        """On the writer thread: ``name``, then its links, then the files out of the top-k."""
         cpu = time.thread_time()
         try:
-            last = save_checkpoint(ckpt, self.dir / "last.pt")
-            for name in links:
-                atomic_link(last, self.dir / name)
-            for name in stale:
-                remove_file(self.dir / name)
+            last = save_checkpoint(ckpt, self.dir / name)
+            for link in links:
+                atomic_link(last, self.dir / link)
+            for old in stale:
+                remove_file(self.dir / old)
         finally:
             self.write_cpu_s += time.thread_time() - cpu
 
@@ -191,9 +209,9 @@ class CheckpointHook(Hook):
         best, twin = self.dir / "best.pt", f"epoch_{self.best_epoch or 0:03d}.pt"
         if self.best_epoch is None:
             return  # no best yet (or a checkpoint from before best_epoch was kept)
-        if self.best_epoch == epoch:
+        if self.best_epoch == epoch and not self.best_mid_epoch:
             self._relink(source, best.name)
-        elif twin in kept:
+        elif twin in kept and not self.best_mid_epoch:
             self._relink(self.dir / twin, best.name)
         elif best.is_file() and _saved_epoch(best) != self.best_epoch:
             # Resumed from an earlier checkpoint: this best.pt is of an abandoned future.
@@ -221,12 +239,14 @@ class CheckpointHook(Hook):
         return {
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
+            "best_mid_epoch": self.best_mid_epoch,
             "top": [list(t) for t in self.top],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_value = state.get("best_value")
         self.best_epoch = state.get("best_epoch")
+        self.best_mid_epoch = bool(state.get("best_mid_epoch", False))
         self.top = [(float(v), str(n)) for v, n in state.get("top", [])]
 
 

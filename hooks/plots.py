@@ -68,12 +68,19 @@ def _figure(width: float, height: float) -> Figure:
 
 # ---------------------------------------------------------------------------- curves and bars
 def plot_history(
-    history: Sequence[dict[str, float]], title: str, ylabel: str, series: Sequence[tuple[str, str]]
+    history: Sequence[dict[str, float]],
+    title: str,
+    ylabel: str,
+    series: Sequence[tuple[str, str]],
+    steps: Sequence[tuple[float, float]] = (),
+    steps_label: str = "train, per step",
 ) -> Figure:
     """Curves over epochs (counted from 1) for each ``(history key, legend label)`` present.
 
     Every point has a marker, so a one-epoch run still shows; a NaN or infinite value leaves a
     gap. A positive series spanning more than 20x (the learning rate) gets a log axis.
+    ``steps`` adds a thin line without markers: ``(epochs done, value)`` points between the
+    epochs, e.g. ``steps.csv``'s loss at ``step / steps_per_epoch``.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -87,12 +94,17 @@ def plot_history(
             marker = 3 if len(epochs) > 30 else 5
             ax.plot(epochs, ys, marker="o", markersize=marker, label=name, color=f"C{k}")
             plotted += [y for y in ys if not math.isnan(y)]
+    if steps:
+        step_x = [x for x, _ in steps]
+        step_y = [_finite(y) for _, y in steps]
+        ax.plot(step_x, step_y, linewidth=0.8, alpha=0.6, label=steps_label, color="C7")
+        plotted += [y for y in step_y if not math.isnan(y)]
     if plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 20:
         ax.set_yscale("log")
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
     ax.grid(alpha=0.3)
-    if len(series) > 1 and plotted:
+    if (len(series) > 1 or steps) and plotted:
         ax.legend()
     return fig
 
@@ -131,6 +143,43 @@ def plot_class_bars(
     ax.set(title=title, ylabel=ylabel)
     ax.set_xlabel("class" if named else f"class index (names in {names_file})")
     ax.legend()
+    return fig
+
+
+# ------------------------------------------------------------------------ reliability diagram
+def plot_reliability(bins: np.ndarray, caption: str) -> Figure:
+    """Accuracy against confidence per confidence bin, with the diagonal of perfect calibration,
+    and below it how many images fall in each bin.
+
+    Args:
+        bins: ``(3, B)`` per bin: image count, sum of top-1 confidences, sum of top-1 hits (the
+            engine's ``state.calibration``; a last bin of confidences of exactly 1, if there,
+            is drawn with the bin below it).
+        caption: what the title says the diagram is of, e.g. ``"epoch 3, ECE 0.041"``.
+    """
+    bins = np.asarray(bins, dtype=np.float64)
+    if bins.shape[1] > 1:  # torchmetrics' extra bin of confidences of exactly 1
+        bins = np.concatenate([bins[:, :-2], bins[:, -2:].sum(axis=1, keepdims=True)], axis=1)
+    count, confidence, hits = bins
+    n = len(count)
+    edges = np.linspace(0.0, 1.0, n + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / n
+    safe = np.maximum(count, 1)
+    fig = _figure(5.6, 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    filled = count > 0
+    accuracy, mean_confidence = (hits / safe)[filled], (confidence / safe)[filled]
+    x = centres[filled]
+    top.bar(x, accuracy, width * 0.9, label="accuracy", color="C0")
+    top.bar(x, np.abs(mean_confidence - accuracy), width * 0.9,
+            bottom=np.minimum(accuracy, mean_confidence), fill=False, edgecolor="C3", hatch="///",
+            linewidth=0.8, label="gap to mean confidence")  # fmt: skip
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set(title=f"Reliability ({caption})", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.bar(centres, count, width * 0.9, color="C7")
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
     return fig
 
 

@@ -67,16 +67,24 @@ class ProgressBarHook(Hook):
 
     @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
     def on_validation_epoch_start(self, engine: Engine) -> None:
-        if engine.state.phase == "sanity":
-            return
+        if engine.state.phase == "sanity" or engine.state.mid_epoch:
+            return  # inside an epoch (--val-every) the epoch's bar stays, and waits
         self._close()
         self._open(engine, "  validating")
 
     def on_validation_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
     ) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not engine.state.mid_epoch:
             self.bar.update(1)
+
+    @rank_zero_only
+    def on_validation_end(self, engine: Engine) -> None:
+        if engine.state.mid_epoch:  # a --val-every check: one line under the epoch's bar
+            m = engine.state.metrics
+            parts = [f"  step {engine.state.step}"]
+            parts += [f"{k} {m[k]:.4f}" for k in ("val/loss", "val/acc", "val/macro_f1") if k in m]
+            tqdm.write("  ".join(parts), file=sys.stderr)
 
     @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
     def on_train_epoch_end(self, engine: Engine) -> None:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import datetime
 import html
 import json
@@ -32,6 +33,8 @@ _FILES = [
     "labels_mapping.json",
     "export_report.json",
     "metrics.csv",
+    "per_class.csv",
+    "steps.csv",
     "args.json",
     "model_info.json",
     "dataset_stats.json",
@@ -88,6 +91,8 @@ def render_report(out_dir: str | os.PathLike[str], run: RunFacts) -> str:
             _images(out, ["plots/loss.png", "plots/accuracy.png", "plots/lr.png"]),
         ),
         ("confusion", "Confusion matrix", _confusion(out)),
+        ("per-class", "Per class, worst first", _per_class(out)),
+        ("calibration", "Calibration", _calibration(out)),
         ("samples", "Samples", _samples(out)),
         ("data", "Data", _data(out)),
         ("model", "Model", _json_table(out / "model_info.json")),
@@ -295,6 +300,43 @@ def _confusion(out: Path) -> str:
         parts.append(f'<p class="links">numbers: {links}</p>')
     parts.append(_epoch_links(rel, files))
     return "".join(parts)
+
+
+def _per_class(out: Path) -> str:
+    """The last validation's rows of ``per_class.csv``, the lowest F1 first."""
+    try:
+        with open(out / "per_class.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        last = [r for r in rows if (r["epoch"], r["step"]) == (rows[-1]["epoch"], rows[-1]["step"])]
+        last.sort(key=lambda r: (float(r["f1"]), float(r["recall"]), int(r["class_index"])))
+    except (OSError, LookupError, ValueError):
+        return ""  # not written (--no-per-class), or being written
+    cols = ["f1", "precision", "recall", "support"]
+    head = '<th class="k">class</th><th>#</th>' + "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join(
+        f'<tr><td class="t">{_e(r["class"])}</td><td>{_e(r["class_index"])}</td>'
+        + "".join(f"<td>{_e(r[c]) if c == 'support' else _num(c, float(r[c]))}</td>" for c in cols)
+        + "</tr>"
+        for r in last
+    )
+    epoch = int(last[0]["epoch"]) + 1
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        f'</table></div><p class="note">Validation of epoch {epoch} (step {_e(last[0]["step"])}), '
+        "classes by F1, lowest first. Every validation: "
+        '<a href="per_class.csv">per_class.csv</a></p>'
+    )
+
+
+def _calibration(out: Path) -> str:
+    figure = _figure(out, "plots/reliability.png", "latest validation")
+    if not figure:
+        return ""
+    return (
+        f'<div class="grid">{figure}</div><p class="note">Bars below the diagonal: the model '
+        "is more confident than right in that bin (overconfident); above it, underconfident. "
+        "ECE, the images' mean gap, is <code>val/ece</code> in the metrics.</p>"
+    )
 
 
 def _samples(out: Path) -> str:

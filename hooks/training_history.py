@@ -30,6 +30,9 @@ PLOTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
 class TrainingHistoryHook(Hook):
     """Rewrites ``plots/loss.png``, ``plots/accuracy.png`` and ``plots/lr.png`` each epoch.
 
+    The loss plot also shows the training loss every N steps (``engine.state.step_log``,
+    written by ``StepLogHook``), at ``step / steps_per_epoch`` on the epoch axis.
+
     Curves come from ``engine.state.history``, so a resumed run plots its whole past. The x
     axis counts epochs from 1; a NaN or infinite value leaves a gap; a series absent from the
     history (e.g. ``val/acc_top5`` under 5 classes) is left out. The plots are drawn on the
@@ -62,11 +65,14 @@ class TrainingHistoryHook(Hook):
     def on_train_epoch_end(self, engine: Engine) -> None:
         # A copy: the writer draws it while the engine goes on appending rows.
         history = [dict(row) for row in engine.state.history]
+        rows = engine.state.step_log
+        steps = [(r["step"] / max(1, engine.steps_per_epoch), r["loss"]) for r in rows]
         for stem in PLOTS:
             path = self.dir / f"{stem}.png"
 
             def job(stem: str = stem, path: Path = path) -> None:
-                self.figures[stem] = plot_history(history, *PLOTS[stem])
+                series = steps if stem == "loss" else []
+                self.figures[stem] = plot_history(history, *PLOTS[stem], steps=series)
                 save_png(self.figures[stem], path)
 
             engine.artifacts.submit(job, path, replace=True)

@@ -19,7 +19,7 @@ RUN_OUTPUTS = (
     "checkpoints", "plots", "tensorboard", "args.json", "data_report.json", "labels_mapping.json",
     "metrics.csv", "model.onnx", "export_report.json", "report.html", "model_info.json",
     "dataset_stats.json", "class_distribution.csv", "sampler_distribution.csv", "lr_find.csv",
-    "lr_find.png",
+    "lr_find.png", "per_class.csv", "steps.csv",
 )  # fmt: skip
 # Settings that shape the weights a checkpoint holds: a resume must not change them.
 MODEL_SETTINGS = ("model", "img_size", "ema_decay")

@@ -55,6 +55,7 @@ from trainer.errors import (
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json, clean_stale_temp_files
 from trainer.losses import build_loss
+from trainer.metrics import monitor_mode
 from trainer.models import build_model
 from trainer.rng import seed_everything
 
@@ -195,6 +196,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         export=config["export"],
         report=config["report"],
         tensorboard=config["tensorboard"],
+        per_class=config["per_class"],
+        calibration=config["calibration"],
+        log_every=config["log_every"],
     )
     engine = Engine(
         model,
@@ -213,10 +217,11 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         seed=config["seed"],
         sanity_steps=config["sanity_steps"],
         monitor=config["monitor"],
-        mode="min" if config["monitor"].endswith("loss") else "max",
+        mode=monitor_mode(config["monitor"]),
         compile=config["compile"],
         sync_bn=config["sync_bn"],
         args=saved,
+        val_every=config["val_every"],
     )
     log.info(
         "model %s on %s, precision %s, %d epochs; run folder %s",

@@ -15,6 +15,7 @@ from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
+from trainer.val_check import val_every_problem
 
 # Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
 NOT_SAVED = ("resume", "config", "print_config", "overwrite")
@@ -247,6 +248,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorBoard event files in OUT/tensorboard (off by default; needs the "
         "[tensorboard] extra)",
     )
+
+    g = p.add_argument_group("metrics and validation")
+    g.add_argument(
+        "--val-every",
+        type=float,
+        default=1.0,
+        metavar="F|N",
+        help="also validate every fraction F of an epoch (0 < F <= 1, e.g. 0.25) or every N "
+        "optimizer steps (integer N > 1); best.pt and early stopping follow each validation",
+    )
+    g.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        metavar="N",
+        help="a steps.csv row (loss, lr, img/s) every N optimizer steps; 0: no steps.csv",
+    )
+    g.add_argument(
+        "--per-class",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per_class.csv: accuracy, precision, recall, F1 and support per class",
+    )
+    g.add_argument(
+        "--calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="plots/reliability.png, the reliability diagram (val/ece is always in metrics.csv)",
+    )
     return p
 
 
@@ -302,6 +332,16 @@ def parse_config(
             config[key] = value
     if config["class_weights"] and config["sampler"] == "none":
         config["sampler"] = "manual"
+    problem = val_every_problem(config["val_every"])
+    if problem:
+        raise ConfigError(
+            f"--val-every {problem}: e.g. --val-every 0.25 validates four times an epoch, "
+            "--val-every 500 every 500 optimizer steps"
+        )
+    if config["log_every"] < 0:
+        raise ConfigError(
+            f"--log-every must be >= 0 (0 turns steps.csv off), got {config['log_every']}"
+        )
     if config["model"] not in MODELS and not config["model"].startswith(TIMM_PREFIX):
         # Checked here, not only in build_model, so a typo fails before the data is scanned.
         raise ConfigError(

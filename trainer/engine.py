@@ -8,8 +8,9 @@ One fit, top to bottom::
         for epoch in range(start, max_epochs):
             train_epoch(): on_train_epoch_start, per batch: to the device, forward, loss,
                 zero_grad (first micro-batch of a step), backward, and every `accumulate`
-                batches an optimizer step (clip, step, scheduler, EMA), then validation
-                (phase "val"), epoch row appended to history, on_train_epoch_end
+                batches an optimizer step (clip, step, scheduler, EMA) and, where `val_every`
+                falls, a validation (state.mid_epoch); then validation (phase "val"),
+                epoch row appended to history, on_train_epoch_end
             stop if a hook set state.should_stop (on any rank)
         on_train_end, on_fit_end
 
@@ -58,13 +59,14 @@ from trainer.distributed import (
 from trainer.ema import ModelEMA
 from trainer.errors import Interrupted
 from trainer.hook import Hook, HookPlan, describe_hook_plan, hook_keys
-from trainer.metrics import EvalTally, TrainTally, confusion_counter, is_better
+from trainer.metrics import EvalTally, TrainTally, confusion_counter, track_best
 from trainer.nonfinite import NonFiniteGuard
 from trainer.optim import default_optimizer, warmup_cosine
 from trainer.predict import PredictSource, predict
 from trainer.rng import get_rng_state, rank_rng_state, seed_everything, set_rng_state
 from trainer.signals import stop_on_signals
 from trainer.state import EngineState
+from trainer.val_check import ValCheck
 
 log = logging.getLogger("trainer")
 
@@ -109,6 +111,7 @@ class Engine:
         sanity_steps: validation batches run before training to catch errors early; 0 skips.
         monitor: metric in ``state.metrics`` that picks ``state.best``.
         mode: "max" or "min" for ``monitor``.
+        val_every: also validate each fraction F of an epoch or N steps (``trainer.val_check``).
         compile: wrap the model in ``torch.compile`` for the training forward pass.
         sync_bn: under DDP, turn BatchNorm layers into SyncBatchNorm (CUDA only), so the
             statistics span the global batch; useful when the per-GPU batch is small.
@@ -166,6 +169,7 @@ class Engine:
         sync_bn: bool = False,
         args: dict[str, Any] | None = None,
         max_nonfinite: int = 5,
+        val_every: float = 1.0,
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
@@ -219,6 +223,7 @@ class Engine:
             round(warmup_epochs * self.steps_per_epoch),
             max_epochs * self.steps_per_epoch,
         )
+        self._val_check = ValCheck(val_every, self.steps_per_epoch)
         self._amp_dtype = autocast_dtype(self.precision)
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
@@ -322,9 +327,7 @@ class Engine:
             self.artifacts.close()
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
-        """Class probabilities (N, C) on the CPU for a loader, a folder, or a list of image
-        paths and PIL images: validation's transform, ``eval_model``, autocast, predict hooks.
-        See ``trainer.predict.predict``."""
+        """Class probabilities (N, C) on the CPU; see ``trainer.predict.predict``."""
         return predict(self, source, batch_size)
 
     # ------------------------------------------------------------------------- train epoch
@@ -336,7 +339,7 @@ class Engine:
             sampler.set_epoch(s.epoch)
         self.model.train()
         s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
-        tally = TrainTally(self.device)
+        tally, first_step = TrainTally(self.device), s.step
         t0 = time.perf_counter()
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
@@ -346,6 +349,8 @@ class Engine:
             outputs = self._train_step(batch, batch_idx)
             tally.update(outputs["loss"], outputs["logits"], outputs["targets"])
             self._call("on_train_batch_end", outputs, batch, batch_idx)
+            if self._val_check.due(s.step, s.step - first_step):
+                self._validate_mid_epoch()
             if self._agree_to_stop():  # a signal raises: no validation or checkpoint of a part
                 break
         train_time = time.perf_counter() - t0
@@ -354,7 +359,7 @@ class Engine:
         s.metrics.update({"train/loss": loss, "train/acc": acc})
         s.metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         s.metrics["train/img_s"] = seen / max(time.perf_counter() - t0, 1e-9)
-        if self._val_loader is not None:
+        if not self._val_check.ran_at(s.step):  # a stop right after a mid-epoch check
             self._eval_loop("val", self._val_loader)
         s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
         s.phase = "train"
@@ -384,13 +389,16 @@ class Engine:
 
     def _end_epoch(self) -> None:
         """Append this epoch's row to history and track the best epoch by ``monitor``."""
+        self.state.history.append(track_best(self.state, self.monitor, self.mode))
+
+    def _validate_mid_epoch(self) -> None:
+        """A ``val_every`` check inside the epoch. Hooks see ``state.mid_epoch``: best.pt may be
+        written then, the resumable last.pt only at the epoch end. Best tracking follows it."""
         s = self.state
-        row = {"epoch": float(s.epoch), "step": float(s.step), **s.metrics}
-        s.history.append(row)
-        best = None if s.best is None else s.best.get(self.monitor)
-        s.is_best = is_better(row.get(self.monitor), best, self.mode)
-        if s.is_best:
-            s.best = dict(row)
+        where, s.mid_epoch = (s.num_batches, s.batch_idx), True
+        self._eval_loop("val", self._val_loader)
+        (s.num_batches, s.batch_idx), s.mid_epoch, s.phase = where, False, "train"
+        track_best(s, self.monitor, self.mode)
 
     def _grad_sync(self, stepping: bool) -> contextlib.AbstractContextManager[Any]:
         """DDP all-reduces gradients in backward; micro-batches that only accumulate skip it."""
@@ -496,23 +504,16 @@ class Engine:
         return metrics
 
     def _eval_metrics(self, phase: str, tally: EvalTally, t0: float) -> dict[str, float]:
-        """Reduce the pass's counts over ranks; fill ``state.metrics``, ``per_class_acc`` and
-        ``confusion_matrix``, which every rank then holds."""
-        s = self.state
-        cm, loss, top5, seen = tally.compute(self._confmat)
-        if seen == 0:
+        """Reduce the pass's counts over ranks; fill ``state.metrics``, ``per_class_acc``,
+        ``confusion_matrix`` and ``calibration``, which every rank then holds."""
+        s, prefix = self.state, "test" if phase == "test" else "val"
+        counts = tally.compute(self._confmat)
+        metrics = counts.summary(prefix)
+        if not metrics:
             return {}
-        prefix = "test" if phase == "test" else "val"
-        metrics = {f"{prefix}/loss": loss / seen, f"{prefix}/acc": float(cm.diag().sum()) / seen}
-        if self.data.num_classes >= 5:
-            metrics[f"{prefix}/acc_top5"] = top5 / seen
         metrics[f"{prefix}/time"] = time.perf_counter() - t0
-        hits, support = cm.diag().tolist(), cm.sum(1).tolist()
-        s.per_class_acc = {
-            name: (hits[i] / support[i] if support[i] > 0 else None)
-            for i, name in enumerate(self.data.classes)
-        }
-        s.confusion_matrix = cm
+        s.per_class_acc = counts.per_class_accuracy(self.data.classes)
+        s.confusion_matrix, s.calibration = counts.confusion, counts.calibration
         s.metrics.update(metrics)
         return metrics
 

@@ -7,11 +7,15 @@ them over ranks (one collective) and reads them once.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from trainer.distributed import all_reduce_sum
+
+if TYPE_CHECKING:
+    from trainer.state import EngineState
 
 
 def is_better(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -28,6 +32,22 @@ def is_better(value: float | None, best: float | None, mode: str, min_delta: flo
     if best is None:
         return True
     return (value - best if mode == "max" else best - value) > min_delta
+
+
+def monitor_mode(metric: str) -> str:
+    """"min" for the metrics where lower is better (losses, calibration error), else "max"."""
+    return "min" if metric.endswith(("loss", "ece")) else "max"
+
+
+def track_best(state: EngineState, monitor: str, mode: str) -> dict[str, float]:
+    """The row of the validation that just ran (``epoch``, ``step`` and ``state.metrics``);
+    sets ``state.is_best`` by ``monitor`` under ``mode`` and, when it is, ``state.best``."""
+    row = {"epoch": float(state.epoch), "step": float(state.step), **state.metrics}
+    best = None if state.best is None else state.best.get(monitor)
+    state.is_best = is_better(row.get(monitor), best, mode)
+    if state.is_best:
+        state.best = dict(row)
+    return row
 
 
 def confusion_counter(num_classes: int, device: torch.device) -> Any:
@@ -63,7 +83,12 @@ class TrainTally:
 
     def compute(self) -> tuple[float, float, float]:
         """Over all ranks: mean loss and accuracy (NaN when no batch was finite), images seen."""
-        counts = [self.loss, self.correct, self.counted, torch.tensor(self.seen, device=self.device)]
+        counts = [
+            self.loss,
+            self.correct,
+            self.counted,
+            torch.tensor(self.seen, device=self.device),
+        ]
         totals = all_reduce_sum(torch.stack([c.double() for c in counts]))
         loss, correct, counted, seen = totals.tolist()
         if not counted:
@@ -71,11 +96,72 @@ class TrainTally:
         return loss / counted, correct / counted, seen
 
 
+# Confidence bins of the expected calibration error, torchmetrics' default.
+CALIBRATION_BINS = 15
+
+
+class EvalCounts(NamedTuple):
+    """A validation or test pass's counts, summed over ranks (``EvalTally.compute``).
+
+    Attributes:
+        confusion: CPU int64 ``(C, C)``, rows = true class.
+        loss: the sum of the per-image losses.
+        top5: images whose class is among their five highest logits.
+        seen: images.
+        calibration: CPU float64 ``(3, CALIBRATION_BINS + 1)``: per confidence bin the image
+            count, the sum of top-1 confidences and the sum of top-1 hits. Bins are
+            torchmetrics' (``bucketize`` on ``linspace(0, 1, 16)``): the extra last one holds
+            confidences of exactly 1.
+    """
+
+    confusion: torch.Tensor
+    loss: float
+    top5: float
+    seen: float
+    calibration: torch.Tensor
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        """The scalar metrics of the pass, ``{prefix}/...``: loss, acc, acc_top5 (5+ classes),
+        macro_f1, balanced_acc and ece; empty when the pass saw no image.
+
+        ``macro_f1`` averages F1 over the classes that occur (true or predicted), as
+        torchmetrics' ``MulticlassF1Score(average="macro")``; ``balanced_acc`` averages recall
+        over the classes with images, as scikit-learn's ``balanced_accuracy_score``; ``ece`` is
+        the expected calibration error of the top-1 confidence (``MulticlassCalibrationError``
+        with 15 bins): the images' mean gap between confidence and accuracy, bin by bin.
+        """
+        seen, cm = self.seen, self.confusion
+        if seen == 0:
+            return {}
+        per_class = class_metrics(cm)
+        occurs = (per_class["support"] + cm.sum(0)) > 0
+        present = per_class["support"] > 0
+        _, confidence, hits = self.calibration
+        metrics = {
+            f"{prefix}/loss": self.loss / seen,
+            f"{prefix}/acc": float(cm.diag().sum()) / seen,
+        }
+        if len(cm) >= 5:
+            metrics[f"{prefix}/acc_top5"] = self.top5 / seen
+        metrics[f"{prefix}/macro_f1"] = float(per_class["f1"][occurs].mean())
+        metrics[f"{prefix}/balanced_acc"] = float(per_class["recall"][present].mean())
+        # sum over bins of |acc_b - conf_b| * n_b / N, with acc_b * n_b = hits_b
+        metrics[f"{prefix}/ece"] = float((hits - confidence).abs().sum()) / seen
+        return metrics
+
+    def per_class_accuracy(self, classes: Sequence[str]) -> dict[str, float | None]:
+        """Accuracy per class name (its images predicted right); None for a class with none."""
+        hits, support = self.confusion.diag().tolist(), self.confusion.sum(1).tolist()
+        return {c: (hits[i] / support[i] if support[i] else None) for i, c in enumerate(classes)}
+
+
 class EvalTally:
-    """Loss, top-5 hits and the confusion matrix of a validation or test pass.
+    """Loss, top-5 hits, confidence bins and the confusion matrix of a validation or test pass.
 
     Predictions gather on the device; the confusion matrix (whose bincount would make the host
-    wait for the GPU on every batch) is built once, in ``compute``.
+    wait for the GPU on every batch) is built once, in ``compute``. The confidence histogram
+    (for the calibration error) adds up on the device, no host read, with a one-hot matmul
+    rather than ``index_add_``, whose CUDA atomics would sum in a different order each run.
     """
 
     def __init__(self, num_classes: int, device: torch.device) -> None:
@@ -84,6 +170,9 @@ class EvalTally:
         self.targets: list[torch.Tensor] = []
         self.loss = torch.zeros((), device=device)
         self.top5 = torch.zeros((), device=device, dtype=torch.long)
+        self.bins = torch.zeros(3, CALIBRATION_BINS + 1, dtype=torch.float64, device=device)
+        self._edges = torch.linspace(0, 1, CALIBRATION_BINS + 1, device=device)
+        self._slots = torch.arange(CALIBRATION_BINS + 1, device=device)
         self.seen = 0
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -93,10 +182,15 @@ class EvalTally:
         self.targets.append(targets)
         if self.num_classes >= 5:
             self.top5 += (logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()
+        # torchmetrics' confidences and binning, so val/ece equals MulticlassCalibrationError's.
+        confidence, pred = logits.float().softmax(1).max(1)
+        slot = torch.bucketize(confidence, self._edges, right=True) - 1
+        hits = (pred == targets).to(confidence.dtype)
+        rows = torch.stack([torch.ones_like(confidence), confidence, hits]).double()
+        self.bins += rows @ (slot[:, None] == self._slots).double()
 
-    def compute(self, confmat: Any) -> tuple[torch.Tensor, float, float, float]:
-        """Summed over ranks, one all-reduce: the confusion matrix (CPU int64, rows = true
-        class), the loss sum, top-5 hits and images seen (float64 holds counts exactly up to
+    def compute(self, confmat: Any) -> EvalCounts:
+        """Summed over ranks, one all-reduce, read once (float64 holds counts exactly up to
         2**53). ``confmat`` is a torchmetrics ``MulticlassConfusionMatrix`` to count with.
         """
         n = self.num_classes
@@ -106,6 +200,33 @@ class EvalTally:
             confmat.update(torch.cat(self.preds), torch.cat(self.targets))
             local = confmat.compute().flatten().double()
         sums = [self.loss, self.top5, torch.tensor(self.seen, device=self.device)]
-        totals = all_reduce_sum(torch.cat([local] + [t.double()[None] for t in sums])).cpu()
-        loss, top5, seen = totals[n * n :].tolist()
-        return totals[: n * n].view(n, n).long(), loss, top5, seen
+        parts = [local, self.bins.flatten()] + [t.double()[None] for t in sums]
+        totals = all_reduce_sum(torch.cat(parts)).cpu()
+        loss, top5, seen = totals[-3:].tolist()
+        bins = totals[n * n : -3].view(3, CALIBRATION_BINS + 1)
+        return EvalCounts(totals[: n * n].view(n, n).long(), loss, top5, seen, bins)
+
+
+def class_metrics(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class accuracy, precision, recall, F1 and support from a confusion matrix.
+
+    Everything follows from the counts (rows = true class), so no second pass over the
+    predictions. A ratio whose denominator is 0 is 0, as in torchmetrics. ``accuracy`` is
+    torchmetrics' ``MulticlassAccuracy(average=None)``: the share of the class's images that
+    were predicted as it, the same number as recall.
+
+    Returns:
+        float64 tensors of shape ``(C,)`` keyed "accuracy", "precision", "recall", "f1",
+        "support" (images of the class).
+    """
+    cm = confusion.double()
+    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
+    recall = _safe_div(tp, support)
+    precision = _safe_div(tp, predicted)
+    f1 = _safe_div(2 * tp, support + predicted)
+    return {"accuracy": recall, "precision": precision, "recall": recall, "f1": f1,
+            "support": support}  # fmt: skip
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))

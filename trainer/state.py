@@ -26,7 +26,14 @@ class EngineState:
         per_class_acc: last validation's accuracy per class name; None where val has no sample.
         confusion_matrix: the last validation's (or test's) confusion matrix over all ranks, a
             CPU int64 tensor, rows = true class; None before any. Hooks render it.
+        calibration: the last validation's (or test's) confidence histogram over all ranks,
+            CPU float64 ``(3, bins + 1)``: count, confidence sum, hit sum per bin (see
+            ``trainer.metrics.EvalCounts``); None before any. The reliability diagram's data.
+        mid_epoch: True while a validation runs inside a training epoch (``val_every`` below
+            an epoch); checkpoints written then are best-model files, not resume points.
         history: one dict per finished epoch (``epoch`` plus every metric); ``fit()`` returns it.
+        step_log: one dict every N optimizer steps (``step``, ``epoch``, ``lr``, ``loss``,
+            ``img_s``), appended by ``hooks.StepLogHook``; ``steps.csv`` holds the same rows.
         best: the history row of the best epoch by ``Engine.monitor``, or None before any.
         is_best: whether the epoch that just ended is the new best.
         should_stop: set True (by a hook) to end the fit at the next batch or epoch boundary.
@@ -44,7 +51,10 @@ class EngineState:
     metrics: dict[str, float] = field(default_factory=dict)
     per_class_acc: dict[str, float | None] = field(default_factory=dict)
     confusion_matrix: torch.Tensor | None = None
+    calibration: torch.Tensor | None = None
+    mid_epoch: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    step_log: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] | None = None
     is_best: bool = False
     should_stop: bool = False
@@ -52,10 +62,11 @@ class EngineState:
     stop_reason: str = ""
 
     def state_dict(self) -> dict[str, Any]:
-        """Every field but the confusion matrix (the plots keep it; checkpoints need not)."""
+        """Every field but the confusion matrix and calibration (plots keep them; checkpoints
+        need not)."""
         # Not asdict: it would deep-copy the matrix (8 MB at 1,000 classes) only to drop it.
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-        del fields["confusion_matrix"]
+        del fields["confusion_matrix"], fields["calibration"]
         return copy.deepcopy(fields)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

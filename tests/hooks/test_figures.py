@@ -19,6 +19,7 @@ def test_every_plotting_hook_keeps_its_latest_figure(tmp_path: Path) -> None:
     plotting = [h for h in hooks if hasattr(h, "figure")]
     names = {type(h).__name__ for h in plotting}
     assert names == {
+        "CalibrationHook",
         "ConfusionMatrixHook",
         "DatasetStatisticsHook",
         "SampleVisualizationHook",

@@ -79,7 +79,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         report = ReportHook(out)
         recorder = _PageAtEpochEnd(report.path)
         # Without default_hooks' own ReportHook (once it has one): this one is inspected.
-        others = [h for h in default_hooks(out, progress=False) if not isinstance(h, ReportHook)]
+        hooks = default_hooks(out, progress=False, log_every=2)  # steps.csv too
+        others = [h for h in hooks if not isinstance(h, ReportHook)]
         hooks = [*others, report, recorder]
         run_fit(hooks, StandInData(classes=CLASSES), epochs=2)
     finally:
@@ -92,11 +93,12 @@ def test_sections_and_links_resolve_on_disk(run: Run) -> None:
     assert page == run.hook.html
     parser = _Links()
     parser.feed(page)
-    for section in ("summary", "metrics", "curves", "confusion", "samples", "data", "model"):
+    for section in ("summary", "metrics", "curves", "confusion", "per-class", "calibration",
+                    "samples", "data", "model"):  # fmt: skip
         assert section in parser.ids
     assert {"export", "files", "config"} <= set(parser.ids)
-    # 3 curves, 1 confusion matrix, 2 sample grids, 2 distributions.
-    assert len(parser.images) == 8
+    # 3 curves, 1 confusion matrix, 1 reliability diagram, 2 sample grids, 2 distributions.
+    assert len(parser.images) == 9
     for ref in parser.images + parser.links:
         if ref.startswith("#"):
             assert ref[1:] in parser.ids
@@ -109,6 +111,8 @@ def test_sections_and_links_resolve_on_disk(run: Run) -> None:
         "checkpoints/last.pt",
         "model.onnx",
         "labels_mapping.json",
+        "per_class.csv",
+        "steps.csv",
         "plots/confusion_matrix/epoch_000.png",  # every epoch's matrix is linked
         "plots/confusion_matrix/epoch_001.png",
     ):
@@ -155,7 +159,7 @@ def test_report_in_headless_chromium(run: Run, tmp_path: Path) -> None:
         )
     shot = tmp_path / "report.png"
     check = check_page(run.hook.path.resolve().as_uri(), screenshot=shot)
-    assert len(check.images) == 8
+    assert len(check.images) == 9  # the reliability diagram too
     assert check.broken_images == []
     assert check.errors == []
     assert all(url.startswith("file://") for url in check.requests), check.requests

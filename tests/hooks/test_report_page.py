@@ -24,3 +24,22 @@ def test_render_escapes_everything_from_data(tmp_path: Path) -> None:
     assert "&lt;script&gt;" in page
     # An empty run folder: no images, no dead links, and only the sections with content.
     assert "<img" not in page and 'id="metrics"' not in page and 'id="files"' not in page
+
+
+def test_per_class_table_worst_first_and_the_reliability_diagram(tmp_path: Path) -> None:
+    header = "epoch,step,class_index,class,accuracy,precision,recall,f1,support\n"
+    first = "0,4,0,cat,1,1,1,1,5\n0,4,1,dog,1,1,1,1,4\n0,4,2,<b>ird,1,1,1,1,3\n"
+    last = "1,8,0,cat,0.8,0.5,0.8,0.615385,5\n1,8,1,dog,1,1,1,1,4\n1,8,2,<b>ird,0,0,0,0,3\n"
+    (tmp_path / "per_class.csv").write_text(header + first + last, encoding="utf-8")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "reliability.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    run = RunFacts("r", "finished", 2, 2, [], best=None, monitor="val/acc")
+    page = render_report(tmp_path, run)
+    section = page[page.index('id="per-class"') : page.index('id="calibration"')]
+    order = [section.index(name) for name in ("&lt;b&gt;ird", "cat", "dog")]
+    assert order == sorted(order)  # F1 0, then 0.615, then 1: the worst class first
+    assert "<b>ird" not in page  # class names are escaped
+    assert "0.6154" in section and "epoch 2 (step 8)" in section
+    assert section.count("<tr>") == 1 + 3  # the header and the last validation's 3 classes
+    assert 'src="plots/reliability.png"' in page
+    assert 'href="per_class.csv"' in page

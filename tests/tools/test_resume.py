@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,15 @@ from trainer.hook import Hook
 train = load_tool("train")
 
 EPOCHS, STOP_AFTER = 4, 2
-TIMING = ("epoch_time", "val/time", "train/img_s")
+TIMING = ("epoch_time", "val/time", "train/img_s", "img_s")
 
 
-def argv(root: Path, out: Path, workers: int) -> list[str]:
+def argv(root: Path, out: Path, workers: int, extra: Sequence[str] = ()) -> list[str]:
     return [
         "--data", str(root), "--out", str(out), "--epochs", str(EPOCHS), "--workers", str(workers),
         "--img-size", "16", "--batch-size", "4", "--model", "small_cnn", "--device", "cpu",
         "--crop-scale", "0.3", "--ema-decay", "0.9", "--sampler", "balanced",
-        "--precision", "16-mixed", "--sanity-steps", "1", "--quiet", *NO_OUTPUTS,
+        "--precision", "16-mixed", "--sanity-steps", "1", "--quiet", *NO_OUTPUTS, *extra,
     ]  # fmt: skip
 
 
@@ -62,13 +62,13 @@ def with_interrupt(default_hooks: Callable[..., list[Hook]]) -> Callable[..., li
     return lambda *a, **k: [*default_hooks(*a, **k), SigintAfter(STOP_AFTER)]
 
 
-def three_runs(root: Path, tmp: Path, workers: int) -> None:
+def three_runs(root: Path, tmp: Path, workers: int, extra: Sequence[str] = ()) -> None:
     """Straight to the end in ``tmp/straight``; interrupted, then resumed, in ``tmp/resumed``."""
-    assert train.main(argv(root, tmp / "straight", workers)) == 0
+    assert train.main(argv(root, tmp / "straight", workers, extra)) == 0
     real = train.default_hooks
     train.default_hooks = with_interrupt(real)
     try:
-        assert train.main(argv(root, tmp / "resumed", workers)) == 128 + signal.SIGINT
+        assert train.main(argv(root, tmp / "resumed", workers, extra)) == 128 + signal.SIGINT
     finally:
         train.default_hooks = real
     assert train.main(["--resume", str(tmp / "resumed")]) == 0
@@ -123,6 +123,24 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(
 ) -> None:
     three_runs(tree, tmp_path, workers)
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_resume_is_exact_with_mid_epoch_validation_and_the_step_and_class_files(
+    tree: Path, tmp_path: Path
+) -> None:
+    """--val-every: checkpoints stay resumable at epoch ends only, and the straight and resumed
+    runs agree on metrics.csv, steps.csv (a row spans the epoch end resumed from) and
+    per_class.csv (the killed run's rows after its last epoch end are not repeated)."""
+    three_runs(tree, tmp_path, 0, ["--val-every", "0.5", "--log-every", "3", "--per-class"])
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    for name in ("steps.csv", "per_class.csv"):
+        a, b = (_csv(tmp_path / run / name) for run in ("straight", "resumed"))
+        assert len(a) > EPOCHS and a == b, name
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
 
 
 def test_augmentation_does_not_depend_on_the_worker_count(tree: Path, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         # A straight run with every default hook but export (the ONNX hook checks rank itself).
         out = tmp / "straight"
         draws = RecordDraws()
-        hooks = [*default_hooks(out, progress=False, export=False), draws]
+        hooks = [*default_hooks(out, progress=False, export=False, log_every=3), draws]
         engine = make_engine(root, BATCH, hooks)
         engine.fit()
         val = engine.validate()
@@ -171,12 +171,10 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
 
         # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
         with pytest.raises(KeyboardInterrupt):
-            make_engine(
-                root,
-                BATCH,
-                [*default_hooks(tmp / "b", progress=False, export=False), KillAfterEpoch(0)],
-            ).fit()
-        resumed = make_engine(root, BATCH, default_hooks(tmp / "b", progress=False, export=False))
+            killed = default_hooks(tmp / "b", progress=False, export=False, log_every=3)
+            make_engine(root, BATCH, [*killed, KillAfterEpoch(0)]).fit()
+        resumed_hooks = default_hooks(tmp / "b", progress=False, export=False, log_every=3)
+        resumed = make_engine(root, BATCH, resumed_hooks)
         resumed.fit(resume=tmp / "b")
 
         # SIGTERM to rank 1 alone, mid-epoch: both ranks stop after the same step.
@@ -196,6 +194,8 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "sampler_rows": sd.rows,
                 "resumed_model": resumed.model.state_dict(),
                 "resumed_history": resumed.state.history,
+                "step_log": engine.state.step_log,
+                "resumed_step_log": resumed.state.step_log,
                 "writes": writes,
                 "signal_exit": (info.value.exit_code, stopped.state.step),
             },
@@ -290,6 +290,9 @@ def test_resume_under_ddp_continues_exactly(ddp: dict[str, Any]) -> None:
         return [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
 
     assert strip(r0["resumed_history"]) == strip(r0["history"])
+    # steps.csv (a row at step 3 of 4, across the epoch end resumed from): sums over the ranks.
+    assert r0["step_log"] and strip(r0["step_log"]) == strip(r1["step_log"])
+    assert strip(r0["resumed_step_log"]) == strip(r0["step_log"])
     for k, v in r0["model"].items():
         assert torch.equal(v, r0["resumed_model"][k]), k
         assert torch.equal(v, r1["resumed_model"][k]), k

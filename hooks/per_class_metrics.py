@@ -1,0 +1,68 @@
+"""PerClassMetricsHook: ``per_class.csv``, each class's accuracy, precision, recall, F1 and
+support at every validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hooks.csv_log import CsvLog
+from trainer.distributed import rank_zero_only
+from trainer.hook import Hook
+from trainer.metrics import class_metrics
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+HEADER = ["epoch", "step", "class_index", "class", "accuracy", "precision", "recall", "f1",
+          "support"]  # fmt: skip
+METRICS = ["accuracy", "precision", "recall", "f1", "support"]
+
+
+class PerClassMetricsHook(Hook):
+    """Appends one row per class to ``per_class.csv`` after each validation.
+
+    The numbers come from the confusion matrix the engine already counted
+    (``engine.state.confusion_matrix``, summed over ranks): no second pass over the logits,
+    no second all-reduce. ``accuracy`` is torchmetrics' per-class accuracy (the share of the
+    class's images predicted as it, so the same as ``recall``); a ratio with nothing to
+    divide by is 0, as in torchmetrics; ``support`` is the class's validation images. Epochs
+    count from 0 as in ``metrics.csv``; ``step`` tells apart the validations inside an epoch
+    (``--val-every``). The sanity check is left out; rank 0 writes. A resumed run drops the
+    rows after its checkpoint's step, so each validation appears once.
+
+    Args:
+        out_dir: the run folder.
+
+    Attributes:
+        latest: the last validation's rows, as written.
+
+    Example:
+        >>> hook = PerClassMetricsHook("runs/a")
+        >>> Engine(model, data, hooks=[hook]).fit()
+        >>> min(hook.latest, key=lambda row: row[7])  # the class with the lowest F1
+    """
+
+    order = 20
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.log = CsvLog(Path(out_dir) / "per_class.csv", HEADER)
+        self.latest: list[list[Any]] = []
+
+    @rank_zero_only
+    def on_fit_start(self, engine: Engine) -> None:
+        self.log.start(engine.state.step)
+
+    @rank_zero_only
+    def on_validation_end(self, engine: Engine) -> None:
+        s = engine.state
+        if s.phase != "val" or s.confusion_matrix is None:
+            return
+        values = class_metrics(s.confusion_matrix)
+        columns = [values[k].tolist() for k in METRICS]
+        self.latest = [
+            [s.epoch, s.step, i, name, *(round(c[i], 6) for c in columns[:-1]), int(columns[-1][i])]
+            for i, name in enumerate(engine.data.classes)
+        ]
+        self.log.append(engine.artifacts, self.latest)
