@@ -93,8 +93,10 @@ class ArtifactWriter:
             fn: draws and writes the artefact.
             path: the file ``fn`` writes, named in warnings.
             replace: ``fn`` rewrites the whole file (a plot redrawn every epoch): a queued,
-                not yet started job for the same file is replaced by this one, in its place,
-                so a writer that fell behind draws the file once, with the newest data.
+                not yet started job for the same file is dropped and this one queued at the
+                end, so a writer that fell behind draws the file once, with the newest data,
+                and still after every job submitted before it (the final report sees the
+                last epoch's plots).
         """
         path = os.fspath(path)
         if not self.background:
@@ -102,10 +104,10 @@ class ArtifactWriter:
             return
         key = os.path.abspath(path) if replace else None
         with self._cond:
-            older = self._queued.get(key) if key is not None else None
+            older = self._queued.pop(key, None) if key is not None else None
             if older is not None:
-                older.fn = fn
-                return
+                self._queue.remove(older)
+                self._unfinished -= 1
             job = _Job(fn, path, key)
             if key is not None:
                 self._queued[key] = job

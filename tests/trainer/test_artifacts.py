@@ -61,7 +61,9 @@ def test_inline_writer_runs_jobs_where_they_are_submitted(tmp_path: Path) -> Non
     assert names == [threading.current_thread().name]
 
 
-def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> None:
+def test_a_replacing_job_drops_the_queued_older_one_and_runs_after_everything_before_it(
+    tmp_path: Path,
+) -> None:
     writer = ArtifactWriter()
     release = _blocked(writer, tmp_path)  # everything below stays queued
     ran: list[str] = []
@@ -75,8 +77,10 @@ def test_a_replacing_job_takes_the_queued_older_ones_slot(tmp_path: Path) -> Non
     writer.submit(lambda: ran.append("report 2"), report, replace=True)
     release.set()
     writer.flush()
-    # The newest loss plot runs once, in the older job's slot, so the report still follows it.
-    assert ran == ["loss 2", "epoch_001.png", "report 2", "tb 1", "tb 2"]
+    # The newest loss plot and report run once each, and each after every job submitted before
+    # it: the last report sees every file asked for before it (a writer that lags must not
+    # leave the final page drawn from an older epoch's files).
+    assert ran == ["epoch_001.png", "loss 2", "tb 1", "tb 2", "report 2"]
     # A job that has started is never replaced: the next one queues anew and runs too.
     writer.submit(lambda: ran.append("loss 3"), loss, replace=True)
     writer.flush()
