@@ -30,12 +30,19 @@ from run_folder import (
     same_folder,
 )
 from runtime import steady_malloc
-from train_config import NOT_SAVED, parse_class_weights, parse_config
+from train_config import (
+    NOT_SAVED,
+    PIPELINE_KEY,
+    augment_from_config,
+    parse_class_weights,
+    parse_config,
+)
 
 from hooks import default_hooks
 from trainer.checkpoint import checkpoint_file, load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
+from trainer.data.pipelines import describe_pipelines, load_transforms_file
 from trainer.device import resolve_device
 from trainer.distributed import (
     barrier,
@@ -133,6 +140,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     root = Path(config["data"]) if config["data"] else demo_dataset()
     if config["data"] is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
+    pipelines = None  # --transforms FILE.py: the user's own train and val pipelines
+    if config["transforms"]:
+        pipelines = load_transforms_file(config["transforms"], config["img_size"])
     data = ImageFolderData(
         root,
         img_size=config["img_size"],
@@ -148,6 +158,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         cache=None if config["cache"] == "none" else config["cache"],
         max_bad_fraction=config["max_bad_fraction"],
         decode=config["decode"],
+        augment=augment_from_config(config),
+        train_transform=pipelines[0] if pipelines else None,
+        val_transform=pipelines[1] if pipelines else None,
     )
     log.info(data.summary())
     seed_everything(config["seed"])  # the model's initial weights too
@@ -156,6 +169,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         check_resume_weights(ckpt, model, data.classes, config, checkpoint_file(resume))
         del ckpt  # fit reads it again; a large checkpoint should not be held twice meanwhile
     saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
+    saved[PIPELINE_KEY] = describe_pipelines(
+        data.train_pipeline(), data.val_pipeline(), config["transforms"]
+    )
     if is_global_zero():
         try:
             if config["overwrite"]:

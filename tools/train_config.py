@@ -5,18 +5,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from run_folder import run_dir_of
 
+from trainer.data.augment import AUTO_AUGMENT, Augment
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
 
 # Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
 NOT_SAVED = ("resume", "config", "print_config", "overwrite")
+# args.json's record of the transform pipelines the run used: written by train.py, not a flag.
+PIPELINE_KEY = "pipeline"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="abort when more than this share of the images cannot be read",
     )
+
+    add_augment_flags(p)
 
     g = p.add_argument_group("model")
     g.add_argument(
@@ -223,6 +229,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_augment_flags(p: argparse.ArgumentParser) -> None:
+    """Augmentation beyond crop, flip and jitter (trainer.data.augment), and custom pipelines."""
+    g = p.add_argument_group("augmentation (training images; each off by default)")
+    g.add_argument(
+        "--auto-augment",
+        choices=AUTO_AUGMENT,
+        default="none",
+        help="an AutoAugment-style policy from torchvision.transforms.v2",
+    )
+    g.add_argument(
+        "--random-erasing",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of erasing a random box to the mean colour",
+    )
+    g.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=0,
+        metavar="LOW",
+        help="re-encode as JPEG with a quality drawn from [LOW, 100]; 0 is off",
+    )
+    g.add_argument(
+        "--blur",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a Gaussian blur (kernel 7, sigma 0.1 to 2)",
+    )
+    g.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of Gaussian noise (sigma 0.08 of the range)",
+    )
+    g.add_argument(
+        "--downscale",
+        type=float,
+        default=0.0,
+        metavar="LOW",
+        help="shrink by a factor drawn from [LOW, 1] and scale back; 0 is off",
+    )
+    g.add_argument(
+        "--affine",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a random affine map (rotate 15, shift 10%%, scale 0.9-1.1, shear 10)",
+    )
+    g.add_argument(
+        "--perspective",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a random perspective warp (distortion 0.3)",
+    )
+    g.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="MixUp on the device, Beta(ALPHA, ALPHA); 0 is off",
+    )
+    g.add_argument(
+        "--cutmix",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="CutMix on the device, Beta(ALPHA, ALPHA); 0 is off (both on: one per batch)",
+    )
+    g.add_argument("--transforms", type=str, default=None, metavar="FILE.py",
+                   help="your own pipelines: FILE.py defines train_transforms(img_size) and "
+                   "val_transforms(img_size) returning v2 transforms on uint8 tensors")  # fmt: skip
+
+
+def augment_from_config(config: dict[str, Any]) -> Augment:
+    """The ``Augment`` the augmentation flags describe."""
+    return Augment(**{f.name: config[f.name] for f in dataclasses.fields(Augment)})
+
+
 def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse flags; --config (or a resumed run's args.json) supplies defaults, flags win."""
     parser = build_parser()
@@ -242,6 +330,7 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"--config {replay} does not exist; pass a run's args.json") from e
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"--config {replay} is not readable JSON ({e})") from e
+        saved.pop(PIPELINE_KEY, None)
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(saved) - known)
         if unknown:

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
 from trainer.checkpoint import check_resumable, checkpoint_file, load_checkpoint, save_checkpoint
+from trainer.data.mix import keep_batch
 from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
@@ -226,6 +227,7 @@ class Engine:
         self._to_device = BatchToDevice(
             self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
         )
+        self._mix = getattr(data, "batch_mix", None) or keep_batch  # MixUp/CutMix, data/mix.py
         self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
         self._plan = resolve_hook_plan(self.hooks)
@@ -349,12 +351,13 @@ class Engine:
     def _train_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Forward, loss, backward; the optimizer step on the last micro-batch of a step."""
         x, y = self._to_device(batch)
+        x, target = self._mix(x, y, (self.state.epoch, batch_idx))  # soft targets if mixing
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
         with self._grad_sync(stepping):
             self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
             with self._autocast():
                 logits = self._forward_model(x)
-                loss = self.loss_fn(logits, y)
+                loss = self.loss_fn(logits, target)
             self._nonfinite.observe(loss)
             self._call("on_before_backward", loss)
             self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
