@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--pretrained",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="start from ImageNet weights, torchvision's or timm's (downloads once)",
     )
 
@@ -229,8 +231,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# --recipe: defaults for a kind of run, each a function of the demo or --data defaults. Flags
+# given on the command line win; so do the values a replayed args.json holds (--resume,
+# --config), unless --recipe itself is given on the command line.
+RECIPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "quick": lambda base: {"epochs": 5, "warmup_epochs": 0.5},
+    "finetune": lambda base: {
+        "pretrained": True,
+        "model": "resnet18" if base["model"] == "small_cnn" else base["model"],  # has weights
+        "lr": float(f"{base['lr'] / 10:.3g}"),
+        "ema_decay": 0.999,
+        "crop_scale": max(base["crop_scale"], 0.35),  # light augmentation
+        "warmup_epochs": 0.5,
+    },
+    "scratch": lambda base: {
+        "epochs": 2 * base["epochs"],
+        "auto_augment": "trivialaugment",
+        "random_erasing": 0.25,
+        "mixup": 0.2,
+        "cutmix": 1.0,
+        "label_smoothing": 0.1,
+    },
+}
+
+
 def add_augment_flags(p: argparse.ArgumentParser) -> None:
-    """Augmentation beyond crop, flip and jitter (trainer.data.augment), and custom pipelines."""
+    """Augmentation beyond crop, flip and jitter (trainer.data.augment), custom pipelines, and
+    the recipes."""
+    p.add_argument_group("recipe").add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="defaults for a kind of run (explicit flags win): quick (5 epochs), finetune "
+        "(pretrained, lr / 10, EMA, light augmentation), scratch (TrivialAugment, random "
+        "erasing, MixUp/CutMix, label smoothing, twice the epochs); see the README",
+    )
     g = p.add_argument_group("augmentation (training images; each off by default)")
     g.add_argument(
         "--auto-augment",
@@ -344,6 +379,12 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
         args = parser.parse_args(argv)
     config = vars(args)
     defaults = DEMO_DEFAULTS if config["data"] is None else DATA_DEFAULTS
+    if config["recipe"]:
+        given = explicit_flags(argv)
+        kept = given if replay is None or "recipe" in given else given | set(saved)
+        for key, value in RECIPES[config["recipe"]](defaults).items():
+            if key not in kept:
+                config[key] = value
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
@@ -356,6 +397,14 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
             f"nor {TIMM_PREFIX}<name> for a timm model"
         )
     return config
+
+
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The config keys of the flags given on the command line (not left to their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def parse_class_weights(text: str | None) -> dict[str, float] | None:
