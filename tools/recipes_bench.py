@@ -57,7 +57,7 @@ def digits_tree(root: Path) -> Path:
         folder = root / ("val" if i % 5 == 0 else "train") / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (img * (255 / 16)).round().astype("uint8")
-        Image.fromarray(pixels).convert("RGB").resize((32, 32), Image.BILINEAR).save(
+        Image.fromarray(pixels).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR).save(
             folder / f"{i}.png"
         )
     (root / ".complete").touch()
