@@ -12,6 +12,7 @@ import torch
 from hooks.checkpoint import CheckpointHook
 from tests.conftest import KillAfterEpoch, StandInData, make_engine
 from trainer.data.mix import BatchMix
+from trainer.hook import Hook
 from trainer.losses import build_loss
 
 NAMES = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "__index__", "numpy")
@@ -76,6 +77,41 @@ def test_mixing_reads_nothing_back_from_the_tensors(monkeypatch: pytest.MonkeyPa
     assert reads == []
 
 
+def test_training_steps_with_mixing_and_a_weighted_soft_loss_read_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's step with BatchMix and the focal loss on soft targets with class weights:
+    no tensor read on the host between on_train_batch_start and on_train_batch_end."""
+    state = {"on": False, "reads": 0}
+
+    class Window(Hook):
+        order = -(10**9)
+
+        def on_train_batch_start(self, engine: Any, batch: Any, batch_idx: int) -> None:
+            state["on"] = True
+
+    class Close(Hook):
+        order = 10**9
+
+        def on_train_batch_end(self, engine: Any, outputs: Any, batch: Any, i: int) -> None:
+            state["on"] = False
+
+    for name in NAMES:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self: torch.Tensor, *a: Any, _real: Any = real, **k: Any) -> Any:
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            if state["on"] and "torch/optim" not in caller:  # optim's host step counters
+                state["reads"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    loss = build_loss("focal", label_smoothing=0.1, class_counts=[5, 3, 2])
+    engine = make_engine([Window(), Close()], data=mixing_data(), loss=loss, ema_decay=0.9)
+    engine.fit()
+    assert engine.state.step > 0 and state["reads"] == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mixing_on_cuda_never_syncs() -> None:
     x, y = (t.cuda() for t in batch())
@@ -131,3 +167,13 @@ def test_resume_with_mixing_is_bitwise_equal(tmp_path: Any) -> None:
         assert torch.equal(a, b), k
     loss = [r["train/loss"] for r in straight.state.history]
     assert loss == [r["train/loss"] for r in resumed.state.history]
+
+
+def test_a_nan_loss_on_a_mixed_batch_is_skipped_by_the_guard() -> None:
+    from tests.trainer.test_reliability import NaNAt
+
+    engine = make_engine(data=mixing_data(), loss=NaNAt({3}), max_epochs=1, ema_decay=0.9)
+    engine.fit()
+    assert engine.state.history[0]["train/skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert all(torch.isfinite(p).all() for p in engine.ema.module.parameters())  # type: ignore[union-attr]
