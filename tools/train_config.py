@@ -336,9 +336,14 @@ def add_augment_flags(p: argparse.ArgumentParser) -> None:
         metavar="ALPHA",
         help="CutMix on the device, Beta(ALPHA, ALPHA); 0 is off (both on: one per batch)",
     )
-    g.add_argument("--transforms", type=str, default=None, metavar="FILE.py",
-                   help="your own pipelines: FILE.py defines train_transforms(img_size) and "
-                   "val_transforms(img_size) returning v2 transforms on uint8 tensors")  # fmt: skip
+    g.add_argument(
+        "--transforms",
+        type=str,
+        default=None,
+        metavar="FILE.py",
+        help="your own pipelines: FILE.py defines train_transforms(img_size) and "
+        "val_transforms(img_size) returning v2 transforms on uint8 tensors",
+    )
 
 
 def augment_from_config(config: dict[str, Any]) -> Augment:
