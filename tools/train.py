@@ -31,11 +31,12 @@ from run_folder import (
     same_folder,
 )
 from runtime import steady_malloc
-from train_config import NOT_SAVED, build_data, parse_config
+from train_config import NOT_SAVED, PIPELINE_KEY, build_data, parse_config
 
 from hooks import default_hooks
 from trainer.checkpoint import checkpoint_file, load_checkpoint
 from trainer.data.demo import demo_dataset
+from trainer.data.pipelines import describe_pipelines
 from trainer.device import resolve_device
 from trainer.distributed import (
     barrier,
@@ -158,6 +159,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         check_resume_weights(ckpt, model, data.classes, config, checkpoint_file(resume))
         del ckpt  # fit reads it again; a large checkpoint should not be held twice meanwhile
     saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
+    saved[PIPELINE_KEY] = describe_pipelines(
+        data.train_pipeline(), data.val_pipeline(), config["transforms"]
+    )
     if is_global_zero():
         try:
             if config["overwrite"]:

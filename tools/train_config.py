@@ -9,16 +9,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from augment_flags import RECIPES, add_augment_flags, augment_from_config
 from run_folder import run_dir_of
 
 from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
+from trainer.data.pipelines import load_transforms_file
 from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
 from trainer.val_check import val_every_problem
 
 # Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
 NOT_SAVED = ("resume", "config", "print_config", "overwrite")
+# args.json's record of the transform pipelines the run used: written by train.py, not a flag.
+PIPELINE_KEY = "pipeline"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "listed in data_report.json",
     )
 
+    add_augment_flags(p)
+
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -138,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--pretrained",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="start from ImageNet weights, torchvision's or timm's (downloads once)",
     )
 
@@ -314,6 +321,7 @@ def parse_config(
             raise ConfigError(f"--config {replay} does not exist; pass a run's args.json") from e
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"--config {replay} is not readable JSON ({e})") from e
+        saved.pop(PIPELINE_KEY, None)
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(saved) - known)
         if unknown:
@@ -327,6 +335,12 @@ def parse_config(
         args = parser.parse_args(argv)
     config = vars(args)
     defaults = DEMO_DEFAULTS if config["data"] is None else DATA_DEFAULTS
+    if config["recipe"]:
+        given = explicit_flags(argv)
+        kept = given if replay is None or "recipe" in given else given | set(saved)
+        for key, value in RECIPES[config["recipe"]](defaults).items():
+            if key not in kept:
+                config[key] = value
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
@@ -351,6 +365,14 @@ def parse_config(
     return config
 
 
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The config keys of the flags given on the command line (not left to their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def parse_class_weights(text: str | None) -> dict[str, float] | None:
     if not text:
         return None
@@ -371,6 +393,9 @@ def parse_class_weights(text: str | None) -> dict[str, float] | None:
 def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
     """The run's data from its configuration: the tree or label file at ``root`` (tools/train.py
     and tools/lr_find.py build it alike)."""
+    pipelines = None  # --transforms FILE.py: the user's own train and val pipelines
+    if config["transforms"]:
+        pipelines = load_transforms_file(config["transforms"], config["img_size"])
     return ImageFolderData(
         root,
         img_size=config["img_size"],
@@ -389,4 +414,7 @@ def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
         image_key=config["image_key"],
         label_key=config["label_key"],
         check_leakage=config["check_leakage"],
+        augment=augment_from_config(config),
+        train_transform=pipelines[0] if pipelines else None,
+        val_transform=pipelines[1] if pipelines else None,
     )

@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
 from trainer.checkpoint import check_resumable, checkpoint_file, load_checkpoint, save_checkpoint
+from trainer.data.mix import keep_batch
 from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
@@ -225,13 +226,13 @@ class Engine:
         )
         self._val_check = ValCheck(val_every, self.steps_per_epoch)
         self._amp_dtype = autocast_dtype(self.precision)
-        self.scaler = (
-            torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
-        )
+        fp16 = self.precision == "16-mixed"
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
 
         self._to_device = BatchToDevice(
             self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
         )
+        self._mix = getattr(data, "batch_mix", None) or keep_batch  # MixUp/CutMix, data/mix.py
         self._confmat = confusion_counter(data.num_classes, self.device)
         self.hooks = list(hooks)
         self._plan = HookPlan(self.hooks)
@@ -370,12 +371,13 @@ class Engine:
         """Forward, loss, zero_grad on the first micro-batch of a step (after the forward, as
         Lightning does), backward; the optimizer step on the last micro-batch of a step."""
         x, y = batch
+        x, target = self._mix(x, y, (self.state.epoch, batch_idx))  # soft targets if mixing
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
         with self._grad_sync(stepping):
             self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
             with self._autocast():
                 logits = self._forward_model(x)
-                loss = self.loss_fn(logits, y)
+                loss = self.loss_fn(logits, target)
             self._nonfinite.observe(loss)
             if batch_idx % self.accumulate == 0:
                 self._call("on_before_zero_grad", self.optimizer)
@@ -534,11 +536,8 @@ class Engine:
 
     # -------------------------------------------------------------------------- checkpoints
     def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly; loadable with ``torch.load(weights_only=True)``.
-
-        Under DDP every rank must call it: it gathers each rank's RNG state (``rng_per_rank``),
-        so a resumed rank continues its own augmentation stream.
-        """
+        """Everything needed to resume exactly (``torch.load(weights_only=True)`` reads it). Under
+        DDP every rank calls it: it gathers each rank's RNG state (``rng_per_rank``)."""
         sampler: Any = getattr(self._train_loader, "sampler", None)
         rng = get_rng_state()
         ckpt: dict[str, Any] = {

@@ -3,6 +3,9 @@
 Modules:
     decode      image files to uint8 RGB tensors (torchvision.io, PIL fallback), the bomb guard
     transforms  the validation recipe and the training augmentation, on uint8 tensors
+    augment     the extra augmentation (policies, erasing, degradations, MixUp/CutMix settings)
+    mix         MixUp/CutMix on the device, with soft targets
+    pipelines   your own train/val transforms (a --transforms file), checked against the mapping
     scan        the tree walk and split detection: a folder tree to ``(path, class)`` samples
     labelfile   CSV and JSONL label files to the same samples; picks the reader for ``--data``
     leakage     byte-identical images in more than one split
@@ -14,9 +17,11 @@ Modules:
     demo        the built-in demo dataset of drawn shapes
 """
 
+from trainer.data.augment import Augment
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import BACKGROUND, IMG_EXTENSIONS, image_to_tensor, load_image
 from trainer.data.folder import ImageFolderData
+from trainer.data.mix import BatchMix
 from trainer.data.scan import VAL_DIR_NAMES, Sample
 from trainer.data.transforms import (
     CROP_PCT,
@@ -36,6 +41,8 @@ __all__ = [
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
     "VAL_DIR_NAMES",
+    "Augment",
+    "BatchMix",
     "ImageFolderData",
     "ImageListDataset",
     "Sample",

@@ -18,12 +18,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
+from trainer.data.mix import BatchMix
+from trainer.data.pipelines import Transform, check_train_transform, check_val_transform
 from trainer.data.sampler import (
     SAMPLER_MODES,
     SeededDraw,
@@ -101,6 +104,19 @@ class ImageFolderData:
         label_key: a label file's column or key holding the label.
         check_leakage: look for images in more than one split (byte-identical files, by
             SHA-256); found ones are in ``leaks`` and the report, and logged.
+            The per-image options of ``augment`` and a custom ``train_transform`` need the
+            decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
+        augment: more training augmentation (``trainer.data.augment.Augment``): policies,
+            random erasing, degradations, and MixUp/CutMix, which ``batch_mix`` hands the
+            engine to apply on the device.
+        train_transform: your own training pipeline, replacing the built-in one (crop_scale,
+            hflip, color_jitter and augment's per-image options then do nothing): a callable
+            from a uint8 ``(3, H, W)`` image to a uint8 ``(3, img_size, img_size)`` one,
+            drawing its randomness from torch's generator (it runs under each image's seed).
+        val_transform: your own validation/test pipeline. It must compute what
+            ``labels_mapping.json`` describes (resize the short side to ``resize_size``,
+            centre-crop ``img_size``), since exported models are preprocessed from that file;
+            it is checked on probe images and refused (ConfigError) otherwise.
 
     Example:
         >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
@@ -132,7 +148,11 @@ class ImageFolderData:
         image_key: str = "path",
         label_key: str = "label",
         check_leakage: bool = False,
+        augment: Augment | None = None,
+        train_transform: Transform | None = None,
+        val_transform: Transform | None = None,
     ) -> None:
+        self.augment = augment or Augment()
         self._check_args(
             img_size,
             batch_size,
@@ -146,6 +166,12 @@ class ImageFolderData:
             max_bad_fraction,
             decode,
         )
+        self._check_augment(decode, train_transform)
+        if train_transform is not None:
+            check_train_transform(train_transform, img_size)
+        if val_transform is not None:
+            check_val_transform(val_transform, img_size)
+        self.train_transform, self.val_transform = train_transform, val_transform
         self.root = Path(root).expanduser()
         self.img_size = img_size
         self.batch_size = batch_size
@@ -178,6 +204,8 @@ class ImageFolderData:
         self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
         self.num_classes = len(self.classes)
         weights_by_idx = self._class_weights_by_index(class_weights)
+        # The engine applies it to each training batch on the device (trainer.data.mix).
+        self.batch_mix: BatchMix | None = self.augment.batch_mix(self.num_classes, seed)
 
         self._cache: dict[str, list[torch.Tensor]] | None = None
         if verify or cache == "ram":
@@ -270,6 +298,20 @@ class ImageFolderData:
         if problems:
             raise ConfigError("; ".join(problems) + ".")
 
+    def _check_augment(self, decode: str, train_transform: Transform | None) -> None:
+        problems = self.augment.problems()
+        if decode == "gpu" and (self.augment.per_image or train_transform is not None):
+            what = self.augment.per_image_flags + (
+                ["train_transform (--transforms)"] if train_transform is not None else []
+            )
+            problems.append(
+                f"decode='gpu' (--decode gpu) decodes images on the device after the loader "
+                f"workers, but {', '.join(what)} must run in the workers on decoded images: "
+                "drop --decode gpu, or those options (MixUp/CutMix work with both)"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
     def _class_weights_by_index(
         self, class_weights: dict[str, float] | None
     ) -> dict[int, float] | None:
@@ -345,15 +387,25 @@ class ImageFolderData:
 
     def train_dataset(self) -> ImageListDataset:
         """The training samples with the training augmentation."""
-        return self._dataset(
-            "train",
-            train_transform(
-                self.img_size,
-                crop_scale=self.crop_scale,
-                hflip=self.hflip,
-                color_jitter=self.color_jitter,
-            ),
+        return self._dataset("train", self.train_pipeline())
+
+    def train_pipeline(self) -> Transform:
+        """The per-image training transform: ``train_transform`` if given, else the built-in."""
+        if self.train_transform is not None:
+            return self.train_transform
+        return train_transform(
+            self.img_size,
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+            color_jitter=self.color_jitter,
+            augment=self.augment,
         )
+
+    def val_pipeline(self) -> Transform:
+        """The validation/test transform: ``val_transform`` if given, else the built-in."""
+        if self.val_transform is not None:
+            return self.val_transform
+        return val_transform(self.img_size)
 
     def train_loader(self) -> DataLoader[Any]:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
@@ -385,7 +437,7 @@ class ImageFolderData:
 
     def val_dataset(self) -> ImageListDataset:
         """The validation samples, in file order, with the validation preprocessing."""
-        return self._dataset("val", val_transform(self.img_size))
+        return self._dataset("val", self.val_pipeline())
 
     def val_loader(self) -> DataLoader[Any]:
         """Validation batches in file order, with the validation preprocessing.
@@ -399,7 +451,7 @@ class ImageFolderData:
         """Test batches like validation, or None when the tree has no test/ split."""
         if not self.test_samples:
             return None
-        return self._eval_loader(self._dataset("test", val_transform(self.img_size)))
+        return self._eval_loader(self._dataset("test", self.val_pipeline()))
 
     def _eval_loader(self, dataset: ImageListDataset) -> DataLoader[Any]:
         shard = ShardSampler(len(dataset), num_replicas=get_world_size(), rank=get_rank())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from trainer.data.augment import Augment
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -26,16 +29,30 @@ def val_transform(img_size: int) -> v2.Compose:
 
 
 def train_transform(
-    img_size: int, *, crop_scale: float = 0.08, hflip: bool = True, color_jitter: float = 0.0
+    img_size: int,
+    *,
+    crop_scale: float = 0.08,
+    hflip: bool = True,
+    color_jitter: float = 0.0,
+    augment: Augment | None = None,
 ) -> v2.Compose:
-    """Training augmentation on uint8 tensors: random resized crop, flip, optional jitter."""
+    """Training augmentation on uint8 tensors: random resized crop, flip, optional jitter.
+
+    ``augment`` adds, in this order: affine and perspective after the flip, the policy
+    (RandAugment, TrivialAugment, ...) after the jitter, then the degradations and random
+    erasing (see ``trainer.data.augment``).
+    """
     ops: list[Callable[..., Any]] = [
         v2.RandomResizedCrop(img_size, scale=(crop_scale, 1.0), antialias=True)
     ]
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
+    if augment is not None:
+        ops += augment.geometric()
     if color_jitter > 0:
         ops.append(jitter_transform(color_jitter))
+    if augment is not None:
+        ops += augment.policy() + augment.degradations()
     return v2.Compose(ops)
 
 

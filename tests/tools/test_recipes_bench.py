@@ -1,0 +1,38 @@
+"""tools/recipes_bench.py: one preset, one seed, on the digits set (skipped without
+scikit-learn, which only the bench needs)."""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tools.tiny_run import load_tool
+
+bench = load_tool("recipes_bench")
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc() -> Iterator[None]:
+    yield
+    gc.unfreeze()  # tools/train.py freezes the collector
+
+
+def test_the_bench_trains_each_preset_and_prints_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn")
+    argv = ["--datasets", "digits", "--presets", "quick", "scratch", "--seeds", "0",
+            "--epoch-scale", "0.1", "--workers", "0", "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(argv) == 0
+    tree = tmp_path / "digits_tree"
+    assert sorted(p.name for p in (tree / "train").iterdir()) == [str(d) for d in range(10)]
+    assert sum(1 for _ in (tree / "val").rglob("*.png")) == 360
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["preset"], r["epochs"]) for r in results] == [("quick", 1), ("scratch", 4)]
+    assert all(0.0 <= r["val_acc"] <= 1.0 for r in results)
+    out = capsys.readouterr().out
+    assert "| quick |" in out and "| scratch |" in out
