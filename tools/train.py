@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from config_file import dump_config
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.pop("print_config"):
             # Exactly what args.json would hold, so the output replays with --config.
             saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
-            print(json.dumps(saved, indent=2, ensure_ascii=False))
+            print(dump_config(saved, config["format"]), end="")
             return 0
         run(config)
     except ExportVerificationError as e:

@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from config_file import FORMATS, check_config_values, read_config_file
 from run_folder import run_dir_of
 
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
@@ -16,7 +16,7 @@ from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
 
 # Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
-NOT_SAVED = ("resume", "config", "print_config", "overwrite")
+NOT_SAVED = ("resume", "config", "print_config", "format", "overwrite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,12 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=None,
         metavar="FILE",
-        help="replay a run's args.json; flags given here win",
+        help="replay a run's args.json, or a YAML file with the same keys; flags given here win",
     )
     g.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved configuration (what args.json would hold) as JSON and exit",
+        help="print the resolved configuration (what args.json would hold) and exit",
+    )
+    g.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="--print-config's format; both replay with --config",
     )
     g.add_argument("--monitor", default="val/acc", help="metric for best.pt and early stopping")
     g.add_argument("--top-k", type=int, default=1, help="also keep the k best epochs' checkpoints")
@@ -236,17 +242,8 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
         candidate = Path(args.out) / "args.json"
         replay = candidate if candidate.is_file() else None
     if replay is not None:
-        try:
-            saved = json.loads(replay.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ConfigError(f"--config {replay} does not exist; pass a run's args.json") from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--config {replay} is not readable JSON ({e})") from e
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(saved) - known)
-        if unknown:
-            raise ConfigError(f"--config {replay} has unknown keys {unknown}; is it an args.json?")
-        for key in ("resume", "config", "print_config", "overwrite"):
+        saved = check_config_values(read_config_file(replay), parser, replay)
+        for key in NOT_SAVED:
             saved.pop(key, None)
         if not args.config:
             # A resumed run stays in the folder resumed from, wherever it has been moved to.
