@@ -18,6 +18,7 @@ from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
+from hooks.verbosity import Verbosity, check_verbosity
 from trainer.hook import Hook
 
 __all__ = [
@@ -56,6 +57,7 @@ def default_hooks(
     export: bool = True,
     report: bool = True,
     tensorboard: bool = False,
+    verbosity: Verbosity = "normal",
 ) -> list[Hook]:
     """The standard hooks for a run folder; each flag switches one off.
 
@@ -72,27 +74,30 @@ def default_hooks(
         report: ``report.html``, the run on one page, refreshed during the run and at the end.
         tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
             ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
+        verbosity: what the console hooks print, "quiet", "normal" or "verbose"
+            (``hooks.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
 
     Example:
         >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
     """
     out = Path(out_dir)
     mode = "min" if monitor.endswith("loss") else "max"
+    verbosity = check_verbosity(verbosity)
     hooks: list[Hook] = [MetricsLogger(out)]
     if dataset_stats:
-        hooks.append(DatasetStatisticsHook(out))
+        hooks.append(DatasetStatisticsHook(out, verbosity=verbosity))
     if model_info:
-        hooks.append(ModelInfoHook(out))
+        hooks.append(ModelInfoHook(out, verbosity=verbosity))
     if confusion_matrix:
         hooks.append(ConfusionMatrixHook(out))
     if sampler_stats:
-        hooks.append(SamplerDistributionHook(out))
+        hooks.append(SamplerDistributionHook(out, verbosity=verbosity))
     if history_plots:
         hooks.append(TrainingHistoryHook(out))
     if samples:
         hooks.append(SampleVisualizationHook(out))
     if progress:
-        hooks.append(ProgressBarHook())
+        hooks.append(ProgressBarHook(disable=True if verbosity == "quiet" else None))
     if early_stopping > 0:
         hooks.append(
             EarlyStoppingHook(monitor, patience=early_stopping, min_delta=min_delta, mode=mode)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hooks.plots import plot_class_bars, save_png
+from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -40,6 +41,7 @@ class DatasetStatisticsHook(Hook):
         out_dir: the run folder.
         few_threshold: a class with fewer training images than this is flagged.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+        verbosity: "quiet" leaves the table out (the warnings stay); see ``hooks.verbosity``.
 
     Attributes:
         stats: the dict written to ``dataset_stats.json``.
@@ -58,10 +60,12 @@ class DatasetStatisticsHook(Hook):
         out_dir: str | os.PathLike[str],
         few_threshold: int = 10,
         console: Console | None = None,
+        verbosity: Verbosity = "verbose",
     ) -> None:
         self.out_dir = Path(out_dir)
         self.few_threshold = few_threshold
         self.console = console
+        self.verbosity = check_verbosity(verbosity)
         self.stats: dict[str, Any] = {}
         self.figure: Figure | None = None
 
@@ -86,9 +90,10 @@ class DatasetStatisticsHook(Hook):
                 item["count"],
                 self.few_threshold,
             )
-        from rich.console import Console  # deferred: only needed once a fit starts
+        if self.verbosity != "quiet":
+            from rich.console import Console  # deferred: only needed once a fit starts
 
-        (self.console or Console()).print(self._table(classes, split_counts))
+            (self.console or Console()).print(self._table(classes, split_counts))
         path = self.out_dir / "dataset_stats.json"
         with guarded(path):
             atomic_write_json(path, self.stats)

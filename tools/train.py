@@ -33,6 +33,7 @@ from runtime import steady_malloc
 from train_config import NOT_SAVED, parse_class_weights, parse_config
 
 from hooks import default_hooks
+from hooks.verbosity import Verbosity
 from trainer.checkpoint import checkpoint_file, load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
@@ -182,7 +183,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         top_k=config["top_k"],
         early_stopping=config["early_stopping"],
         min_delta=config["min_delta"],
-        progress=not config["quiet"],
+        verbosity=verbosity_of(config),
         confusion_matrix=config["confusion_matrix"],
         dataset_stats=config["dataset_stats"],
         model_info=config["model_info"],
@@ -230,11 +231,18 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     finally:
         gc.unfreeze()
     if engine.is_global_zero:
-        _summary(engine, out, time.perf_counter() - t0)
+        _summary(engine, out, time.perf_counter() - t0, verbose=bool(config["verbose"]))
     return engine
 
 
-def _summary(engine: Engine, out: Path, seconds: float) -> None:
+def verbosity_of(config: dict[str, Any]) -> Verbosity:
+    """--quiet / --verbose as a ``hooks.verbosity`` level (a replayed config may hold neither)."""
+    if config.get("quiet"):
+        return "quiet"
+    return "verbose" if config.get("verbose") else "normal"
+
+
+def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -> None:
     s = engine.state
     console = Console(stderr=True)
     console.print(
@@ -250,16 +258,21 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
         console.print("  " + ", ".join(parts))
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
     console.print(f"  run folder: {escape(str(out))}")
-    for name in (
+    names = [
         "metrics.csv",
         "labels_mapping.json",
         "checkpoints/best.pt",
         "checkpoints/last.pt",
         "model.onnx",
+        "report.html",
         "plots",
-    ):
-        if (out / name).exists():
+    ]
+    names = [name for name in names if (out / name).exists()]
+    if verbose:
+        for name in names:
             console.print(f"    {escape(str(out / name))}")
+    elif names:
+        console.print(f"    {escape(', '.join(names))}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
             print(dump_config(saved, config["format"]), end="")
             return 0
-        run(config)
+        level = log.level
+        if config["quiet"]:
+            log.setLevel(logging.WARNING)  # warnings and errors still show
+        try:
+            run(config)
+        finally:
+            log.setLevel(level)  # main() may run again in this process (tests, notebooks)
     except ExportVerificationError as e:
         print(
             f"error: training finished, but the ONNX export failed verification: {e} "

@@ -205,7 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="for --early-stopping: an improvement must beat the best by more than this",
     )
     g.add_argument("--sanity-steps", type=int, default=2, help="val batches before training")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only the epoch lines, warnings and the final summary",
+    )
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="everything: the model table, the sampler table every epoch, every file written",
+    )
 
     g = p.add_argument_group("outputs (each on by default)")
     for name, what in (
@@ -255,6 +264,8 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
+    if config["quiet"] and config["verbose"]:
+        raise ConfigError("--quiet and --verbose ask for opposite things; pass one of them")
     if config["class_weights"] and config["sampler"] == "none":
         config["sampler"] = "manual"
     if config["model"] not in MODELS and not config["model"].startswith(TIMM_PREFIX):
