@@ -270,7 +270,7 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
     names = [name for name in names if (out / name).exists()]
     if verbose:
         for name in names:
-            console.print(f"    {escape(str(out / name))}")
+            console.print(f"    {escape(str(out / name))}", soft_wrap=True)
     elif names:
         console.print(f"    {escape(', '.join(names))}", soft_wrap=True)
 
