@@ -19,6 +19,7 @@ from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
 from hooks.verbosity import Verbosity, check_verbosity
+from hooks.wandb import WandbHook
 from trainer.hook import Hook
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "SamplerDistributionHook",
     "TensorBoardHook",
     "TrainingHistoryHook",
+    "WandbHook",
     "default_hooks",
 ]
 

@@ -32,7 +32,7 @@ from run_folder import (
 from runtime import steady_malloc
 from train_config import NOT_SAVED, parse_class_weights, parse_config
 
-from hooks import default_hooks
+from hooks import WandbHook, default_hooks
 from hooks.verbosity import Verbosity
 from trainer.checkpoint import checkpoint_file, load_checkpoint
 from trainer.data import ImageFolderData
@@ -194,6 +194,17 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         report=config["report"],
         tensorboard=config["tensorboard"],
     )
+    if config["wandb"]:
+        hooks.append(
+            WandbHook(
+                out,
+                project=config["wandb_project"],
+                name=config["wandb_name"],
+                tags=[t.strip() for t in (config["wandb_tags"] or "").split(",") if t.strip()],
+                log_every=config["wandb_log_every"],
+                log_artifacts=config["wandb_artifacts"],
+            )
+        )
     engine = Engine(
         model,
         data,

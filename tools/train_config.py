@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from config_file import FORMATS, check_config_values, read_config_file
 from run_folder import run_dir_of
 
+from hooks.wandb import MISSING as WANDB_MISSING
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.errors import ConfigError
 from trainer.models import MODELS, TIMM_PREFIX
@@ -235,6 +237,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorBoard event files in OUT/tensorboard (off by default; needs the "
         "[tensorboard] extra)",
     )
+    g = p.add_argument_group("Weights & Biases (needs the [wandb] extra)")
+    g.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log the run to W&B (offline with WANDB_MODE=offline); files in OUT/wandb",
+    )
+    g.add_argument("--wandb-project", default=None, metavar="NAME", help="W&B project")
+    g.add_argument("--wandb-name", default=None, metavar="NAME", help="W&B run name")
+    g.add_argument(
+        "--wandb-tags", default=None, metavar="TAG,...", help="comma-separated W&B run tags"
+    )
+    g.add_argument(
+        "--wandb-log-every",
+        type=int,
+        default=50,
+        metavar="STEPS",
+        help="optimizer steps between step-level logs (the loss is read then); 0: epochs only",
+    )
+    g.add_argument(
+        "--wandb-artifacts",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="upload model.onnx, export_report.json and report.html as W&B artefacts",
+    )
     return p
 
 
@@ -264,6 +291,8 @@ def parse_config(argv: list[str] | None = None) -> dict[str, Any]:
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
+    if config["wandb"] and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(WANDB_MISSING)  # before anything is scanned or written
     if config["quiet"] and config["verbose"]:
         raise ConfigError("--quiet and --verbose ask for opposite things; pass one of them")
     if config["class_weights"] and config["sampler"] == "none":
