@@ -21,6 +21,8 @@ from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.step_log import StepLogHook
 from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
+from hooks.verbosity import Verbosity, check_verbosity
+from hooks.wandb import WandbHook
 from trainer.hook import Hook
 from trainer.metrics import monitor_mode
 
@@ -42,6 +44,7 @@ __all__ = [
     "StepLogHook",
     "TensorBoardHook",
     "TrainingHistoryHook",
+    "WandbHook",
     "default_hooks",
 ]
 
@@ -66,6 +69,7 @@ def default_hooks(
     per_class: bool = True,
     calibration: bool = True,
     log_every: int = 50,
+    verbosity: Verbosity = "normal",
 ) -> list[Hook]:
     """The standard hooks for a run folder; each flag switches one off.
 
@@ -87,25 +91,28 @@ def default_hooks(
         per_class: ``per_class.csv``, per-class metrics at every validation.
         calibration: ``plots/reliability.png``, the reliability diagram.
         log_every: a ``steps.csv`` row every this many optimizer steps; 0: no ``steps.csv``.
+        verbosity: what the console hooks print, "quiet", "normal" or "verbose"
+            (``hooks.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
 
     Example:
         >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
     """
     out = Path(out_dir)
     mode = monitor_mode(monitor)
+    verbosity = check_verbosity(verbosity)
     hooks: list[Hook] = [MetricsLogger(out)]
     if per_class:
         hooks.append(PerClassMetricsHook(out))
     if log_every > 0:
         hooks.append(StepLogHook(out, every=log_every))
     if dataset_stats:
-        hooks.append(DatasetStatisticsHook(out))
+        hooks.append(DatasetStatisticsHook(out, verbosity=verbosity))
     if model_info:
-        hooks.append(ModelInfoHook(out))
+        hooks.append(ModelInfoHook(out, verbosity=verbosity))
     if confusion_matrix:
         hooks.append(ConfusionMatrixHook(out))
     if sampler_stats:
-        hooks.append(SamplerDistributionHook(out))
+        hooks.append(SamplerDistributionHook(out, verbosity=verbosity))
     if history_plots:
         hooks.append(TrainingHistoryHook(out))
     if calibration:
@@ -113,7 +120,7 @@ def default_hooks(
     if samples:
         hooks.append(SampleVisualizationHook(out))
     if progress:
-        hooks.append(ProgressBarHook())
+        hooks.append(ProgressBarHook(disable=True if verbosity == "quiet" else None))
     if early_stopping > 0:
         hooks.append(
             EarlyStoppingHook(monitor, patience=early_stopping, min_delta=min_delta, mode=mode)

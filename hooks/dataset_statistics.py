@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hooks.class_rows import MAX_ROWS, extreme_rows, more_caption
 from hooks.plots import plot_class_bars, save_png
+from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -49,6 +50,7 @@ class DatasetStatisticsHook(Hook):
         few_threshold: a class with fewer training images than this is flagged.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
         max_rows: the table shows at most this many classes.
+        verbosity: "quiet" leaves the table out (the warnings stay); see ``hooks.verbosity``.
 
     Attributes:
         stats: the dict written to ``dataset_stats.json``.
@@ -68,11 +70,13 @@ class DatasetStatisticsHook(Hook):
         few_threshold: int = 10,
         console: Console | None = None,
         max_rows: int = MAX_ROWS,
+        verbosity: Verbosity = "verbose",
     ) -> None:
         self.out_dir = Path(out_dir)
         self.few_threshold = few_threshold
         self.console = console
         self.max_rows = max_rows
+        self.verbosity = check_verbosity(verbosity)
         self.stats: dict[str, Any] = {}
         self.figure: Figure | None = None
 
@@ -105,9 +109,10 @@ class DatasetStatisticsHook(Hook):
                 self.few_threshold,
                 self.out_dir / "dataset_stats.json",
             )
-        from rich.console import Console  # deferred: only needed once a fit starts
+        if self.verbosity != "quiet":
+            from rich.console import Console  # deferred: only needed once a fit starts
 
-        (self.console or Console()).print(self._table(classes, split_counts))
+            (self.console or Console()).print(self._table(classes, split_counts))
         path = self.out_dir / "dataset_stats.json"
         with guarded(path):
             atomic_write_json(path, self.stats)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -32,6 +33,8 @@ class ModelInfoHook(Hook):
         out_dir: the run folder.
         model_name: shown name; defaults to ``engine.args["model"]``, else the model's class.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
+        verbosity: "verbose" prints the table, "normal" one line, "quiet" nothing
+            (``hooks.verbosity``).
 
     Attributes:
         info: the dict written to ``model_info.json``.
@@ -49,10 +52,12 @@ class ModelInfoHook(Hook):
         out_dir: str | os.PathLike[str],
         model_name: str | None = None,
         console: Console | None = None,
+        verbosity: Verbosity = "verbose",
     ) -> None:
         self.out_dir = Path(out_dir)
         self.model_name = model_name
         self.console = console
+        self.verbosity = check_verbosity(verbosity)
         self.info: dict[str, Any] = {}
 
     @rank_zero_only  # rank 0 writes the files under DDP
@@ -69,7 +74,11 @@ class ModelInfoHook(Hook):
         }
         from rich.console import Console  # deferred: only needed once a fit starts
 
-        (self.console or Console()).print(self._table())
+        console = self.console or Console()
+        if self.verbosity == "verbose":
+            console.print(self._table())
+        elif self.verbosity == "normal":
+            console.print(self._line(), markup=False, highlight=False, soft_wrap=True)
         path = self.out_dir / "model_info.json"
         with guarded(path):
             atomic_write_json(path, self.info)
@@ -77,6 +86,14 @@ class ModelInfoHook(Hook):
             path = self.out_dir / "labels_mapping.json"
             with guarded(path):
                 data.save_labels_mapping(path)
+
+    def _line(self) -> str:
+        i = self.info
+        size = "x".join(map(str, i["input_size"] or ["?"]))
+        return (
+            f"model {i['model']}: {i['parameters']:,} parameters ({i['size_mb']:.2f} MB), "
+            f"input {size}, {i['num_classes']} classes, precision {i['precision']} on {i['device']}"
+        )
 
     def _table(self) -> Table:
         from rich.markup import escape

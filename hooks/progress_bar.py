@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # In Jupyter without ipywidgets, tqdm.auto warns and falls back to the text bar, which is
+    # off there (not a terminal), leaving the clean epoch lines: nothing to warn about.
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook

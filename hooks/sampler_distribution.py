@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import torch
 
 from hooks.class_rows import MAX_ROWS, more_caption, top_rows
 from hooks.plots import plot_class_bars, save_png
+from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from trainer.engine import Engine
+
+# A draw this many standard deviations from the plan for some class is "beyond chance"
+# (chance alone does it about 6 times in 100,000 per class and epoch).
+CHANCE_SD = 4.0
 
 HEADER = ["epoch", "class_idx", "class_name", "dataset_count", "expected", "drawn"]
 
@@ -38,10 +44,17 @@ class SamplerDistributionHook(Hook):
     ``plots/sampler_distribution.png`` (dataset, expected and drawn share of the latest epoch).
     Under DDP the counts are summed over ranks (all ranks run the hook) and rank 0 writes.
 
+    The table is printed when it tells something: every epoch under a weighted sampler
+    (balanced or manual), on the first epoch of a fit, and when a class's draw is further
+    from its expected count than chance explains (more than ``CHANCE_SD`` standard
+    deviations, ``largest_gap``). Otherwise one line says so, once. ``verbosity="verbose"``
+    prints the table every epoch, ``"quiet"`` never.
+
     Args:
         out_dir: the run folder.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
         max_rows: the table shows at most this many classes, those furthest from expected.
+        verbosity: "quiet", "normal" or "verbose" (``hooks.verbosity``).
 
     Attributes:
         rows: every CSV row so far; kept in checkpoints so a resumed run continues the file.
@@ -60,14 +73,21 @@ class SamplerDistributionHook(Hook):
         out_dir: str | os.PathLike[str],
         console: Console | None = None,
         max_rows: int = MAX_ROWS,
+        verbosity: Verbosity = "normal",
     ) -> None:
         self.out_dir = Path(out_dir)
         self.console = console
         self.max_rows = max_rows
+        self.verbosity = check_verbosity(verbosity)
+        self._table_shown = False  # in this fit
+        self._line_shown = False
         self.rows: list[list[Any]] = []
         self.figure: Figure | None = None
         self._drawn: torch.Tensor | None = None
         self._class_ids: torch.Tensor | None = None
+
+    def on_fit_start(self, engine: Engine) -> None:
+        self._table_shown = self._line_shown = False
 
     def on_train_epoch_start(self, engine: Engine) -> None:
         n = engine.data.num_classes
@@ -107,9 +127,7 @@ class SamplerDistributionHook(Hook):
         ]
         if not is_global_zero():
             return  # rank 0 prints and writes
-        from rich.console import Console  # deferred: only needed once a fit starts
-
-        (self.console or Console()).print(self._table(epoch, classes, dataset, expected, drawn))
+        self.print_epoch(epoch, classes, dataset, expected, drawn, weighted=_weighted(sampler))
         path = self.out_dir / "sampler_distribution.csv"
         with guarded(path):
             atomic_write_csv(path, HEADER, self.rows)
@@ -120,6 +138,35 @@ class SamplerDistributionHook(Hook):
             save_png(self.figure, path)
 
         engine.artifacts.submit(job, path, replace=True)
+
+    def print_epoch(
+        self,
+        epoch: int,
+        classes: list[str],
+        dataset: list[int],
+        expected: list[float],
+        drawn: list[int],
+        weighted: bool,
+    ) -> None:
+        if self.verbosity == "quiet":
+            return
+        from rich.console import Console  # deferred: only needed once a fit starts
+
+        console = self.console or Console()
+        gap = largest_gap(expected, drawn)
+        if self.verbosity == "verbose" or weighted or not self._table_shown or gap > CHANCE_SD:
+            console.print(self._table(epoch, classes, dataset, expected, drawn))
+            self._table_shown = True
+        elif not self._line_shown:
+            # Said once: a table identical to the last one every epoch buries the epoch lines.
+            console.print(
+                f"sampler: epoch {epoch + 1} drew as planned (largest gap {gap:.1f} sd); its "
+                f"table shows again only if a draw departs from the plan beyond chance",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            self._line_shown = True
 
     def _table(
         self,
@@ -157,6 +204,27 @@ class SamplerDistributionHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [list(r) for r in state.get("rows", [])]
+
+
+def _weighted(sampler: Any) -> bool:
+    """Whether the sampler draws by weights (balanced or manual), not each image once."""
+    return sampler is not None and getattr(sampler, "mode", "none") != "none"
+
+
+def largest_gap(expected: list[float], drawn: list[int]) -> float:
+    """The largest ``|drawn - expected|`` over the classes, in standard deviations of a
+    multinomial draw of the same total (at least 1 image, so a gap of one image is never
+    more than 1 sd)."""
+    total = sum(drawn)
+    planned = sum(expected)
+    if total == 0 or planned <= 0:
+        return 0.0
+    gaps = []
+    for e, d in zip(expected, drawn, strict=True):
+        p = e / planned
+        sd = max(math.sqrt(total * p * (1 - p)), 1.0)
+        gaps.append(abs(d - p * total) / sd)
+    return max(gaps, default=0.0)
 
 
 def _train_counts(data: Any) -> list[int]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from config_file import dump_config
 from lr_find import range_test, write_results
 from rich.console import Console
 from rich.logging import RichHandler
@@ -33,7 +33,8 @@ from run_folder import (
 from runtime import steady_malloc
 from train_config import NOT_SAVED, PIPELINE_KEY, build_data, parse_config
 
-from hooks import default_hooks
+from hooks import WandbHook, default_hooks
+from hooks.verbosity import Verbosity
 from trainer.checkpoint import checkpoint_file, load_checkpoint
 from trainer.data.demo import demo_dataset
 from trainer.data.pipelines import describe_pipelines
@@ -190,7 +191,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         top_k=config["top_k"],
         early_stopping=config["early_stopping"],
         min_delta=config["min_delta"],
-        progress=not config["quiet"],
+        verbosity=verbosity_of(config),
         confusion_matrix=config["confusion_matrix"],
         dataset_stats=config["dataset_stats"],
         model_info=config["model_info"],
@@ -204,6 +205,17 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         calibration=config["calibration"],
         log_every=config["log_every"],
     )
+    if config["wandb"]:
+        hooks.append(
+            WandbHook(
+                out,
+                project=config["wandb_project"],
+                name=config["wandb_name"],
+                tags=[t.strip() for t in (config["wandb_tags"] or "").split(",") if t.strip()],
+                log_every=config["wandb_log_every"],
+                log_artifacts=config["wandb_artifacts"],
+            )
+        )
     engine = Engine(
         model,
         data,
@@ -242,11 +254,18 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     finally:
         gc.unfreeze()
     if engine.is_global_zero:
-        _summary(engine, out, time.perf_counter() - t0)
+        _summary(engine, out, time.perf_counter() - t0, verbose=bool(config["verbose"]))
     return engine
 
 
-def _summary(engine: Engine, out: Path, seconds: float) -> None:
+def verbosity_of(config: dict[str, Any]) -> Verbosity:
+    """--quiet / --verbose as a ``hooks.verbosity`` level (a replayed config may hold neither)."""
+    if config.get("quiet"):
+        return "quiet"
+    return "verbose" if config.get("verbose") else "normal"
+
+
+def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -> None:
     s = engine.state
     console = Console(stderr=True)
     console.print(
@@ -262,16 +281,21 @@ def _summary(engine: Engine, out: Path, seconds: float) -> None:
         console.print("  " + ", ".join(parts))
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
     console.print(f"  run folder: {escape(str(out))}")
-    for name in (
+    names = [
         "metrics.csv",
         "labels_mapping.json",
         "checkpoints/best.pt",
         "checkpoints/last.pt",
         "model.onnx",
+        "report.html",
         "plots",
-    ):
-        if (out / name).exists():
-            console.print(f"    {escape(str(out / name))}")
+    ]
+    names = [name for name in names if (out / name).exists()]
+    if verbose:
+        for name in names:
+            console.print(f"    {escape(str(out / name))}", soft_wrap=True)
+    elif names:
+        console.print(f"    {escape(', '.join(names))}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,9 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         if config.pop("print_config"):
             # Exactly what args.json would hold, so the output replays with --config.
             saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
-            print(json.dumps(saved, indent=2, ensure_ascii=False))
+            print(dump_config(saved, config["format"]), end="")
             return 0
-        run(config)
+        level = log.level
+        if config["quiet"]:
+            log.setLevel(logging.WARNING)  # warnings and errors still show
+        try:
+            run(config)
+        finally:
+            log.setLevel(level)  # main() may run again in this process (tests, notebooks)
     except ExportVerificationError as e:
         print(
             f"error: training finished, but the ONNX export failed verification: {e} "

@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from augment_flags import RECIPES, add_augment_flags, augment_from_config
+from config_file import FORMATS, check_config_values, read_config_file
 from run_folder import run_dir_of
 
+from hooks.wandb import MISSING as WANDB_MISSING
 from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.data.pipelines import load_transforms_file
@@ -20,7 +22,7 @@ from trainer.models import MODELS, TIMM_PREFIX
 from trainer.val_check import val_every_problem
 
 # Flags about this invocation, not the run: args.json leaves them out, so replaying it is safe.
-NOT_SAVED = ("resume", "config", "print_config", "overwrite")
+NOT_SAVED = ("resume", "config", "print_config", "format", "overwrite")
 # args.json's record of the transform pipelines the run used: written by train.py, not a flag.
 PIPELINE_KEY = "pipeline"
 
@@ -211,12 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=None,
         metavar="FILE",
-        help="replay a run's args.json; flags given here win",
+        help="replay a run's args.json, or a YAML file with the same keys; flags given here win",
     )
     g.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved configuration (what args.json would hold) as JSON and exit",
+        help="print the resolved configuration (what args.json would hold) and exit",
+    )
+    g.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="--print-config's format; both replay with --config",
     )
     g.add_argument("--monitor", default="val/acc", help="metric for best.pt and early stopping")
     g.add_argument("--top-k", type=int, default=1, help="also keep the k best epochs' checkpoints")
@@ -234,7 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="for --early-stopping: an improvement must beat the best by more than this",
     )
     g.add_argument("--sanity-steps", type=int, default=2, help="val batches before training")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only the epoch lines, warnings and the final summary",
+    )
+    g.add_argument(
+        "--verbose",
+        action="store_true",
+        help="everything: the model table, the sampler table every epoch, every file written",
+    )
 
     g = p.add_argument_group("outputs (each on by default)")
     for name, what in (
@@ -284,6 +301,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="plots/reliability.png, the reliability diagram (val/ece is always in metrics.csv)",
     )
+
+    g = p.add_argument_group("Weights & Biases (needs the [wandb] extra)")
+    g.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log the run to W&B (offline with WANDB_MODE=offline); files in OUT/wandb",
+    )
+    g.add_argument("--wandb-project", default=None, metavar="NAME", help="W&B project")
+    g.add_argument("--wandb-name", default=None, metavar="NAME", help="W&B run name")
+    g.add_argument(
+        "--wandb-tags", default=None, metavar="TAG,...", help="comma-separated W&B run tags"
+    )
+    g.add_argument(
+        "--wandb-log-every",
+        type=int,
+        default=50,
+        metavar="STEPS",
+        help="optimizer steps between step-level logs (the loss is read then); 0: epochs only",
+    )
+    g.add_argument(
+        "--wandb-artifacts",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="upload model.onnx, export_report.json and report.html as W&B artefacts",
+    )
     return p
 
 
@@ -315,18 +358,10 @@ def parse_config(
         candidate = Path(args.out) / "args.json"
         replay = candidate if candidate.is_file() else None
     if replay is not None:
-        try:
-            saved = json.loads(replay.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise ConfigError(f"--config {replay} does not exist; pass a run's args.json") from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--config {replay} is not readable JSON ({e})") from e
-        saved.pop(PIPELINE_KEY, None)
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(saved) - known)
-        if unknown:
-            raise ConfigError(f"--config {replay} has unknown keys {unknown}; is it an args.json?")
-        for key in ("resume", "config", "print_config", "overwrite"):
+        raw = read_config_file(replay)
+        raw.pop(PIPELINE_KEY, None)
+        saved = check_config_values(raw, parser, replay)
+        for key in NOT_SAVED:
             saved.pop(key, None)
         if not args.config:
             # A resumed run stays in the folder resumed from, wherever it has been moved to.
@@ -344,6 +379,10 @@ def parse_config(
     for key, value in defaults.items():
         if config[key] is None:
             config[key] = value
+    if config["wandb"] and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(WANDB_MISSING)  # before anything is scanned or written
+    if config["quiet"] and config["verbose"]:
+        raise ConfigError("--quiet and --verbose ask for opposite things; pass one of them")
     if config["class_weights"] and config["sampler"] == "none":
         config["sampler"] = "manual"
     problem = val_every_problem(config["val_every"])

@@ -58,3 +58,22 @@ def test_unwritable_out_dir_warns_and_training_goes_on(
     assert_survives_unwritable(
         lambda d: ModelInfoHook(d, console=quiet_console()), tmp_path, caplog
     )
+
+
+@pytest.mark.parametrize("verbosity", ["quiet", "normal", "verbose"])
+def test_verbosity_table_line_or_nothing(tmp_path: Path, data: StandInData, verbosity: str) -> None:
+    console = quiet_console()
+    hook = ModelInfoHook(tmp_path, console=console, verbosity=verbosity)  # type: ignore[arg-type]
+    run_fit([hook], data, epochs=1)
+    text = console_text(console)
+    params = f"{hook.info['parameters']:,}"
+    if verbosity == "quiet":
+        assert text == ""
+    elif verbosity == "normal":
+        assert text.splitlines() == [
+            f"model small_cnn: {params} parameters ({hook.info['size_mb']:.2f} MB), "
+            "input 3x16x16, 3 classes, precision 32 on cpu"
+        ]
+    else:
+        assert "Model" in text and params in text and len(text.splitlines()) > 8
+    assert (tmp_path / "model_info.json").is_file()  # written at every level

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from hooks.checkpoint import CheckpointHook
-from hooks.sampler_distribution import HEADER, SamplerDistributionHook, plot_shares
+from hooks.sampler_distribution import (
+    HEADER,
+    SamplerDistributionHook,
+    largest_gap,
+    plot_shares,
+)
 from tests.conftest import (
     StandInData,
     assert_survives_unwritable,
@@ -99,3 +104,44 @@ def test_shares_plot_draws_percentages_per_group() -> None:
     assert heights == [[60.0, 30.0, 10.0], [33.3, 33.3, 33.3], [10.0, 10.0, 80.0]]
     assert "epoch 2" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dataset", "expected", "drawn"]
+
+
+def test_table_on_the_first_epoch_then_one_line_without_a_weighted_sampler(
+    tmp_path: Path,
+) -> None:
+    console = quiet_console()
+    run_fit([SamplerDistributionHook(tmp_path, console=console)], StandInData(sampler=None), 3)
+    text = console_text(console)
+    assert text.count("Sampled classes") == 1 and "Sampled classes, epoch 1" in text
+    assert text.count("sampler: epoch 2 drew as planned") == 1 and "epoch 3" not in text
+
+
+@pytest.mark.parametrize(("sampler", "tables"), [("balanced", 3), ("manual", 3), ("none", 1)])
+def test_a_weighted_sampler_shows_the_table_every_epoch(
+    tmp_path: Path, sampler: str, tables: int
+) -> None:
+    console = quiet_console()
+    run_fit([SamplerDistributionHook(tmp_path, console=console)], StandInData(sampler=sampler), 3)
+    assert console_text(console).count("Sampled classes") == tables
+
+
+def test_a_draw_beyond_chance_brings_the_table_back(tmp_path: Path) -> None:
+    console = quiet_console()
+    hook = SamplerDistributionHook(tmp_path, console=console)
+    names, dataset = ["a", "b"], [50, 50]
+    hook.print_epoch(0, names, dataset, [50.0, 50.0], [50, 50], weighted=False)
+    hook.print_epoch(1, names, dataset, [50.0, 50.0], [53, 47], weighted=False)  # 0.6 sd
+    assert console_text(console).count("Sampled classes") == 1
+    hook.print_epoch(2, names, dataset, [50.0, 50.0], [75, 25], weighted=False)  # 5 sd
+    assert "Sampled classes, epoch 3" in console_text(console)
+    assert largest_gap([50.0, 50.0], [53, 47]) == pytest.approx(0.6)  # sd = sqrt(100 x 0.5 x 0.5) = 5
+    assert largest_gap([50.0, 50.0], [50, 50]) == 0.0
+
+
+@pytest.mark.parametrize(("verbosity", "tables"), [("quiet", 0), ("normal", 1), ("verbose", 3)])
+def test_verbosity_sets_how_many_tables(tmp_path: Path, verbosity: str, tables: int) -> None:
+    console = quiet_console()
+    hook = SamplerDistributionHook(tmp_path, console=console, verbosity=verbosity)  # type: ignore[arg-type]
+    run_fit([hook], StandInData(sampler=None), 3)
+    assert console_text(console).count("Sampled classes") == tables
+    assert len(hook.rows) == 3 * 3  # the CSV rows are the same at every level

@@ -1,0 +1,144 @@
+"""WandbHook in W&B's offline mode: what it logged is read back from the offline run files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hooks import CheckpointHook, ConfusionMatrixHook, SampleVisualizationHook, WandbHook
+from tests.conftest import (
+    FAST_CLI,
+    NO_OUTPUTS,
+    KillAfterEpoch,
+    StandInData,
+    make_engine,
+    make_tree,
+    run_fit,
+)
+from tests.hooks.wandb_records import history, of_type, records, run_files
+from trainer.errors import ConfigError
+
+pytest.importorskip("wandb", reason="the [wandb] extra is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    # Never the network: offline mode, no login, W&B's own settings and cache in tmp_path.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    yield
+
+
+def test_logs_config_metrics_images_and_artifacts(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"onnx")  # stand-ins for the export and the report
+    (out / "report.html").write_text("<html></html>")
+    hook = WandbHook(out, project="shapes", name="first", tags=["a", "b"], log_every=1,
+                     log_artifacts=True)  # fmt: skip
+    data = StandInData()
+    engine = run_fit([ConfusionMatrixHook(out), SampleVisualizationHook(out), hook], data, 2)
+
+    (path,) = run_files(out)
+    assert hook.run_id and path.name == f"run-{hook.run_id}.wandb"
+    runs = of_type(path, "run")
+    assert len(runs) == 1, [r.WhichOneof("record_type") for r in records(path)]
+    run = runs[0]
+    assert (run.project, run.display_name, list(run.tags)) == ("shapes", "first", ["a", "b"])
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    assert config["model"] == "small_cnn" and config["img_size"] == 16
+
+    rows = history(path)
+    steps = [r for r in rows if "train/step_loss" in r]
+    assert len(steps) == engine.state.step  # log_every=1: every optimizer step
+    assert [r["global_step"] for r in steps] == list(range(1, engine.state.step + 1))
+    epochs = [r for r in rows if "val/acc" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert [r["val/acc"] for r in epochs] == pytest.approx(
+        [h["val/acc"] for h in engine.state.history]
+    )
+    images = [r for r in rows if r.get("confusion_matrix/_type") == "image-file"]
+    assert [r["epoch"] for r in images] == [0, 1]
+    assert all(r["samples/fixed/_type"] == "image-file" for r in images)
+    assert len(list(path.parent.glob("files/media/images/confusion_matrix_*.png"))) == 2
+    artifacts = {a.name: [f.path for f in a.manifest.contents] for a in of_type(path, "artifact")}
+    assert artifacts[f"model-{hook.run_id}"] == ["model.onnx"]
+    assert artifacts[f"report-{hook.run_id}"] == ["report.html"]
+
+
+def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = WandbHook(out, log_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit([first, CheckpointHook(out), KillAfterEpoch(0)], epochs=2)
+    second = WandbHook(out, log_every=0)
+    make_engine([second, CheckpointHook(out)], StandInData(), max_epochs=2).fit(resume=out)
+    assert second.run_id == first.run_id is not None
+    files = run_files(out)
+    assert len(files) == 2 and all(f.name == f"run-{first.run_id}.wandb" for f in files)
+    assert [r["epoch"] for r in history(files[1]) if "val/acc" in r] == [1]
+
+
+def test_cli_flags_reach_the_run(tmp_path: Path) -> None:
+    from tests.tools.tiny_run import load_tool
+
+    tree = make_tree(tmp_path / "data")
+    out = tmp_path / "run"
+    code = load_tool("train").main(
+        [
+            "--data",
+            str(tree),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--wandb",
+            "--wandb-project",
+            "p1",
+            "--wandb-name",
+            "n1",
+            "--wandb-tags",
+            "x, y",
+            *FAST_CLI,
+            *NO_OUTPUTS,
+        ]
+    )
+    assert code == 0
+    (path,) = run_files(out)
+    (run,) = of_type(path, "run")
+    assert (run.project, run.display_name, list(run.tags)) == ("p1", "n1", ["x", "y"])
+    assert json.loads((out / "args.json").read_text())["wandb_project"] == "p1"
+
+
+def test_without_the_extra_the_flag_names_the_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.tools.tiny_run import load_tool
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[wandb\]'"):
+        WandbHook(tmp_path)
+    assert load_tool("train").main(["--wandb", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "--wandb" in err and "pip install -e '.[wandb]'" in err and "Traceback" not in err
+
+
+def test_hooks_wandb_does_not_shadow_the_package() -> None:
+    import wandb
+
+    import hooks.wandb
+
+    assert Path(wandb.__file__).parent.name == "wandb"
+    assert Path(wandb.__file__).parent != Path(hooks.wandb.__file__).parent
+    assert hasattr(wandb, "init") and hooks.wandb.WandbHook is WandbHook

@@ -1,0 +1,80 @@
+"""--config in YAML or JSON, --print-config --format yaml, and the errors a config file gets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tools.tiny_run import load_tool
+
+train = load_tool("train")
+
+
+def test_yaml_config_sets_what_args_json_would(tmp_path: Path) -> None:
+    cfg = tmp_path / "exp.yaml"
+    # 3e-3 is a string to YAML 1.1 (PyYAML); it is read as the number the flag takes.
+    cfg.write_text("epochs: 3\nlr: 3e-3\nmodel: small_cnn\nhflip: false\nprecision: 32\n")
+    config = train.parse_config(["--config", str(cfg)])
+    assert config["epochs"] == 3 and config["lr"] == 0.003 and config["hflip"] is False
+    assert config["precision"] == "32"
+    # Flags on the command line still win over the file.
+    assert train.parse_config(["--config", str(cfg), "--epochs", "5"])["epochs"] == 5
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+def test_print_config_yaml_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    argv = ["--epochs", "4", "--lr", "0.01", "--sampler", "balanced", "--no-hflip"]
+    assert train.main([*argv, "--print-config", "--format", "yaml"]) == 0
+    printed = capsys.readouterr().out
+    as_yaml = yaml.safe_load(printed)
+    assert as_yaml["epochs"] == 4 and as_yaml["sampler"] == "balanced"
+    assert "format" not in as_yaml and "print_config" not in as_yaml
+    # Edited by hand, then replayed: the edit is the only difference.
+    cfg = tmp_path / f"exp{suffix}"
+    cfg.write_text(printed.replace("epochs: 4", "epochs: 6"))
+    assert train.main(["--config", str(cfg), "--print-config", "--format", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {**as_yaml, "epochs": 6}
+    # The same configuration as JSON (what args.json holds).
+    assert train.main([*argv, "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == as_yaml
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("epochs: 3\nlearning_rate: 0.1\n", ["'learning_rate'", "unknown key"]),
+        ("epochs: ten\n", ["'epochs'", "whole number", "'ten'"]),
+        ("lr: fast\n", ["'lr'", "number"]),
+        ("hflip: maybe\n", ["'hflip'", "true or false"]),
+        ("sampler: weighted\n", ["'sampler'", "balanced"]),
+        ("epochs: [3\n", ["not valid YAML"]),
+        ("- epochs\n- 3\n", ["not a mapping"]),
+    ],
+    ids=["unknown-key", "epochs-ten", "lr-text", "bool", "choice", "bad-yaml", "a-list"],
+)
+def test_bad_config_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: list[str]
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert train.main(["--config", str(cfg), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config ") and str(cfg) in err and "Traceback" not in err
+    for part in expected:
+        assert part in err
+
+
+def test_bad_json_config_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "args.json"
+    cfg.write_text(json.dumps({"epochs": "ten"}))
+    assert train.main(["--config", str(cfg), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "'epochs'" in err and "whole number" in err
+    cfg.write_text("{epochs: 3")
+    assert train.main(["--config", str(cfg), "--print-config"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
