@@ -90,6 +90,11 @@ def _checked_value(action: argparse.Action, key: str, value: Any, path: Path) ->
             ok = False
         if not ok:
             problem = "must be a whole number" if action.type is int else "must be a number"
+    elif callable(action.type) and action.type is not str:  # a flag's own parser (--lr)
+        try:
+            value = action.type(value if isinstance(value, str) else str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            problem = f"is not valid ({e})"
     elif action.choices is not None and str(value) in action.choices:
         value = str(value)  # `precision: 32` in YAML is a number, the flag's choice is text
     elif not isinstance(value, str):

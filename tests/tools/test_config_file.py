@@ -78,3 +78,16 @@ def test_bad_json_config_names_the_file(tmp_path: Path, capsys: pytest.CaptureFi
     cfg.write_text("{epochs: 3")
     assert train.main(["--config", str(cfg), "--print-config"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "lr"), [("lr: 3e-3\n", 0.003), ("lr: 0.01\n", 0.01), ("lr: auto\n", "auto")]
+)
+def test_a_flag_with_its_own_parser_reads_its_config_values_as_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, lr: float | str
+) -> None:
+    """--lr takes a number or ``auto``: a number from args.json or YAML, and the text, load."""
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(text)
+    assert train.main(["--config", str(cfg), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["lr"] == lr
