@@ -148,6 +148,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         cache=None if config["cache"] == "none" else config["cache"],
         max_bad_fraction=config["max_bad_fraction"],
         decode=config["decode"],
+        verify=config["verify"],
     )
     log.info(data.summary())
     seed_everything(config["seed"])  # the model's initial weights too
@@ -163,7 +164,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             out.mkdir(parents=True, exist_ok=True)
             clean_stale_temp_files(out)  # what a killed run left, anywhere in the folder
             atomic_write_json(out / "args.json", saved)
-            atomic_write_json(out / "data_report.json", data.report())
+            data.write_report(out / "data_report.json")  # rewritten when images are skipped
             data.save_labels_mapping(out / "labels_mapping.json")
         except OSError as e:
             raise OutputError(

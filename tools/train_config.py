@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="abort when more than this share of the images cannot be read",
     )
+    g.add_argument(
+        "--verify",
+        choices=("header", "full", "none"),
+        default="header",
+        help="start-up check of every image, cached by path, size and mtime: header reads "
+        "headers only; full decodes every image (in child processes a crash cannot end the "
+        "run); none skips it. Images that fail later are skipped and counted either way",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument(

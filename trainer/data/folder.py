@@ -458,8 +458,8 @@ class ImageFolderData:
         }
 
     def write_report(self, path: str | os.PathLike[str]) -> None:
-        """Write ``report()`` to ``path`` as JSON, and again whenever a loader has skipped a
-        new image (after that loader's pass)."""
+        """Write ``report()`` to ``path`` as JSON, and again after each loader pass that
+        skipped an image."""
         atomic_write_json(path, self.report())
         self.bad_images.on_change = lambda: atomic_write_json(path, self.report())
 

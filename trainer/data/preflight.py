@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -254,6 +255,16 @@ def _run_checks(
         yield from _pooled(paths, todo, full, max(1, processes), bar)
 
 
+def _quiet() -> None:
+    # A checker that crashes is expected and reported by file name; Python's fault handler
+    # (pytest enables it) would add a stack dump per crash to the terminal.
+    faulthandler.disable()
+
+
+def _new_pool(processes: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(processes, mp_context=_context(), initializer=_quiet)
+
+
 def _context() -> Any:
     # fork starts a checker in milliseconds and shares the path list; spawn where there is none.
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -266,7 +277,7 @@ def _pooled(
     starts = iter(range(0, len(todo), CHUNK))
     pending: dict[Future[list[tuple[int, str]]], np.ndarray] = {}
     crashed: list[np.ndarray] = []
-    pool = ProcessPoolExecutor(processes, mp_context=_context())
+    pool = _new_pool(processes)
     try:
         while True:
             while not crashed and len(pending) < 2 * processes:
@@ -295,7 +306,7 @@ def _pooled(
                     yield from _isolate(paths, idx, full)
                     bar.update(len(idx))
                 crashed = []
-                pool = ProcessPoolExecutor(processes, mp_context=_context())
+                pool = _new_pool(processes)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -317,6 +328,7 @@ def _isolate(paths: list[str], idx: np.ndarray, full: bool) -> Iterator[tuple[in
 
 
 def _child(conn: Connection, paths: list[str], full: bool) -> None:
+    _quiet()
     conn.send(check_chunk(paths, full))
     conn.close()
 

@@ -51,8 +51,8 @@ class BadImages:
     Attributes:
         skipped: path -> reason of each image skipped during training, first time first.
         events: skips in all, the same image once per time it was drawn.
-        on_change: called (by ``SkippingLoader``, after a pass over a loader) when
-            ``skipped`` has grown since; e.g. to rewrite ``data_report.json``.
+        on_change: called (by ``SkippingLoader``, after a pass over a loader) when images
+            were skipped during that pass; e.g. to rewrite ``data_report.json``.
     """
 
     def __init__(
@@ -91,8 +91,8 @@ class BadImages:
 
     def flush(self) -> None:
         """Call ``on_change`` if images were skipped since the last call."""
-        if len(self.skipped) != self._reported and self.on_change is not None:
-            self._reported = len(self.skipped)
+        if self.events != self._reported and self.on_change is not None:
+            self._reported = self.events
             self.on_change()
 
 
