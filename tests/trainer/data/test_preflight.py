@@ -128,9 +128,17 @@ def test_results_are_cached_by_path_size_and_mtime(tmp_path: Path) -> None:
     paths[3].write_bytes(b"broken now")
     changed = preflight(paths, mode="header", cache_key="k", cache_dir=cache)
     assert (changed.checked, [i for i, _ in changed.bad]) == (1, [3])
+    # Same size, new content and mtime: checked again too.
+    same_size = damage("png", "wrong_header", paths[4].read_bytes())
+    st = paths[4].stat()
+    paths[4].write_bytes(same_size)
+    os.utime(paths[4], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert paths[4].stat().st_size == st.st_size
+    retouched = preflight(paths, mode="header", cache_key="k", cache_dir=cache)
+    assert (retouched.checked, [i for i, _ in retouched.bad]) == (1, [3, 4])
     # Another list of files under the same key: the unchanged ones still come from the cache.
     fewer = preflight(paths[2:], mode="header", cache_key="k", cache_dir=cache)
-    assert (fewer.checked, [i for i, _ in fewer.bad]) == (0, [1])
+    assert (fewer.checked, [i for i, _ in fewer.bad]) == (0, [1, 2])
     # A header check does not answer a request for a full one; a full one answers both.
     full = preflight(paths[2:], mode="full", processes=1, cache_key="k", cache_dir=cache)
     assert full.checked == 6
