@@ -136,9 +136,15 @@ def test_results_are_cached_by_path_size_and_mtime(tmp_path: Path) -> None:
     assert paths[4].stat().st_size == st.st_size
     retouched = preflight(paths, mode="header", cache_key="k", cache_dir=cache)
     assert (retouched.checked, [i for i, _ in retouched.bad]) == (1, [3, 4])
+    # A new size under the old mtime (a copy that kept its timestamp): checked again too.
+    st = paths[5].stat()
+    paths[5].write_bytes(b"\x00" * 7)
+    os.utime(paths[5], ns=(st.st_atime_ns, st.st_mtime_ns))
+    resized = preflight(paths, mode="header", cache_key="k", cache_dir=cache)
+    assert (resized.checked, [i for i, _ in resized.bad]) == (1, [3, 4, 5])
     # Another list of files under the same key: the unchanged ones still come from the cache.
     fewer = preflight(paths[2:], mode="header", cache_key="k", cache_dir=cache)
-    assert (fewer.checked, [i for i, _ in fewer.bad]) == (0, [1, 2])
+    assert (fewer.checked, [i for i, _ in fewer.bad]) == (0, [1, 2, 3])
     # A header check does not answer a request for a full one; a full one answers both.
     full = preflight(paths[2:], mode="full", processes=1, cache_key="k", cache_dir=cache)
     assert full.checked == 6
