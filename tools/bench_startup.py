@@ -177,9 +177,9 @@ def bench_startup(args: argparse.Namespace) -> dict[str, Any]:
         cpu: dict[str, list[float]] = {k: [] for k in rows}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds} ...", file=sys.stderr, flush=True)
-            ref = _timed([sys.executable, "-c", _REFERENCE, str(tree)], env)[0]
-            rows["reference"].append(ref["t"])
-            cpu["reference"].append(ref["cpu"])
+            reference = _timed([sys.executable, "-c", _REFERENCE, str(tree)], env)[0]
+            rows["reference"].append(reference["t"])
+            cpu["reference"].append(reference["cpu"])
             shutil.rmtree(cache, ignore_errors=True)
             for key, extra in (
                 ("cold", ["--out", str(work / f"cold{r}")]),
