@@ -191,20 +191,8 @@ def draw_shape(name: str, rng: np.random.Generator) -> Image.Image:
         d.polygon(_polygon(cx, cy, [r, r * 0.42] * 5, rot), fill=255)
     elif name == "cross":
         w = r * 0.3
-        arm = [
-            (w, w),
-            (w, r),
-            (-w, r),
-            (-w, w),
-            (-r, w),
-            (-r, -w),
-            (-w, -w),
-            (-w, -r),
-            (w, -r),
-            (w, -w),
-            (r, -w),
-            (r, w),
-        ]
+        arm = [(w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
+               (-w, -w), (-w, -r), (w, -r), (w, -w), (r, -w), (r, w)]
         c, si = math.cos(rot), math.sin(rot)
         d.polygon([(cx + x * c - y * si, cy + x * si + y * c) for x, y in arm], fill=255)
     else:

@@ -79,16 +79,12 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
-                f"got num_replicas={num_replicas}, rank={rank}."
-            )
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}.")
         self.targets = torch.as_tensor(list(targets), dtype=torch.int64)
         if int(self.targets.min()) < 0 or int(self.targets.max()) >= num_classes:
-            raise ValueError(
-                f"targets must lie in [0, {num_classes}), found values from "
-                f"{int(self.targets.min())} to {int(self.targets.max())}."
-            )
+            raise ValueError(f"targets must lie in [0, {num_classes}), found values from "
+                             f"{int(self.targets.min())} to {int(self.targets.max())}.")
         self.num_classes = num_classes
         self.mode = mode
         self.num_samples = len(targets) if num_samples is None else int(num_samples)
@@ -120,9 +116,8 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         per_class = torch.ones(self.num_classes, dtype=torch.float64)
         for cls, w in class_weights.items():
             if not 0 <= cls < self.num_classes:
-                raise ValueError(
-                    f"class_weights names class {cls}, but classes are 0..{self.num_classes - 1}."
-                )
+                raise ValueError(f"class_weights names class {cls}, but classes are "
+                                 f"0..{self.num_classes - 1}.")
             if not math.isfinite(w) or w < 0:
                 raise ValueError(f"class_weights[{cls}] is {w}; weights must be finite and >= 0.")
             per_class[cls] = float(w)
@@ -134,10 +129,8 @@ class TrackingWeightedRandomSampler(Sampler[int]):
     def set_replicas(self, num_replicas: int, rank: int) -> None:
         """Shard the next draws over ``num_replicas`` processes, this one being ``rank``."""
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
-                f"got num_replicas={num_replicas}, rank={rank}."
-            )
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}.")
         self.num_replicas, self.rank = num_replicas, rank
         self.expected_counts = [s * len(self) for s in self._class_share]
 
@@ -198,13 +191,8 @@ class TrackingWeightedRandomSampler(Sampler[int]):
         return math.ceil(self.num_samples / self.num_replicas)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "iterations": self._iterations,
-            "num_samples": self.num_samples,
-            "mode": self.mode,
-        }
+        return {"seed": self.seed, "epoch": self.epoch, "iterations": self._iterations,
+                "num_samples": self.num_samples, "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
@@ -277,10 +265,8 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
-                f"got num_replicas={num_replicas}, rank={rank}."
-            )
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, "
+                             f"got num_replicas={num_replicas}, rank={rank}.")
         self.length, self.num_replicas, self.rank = length, num_replicas, rank
 
     def __iter__(self) -> Iterator[int]:
