@@ -84,6 +84,13 @@ def make_tree(
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _check_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The image checks' cache (trainer/data/check_cache.py) of the test trees stays out of
+    # ~/.cache; set in the environment, so CLI subprocesses and spawned ranks use it too.
+    os.environ["IMGTRAINER_CHECK_CACHE"] = str(tmp_path_factory.mktemp("check_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     # Tiny images gain nothing from intra-op threads, and on a busy 2-core machine their

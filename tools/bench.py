@@ -6,6 +6,8 @@ python tools/bench.py --preset gpu --ema --lightning --json bench.json
 python tools/bench.py --preset gpu --compile  # compile time apart from steady-state speed
 python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64 [--decode gpu]
 python tools/bench.py --fit --epochs 15       # the default hooks' share of epoch time, on the demo
+python tools/bench.py --startup --classes 1000 --train-per-class 10 --val-per-class 2
+                                              # launch to first step (and resume) vs the reference
 
 Per workload it builds three runs of the same model, optimizer (AdamW, the Engine's default
 groups), loss (cross-entropy, label smoothing 0.1), precision and channels_last, on the same
@@ -42,8 +44,14 @@ alone (device batches of the same shape), both together, and the share of the tr
 spent waiting for the next batch. With ``--decode gpu`` the loader only reads the files and
 draws the crops; the decoding then counts in the training loop, on the device.
 
-The modes live in bench_steps.py (the presets), bench_data.py (``--data``) and bench_fit.py
-(``--fit``); what they share, in bench_common.py. This file is the command line.
+``--startup`` times start-up on a generated tree: from launch to the first training step of
+tools/train.py (check cache cold and warm) and of a resume, against importing torch and
+torchvision plus torchvision's ImageFolder scan of the same tree; and the memory of the main
+process and of each loader worker (see bench_startup.py).
+
+The modes live in bench_steps.py (the presets), bench_data.py (``--data``), bench_fit.py
+(``--fit``) and bench_startup.py (``--startup``); what they share, in bench_common.py. This
+file is the command line.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ import torch
 from bench_common import Workload
 from bench_data import bench_data, print_data
 from bench_fit import bench_fit, print_fit
+from bench_startup import bench_startup, print_startup
 from bench_steps import PRESETS, bench_workload, print_results
 from runtime import steady_malloc
 
@@ -146,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="with --data: gpu decodes the training JPEGs on the GPU (as train.py --decode)",
     )
+    g = p.add_argument_group(
+        "--startup: launch to first training step, against importing torch and torchvision "
+        "plus torchvision's ImageFolder scan, on a generated tree of small JPEGs"
+    )
+    g.add_argument("--startup", action="store_true", help="time start-up (bench_startup.py)")
+    g.add_argument("--classes", type=int, default=1000, help="classes of the generated tree")
+    g.add_argument("--train-per-class", type=int, default=10, help="train images per class")
+    g.add_argument("--val-per-class", type=int, default=2, help="val images per class")
+    g.add_argument(
+        "--tree-dir",
+        type=Path,
+        default=None,
+        help="where the tree is generated (once); default a folder named by its shape in /tmp",
+    )
     return p
 
 
@@ -154,10 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # As train.py does: without it, whether a process pays ~500k page faults per CPU epoch
     # depends on its allocation history, which made paired fits differ by up to 15%.
     steady_malloc()
-    for flag in ("rounds", "steps", "threads", "epochs"):
+    for flag in ("rounds", "steps", "threads", "epochs", "classes", "train_per_class"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            print(f"error: --{flag} must be >= 1, got {value}", file=sys.stderr)
+            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
             return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -177,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "clock": args.clock,
         }
+        if args.startup:
+            s = bench_startup(_startup_defaults(args))
+            print_startup(s)
+            if args.json is not None:
+                atomic_write_json(args.json, {"workloads": [], "startup": s, **meta})
+            return 0
         if args.fit:
             f = bench_fit(args, device, args.rounds or 3)
             print_fit(f, device)
@@ -206,6 +235,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print_results(results, device, precision)
     return 0
+
+
+def _startup_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """--startup trains small_cnn on 32 px crops in batches of 64 unless told otherwise: the
+    figures are about start-up, which the model barely changes."""
+    args.model = args.model or "small_cnn"
+    args.img_size = args.img_size or 32
+    args.batch_size = args.batch_size or 64
+    args.workers = 2 if args.workers is None else args.workers
+    args.rounds = args.rounds or 2
+    return args
 
 
 if __name__ == "__main__":

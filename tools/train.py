@@ -170,7 +170,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             out.mkdir(parents=True, exist_ok=True)
             clean_stale_temp_files(out)  # what a killed run left, anywhere in the folder
             atomic_write_json(out / "args.json", saved)
-            atomic_write_json(out / "data_report.json", data.report())
+            data.write_report(out / "data_report.json")  # rewritten when images are skipped
             data.save_labels_mapping(out / "labels_mapping.json")
             if finder is not None:
                 write_results(finder, out)

@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="find images that are in more than one split (identical files, by content hash); "
         "listed in data_report.json",
     )
+    g.add_argument(
+        "--verify",
+        choices=("header", "full", "none"),
+        default="header",
+        help="start-up check of every image, cached by path, size and mtime: header reads "
+        "headers only; full decodes every image (in child processes a crash cannot end the "
+        "run); none skips it. Images that fail later are skipped and counted either way",
+    )
 
     add_augment_flags(p)
 
@@ -453,6 +461,7 @@ def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
         image_key=config["image_key"],
         label_key=config["label_key"],
         check_leakage=config["check_leakage"],
+        verify=config["verify"],
         augment=augment_from_config(config),
         train_transform=pipelines[0] if pipelines else None,
         val_transform=pipelines[1] if pipelines else None,

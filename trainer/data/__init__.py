@@ -9,7 +9,11 @@ Modules:
     scan        the tree walk and split detection: a folder tree to ``(path, class)`` samples
     labelfile   CSV and JSONL label files to the same samples; picks the reader for ``--data``
     leakage     byte-identical images in more than one split
-    cache       verify every image once up front; optionally keep them decoded in RAM
+    preflight   the start-up check (headers, or full decodes), parallel, crash-contained
+    check_cache the check results on disk, keyed by (path, size, mtime)
+    cache       optionally keep every image decoded in RAM
+    samples     SampleArray: samples in numpy arrays that loader workers share
+    skipping    images that fail in a loader: skipped, counted, reported
     dataset     ImageListDataset: samples served as transformed uint8 images
     folder      ImageFolderData: the above put together, with loaders and the labels mapping
     sampler     the tracking weighted sampler (resumable, DDP-aware) and the eval shard sampler

@@ -47,6 +47,7 @@ def verify_and_cache(
     cache_max_bytes: int,
     max_bad_fraction: float,
     workers: int,
+    native: bool = True,
 ) -> CheckedSamples:
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
 
@@ -62,6 +63,7 @@ def verify_and_cache(
         cache_max_bytes: memory the kept images may use.
         max_bad_fraction: largest share of unreadable images tolerated.
         workers: the loader's worker count; up to 16 threads decode.
+        native: decode with torchvision.io where it applies (see ``load_image``).
 
     Raises:
         DataError: more than ``max_bad_fraction`` of the images cannot be decoded.
@@ -75,7 +77,7 @@ def verify_and_cache(
 
     def check(path: Path) -> tuple[torch.Tensor | None, str | None]:
         try:
-            img = load_image(path)
+            img = load_image(path, native=native)
         except Exception as e:
             return None, f"{type(e).__name__}: {e}".strip()
         if not keep or budget[0] < 0:

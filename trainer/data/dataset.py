@@ -8,7 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.data.decode import load_image
+from trainer.data.samples import SampleArray
 from trainer.data.scan import Sample
+from trainer.data.skipping import Skipped
 from trainer.errors import DataError
 from trainer.rng import torch_seeded
 
@@ -24,6 +26,9 @@ def split_key(key: SampleKey) -> tuple[int, int | None]:
 class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     """``(path, target)`` samples decoded on demand (or from a RAM cache) and transformed.
 
+    The samples are held in a ``SampleArray``, which forked loader workers share with the
+    main process instead of copying it bit by bit.
+
     A key ``(index, seed)`` (what ``SeededDraw`` yields) runs the transform on torch's
     generator seeded with ``seed``, so the augmentation is the same in any worker; a plain
     index uses the process's own stream.
@@ -32,6 +37,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         samples: the ``(path, class index)`` list.
         transform: applied to the uint8 ``(3, H, W)`` image.
         cache: decoded images aligned with ``samples``, or None to read from disk.
+        skip_bad: return a ``Skipped`` marker for an image that cannot be decoded (for a
+            loader with ``collate_skipping``) instead of raising DataError.
+        native: decode with torchvision.io where it applies (see ``load_image``).
     """
 
     def __init__(
@@ -39,23 +47,30 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         samples: Sequence[Sample],
         transform: Callable[[torch.Tensor], torch.Tensor],
         cache: Sequence[torch.Tensor] | None = None,
+        *,
+        skip_bad: bool = False,
+        native: bool = True,
     ) -> None:
-        self.samples = list(samples)
+        self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
         self.cache = cache
+        self.skip_bad = skip_bad
+        self.native = native
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
         index, seed = split_key(key)
-        path, target = self.samples[index]
+        path, target = self.samples.path(index), int(self.samples.targets[index])
         if self.cache is not None:
             img = self.cache[index]
         else:
             try:
-                img = load_image(path)
+                img = load_image(path, native=self.native)
             except Exception as e:
+                if self.skip_bad:
+                    return Skipped(path, f"{type(e).__name__}: {e}".strip())  # type: ignore[return-value]
                 raise DataError(
                     f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
                     "the file, or construct the data with verify=True to skip unreadable files."
@@ -67,4 +82,4 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
 
     @property
     def targets(self) -> list[int]:
-        return [t for _, t in self.samples]
+        return [int(t) for t in self.samples.targets]

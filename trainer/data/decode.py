@@ -111,7 +111,7 @@ def _refuse_bombs(raw: bytes) -> None:
         pass  # not for this check to judge: the decoders below report it
 
 
-def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor ``(3, H, W)``, EXIF orientation applied.
 
     torchvision.io decodes JPEG, PNG and WebP; GIF, WebP with EXIF (torchvision would ignore
@@ -120,8 +120,15 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     palette and CMYK become RGB, alpha (RGBA, LA, palette transparency) is composited over
     white, and 16-bit samples are scaled (not clipped) to 8 bits.
 
+    torchvision.io's native decoders have crashed the process (segfaults, aborts) on some
+    malformed files, where Pillow raises an exception. ``native=False`` decodes with Pillow
+    only (the same pixels for JPEG and PNG, ~20% slower on large JPEGs): the training loaders
+    use it unless a full check (``--verify full``) has already decoded every file, in child
+    processes, with the native decoders.
+
     Args:
         path: the image file.
+        native: use torchvision.io's decoders where they apply.
 
     Raises:
         OSError or ValueError (or another decoder error) when the file cannot be decoded.
@@ -129,7 +136,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     data = read_file(os.fspath(path))
     raw = data.numpy().tobytes()
     _refuse_bombs(raw)
-    mode = _torchvision_mode(raw)
+    mode = _torchvision_mode(raw) if native else None
     if mode is None:
         return _load_with_pil(raw)
     try:

@@ -27,6 +27,7 @@ from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
 from trainer.data.mix import BatchMix
 from trainer.data.pipelines import Transform, check_train_transform, check_val_transform
+from trainer.data.preflight import VERIFY_MODES, available_cpus, check_splits
 from trainer.data.sampler import (
     SAMPLER_MODES,
     SeededDraw,
@@ -34,6 +35,7 @@ from trainer.data.sampler import (
     TrackingWeightedRandomSampler,
 )
 from trainer.data.scan import Sample
+from trainer.data.skipping import BadImages, SkippingLoader, collate_skipping
 from trainer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -68,9 +70,13 @@ class ImageFolderData:
     Label files: ``root`` may instead be a ``.csv`` or ``.jsonl`` file of ``(image path, label[,
     split])`` rows (see ``trainer.data.labelfile``): the same samples, checks and loaders follow.
 
-    Verification (``verify=True``) decodes every image once, on threads, before training.
-    Unreadable files are dropped, listed in ``bad_files`` and logged; more than
-    ``max_bad_fraction`` of them is a DataError.
+    Verification (``verify="header"``, the default) reads every image's header before
+    training, in parallel processes, and caches the results by path, size and mtime (see
+    ``trainer.data.preflight``); ``verify="full"`` decodes every image instead. Unusable files
+    are dropped, listed in ``bad_files`` and logged. An image that still fails to decode in a
+    loader is skipped (its batch is one image shorter), logged once and listed in
+    ``bad_images.skipped``. More than ``max_bad_fraction`` of unusable images, at start or
+    later, is a DataError.
 
     Loaders yield ``(images, targets)``: uint8 ``(B, 3, img_size, img_size)`` (not normalised;
     normalise on the device with ``mean``/``std``) and int64 ``(B,)``.
@@ -94,7 +100,12 @@ class ImageFolderData:
             from disk every epoch. Training crops are then taken from the pre-resized image.
         cache_max_bytes: memory the RAM cache may use.
         max_bad_fraction: largest share of unreadable images tolerated.
-        verify: decode every image once up front.
+        verify: "header" checks every image's header up front, "full" decodes every image
+            (in child processes: a crashing decoder cannot end the run), "none" checks
+            nothing (True and False mean "header" and "none"). Without a full check, the
+            loaders decode with Pillow only (see ``load_image``).
+        check_cache_dir: where the check results are cached; default
+            ``trainer.data.check_cache.default_cache_dir()``.
         decode: "cpu" decodes and augments training images in the loader's workers; "gpu"
             has the workers only read the files and draw the crops, and the engine decode
             the JPEGs in batches on its device (nvjpeg on CUDA) and crop, resize and flip
@@ -143,7 +154,7 @@ class ImageFolderData:
         cache: str | None = None,
         cache_max_bytes: int = 4 * 1024**3,
         max_bad_fraction: float = 0.05,
-        verify: bool = True,
+        verify: bool | str = "header",
         decode: str = "cpu",
         image_key: str = "path",
         label_key: str = "label",
@@ -151,8 +162,11 @@ class ImageFolderData:
         augment: Augment | None = None,
         train_transform: Transform | None = None,
         val_transform: Transform | None = None,
+        check_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.augment = augment or Augment()
+        if isinstance(verify, bool):
+            verify = "header" if verify else "none"
         self._check_args(
             img_size,
             batch_size,
@@ -165,6 +179,7 @@ class ImageFolderData:
             cache,
             max_bad_fraction,
             decode,
+            verify,
         )
         self._check_augment(decode, train_transform)
         if train_transform is not None:
@@ -184,6 +199,7 @@ class ImageFolderData:
         self.cache_max_bytes = cache_max_bytes
         self.max_bad_fraction = max_bad_fraction
         self.decode = decode
+        self.verify = verify
 
         scan, missing = scan_source(
             self.root,
@@ -207,8 +223,23 @@ class ImageFolderData:
         # The engine applies it to each training batch on the device (trainer.data.mix).
         self.batch_mix: BatchMix | None = self.augment.batch_mix(self.num_classes, seed)
 
+        total = sum(map(len, self._splits().values())) + len(missing)
+        if verify != "none":
+            kept, unusable = check_splits(
+                self._splits(),
+                mode=verify,
+                # The loaders are not running yet: the check may use every core.
+                processes=0 if self.workers == 0 else available_cpus(),
+                cache_key=str(self.root.resolve()),
+                cache_dir=None if check_cache_dir is None else Path(check_cache_dir),
+                max_bad_fraction=max_bad_fraction,
+                root=self.root,
+            )
+            self.train_samples, self.val_samples = kept["train"], kept["val"]
+            self.test_samples = kept["test"]
+            self.bad_files = missing + unusable
         self._cache: dict[str, list[torch.Tensor]] | None = None
-        if verify or cache == "ram":
+        if cache == "ram":
             # Called from __init__ itself: its over-budget warning names the caller's line.
             checked = verify_and_cache(
                 self._splits(),
@@ -218,12 +249,14 @@ class ImageFolderData:
                 cache_max_bytes=cache_max_bytes,
                 max_bad_fraction=max_bad_fraction,
                 workers=self.workers,
+                native=verify == "full",
             )
             self.train_samples = checked.samples["train"]
             self.val_samples = checked.samples["val"]
             self.test_samples = checked.samples["test"]
-            self.bad_files = missing + checked.bad_files
+            self.bad_files += checked.bad_files
             self._cache = checked.images
+        self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
         self._check_counts()
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
         if check_leakage:
@@ -266,6 +299,7 @@ class ImageFolderData:
         cache: str | None,
         max_bad_fraction: float,
         decode: str,
+        verify: str,
     ) -> None:
         problems = []
         if img_size < 1:
@@ -288,6 +322,8 @@ class ImageFolderData:
             problems.append(f"cache must be None or 'ram', got {cache!r}")
         if not 0 <= max_bad_fraction <= 1:
             problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if verify not in VERIFY_MODES:
+            problems.append(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         if decode not in ("cpu", "gpu"):
             problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
         if decode == "gpu" and cache == "ram":
@@ -363,10 +399,22 @@ class ImageFolderData:
     # ------------------------------------------------------------------ loaders
 
     def _dataset(
-        self, split: str, transform: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        split: str,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        skip_bad: bool = False,
     ) -> ImageListDataset:
         cache = None if self._cache is None else self._cache[split]
-        return ImageListDataset(self._splits()[split], transform, cache)
+        samples = self._splits()[split]
+        native = self.verify == "full"  # natively decoded only what a checker survived
+        return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=native)
+
+    def _skipping_loader(self, dataset: ImageListDataset, **kwargs: Any) -> SkippingLoader:
+        """A loader that skips (and records in ``bad_images``) images it cannot decode."""
+        dataset.skip_bad = True
+        loader = self._loader(dataset, collate_fn=collate_skipping, **kwargs)
+        return SkippingLoader(loader, self.bad_images)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         kwargs.setdefault("collate_fn", default_collate)
@@ -407,7 +455,7 @@ class ImageFolderData:
             return self.val_transform
         return val_transform(self.img_size)
 
-    def train_loader(self) -> DataLoader[Any]:
+    def train_loader(self) -> DataLoader[Any] | SkippingLoader:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
 
         Build it once per fit: each call makes a new loader (and, with workers, a new pool).
@@ -433,13 +481,13 @@ class ImageFolderData:
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._loader(encoded, sampler=sampler, collate_fn=collate)
-        return self._loader(self.train_dataset(), sampler=sampler)
+        return self._skipping_loader(self.train_dataset(), sampler=sampler)
 
     def val_dataset(self) -> ImageListDataset:
         """The validation samples, in file order, with the validation preprocessing."""
         return self._dataset("val", self.val_pipeline())
 
-    def val_loader(self) -> DataLoader[Any]:
+    def val_loader(self) -> DataLoader[Any] | SkippingLoader:
         """Validation batches in file order, with the validation preprocessing.
 
         Under a process group, rank ``r`` gets images ``r, r + world_size, ...`` (no padding, so
@@ -447,15 +495,15 @@ class ImageFolderData:
         """
         return self._eval_loader(self.val_dataset())
 
-    def test_loader(self) -> DataLoader[Any] | None:
+    def test_loader(self) -> DataLoader[Any] | SkippingLoader | None:
         """Test batches like validation, or None when the tree has no test/ split."""
         if not self.test_samples:
             return None
         return self._eval_loader(self._dataset("test", self.val_pipeline()))
 
-    def _eval_loader(self, dataset: ImageListDataset) -> DataLoader[Any]:
+    def _eval_loader(self, dataset: ImageListDataset) -> SkippingLoader:
         shard = ShardSampler(len(dataset), num_replicas=get_world_size(), rank=get_rank())
-        return self._loader(dataset, sampler=shard)
+        return self._skipping_loader(dataset, sampler=shard)
 
     # ------------------------------------------------------------------ labels mapping
 
@@ -481,11 +529,22 @@ class ImageFolderData:
             "root": str(self.root),
             "classes": list(self.classes),
             "class_counts": {k: list(v) for k, v in self.class_counts.items()},
+            "verify": self.verify,
             "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
+            "skipped_in_training": [
+                {"path": p, "reason": r} for p, r in self.bad_images.skipped.items()
+            ],
+            "skip_events": self.bad_images.events,
             "ignored_files": [str(p) for p in self.ignored_files],
             "skipped_links": [{"path": str(p), "reason": r} for p, r in self.skipped_links],
             **({} if self.leaks is None else {"leakage": self.leaks}),
         }
+
+    def write_report(self, path: str | os.PathLike[str]) -> None:
+        """Write ``report()`` to ``path`` as JSON, and again after each loader pass that
+        skipped an image."""
+        atomic_write_json(path, self.report())
+        self.bad_images.on_change = lambda: atomic_write_json(path, self.report())
 
     def summary(self) -> str:
         """A few lines on classes and split sizes, for the start of a run."""

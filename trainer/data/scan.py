@@ -199,9 +199,11 @@ def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
     images: list[Path] = []
     ignored: list[Path] = []
     own = folder.resolve()
+    walked = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         here = Path(dirpath)
-        real = here.resolve()
+        real = own if walked == 0 else here.resolve()
+        walked += 1
         if real in walk.seen:
             dirnames[:] = []
             continue
@@ -218,12 +220,14 @@ def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
             elif not _is_hidden(d):
                 kept.append(d)
         dirnames[:] = kept
+        # Per file only string work and one Path: on a 1.28 M-image tree this loop is the scan.
         for name in sorted(filenames):
             if _is_hidden(name):
                 continue
-            p = Path(dirpath) / name
-            (images if p.suffix.lower() in IMG_EXTENSIONS else ignored).append(p)
-    return sorted(images), ignored
+            ext = os.path.splitext(name)[1].lower()
+            (images if ext in IMG_EXTENSIONS else ignored).append(here / name)
+    # One folder's files are already in order; only images from subfolders need the sort.
+    return (images if walked == 1 else sorted(images)), ignored
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -34,11 +34,15 @@ def test_tiny_tree_classes_counts_and_batches(tiny_tree: Path) -> None:
     assert val_targets == sorted(val_targets)  # val keeps file order
 
 
-def test_without_verify_a_bad_file_fails_in_the_loader_naming_it(tiny_tree: Path) -> None:
-    (tiny_tree / "val" / "bird" / "0.png").write_bytes(b"nope")
+def test_without_verify_a_bad_file_is_skipped_by_the_loader_and_named(tiny_tree: Path) -> None:
+    bad = tiny_tree / "val" / "bird" / "0.png"
+    bad.write_bytes(b"nope")
     data = small_data(tiny_tree, verify=False)
-    with pytest.raises(DataError, match=r"0\.png"):
-        list(data.val_loader())
+    assert sum(len(t) for _, t in data.val_loader()) == 14  # 15 val images, one skipped
+    assert list(data.bad_images.skipped) == [str(bad)]
+    assert data.report()["skipped_in_training"][0]["path"] == str(bad)
+    with pytest.raises(DataError, match=r"0\.png"):  # the dataset on its own still raises
+        data.val_dataset()[0]  # bird comes first
 
 
 def test_balanced_sampler_drives_the_train_loader(tiny_tree: Path) -> None:
