@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
-from train_config import build_data, build_parser, parse_config
+from train_config import build_data, build_loss_from_config, build_parser, parse_config
 
 from hooks.plots import save_png
 from trainer.data import ImageFolderData
@@ -32,7 +32,6 @@ from trainer.distributed import is_global_zero
 from trainer.engine import Engine
 from trainer.errors import UserError
 from trainer.io import atomic_write_csv
-from trainer.losses import build_loss
 from trainer.lr_find import LRFindResult, lr_find
 from trainer.models import build_model
 from trainer.rng import seed_everything
@@ -76,11 +75,7 @@ def range_test(
 ) -> LRFindResult:
     """Run ``trainer.lr_find`` on an engine built as train.py builds it (loss, precision, clip,
     weight decay, device), without hooks or EMA; model and data are left as they were."""
-    loss = build_loss(
-        config["loss"],
-        label_smoothing=config["label_smoothing"],
-        class_counts=data.class_counts["train"] if config["loss_weights"] == "balanced" else None,
-    )
+    loss = build_loss_from_config(config, data)
     engine = Engine(
         model,
         data,

@@ -31,7 +31,7 @@ from run_folder import (
     same_folder,
 )
 from runtime import steady_malloc
-from train_config import NOT_SAVED, PIPELINE_KEY, build_data, parse_config
+from train_config import NOT_SAVED, PIPELINE_KEY, build_data, build_loss_from_config, parse_config
 
 from hooks import WandbHook, default_hooks
 from hooks.verbosity import Verbosity
@@ -56,7 +56,6 @@ from trainer.errors import (
 )
 from trainer.export import ExportVerificationError
 from trainer.io import atomic_write_json, clean_stale_temp_files
-from trainer.losses import build_loss
 from trainer.metrics import monitor_mode
 from trainer.models import build_model
 from trainer.rng import seed_everything
@@ -180,11 +179,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
                 "choose a writable --out with free space"
             ) from e
 
-    loss = build_loss(
-        config["loss"],
-        label_smoothing=config["label_smoothing"],
-        class_counts=data.class_counts["train"] if config["loss_weights"] == "balanced" else None,
-    )
+    loss = build_loss_from_config(config, data)
     hooks = default_hooks(
         out,
         monitor=config["monitor"],

@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import torch
 from augment_flags import RECIPES, add_augment_flags, augment_from_config
 from config_file import FORMATS, check_config_values, read_config_file
 from run_folder import run_dir_of
@@ -18,6 +19,7 @@ from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.data.pipelines import load_transforms_file
 from trainer.errors import ConfigError
+from trainer.losses import build_loss
 from trainer.models import MODELS, TIMM_PREFIX
 from trainer.val_check import val_every_problem
 
@@ -465,4 +467,13 @@ def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
         augment=augment_from_config(config),
         train_transform=pipelines[0] if pipelines else None,
         val_transform=pipelines[1] if pipelines else None,
+    )
+
+
+def build_loss_from_config(config: dict[str, Any], data: ImageFolderData) -> torch.nn.Module:
+    """The run's loss from its configuration (tools/train.py and tools/lr_find.py alike)."""
+    return build_loss(
+        config["loss"],
+        label_smoothing=config["label_smoothing"],
+        class_counts=data.class_counts["train"] if config["loss_weights"] == "balanced" else None,
     )
