@@ -278,6 +278,8 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
     console.print(f"  run folder: {escape(str(out))}")
     names = [
         "metrics.csv",
+        "per_class.csv",
+        "steps.csv",
         "labels_mapping.json",
         "checkpoints/best.pt",
         "checkpoints/last.pt",

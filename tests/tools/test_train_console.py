@@ -71,7 +71,8 @@ def test_verbose_shows_everything(tmp_path: Path) -> None:
     assert "Sampled classes, epoch 1" in text and "Sampled classes, epoch 2" in text
     assert "trainable" in text  # the model table
     assert "INFO" in text and "Class distribution" in text
-    assert any(line.strip() == str(out / "metrics.csv") for line in lines)  # every file
+    for name in ("metrics.csv", "per_class.csv"):  # every file the run wrote
+        assert any(line.strip() == str(out / name) for line in lines), name
 
 
 def test_quiet_and_verbose_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
