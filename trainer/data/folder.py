@@ -234,6 +234,7 @@ class ImageFolderData:
                 cache_dir=None if check_cache_dir is None else Path(check_cache_dir),
                 max_bad_fraction=max_bad_fraction,
                 root=self.root,
+                known_bad=missing,
             )
             self.train_samples, self.val_samples = kept["train"], kept["val"]
             self.test_samples = kept["test"]

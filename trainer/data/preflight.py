@@ -149,9 +149,13 @@ def check_splits(
     cache_dir: Path | None,
     max_bad_fraction: float,
     root: Path,
+    known_bad: Sequence[tuple[Path, str]] = (),
 ) -> tuple[dict[str, list[Sample]], list[tuple[Path, str]]]:
     """``preflight`` over every split's samples: the splits without the unusable files, and
     ``(path, reason)`` of those.
+
+    ``known_bad`` are images already left out of ``splits`` (a label file's missing ones): they
+    count with the unusable ones against ``max_bad_fraction``.
 
     Raises:
         DataError: more than ``max_bad_fraction`` of the images are unusable.
@@ -163,11 +167,12 @@ def check_splits(
     bad_files = [(paths[i], r) for i, r in found]
     if not bad_files:
         return {k: list(v) for k, v in splits.items()}, []
-    shown = "; ".join(f"{p} ({r})" for p, r in bad_files[:5])
-    fraction = len(bad_files) / len(paths)
+    shown = "; ".join(f"{p} ({r})" for p, r in [*known_bad, *bad_files][:5])
+    n_bad, n_all = len(bad_files) + len(known_bad), len(paths) + len(known_bad)
+    fraction = n_bad / n_all
     if fraction > max_bad_fraction:
         raise DataError(
-            f"{len(bad_files)} of {len(paths)} images under {root} ({fraction:.1%}) cannot be "
+            f"{n_bad} of {n_all} images under {root} ({fraction:.1%}) cannot be "
             f"used, more than max_bad_fraction={max_bad_fraction}. First ones: {shown}. Remove "
             "or replace the broken files, or raise --max-bad-fraction to skip them."
         )

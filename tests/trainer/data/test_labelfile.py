@@ -151,6 +151,18 @@ def test_unreadable_images_follow_the_folder_rules(tmp_path: Path) -> None:
     assert all(p != tree / "a" / "0.png" for p, _ in data.train_samples + data.val_samples)
 
 
+def test_missing_and_unreadable_images_count_together(tmp_path: Path) -> None:
+    """One missing and one unreadable image of 21 listed: each is under 8%, together over."""
+    tree = make_tree(tmp_path, {"a": 10, "b": 10}, splits=())
+    (tree / "a" / "0.png").write_bytes(b"not an image")
+    rows = tree_rows(tree, split=False)
+    rows.insert(3, {"path": "a/gone.png", "label": "a"})
+    labels = write_labels(tmp_path / "labels.csv", rows)
+    assert len(small_data(labels, max_bad_fraction=0.1).bad_files) == 2
+    with pytest.raises(DataError, match=r"2 of 21 images .*gone\.png.*0\.png"):
+        small_data(labels, max_bad_fraction=0.08)
+
+
 def test_data_path_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"Label file .*nope\.csv does not exist"):
         small_data(tmp_path / "nope.csv")
