@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hooks.class_rows import extreme_rows
+from hooks.class_rows import MAX_ROWS, extreme_rows
 from hooks.dataset_statistics import CSV_NAME, MAX_NAMED_FEW
 from hooks.metrics_logger import metric_columns
 
@@ -303,7 +303,8 @@ def _confusion(out: Path) -> str:
 
 
 def _per_class(out: Path) -> str:
-    """The last validation's rows of ``per_class.csv``, the lowest F1 first."""
+    """The last validation's rows of ``per_class.csv``, the lowest F1 first (at most
+    ``MAX_ROWS``: the worst classes; the CSV has them all)."""
     try:
         with open(out / "per_class.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -317,13 +318,14 @@ def _per_class(out: Path) -> str:
         f'<tr><td class="t">{_e(r["class"])}</td><td>{_e(r["class_index"])}</td>'
         + "".join(f"<td>{_e(r[c]) if c == 'support' else _num(c, float(r[c]))}</td>" for c in cols)
         + "</tr>"
-        for r in last
+        for r in last[:MAX_ROWS]
     )
     epoch = int(last[0]["epoch"]) + 1
+    shown = f"the {MAX_ROWS} lowest of {len(last)} " if len(last) > MAX_ROWS else ""
     return (
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
         f'</table></div><p class="note">Validation of epoch {epoch} (step {_e(last[0]["step"])}), '
-        "classes by F1, lowest first. Every validation: "
+        f"{shown}classes by F1, lowest first. Every class and validation: "
         '<a href="per_class.csv">per_class.csv</a></p>'
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hooks.class_rows import MAX_ROWS
 from hooks.report_page import RunFacts, render_report
 
 
@@ -43,3 +44,14 @@ def test_per_class_table_worst_first_and_the_reliability_diagram(tmp_path: Path)
     assert section.count("<tr>") == 1 + 3  # the header and the last validation's 3 classes
     assert 'src="plots/reliability.png"' in page
     assert 'href="per_class.csv"' in page
+
+
+def test_per_class_table_shows_the_worst_classes_only_at_many_classes(tmp_path: Path) -> None:
+    header = "epoch,step,class_index,class,accuracy,precision,recall,f1,support\n"
+    rows = "".join(f"0,4,{i},c{i},1,1,1,{i / 1000:.4f},5\n" for i in range(1000))
+    (tmp_path / "per_class.csv").write_text(header + rows, encoding="utf-8")
+    page = render_report(tmp_path, RunFacts("r", "finished", 1, 1, [], best=None, monitor="x"))
+    section = page[page.index('id="per-class"') :]
+    section = section[: section.index("</table>")]
+    assert section.count("<tr>") == 1 + MAX_ROWS  # the header and the 30 lowest F1
+    assert ">c0<" in section and f">c{MAX_ROWS - 1}<" in section and f">c{MAX_ROWS}<" not in section
