@@ -41,8 +41,9 @@ class WandbHook(Hook):
     """Logs the run to Weights & Biases, into ``out_dir/wandb`` (and the W&B server if online).
 
     - the run's configuration (``engine.args``, what ``args.json`` holds) as the W&B config;
-    - every ``log_every`` optimizer steps: ``train/step_loss`` and ``lr``, against
-      ``global_step`` (the loss is read from the device then, and only then);
+    - each row ``StepLogHook`` adds to ``engine.state.step_log`` (every ``--log-every``
+      optimizer steps): ``train/step_loss`` (the mean since the previous row), ``lr`` and
+      ``train/img_s``, against ``global_step``; it reads nothing from the device itself;
     - every epoch: each number of the epoch's history row (``train/loss``, ``val/acc``, ...,
       named as in ``metrics.csv``), and the confusion matrix and sample grids that
       ``ConfusionMatrixHook`` and ``SampleVisualizationHook`` wrote this epoch, as images
@@ -62,7 +63,6 @@ class WandbHook(Hook):
         project: the W&B project (W&B's default when None).
         name: the run's display name (W&B picks one when None).
         tags: the run's tags.
-        log_every: optimizer steps between step-level logs; 0 logs epochs only.
         log_artifacts: upload the ONNX model and the reports at fit end.
         mode: "online", "offline" or "disabled"; None follows ``WANDB_MODE``.
 
@@ -83,19 +83,16 @@ class WandbHook(Hook):
         project: str | None = None,
         name: str | None = None,
         tags: Sequence[str] = (),
-        log_every: int = 50,
         log_artifacts: bool = False,
         mode: str | None = None,
     ) -> None:
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(MISSING)
-        if log_every < 0:
-            raise ValueError(f"log_every must be >= 0, got {log_every}")
         self.out_dir = Path(out_dir)
         self.project = project
         self.run_name = name  # not ``name``: Hook.name is the hook's own
         self.tags = list(tags)
-        self.log_every = log_every
+        self._logged_step = -1.0  # the last step_log row sent
         self.log_artifacts = log_artifacts
         self.mode = mode
         self.run_id: str | None = None
@@ -120,6 +117,8 @@ class WandbHook(Hook):
             # Our own console stays as it is: no stdout capture, no system-metrics sampler.
             "settings": wandb.Settings(console="off", x_disable_stats=True),
         }
+        log = engine.state.step_log  # a resumed fit's rows were sent before
+        self._logged_step = log[-1]["step"] if log else -1.0
         self._run = wandb.init(**settings)
         self.run_id = self._run.id
         # Steps and epochs share one x axis, the optimizer step, whoever logs first.
@@ -129,18 +128,17 @@ class WandbHook(Hook):
     def on_train_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
     ) -> None:
-        run = self._run
-        if run is None or not self.log_every or (batch_idx + 1) % self.log_every:
+        log = engine.state.step_log
+        if self._run is None or not log or log[-1]["step"] <= self._logged_step:
             return
-        lr = engine.optimizer.param_groups[0]["lr"]
-        row: dict[str, Any] = {
-            "global_step": engine.state.step,
-            # The one host read of the step path, every log_every batches.
-            "train/step_loss": outputs["loss"].item(),
-        }
-        if isinstance(lr, float):  # a tensor learning rate would be a device read
-            row["lr"] = lr
-        run.log(row)
+        row = log[-1]  # StepLogHook (order 20) appended it in this batch's end
+        self._logged_step = row["step"]
+        self._run.log({
+            "global_step": int(row["step"]),
+            "train/step_loss": row["loss"],
+            "lr": row["lr"],
+            "train/img_s": row["img_s"],
+        })  # fmt: skip
 
     def on_train_epoch_end(self, engine: Engine) -> None:
         run = self._run

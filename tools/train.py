@@ -207,7 +207,6 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
                 project=config["wandb_project"],
                 name=config["wandb_name"],
                 tags=[t.strip() for t in (config["wandb_tags"] or "").split(",") if t.strip()],
-                log_every=config["wandb_log_every"],
                 log_artifacts=config["wandb_artifacts"],
             )
         )

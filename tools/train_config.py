@@ -325,13 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--wandb-tags", default=None, metavar="TAG,...", help="comma-separated W&B run tags"
     )
     g.add_argument(
-        "--wandb-log-every",
-        type=int,
-        default=50,
-        metavar="STEPS",
-        help="optimizer steps between step-level logs (the loss is read then); 0: epochs only",
-    )
-    g.add_argument(
         "--wandb-artifacts",
         action=argparse.BooleanOptionalAction,
         default=False,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from hooks import CheckpointHook, ConfusionMatrixHook, SampleVisualizationHook, WandbHook
+from hooks import (
+    CheckpointHook,
+    ConfusionMatrixHook,
+    SampleVisualizationHook,
+    StepLogHook,
+    WandbHook,
+)
 from tests.conftest import (
     FAST_CLI,
     NO_OUTPUTS,
@@ -42,10 +48,10 @@ def test_logs_config_metrics_images_and_artifacts(tmp_path: Path) -> None:
     out.mkdir()
     (out / "model.onnx").write_bytes(b"onnx")  # stand-ins for the export and the report
     (out / "report.html").write_text("<html></html>")
-    hook = WandbHook(out, project="shapes", name="first", tags=["a", "b"], log_every=1,
-                     log_artifacts=True)  # fmt: skip
+    hook = WandbHook(out, project="shapes", name="first", tags=["a", "b"], log_artifacts=True)
     data = StandInData()
-    engine = run_fit([ConfusionMatrixHook(out), SampleVisualizationHook(out), hook], data, 2)
+    plots = [ConfusionMatrixHook(out), SampleVisualizationHook(out), StepLogHook(out, every=1)]
+    engine = run_fit([*plots, hook], data, 2)
 
     (path,) = run_files(out)
     assert hook.run_id and path.name == f"run-{hook.run_id}.wandb"
@@ -58,8 +64,9 @@ def test_logs_config_metrics_images_and_artifacts(tmp_path: Path) -> None:
 
     rows = history(path)
     steps = [r for r in rows if "train/step_loss" in r]
-    assert len(steps) == engine.state.step  # log_every=1: every optimizer step
+    assert len(steps) == engine.state.step  # every=1: a steps.csv row every optimizer step
     assert [r["global_step"] for r in steps] == list(range(1, engine.state.step + 1))
+    assert [r["train/step_loss"] for r in steps] == [row["loss"] for row in engine.state.step_log]
     epochs = [r for r in rows if "val/acc" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
     assert [r["val/acc"] for r in epochs] == pytest.approx(
@@ -76,10 +83,10 @@ def test_logs_config_metrics_images_and_artifacts(tmp_path: Path) -> None:
 
 def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = WandbHook(out, log_every=0)
+    first = WandbHook(out)
     with pytest.raises(KeyboardInterrupt):
         run_fit([first, CheckpointHook(out), KillAfterEpoch(0)], epochs=2)
-    second = WandbHook(out, log_every=0)
+    second = WandbHook(out)
     make_engine([second, CheckpointHook(out)], StandInData(), max_epochs=2).fit(resume=out)
     assert second.run_id == first.run_id is not None
     files = run_files(out)
