@@ -86,8 +86,10 @@ class StepLogHook(Hook):
             self._sums = torch.zeros(2, dtype=torch.float64, device=loss.device)
             for i, value in enumerate(self._saved):  # fill_, not torch.tensor: no host copy
                 self._sums[i].fill_(value)
-        finite = torch.isfinite(loss)
-        self._sums += torch.stack([torch.where(finite, loss, 0.0) * n, finite * n]).double()
+        finite = outputs.get("finite")
+        if finite is None:  # outputs from elsewhere than the engine's training step
+            finite = torch.isfinite(loss)
+        self._sums.add_(torch.stack([torch.where(finite, loss, 0.0), finite.float()]), alpha=n)
         self._images += n
         s = engine.state
         logged = s.step_log[-1]["step"] if s.step_log else -1

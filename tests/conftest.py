@@ -19,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 from rich.console import Console
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.data.sampler import TrackingWeightedRandomSampler
@@ -233,6 +234,21 @@ class KillAfterEpoch(Hook):
             raise KeyboardInterrupt
 
 
+class NaNAt:
+    """Cross-entropy, except NaN on the given (0-based) training calls."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls - 1 in self.bad:
+                return loss * float("nan")
+        return loss
+
+
 def make_engine(
     hooks: Sequence[Hook] = (), data: StandInData | None = None, **kwargs: Any
 ) -> Engine:
@@ -303,7 +319,9 @@ def join_as_rank(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def run_ranks(worker: Callable[..., None], *args: Any, world: int = 2, timeout: float = 120.0) -> None:
+def run_ranks(
+    worker: Callable[..., None], *args: Any, world: int = 2, timeout: float = 120.0
+) -> None:
     """Run ``worker(rank, world, port, *args)`` in ``world`` spawned processes, bounded in
     time: a hung collective fails the test instead of the suite."""
     with socket.socket() as s:

@@ -57,7 +57,9 @@ file is the command line.
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         "share of epoch time (default tree: the built-in demo)",
     )
     g.add_argument("--epochs", type=int, default=4, help="epochs per fit, with --fit")
-    g.add_argument("--model", default=None, choices=sorted(MODELS))
+    g.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(MODELS),
+        help="the model; with --preset, only the preset's workloads of this model",
+    )
     g.add_argument("--img-size", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--workers", type=int, default=None, help="loader processes")
@@ -199,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "clock": args.clock,
+            "card": _card(device),
+            "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
+            "date": time.strftime("%Y-%m-%d"),
         }
         if args.startup:
             s = bench_startup(_startup_defaults(args))
@@ -220,8 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         name = args.preset or ("gpu" if device.type == "cuda" else "cpu")
         preset = PRESETS[name]
+        workloads = [w for w in preset.workloads if args.model in (None, w.model)]
+        if not workloads:
+            models = sorted({w.model for w in preset.workloads})
+            raise UserError(f"--preset {name} has no {args.model} workload; it has {models}")
         results: list[dict[str, Any]] = []
-        for w in preset.workloads:
+        for w in workloads:
             if args.steps is not None:
                 w = Workload(
                     w.model, w.img_size, w.batch_size, args.steps, w.num_classes, w.val_batches
@@ -235,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print_results(results, device, precision)
     return 0
+
+
+def _card(device: torch.device) -> str:
+    """The accelerator's name (the figures hold for that card), else the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def _startup_defaults(args: argparse.Namespace) -> argparse.Namespace:

@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# The prepared GPU check (one device call, about 6 minutes), most needed first: versions, the
-# CUDA tests, the --data path on a generated JPEG tree (CPU and --decode gpu), bench.py's GPU
-# preset with EMA (LIGHTNING=1 adds Lightning), and with DDP=1 the overhead of DDP with one
-# process. Results and the whole log go to $OUT (default /tmp/gpu_out).
-# Run from the repository root: bash tools/gpu_check.sh
+# The prepared GPU check: one device call, within BUDGET seconds (default 480), most needed
+# first; each section is skipped when too little time is left. Writes as it goes to $OUT
+# (default /tmp/gpu_out): log.txt, and one JSON per run named CARD_DATE_WHAT.json (each holds
+# the card, the torch version and the command): copy those into docs/gpu/.
+#   bash tools/gpu_check.sh                    # everything
+#   ONLY="r18 data" bash tools/gpu_check.sh    # some sections: tests profile r18 r50 data ddp epoch
+# Run from the repository root.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+PY=${PY:-python3}  # the device image has python3, not python
 OUT=${OUT:-/tmp/gpu_out}
+BUDGET=${BUDGET:-480}
+ONLY=${ONLY:-tests profile r18 r50 data ddp epoch}
+START=$(date +%s)
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-')
+TAG="${CARD}_$(date +%Y-%m-%d)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+nproc
 
-echo "== CUDA tests (sync, nvjpeg decode)"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_sync.py tests/trainer/data/test_gpu_decode.py 2>&1 | tail -30
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+# want SECTION SECONDS: whether SECTION was asked for and SECONDS are left for it
+want() {
+    case " $ONLY " in *" $1 "*) ;; *) return 1 ;; esac
+    if [ "$(left)" -lt "$2" ]; then echo "== $1 SKIPPED: $(left) s left, it needs $2"; return 1; fi
+    echo "== $1 ($(left) s left)"
+}
 
-echo "== JPEG tree"
-# Smooth patterns with a little noise: ~40-60 KB per 500x375 JPEG, as photos are. (Pure noise
-# makes 170 KB files, and moving those bytes from the workers then limits both decode paths.)
-# 8 x 1500 training images: 47 batches of 256 per epoch, several per loader worker.
-python - <<'PY'
+# Photo-like JPEGs of 500x375 (~50 KB, smooth patterns and a little noise), made on the CPUs
+# while the tests run: 8 classes x 3000 train (94 batches of 256), 8 x 40 val.
+$PY - <<'PY' &
 import numpy as np
 from multiprocessing import Pool
 from pathlib import Path
@@ -27,59 +39,72 @@ from PIL import Image
 root = Path("/tmp/jpeg")
 def make(job):
     split, c, i = job
-    rng = np.random.default_rng(c * 10_000 + i)
+    rng = np.random.default_rng(c * 100_000 + i)
     y, x = np.mgrid[0:375, 0:500]
     ch = [np.sin(x / (9 + 5 * k + c) + rng.uniform(0, 6)) + np.cos(y / (7 + 3 * k)) for k in range(3)]
     arr = (np.stack(ch, -1) + 2) * 55 + rng.normal(0, 6, (375, 500, 3))
     d = root / split / f"class{c}"
     d.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
-jobs = [(s, c, i) for s, n in (("train", 1500), ("val", 30)) for c in range(8) for i in range(n)]
-with Pool(16) as pool:
+jobs = [(s, c, i) for s, n in (("train", 3000), ("val", 40)) for c in range(8) for i in range(n)]
+with Pool(12) as pool:
     pool.map(make, jobs, chunksize=64)
-print("wrote", len(jobs), "JPEGs of 500x375")
+print("wrote", len(jobs), "JPEGs of 500x375 to", root)
 PY
-echo "== bench --data (resnet50, 224 px, batch 256, 16 workers)"
-timeout 120 python tools/bench.py --data /tmp/jpeg --steps 40 --rounds 2 --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data.json" 2>&1 | tail -20
-echo "== bench --data --decode gpu (nvjpeg, crops on the GPU)"
-timeout 120 python tools/bench.py --data /tmp/jpeg --decode gpu --steps 40 --rounds 2 --model resnet50 --img-size 224 --batch-size 256 --workers 16 --json "$OUT/bench_data_gpu.json" 2>&1 | tail -20
+TREE=$!
 
-echo "== bench --preset gpu"
-timeout 200 python tools/bench.py --preset gpu --ema ${LIGHTNING:+--lightning} --json "$OUT/bench_gpu.json" 2>&1 | tail -40
+if want tests 60; then
+    timeout 150 $PY -m pytest -q -p no:cacheprovider -rs tests/trainer/test_cuda_sync.py \
+        tests/trainer/data/test_gpu_decode.py tests/trainer/data/test_mix.py 2>&1 | tail -15
+fi
+wait $TREE
+du -sh /tmp/jpeg/train
 
-if [ -n "${DDP:-}" ]; then
-echo "== DDP with 1 process vs no DDP (resnet50, 224 px, batch 128, bf16, channels_last)"
-timeout 120 python - <<'PY' 2>&1 | tee "$OUT/ddp1.txt"
-import os, time, torch, torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from trainer.models import build_model
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
-dist.init_process_group("nccl", rank=0, world_size=1)
-torch.backends.cudnn.benchmark = True
-x = torch.randn(128, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 100, (128,), device="cuda")
-def run(wrap, steps=40):
-    torch.manual_seed(0)
-    model = build_model("resnet50", 100).cuda().to(memory_format=torch.channels_last)
-    net = DistributedDataParallel(model, device_ids=[0]) if wrap else model
-    opt = torch.optim.AdamW(model.parameters(), fused=True)
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    for _ in range(10): step()
-    torch.cuda.synchronize(); t = time.perf_counter()
-    for _ in range(steps): step()
-    torch.cuda.synchronize()
-    return steps * 128 / (time.perf_counter() - t)
-res = {}
-for rnd in range(3):
-    for wrap in (False, True):
-        res.setdefault(wrap, []).append(run(wrap))
-plain, ddp = sorted(res[False])[1], sorted(res[True])[1]
-print(f"no DDP {plain:.0f} img/s, DDP(1 process) {ddp:.0f} img/s, ratio {ddp / plain:.3f} (median of 3)")
-dist.destroy_process_group()
+if want profile 40; then
+    timeout 90 $PY tools/gpu_profile_step.py --json "$OUT/${TAG}_profile-resnet18.json"
+fi
+if want r18 150; then
+    timeout 240 $PY tools/bench.py --preset gpu --model resnet18 --ema --compile --rounds 3 \
+        --json "$OUT/${TAG}_bench-resnet18.json" 2>&1 | tail -25
+fi
+if want r50 60; then
+    timeout 120 $PY tools/bench.py --preset gpu --model resnet50 --ema \
+        --json "$OUT/${TAG}_bench-resnet50.json" 2>&1 | tail -25
+fi
+if want data 80; then
+    for decode in cpu gpu; do
+        timeout 120 $PY tools/bench.py --data /tmp/jpeg --decode $decode --model resnet50 \
+            --img-size 224 --batch-size 256 --workers 16 --rounds 2 \
+            --json "$OUT/${TAG}_data-$decode.json" 2>&1 | tail -14
+    done
+fi
+if want ddp 45; then
+    # torchrun with one process: a process group of one over NCCL, the model in DDP.
+    rm -rf /tmp/ddp_run
+    timeout 150 $PY -m torch.distributed.run --standalone --nproc_per_node 1 tools/train.py --device cuda \
+        --epochs 2 --out /tmp/ddp_run 2>&1 | tail -12
+    rc=${PIPESTATUS[0]}
+    $PY - "$rc" "$OUT/${TAG}_ddp-1-process.json" <<'PY'
+import json, sys, torch
+from pathlib import Path
+run = Path("/tmp/ddp_run")
+report = run / "export_report.json"
+doc = {
+    "card": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    "command": "torchrun --standalone --nproc_per_node 1 tools/train.py --device cuda --epochs 2",
+    "returncode": int(sys.argv[1]),
+    "metrics_rows": len((run / "metrics.csv").read_text().splitlines()) - 1 if (run / "metrics.csv").exists() else 0,
+    "onnx": (run / "model.onnx").is_file(),
+    "export_report": json.loads(report.read_text()) if report.is_file() else None,
+}
+Path(sys.argv[2]).write_text(json.dumps(doc, indent=2, default=str))
+print(json.dumps({k: v for k, v in doc.items() if k != "export_report"}))
 PY
 fi
+if want epoch 140; then
+    # Whole epochs of ~20 s: resnet50 at 224 px, 370 steps of 256.
+    timeout 300 $PY tools/bench.py --preset gpu --model resnet50 --steps 370 --rounds 1 \
+        --json "$OUT/${TAG}_epoch20-resnet50.json" 2>&1 | tail -14
+fi
+echo "== done in $(( $(date +%s) - START )) s"
 ls -la "$OUT"

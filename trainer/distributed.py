@@ -42,16 +42,16 @@ _RANK_SEED_STRIDE = 1_000_003
 
 
 def launched_by_torchrun() -> bool:
-    """Whether torchrun (or another launcher setting its variables) started several processes."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun (or another launcher setting its variables) started this process; one
+    process too (``--nproc_per_node 1``): it then trains through DDP over a group of one."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init_distributed(device: str | torch.device = "auto") -> bool:
     """Join the torchrun process group; idempotent.
 
     Uses nccl when ``device`` resolves to CUDA (and pins this process to the GPU of its local
-    rank), gloo otherwise. Does nothing outside torchrun, with one process, or when a group
-    is already up.
+    rank), gloo otherwise. Does nothing outside torchrun or when a group is already up.
 
     Args:
         device: the device the run trains on, as ``Engine`` takes it ("auto", "cpu", "cuda"...).
@@ -78,6 +78,11 @@ def destroy_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         _HOST_GROUP.clear()
         dist.destroy_process_group()
+
+
+def in_process_group() -> bool:
+    """Whether a process group is up, of one rank or more (then the engine trains through DDP)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_distributed() -> bool:
@@ -112,7 +117,7 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
 
 def device_for_rank(device: torch.device) -> torch.device:
     """Under a process group, a CUDA device without an index becomes this rank's GPU."""
-    if device.type == "cuda" and device.index is None and is_distributed():
+    if device.type == "cuda" and device.index is None and in_process_group():
         return torch.device("cuda", get_local_rank())
     return device
 

@@ -34,18 +34,9 @@ class ModelEMA:
         self.module.requires_grad_(False)
         self.decay = decay
         self.updates = 0
-        # (model, ema floats, model floats, ema others, model others): built on the first
-        # update, so each step is two foreach calls, not a walk over two state_dicts.
-        self._pairs: (
-            tuple[
-                nn.Module,
-                list[torch.Tensor],
-                list[torch.Tensor],
-                list[torch.Tensor],
-                list[torch.Tensor],
-            ]
-            | None
-        ) = None
+        # Built on the first update (see ``_Pairs``), so each step is a few multi-tensor
+        # calls, not a walk over two state_dicts.
+        self._pairs: _Pairs | None = None
 
     def current_decay(self) -> float:
         n = self.updates
@@ -58,50 +49,31 @@ class ModelEMA:
         Args:
             model: the trained model.
             apply: optional 0-d bool tensor on the device; where False the average stays as it
-                was, bit for bit (a lerp by 0), without reading the flag on the host. The
+                was, bit for bit (a step by 0), without reading the flag on the host. The
                 engine passes False for a skipped non-finite step, after the optimizer skipped
                 it and ``NonFiniteGuard`` put the BatchNorm buffers back, so ``model`` then
                 holds the finite values of the step before (a NaN would still get through a
-                lerp by 0, as 0 x NaN is NaN).
+                step by 0, as 0 x NaN is NaN).
         """
         d = self.current_decay()
         self.updates += 1
-        _, ema_float, model_float, ema_other, model_other = self._tensor_lists(model)
-        if ema_other:  # BatchNorm's num_batches_tracked: copied, restored by the guard too
-            torch._foreach_copy_(ema_other, model_other)
-        if not ema_float:
+        if self._pairs is None or self._pairs.model is not model:
+            self._pairs = _Pairs(self.module, model)
+        pairs = self._pairs
+        if pairs.ema_other:  # BatchNorm's num_batches_tracked: copied, restored by the guard too
+            torch._foreach_copy_(pairs.ema_other, pairs.model_other)
+        if apply is None:  # ema = d * ema + (1 - d) * model, a lerp towards the model
+            for ema_t, model_t in pairs.floats:
+                torch._foreach_lerp_(ema_t, model_t, 1.0 - d)
             return
-        # ema = d * ema + (1 - d) * model, i.e. a lerp towards the model by (1 - d).
-        if apply is None:
-            torch._foreach_lerp_(ema_float, model_float, 1.0 - d)
-            return
-        # The weight as a device tensor (one per dtype), 0 where the step was skipped: as fast
-        # as the plain lerp, and no host sync.
-        w = apply.to(ema_float[0].device, torch.float32) * (1.0 - d)
-        per_dtype = {t.dtype: w.to(t.dtype) for t in ema_float}
-        torch._foreach_lerp_(ema_float, model_float, [per_dtype[t.dtype] for t in ema_float])
-
-    def _tensor_lists(
-        self, model: nn.Module
-    ) -> tuple[
-        nn.Module, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]
-    ]:
-        if self._pairs is None or self._pairs[0] is not model:
-            ema_f: list[torch.Tensor] = []
-            model_f: list[torch.Tensor] = []
-            ema_o: list[torch.Tensor] = []
-            model_o: list[torch.Tensor] = []
-            for e, m in zip(
-                self.module.state_dict(keep_vars=True).values(),
-                model.state_dict(keep_vars=True).values(),
-                strict=True,
-            ):
-                # Detached views share storage, and optimizers update in place: they stay valid.
-                floating = e.dtype.is_floating_point
-                (ema_f if floating else ema_o).append(e.detach())
-                (model_f if floating else model_o).append(m.detach())
-            self._pairs = (model, ema_f, model_f, ema_o, model_o)
-        return self._pairs
+        # ema += w * (model - ema), w a 0-d device tensor, 0 where the step was skipped: no
+        # host sync, three multi-tensor kernels. (A lerp by a list of 0-d tensor weights is
+        # not one: its weights' shapes differ from the tensors', so CUDA runs one per tensor.)
+        w = apply.float() * (1.0 - d)
+        for ema_t, model_t in pairs.floats:
+            delta = torch._foreach_sub(model_t, ema_t)
+            torch._foreach_mul_(delta, w.to(ema_t[0].device, ema_t[0].dtype))
+            torch._foreach_add_(ema_t, delta)
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
@@ -110,3 +82,26 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state.get("decay", self.decay))
+
+
+class _Pairs:
+    """The EMA's tensors beside the model's, as detached views (they share storage, and
+    optimizers update in place, so they stay valid): floating ones in one pair of lists per
+    dtype (a multi-tensor kernel takes one dtype), the others (integer buffers) apart."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module) -> None:
+        self.model = model
+        floats: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.ema_other: list[torch.Tensor] = []
+        self.model_other: list[torch.Tensor] = []
+        ema_state = ema.state_dict(keep_vars=True).values()
+        model_state = model.state_dict(keep_vars=True).values()
+        for e, m in zip(ema_state, model_state, strict=True):
+            if e.dtype.is_floating_point:
+                es, ms = floats.setdefault(e.dtype, ([], []))
+                es.append(e.detach())
+                ms.append(m.detach())
+            else:
+                self.ema_other.append(e.detach())
+                self.model_other.append(m.detach())
+        self.floats = list(floats.values())

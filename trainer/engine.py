@@ -52,6 +52,7 @@ from trainer.distributed import (
     device_for_rank,
     get_rank,
     get_world_size,
+    in_process_group,
     init_distributed,
     is_global_zero,
     max_over_ranks,
@@ -61,7 +62,7 @@ from trainer.ema import ModelEMA
 from trainer.errors import Interrupted
 from trainer.hook import Hook, HookPlan, describe_hook_plan, hook_keys
 from trainer.metrics import EvalTally, TrainTally, confusion_counter, track_best
-from trainer.nonfinite import NonFiniteGuard
+from trainer.nonfinite import NonFiniteGuard, finite_flag
 from trainer.optim import default_optimizer, warmup_cosine
 from trainer.predict import PredictSource, predict
 from trainer.rng import get_rng_state, rank_rng_state, seed_everything, set_rng_state
@@ -198,11 +199,10 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = place_model(model, self.device, self.channels_last, sync_bn)
-        # DDP wraps the training forward only; it broadcasts rank 0's weights to all ranks here.
-        self._ddp: DistributedDataParallel | None = None
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+        # DDP (under torchrun, of one rank too) wraps the training forward only; it broadcasts
+        # rank 0's weights to all ranks here.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._ddp = DistributedDataParallel(self.model, device_ids=ids) if in_process_group() else None
         train_model = self._ddp or self.model
         # dynamic=False: the short last batch would otherwise make dynamo recompile with
         # symbolic shapes, and that slower graph then serves every full batch too.
@@ -348,7 +348,7 @@ class Engine:
             batch = self._to_device(batch)  # hooks get it as the model does (as in Lightning)
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = self._train_step(batch, batch_idx)
-            tally.update(outputs["loss"], outputs["logits"], outputs["targets"])
+            tally.update(outputs["loss"], outputs["logits"], outputs["targets"], outputs["finite"])
             self._call("on_train_batch_end", outputs, batch, batch_idx)
             if self._val_check.due(s.step, s.step - first_step):
                 self._validate_mid_epoch()
@@ -378,7 +378,8 @@ class Engine:
             with self._autocast():
                 logits = self._forward_model(x)
                 loss = self.loss_fn(logits, target)
-            self._nonfinite.observe(loss)
+            finite = finite_flag(loss.detach())
+            self._nonfinite.observe(finite)
             if batch_idx % self.accumulate == 0:
                 self._call("on_before_zero_grad", self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -387,7 +388,7 @@ class Engine:
             self._call("on_after_backward")
         if stepping:
             self._optimizer_step()
-        return {"loss": loss.detach(), "logits": logits.detach(), "targets": y}
+        return {"loss": loss.detach(), "logits": logits.detach(), "targets": y, "finite": finite}
 
     def _end_epoch(self) -> None:
         """Append this epoch's row to history and track the best epoch by ``monitor``."""
@@ -425,13 +426,13 @@ class Engine:
             finite = finite & torch.isfinite(norm)
         if self._ddp is not None:  # one rank's NaN must skip the step on every rank
             finite = all_reduce_sum((~finite).to(torch.int32)) == 0
+        skipped = (~finite).float()  # 1.0: the step is skipped (the optimizer's found_inf)
         if self.scaler is not None:
             self.scaler.step(opt)  # the scaler skips steps with non-finite gradients itself
             self.scaler.update()
         elif getattr(opt, "_step_supports_amp_scaling", False):
-            # Fused optimizers (the default AdamW) skip on the device when found_inf is 1,
-            # the mechanism GradScaler uses: no host sync.
-            opt.grad_scale, opt.found_inf = None, (~finite).float()  # type: ignore[attr-defined]
+            # Fused optimizers (the default AdamW) skip on the device as under GradScaler.
+            opt.grad_scale, opt.found_inf = None, skipped  # type: ignore[attr-defined]
             opt.step()
             del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
         elif finite.item():  # another optimizer: one host read per step decides
@@ -441,7 +442,7 @@ class Engine:
         if self.ema is not None:
             self.ema.update(self.model, apply=finite)
         self.state.step += 1
-        self._nonfinite.stepped(finite, self.state.step, self.state.epoch)
+        self._nonfinite.stepped(skipped, self.state.step, self.state.epoch)
 
     def _agree_to_stop(self) -> bool:
         """After each step and epoch: raise ``Interrupted`` if a signal came, else whether a

@@ -95,7 +95,8 @@ class Hook:
 
     Hooks read what they need from ``engine.state``, ``engine.model``, ``engine.data``; they keep
     no reference to the engine. ``outputs`` in the batch-end methods is the dict the engine
-    already computed: ``{"loss", "logits", "targets"}``, detached (``{"logits", "probs"}`` in
+    already computed: ``{"loss", "logits", "targets"}``, detached, plus ``"finite"`` in training
+    (a device bool: whether the loss is finite; ``{"logits", "probs"}`` in
     ``on_predict_batch_end``). Lower ``order`` runs first.
 
     Example:

@@ -35,7 +35,7 @@ def is_better(value: float | None, best: float | None, mode: str, min_delta: flo
 
 
 def monitor_mode(metric: str) -> str:
-    """"min" for the metrics where lower is better (losses, calibration error), else "max"."""
+    """ "min" for the metrics where lower is better (losses, calibration error), else "max"."""
     return "min" if metric.endswith(("loss", "ece")) else "max"
 
 
@@ -73,12 +73,19 @@ class TrainTally:
         self.seen = 0
         self.device = device
 
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        finite: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch; ``finite``: whether its loss is finite (a device bool), if known."""
         n = targets.shape[0]
-        finite = torch.isfinite(loss)
-        self.loss.add_(torch.where(finite, loss, 0.0), alpha=n)
-        self.correct += ((logits.argmax(1) == targets) & finite).sum()
-        self.counted += finite * n
+        ok = torch.isfinite(loss) if finite is None else finite
+        self.loss.add_(torch.where(ok, loss, 0.0), alpha=n)
+        self.correct.add_((logits.argmax(1) == targets).sum() * ok)
+        self.counted.add_(ok, alpha=n)
         self.seen += n
 
     def compute(self) -> tuple[float, float, float]:

@@ -13,7 +13,7 @@ import torch
 
 from hooks.checkpoint import CheckpointHook
 from hooks.step_log import HEADER, StepLogHook
-from tests.conftest import KillAfterEpoch, assert_survives_unwritable, make_engine
+from tests.conftest import KillAfterEpoch, NaNAt, assert_survives_unwritable, make_engine
 from trainer.engine import Engine
 from trainer.hook import Hook
 
@@ -62,17 +62,23 @@ def test_a_row_every_n_steps_with_the_mean_loss_since_the_last(tmp_path: Path) -
 
 
 def test_non_finite_losses_are_left_out_of_the_mean(tmp_path: Path) -> None:
-    class Poison(Hook):
-        order = 0  # before the step log reads the batch
+    losses: list[float] = []
 
+    class Record(Hook):
         def on_train_batch_end(self, engine: Engine, outputs: Any, batch: Any, i: int) -> None:
-            if i == 1:
-                outputs["loss"] = torch.tensor(math.nan)
+            losses.append(float(outputs["loss"]))
 
     hook = StepLogHook(tmp_path, every=4)
-    engine = make_engine([Poison(), hook], max_epochs=1)
-    engine.fit()
-    assert math.isfinite(engine.state.step_log[0]["loss"])
+    make_engine([Record(), hook], loss=NaNAt({1}), max_epochs=1).fit()
+    assert math.isnan(losses[1])
+    # The first row's mean is over its finite batches (all of the same size) only.
+    expected = sum(losses[:4][i] for i in (0, 2, 3)) / 3
+    assert hook_row_loss(tmp_path) == pytest.approx(expected, rel=1e-5)
+
+
+def hook_row_loss(run_dir: Path) -> float:
+    with (run_dir / "steps.csv").open() as f:
+        return float(next(csv.DictReader(f))["loss"])
 
 
 def test_the_host_reads_the_sums_once_per_row_only(

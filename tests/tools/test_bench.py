@@ -58,8 +58,22 @@ def test_tiny_preset_writes_the_documented_json(
         assert math.isfinite(w["ema_cost"])
         assert w["hooks_epoch_end_s"] >= 0
     assert doc["device"] == "cpu"
+    # What a results file must say to be read later: the machine, the versions, the command.
+    assert doc["card"] and doc["torch"] == torch.__version__ and doc["date"]
+    assert doc["command"].endswith(f"--preset tiny --device cpu --ema --json {out}")
     printed = capsys.readouterr().out
     assert "bare" in printed and "EMA 0.999" in printed
+
+
+def test_model_picks_the_presets_workloads(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--model", "small_cnn", "--json", str(out)]
+    assert bench.main(argv) == 0
+    assert [w["model"] for w in json.loads(out.read_text())["workloads"]] == ["small_cnn"]
+    assert bench.main(["--preset", "tiny", "--device", "cpu", "--model", "resnet18"]) == 2
+    assert "--preset tiny has no resnet18 workload" in capsys.readouterr().err
 
 
 def test_hooks_run_writes_the_default_artifacts(bench_common: ModuleType, tmp_path: Path) -> None:
@@ -112,9 +126,11 @@ def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_pa
     ]
     assert bench.main(argv) == 0
     d = json.loads(out.read_text())["data"]
-    for key in ("loader_img_s", "model_img_s", "end_to_end_img_s"):
+    for key in ("loader_img_s", "model_img_s", "end_to_end_img_s", "end_to_end_steady_img_s"):
         assert _positive(d[key]), (key, d[key])
     assert 0 <= d["data_wait_share"] <= 1
+    assert d["ratio_end_to_end"] == pytest.approx(d["end_to_end_img_s"] / d["model_img_s"])
+    assert d["first_batch_s"] > 0
     assert d["batches_per_epoch"] == 3
 
 

@@ -320,6 +320,25 @@ def test_torchrun_cli_runs_two_processes(tmp_path: Path) -> None:
     assert float(rows[-1]["val/acc"]) >= 0  # a real number, reduced over both ranks
 
 
+def _one_rank_worker(rank: int, world: int, port: int, root: Path, out: Path) -> None:
+    join_as_rank(rank, world, port)
+    assert init_distributed("cpu")  # torchrun --nproc_per_node 1: a group of one
+    try:
+        hooks = default_hooks(out, progress=False, samples=False, history_plots=False)
+        engine = make_engine(root, BATCH, hooks)
+        assert isinstance(engine._ddp, nn.parallel.DistributedDataParallel)
+        engine.fit()
+    finally:
+        destroy_distributed()
+
+
+def test_one_process_under_torchrun_trains_through_ddp_and_exports(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree", counts=TRAIN_COUNTS, size=(16, 16))
+    run_ranks(_one_rank_worker, root, tmp_path / "run", world=1)
+    assert (tmp_path / "run" / "model.onnx").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(ddp: dict[str, Any]) -> None:
     """No rank is left in a collective: both leave with 143 after step 1 of epoch 1, and
     rank 0 writes interrupted.pt of that step (a collective itself: every rank's RNG)."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from hooks.checkpoint import CheckpointHook
 from hooks.early_stopping import EarlyStoppingHook
-from tests.conftest import FAST_CLI, StandInData, make_engine, make_tree
+from tests.conftest import FAST_CLI, NaNAt, StandInData, make_engine, make_tree
 from trainer.checkpoint import load_checkpoint
 from trainer.engine import Engine
 from trainer.errors import CheckpointError, Interrupted, NonFiniteLossError
@@ -127,21 +127,6 @@ def test_sigterm_exits_143_and_the_run_resumes(tmp_path: Path) -> None:
     assert len(load_checkpoint(out)["state"]["history"]) == done + 1
 
 
-class NaNAt:
-    """Cross-entropy, except NaN on the given (0-based) training calls."""
-
-    def __init__(self, bad: set[int]) -> None:
-        self.bad, self.calls = bad, 0
-
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(logits.float(), y)
-        if torch.is_grad_enabled():
-            self.calls += 1
-            if self.calls - 1 in self.bad:
-                return loss * float("nan")
-        return loss
-
-
 @pytest.mark.parametrize("precision", ["32", "16-mixed"])
 def test_nan_loss_skips_the_step_and_is_counted(precision: str) -> None:
     weights: list[dict[str, torch.Tensor]] = []
@@ -198,8 +183,10 @@ class InfIntoFirstLayer(Hook):
 
     def _state(self, engine: Engine) -> dict[str, torch.Tensor]:
         assert engine.ema is not None
-        both = {**engine.model.state_dict(), **{f"ema.{k}": v for k, v in
-                                                 engine.ema.module.state_dict().items()}}
+        both = {
+            **engine.model.state_dict(),
+            **{f"ema.{k}": v for k, v in engine.ema.module.state_dict().items()},
+        }
         return {k: v.clone() for k, v in both.items()}
 
     def on_fit_start(self, engine: Engine) -> None:
