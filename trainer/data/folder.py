@@ -411,11 +411,19 @@ class ImageFolderData:
         native = self.verify == "full"  # natively decoded only what a checker survived
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=native)
 
-    def _skipping_loader(self, dataset: ImageListDataset, **kwargs: Any) -> SkippingLoader:
-        """A loader that skips (and records in ``bad_images``) images it cannot decode."""
+    def _skipping_loader(
+        self,
+        dataset: ImageListDataset,
+        collate: Callable[[list[Any]], Any] = default_collate,
+        replace_empty: bool = False,
+        **kwargs: Any,
+    ) -> SkippingLoader:
+        """A loader that skips (and records in ``bad_images``) images it cannot decode;
+        ``replace_empty``: see ``SkippingLoader``."""
         dataset.skip_bad = True
-        loader = self._loader(dataset, collate_fn=collate_skipping, **kwargs)
-        return SkippingLoader(loader, self.bad_images)
+        collate_fn = functools.partial(collate_skipping, collate=collate)
+        loader = self._loader(dataset, collate_fn=collate_fn, **kwargs)
+        return SkippingLoader(loader, self.bad_images, replace_empty)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         kwargs.setdefault("collate_fn", default_collate)
@@ -482,7 +490,8 @@ class ImageFolderData:
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._loader(encoded, sampler=sampler, collate_fn=collate)
-        return self._skipping_loader(self.train_dataset(), sampler=sampler)
+        # A batch whose images all failed is replaced: DDP ranks must take the same steps.
+        return self._skipping_loader(self.train_dataset(), replace_empty=True, sampler=sampler)
 
     def val_dataset(self) -> ImageListDataset:
         """The validation samples, in file order, with the validation preprocessing."""
