@@ -413,7 +413,7 @@ class ImageFolderData:
 
     def _skipping_loader(
         self,
-        dataset: ImageListDataset,
+        dataset: ImageListDataset | EncodedImageDataset,
         collate: Callable[[list[Any]], Any] = default_collate,
         replace_empty: bool = False,
         **kwargs: Any,
@@ -485,11 +485,12 @@ class ImageFolderData:
                 self.img_size,
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
-                load=load_image,
+                # Natively only what a full check decoded (as the CPU path, see load_image).
+                load=functools.partial(load_image, native=self.verify == "full"),
             )
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
-            return self._loader(encoded, sampler=sampler, collate_fn=collate)
+            return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)
         # A batch whose images all failed is replaced: DDP ranks must take the same steps.
         return self._skipping_loader(self.train_dataset(), replace_empty=True, sampler=sampler)
 

@@ -159,7 +159,8 @@ class SkippingLoader:
         draw = getattr(dataset, "replacement", dataset.__getitem__)
         n, used, items = len(dataset), set(), []  # type: ignore[arg-type]
         for s in failed:
-            index, seed = s.key if isinstance(s.key, tuple) else (s.key or 0, None)
+            # A pinned batch (CUDA) holds its keys as lists.
+            index, seed = s.key if isinstance(s.key, (tuple, list)) else (s.key or 0, None)
             for j in range(1, n + 1):
                 k = (index + j) % n
                 if k in used:
