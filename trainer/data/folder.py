@@ -251,6 +251,7 @@ class ImageFolderData:
                 max_bad_fraction=max_bad_fraction,
                 workers=self.workers,
                 native=verify == "full",
+                known_bad=self.bad_files,  # they count together against max_bad_fraction
             )
             self.train_samples = checked.samples["train"]
             self.val_samples = checked.samples["val"]
