@@ -135,7 +135,7 @@ def test_the_cache_decodes_in_a_bounded_window_of_chunks(
         max_bad_fraction=0.0, workers=2,
     )  # fmt: skip
     assert out.images is not None and [len(v) for v in out.images.values()] == [100, 100, 0]
-    assert stats["submitted"] == math.ceil(200 / cache.CHUNK)  # a task per chunk, not per image
+    assert stats["submitted"] == math.ceil(200 / cache.CHUNK) < 20  # per chunk, not per image
     assert stats["peak"] <= 2 * 2  # two chunks per thread in flight, at most
 
 
