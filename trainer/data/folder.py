@@ -75,8 +75,9 @@ class ImageFolderData:
     ``trainer.data.preflight``); ``verify="full"`` decodes every image instead. Unusable files
     are dropped, listed in ``bad_files`` and logged. An image that still fails to decode in a
     loader is skipped (its batch is one image shorter), logged once and listed in
-    ``bad_images.skipped``. More than ``max_bad_fraction`` of unusable images, at start or
-    later, is a DataError.
+    ``bad_images.skipped``; a training batch whose images all failed is replaced by the next
+    samples that decode, so DDP ranks take the same steps (see ``trainer.data.skipping``).
+    More than ``max_bad_fraction`` of unusable images, at start or later, is a DataError.
 
     Loaders yield ``(images, targets)``: uint8 ``(B, 3, img_size, img_size)`` (not normalised;
     normalise on the device with ``mean``/``std``) and int64 ``(B,)``.
