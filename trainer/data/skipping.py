@@ -157,11 +157,11 @@ class SkippingLoader:
         """
         dataset = self.loader.dataset
         draw = getattr(dataset, "replacement", dataset.__getitem__)
-        n, used, items = len(dataset), set(), []  # type: ignore[arg-type]
-        for s in failed:
-            # A pinned batch (CUDA) holds its keys as lists.
-            index, seed = s.key if isinstance(s.key, (tuple, list)) else (s.key or 0, None)
-            for j in range(1, n + 1):
+        # A pinned batch (CUDA) holds its keys as lists.
+        keys = [s.key if isinstance(s.key, (tuple, list)) else (s.key or 0, None) for s in failed]
+        n, used, items = len(dataset), {index for index, _ in keys}, []  # type: ignore[arg-type]
+        for index, seed in keys:
+            for j in range(1, n):
                 k = (index + j) % n
                 if k in used:
                     continue
