@@ -285,7 +285,8 @@ def test_cuda_decode_survives_a_truncated_jpeg(tmp_path: Path) -> None:
     source = _Source(total=len(ds))
     x, y = decode_batch(collate_encoded(items, SIZE).bind(source), cuda)
     good, _ = decode_batch(collate_encoded(items[:-1], SIZE), cuda)
-    assert torch.equal(x[: len(files)], good)
+    # Batched and one-at-a-time nvjpeg decodes may take different back ends: close, not equal.
+    assert (x[: len(files)].float() - good.float()).abs().mean() < 1
     if len(x) == len(files):
         assert list(source.bad.skipped) == [str(tmp_path / "zz.jpg")]
     else:
