@@ -1,12 +1,20 @@
-"""Verify every image once up front, and optionally keep them decoded in RAM."""
+"""The RAM cache: every image decoded once up front, pre-resized, and kept in memory.
+
+The images are decoded on threads (the decoders release the GIL) in chunks, with at most two
+chunks per thread in flight and the results consumed in order, so what is held besides the
+cache itself is bounded by the window, not by the number of images; no object per image is
+held for an image that is not kept. An image that cannot be decoded is dropped and reported
+like the start-up check's rejects, and counts with them against ``max_bad_fraction``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,11 @@ from trainer.data.transforms import resize_size
 from trainer.errors import DataError
 
 logger = logging.getLogger("trainer.data")
+
+CHUNK = 32  # images per task: the executor's cost per task becomes noise
+
+# One image's outcome: the image (None when not kept) and why it is unusable (None if fine).
+Decoded = tuple[torch.Tensor | None, str | None]
 
 
 @dataclass
@@ -48,12 +61,13 @@ def verify_and_cache(
     max_bad_fraction: float,
     workers: int,
     native: bool = True,
+    known_bad: Sequence[tuple[Path, str]] = (),
 ) -> CheckedSamples:
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
 
     Kept images are pre-resized to the validation resize size (``resize_size(img_size)``) when
-    larger. If they need more than ``cache_max_bytes``, nothing is kept: it warns and the data
-    reads from disk.
+    larger. If they need more than ``cache_max_bytes``, nothing is kept: decoding stops there,
+    it warns, and the data reads from disk (where an unreadable image is skipped in training).
 
     Args:
         splits: split name -> samples.
@@ -61,83 +75,60 @@ def verify_and_cache(
         img_size: side of the square images the model sees.
         keep: keep the decoded images (``cache="ram"``).
         cache_max_bytes: memory the kept images may use.
-        max_bad_fraction: largest share of unreadable images tolerated.
+        max_bad_fraction: largest share of unusable images tolerated.
         workers: the loader's worker count; up to 16 threads decode.
         native: decode with torchvision.io where it applies (see ``load_image``).
+        known_bad: images already left out of ``splits`` as unusable (the start-up check's
+            rejects, a label file's missing images): they count with the ones found here.
 
     Raises:
-        DataError: more than ``max_bad_fraction`` of the images cannot be decoded.
+        DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
-    paths = [p for samples in splits.values() for p, _ in samples]
-    if not paths:
-        return CheckedSamples({k: list(v) for k, v in splits.items()}, [], None)
+    total = sum(len(s) for s in splits.values())
     short_side = resize_size(img_size)
     resize = v2.Resize(short_side, antialias=True)
-    budget = [cache_max_bytes] if keep else [0]
+    budget = cache_max_bytes if keep else 0
 
-    def check(path: Path) -> tuple[torch.Tensor | None, str | None]:
-        try:
-            img = load_image(path, native=native)
-        except Exception as e:
-            return None, f"{type(e).__name__}: {e}".strip()
-        if not keep or budget[0] < 0:
-            return None, None
-        if min(img.shape[-2:]) > short_side:
-            img = resize(img)
-        # A rough running budget; a race between threads costs at most a few images.
-        budget[0] -= img.numel()
-        return img, None
+    def decode(paths: Sequence[Path]) -> list[Decoded]:
+        out: list[Decoded] = []
+        for path in paths:
+            try:
+                img = load_image(path, native=native)
+                if min(img.shape[-2:]) > short_side:
+                    img = resize(img)
+                out.append((img if keep else None, None))
+            except Exception as e:
+                out.append((None, f"{type(e).__name__}: {e}".strip()))
+        return out
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency, but only for the bar
-
-        def tqdm(x: Any, **_: Any) -> Any:
-            return x
-
-    threads = max(1, min(16, workers or 1, len(paths)))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(
-            tqdm(
-                pool.map(check, paths),
-                total=len(paths),
-                desc="checking images",
-                unit="img",
-                disable=not sys.stderr.isatty(),
-                leave=False,
-            )
-        )
-    bad = {p: r for p, (_, r) in zip(paths, results, strict=True) if r is not None}
-    bad_files = [(p, bad[p]) for p in paths if p in bad]
-    if bad:
-        shown = "; ".join(f"{p} ({r})" for p, r in bad_files[:5])
-        fraction = len(bad) / len(paths)
-        if fraction > max_bad_fraction:
-            raise DataError(
-                f"{len(bad)} of {len(paths)} images under {root} ({fraction:.1%}) "
-                f"cannot be decoded, more than max_bad_fraction={max_bad_fraction}. "
-                f"First ones: {shown}. Remove or replace the broken files, or raise "
-                "--max-bad-fraction to skip them."
-            )
-        logger.warning(
-            "Skipping %d unreadable image(s) of %d under %s: %s%s",
-            len(bad),
-            len(paths),
-            root,
-            shown,
-            " ..." if len(bad) > 5 else "",
-        )
-
-    images = iter(results)
-    kept_samples: dict[str, list[Sample]] = {}
-    cache: dict[str, list[torch.Tensor]] = {}
-    for name, samples in splits.items():
-        kept = [(s, next(images)) for s in samples]
-        kept_samples[name] = [s for s, (_, r) in kept if r is None]
-        cache[name] = [img for _, (img, r) in kept if r is None and img is not None]
+    flat = [(name, s) for name, samples in splits.items() for s in samples]
+    kept: dict[str, list[Sample]] = {name: [] for name in splits}
+    images: dict[str, list[torch.Tensor]] | None = {name: [] for name in splits}
+    bad_files: list[tuple[Path, str]] = []
+    used, done = 0, 0
+    over = [False]  # read by the chunk feeder: stop decoding once the cache cannot fit
+    threads = max(1, min(16, workers or 1, total))
+    with _progress(total) as bar:
+        for chunk, results in _in_order(decode, flat, threads, stop=lambda: over[0]):
+            for (name, sample), (img, reason) in zip(chunk, results, strict=True):
+                if reason is not None:
+                    bad_files.append((sample[0], reason))
+                    continue
+                kept[name].append(sample)
+                if img is not None and images is not None:
+                    used += img.numel()
+                    if used > budget:
+                        over[0], images = True, None  # the kept ones are freed here
+                    else:
+                        images[name].append(img)
+            done += len(chunk)
+            bar.update(len(chunk))
+    for name, sample in flat[done:]:  # not decoded: over budget, read from disk
+        kept[name].append(sample)
+    _check_fraction(bad_files, known_bad, total, max_bad_fraction, root)
     if not keep:
-        return CheckedSamples(kept_samples, bad_files, None)
-    if budget[0] < 0:
+        return CheckedSamples(kept, bad_files, None)
+    if images is None:
         # stacklevel 3: past this function and ImageFolderData.__init__, to the caller's line.
         warnings.warn(
             f"The decoded images of {root} need more than cache_max_bytes="
@@ -146,13 +137,74 @@ def verify_and_cache(
             stacklevel=3,
         )
         logger.warning("RAM cache does not fit in %s; reading from disk.", _human(cache_max_bytes))
-        return CheckedSamples(kept_samples, bad_files, None)
-    logger.info(
-        "Cached %d images in RAM (%s).",
-        len(paths) - len(bad),
-        _human(cache_max_bytes - budget[0]),
+        return CheckedSamples(kept, bad_files, None)
+    logger.info("Cached %d images in RAM (%s).", total - len(bad_files), _human(used))
+    return CheckedSamples(kept, bad_files, images)
+
+
+def _in_order(
+    fn: Callable[[list[Path]], list[Decoded]],
+    items: Sequence[tuple[str, Sample]],
+    threads: int,
+    stop: Callable[[], bool],
+) -> Iterator[tuple[Sequence[tuple[str, Sample]], list[Decoded]]]:
+    """``(chunk of items, fn(its paths))`` in order, at most two chunks per thread in flight;
+    no new chunk once ``stop()`` is true (the ones in flight still come)."""
+    window: deque[tuple[Sequence[tuple[str, Sample]], Future[list[Decoded]]]] = deque()
+    starts = iter(range(0, len(items), CHUNK))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while True:
+            while len(window) < 2 * threads and not stop():
+                start = next(starts, None)
+                if start is None:
+                    break
+                chunk = items[start : start + CHUNK]
+                window.append((chunk, pool.submit(fn, [s[0] for _, s in chunk])))
+            if not window:
+                return
+            chunk, future = window.popleft()
+            yield chunk, future.result()
+
+
+def _check_fraction(
+    bad_files: Sequence[tuple[Path, str]],
+    known_bad: Sequence[tuple[Path, str]],
+    total: int,
+    max_bad_fraction: float,
+    root: Path,
+) -> None:
+    """Warn about ``bad_files``; raise DataError when they and ``known_bad`` are too many."""
+    if not bad_files:
+        return
+    shown = "; ".join(f"{p} ({r})" for p, r in [*known_bad, *bad_files][:5])
+    n_bad, n_all = len(bad_files) + len(known_bad), total + len(known_bad)
+    fraction = n_bad / n_all
+    if fraction > max_bad_fraction:
+        raise DataError(
+            f"{n_bad} of {n_all} images under {root} ({fraction:.1%}) cannot be decoded or "
+            f"used, more than max_bad_fraction={max_bad_fraction}. First ones: {shown}. "
+            "Remove or replace the broken files, or raise --max-bad-fraction to skip them."
+        )
+    logger.warning(
+        "Skipping %d unreadable image(s) of %d under %s: %s%s",
+        len(bad_files),
+        total,
+        root,
+        "; ".join(f"{p} ({r})" for p, r in bad_files[:5]),
+        " ..." if len(bad_files) > 5 else "",
     )
-    return CheckedSamples(kept_samples, bad_files, cache)
+
+
+def _progress(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc="caching images",
+        unit="img",
+        disable=not sys.stderr.isatty() or total == 0,
+        leave=False,
+    )
 
 
 def _human(n: float) -> str:

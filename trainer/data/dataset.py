@@ -70,7 +70,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                 img = load_image(path, native=self.native)
             except Exception as e:
                 if self.skip_bad:
-                    return Skipped(path, f"{type(e).__name__}: {e}".strip())  # type: ignore[return-value]
+                    reason = f"{type(e).__name__}: {e}".strip()
+                    return Skipped(path, reason, key)  # type: ignore[return-value]
                 raise DataError(
                     f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
                     "the file, or construct the data with verify=True to skip unreadable files."

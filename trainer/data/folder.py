@@ -75,8 +75,9 @@ class ImageFolderData:
     ``trainer.data.preflight``); ``verify="full"`` decodes every image instead. Unusable files
     are dropped, listed in ``bad_files`` and logged. An image that still fails to decode in a
     loader is skipped (its batch is one image shorter), logged once and listed in
-    ``bad_images.skipped``. More than ``max_bad_fraction`` of unusable images, at start or
-    later, is a DataError.
+    ``bad_images.skipped``; a training batch whose images all failed is replaced by the next
+    samples that decode, so DDP ranks take the same steps (see ``trainer.data.skipping``).
+    More than ``max_bad_fraction`` of unusable images, at start or later, is a DataError.
 
     Loaders yield ``(images, targets)``: uint8 ``(B, 3, img_size, img_size)`` (not normalised;
     normalise on the device with ``mean``/``std``) and int64 ``(B,)``.
@@ -251,6 +252,7 @@ class ImageFolderData:
                 max_bad_fraction=max_bad_fraction,
                 workers=self.workers,
                 native=verify == "full",
+                known_bad=self.bad_files,  # they count together against max_bad_fraction
             )
             self.train_samples = checked.samples["train"]
             self.val_samples = checked.samples["val"]
@@ -411,11 +413,19 @@ class ImageFolderData:
         native = self.verify == "full"  # natively decoded only what a checker survived
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=native)
 
-    def _skipping_loader(self, dataset: ImageListDataset, **kwargs: Any) -> SkippingLoader:
-        """A loader that skips (and records in ``bad_images``) images it cannot decode."""
+    def _skipping_loader(
+        self,
+        dataset: ImageListDataset | EncodedImageDataset,
+        collate: Callable[[list[Any]], Any] = default_collate,
+        replace_empty: bool = False,
+        **kwargs: Any,
+    ) -> SkippingLoader:
+        """A loader that skips (and records in ``bad_images``) images it cannot decode;
+        ``replace_empty``: see ``SkippingLoader``."""
         dataset.skip_bad = True
-        loader = self._loader(dataset, collate_fn=collate_skipping, **kwargs)
-        return SkippingLoader(loader, self.bad_images)
+        collate_fn = functools.partial(collate_skipping, collate=collate)
+        loader = self._loader(dataset, collate_fn=collate_fn, **kwargs)
+        return SkippingLoader(loader, self.bad_images, replace_empty)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         kwargs.setdefault("collate_fn", default_collate)
@@ -477,12 +487,14 @@ class ImageFolderData:
                 self.img_size,
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
-                load=load_image,
+                # Natively only what a full check decoded (as the CPU path, see load_image).
+                load=functools.partial(load_image, native=self.verify == "full"),
             )
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
-            return self._loader(encoded, sampler=sampler, collate_fn=collate)
-        return self._skipping_loader(self.train_dataset(), sampler=sampler)
+            return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)
+        # A batch whose images all failed is replaced: DDP ranks must take the same steps.
+        return self._skipping_loader(self.train_dataset(), replace_empty=True, sampler=sampler)
 
     def val_dataset(self) -> ImageListDataset:
         """The validation samples, in file order, with the validation preprocessing."""

@@ -13,6 +13,12 @@ as on the CPU) and flipped; colour jitter, when asked for, runs there too.
 Files nvjpeg should not get (PNG and other formats, grayscale or CMYK JPEGs) are decoded in
 the worker exactly as the CPU path does and cropped there too, so a mixed folder works.
 Validation keeps the CPU path: it is deterministic and a small share of the work.
+
+Unreadable files are skipped as on the CPU path (``trainer.data.skipping``): a file the
+worker cannot read or parse comes back as a ``Skipped`` marker; a JPEG the device cannot
+decode is decoded with Pillow instead, and when that fails too it is left out of the batch
+(one image shorter), named and counted in the data's ``BadImages`` through the loader the
+batch came from. A batch whose images all failed is replaced by images decoded on the CPU.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -33,6 +40,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from trainer.data.dataset import SampleKey, split_key
+from trainer.data.skipping import Skipped
 from trainer.errors import DataError
 from trainer.rng import torch_seeded
 
@@ -54,9 +62,22 @@ class EncodedBatch(NamedTuple):
     params: torch.Tensor
     size: int
     jitter: v2.ColorJitter | None
+    paths: Sequence[str] = ()
+    keys: Sequence[Any] = ()
+    # The ``SkippingLoader`` the batch came from (set by ``bind`` in the main process): it
+    # records the images that fail on the device, and replaces a batch that all failed.
+    source: Any = None
+
+    def bind(self, source: Any) -> EncodedBatch:
+        """This batch, reporting to ``source`` (see ``SkippingLoader``)."""
+        return self._replace(source=source)
 
 
-class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
+# (bytes or a finished crop, target, params, path, key): one training sample, encoded.
+EncodedItem = tuple[torch.Tensor, int, torch.Tensor, str, SampleKey]
+
+
+class EncodedImageDataset(Dataset[EncodedItem]):
     """Training samples as file bytes plus the augmentation drawn for them.
 
     Args:
@@ -65,6 +86,10 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
         crop_scale: smallest area share the random resized crop keeps.
         hflip: random horizontal flips.
         load: decodes a file the way the CPU path does (for files nvjpeg does not get).
+
+    Attributes:
+        skip_bad: return a ``Skipped`` marker for a file that cannot be read or decoded (for
+            a loader with ``collate_skipping``) instead of raising DataError.
     """
 
     def __init__(
@@ -81,25 +106,37 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
         self.crop = v2.RandomResizedCrop(img_size, scale=(crop_scale, 1.0), antialias=True)
         self.hflip = hflip
         self.load = load
+        self.skip_bad = False
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def __getitem__(self, key: SampleKey) -> EncodedItem:
+        return self._item(key, on_device=True)
+
+    def replacement(self, key: SampleKey) -> EncodedItem:
+        """The sample at ``key`` decoded and cropped here, leaving the device nothing to fail
+        on (what ``SkippingLoader.replace`` asks for)."""
+        return self._item(key, on_device=False)
+
+    def _item(self, key: SampleKey, on_device: bool) -> EncodedItem:
         index, seed = split_key(key)
         path, target = self.samples[index]
         try:
             data = read_file(str(path))
-            header = _jpeg_header(data)
+            header = _jpeg_header(data) if on_device else None
             if header is None:  # not for nvjpeg: decoded here, like the CPU path
                 img = self.load(path)
                 size, orientation = (int(img.shape[1]), int(img.shape[2])), 1
             else:
                 size, orientation = header
         except Exception as e:
+            reason = f"{type(e).__name__}: {e}".strip()
+            if self.skip_bad:
+                return Skipped(str(path), reason, key)  # type: ignore[return-value]
             raise DataError(
-                f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace the "
-                "file, or construct the data with verify=True to skip unreadable files."
+                f"Cannot decode image {path} ({reason}). Remove or replace the file, or "
+                "construct the data with verify=True to skip unreadable files."
             ) from e
         # The same draw as the CPU path's RandomResizedCrop and RandomHorizontalFlip, from the
         # same seed (see ImageListDataset).
@@ -111,7 +148,7 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
         if header is None:
             data = _crop(img, params, self.img_size)
             params[0] = 0  # finished: nothing left to do on the device
-        return data, target, params
+        return data, target, params, str(path), key
 
     @property
     def targets(self) -> list[int]:
@@ -119,9 +156,7 @@ class EncodedImageDataset(Dataset[tuple[torch.Tensor, int, torch.Tensor]]):
 
 
 def collate_encoded(
-    items: list[tuple[torch.Tensor, int, torch.Tensor]],
-    size: int,
-    jitter: v2.ColorJitter | None = None,
+    items: list[EncodedItem], size: int, jitter: v2.ColorJitter | None = None
 ) -> EncodedBatch:
     """Keep the variable-length bytes as a list; stack targets and parameters.
 
@@ -131,11 +166,13 @@ def collate_encoded(
         jitter: the colour jitter to apply on the device, or None.
     """
     return EncodedBatch(
-        [data for data, _, _ in items],
-        torch.tensor([t for _, t, _ in items], dtype=torch.int64),
-        torch.stack([p for _, _, p in items]),
+        [item[0] for item in items],
+        torch.tensor([item[1] for item in items], dtype=torch.int64),
+        torch.stack([item[2] for item in items]),
         size,
         jitter,
+        [item[3] for item in items],
+        [item[4] for item in items],
     )
 
 
@@ -192,26 +229,68 @@ def _crop(img: torch.Tensor, params: Sequence[int] | torch.Tensor, size: int) ->
 def decode_batch(batch: EncodedBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and augment an ``EncodedBatch`` on ``device``: uint8 ``(B, 3, S, S)``, targets.
 
-    The JPEGs go to ``decode_jpeg`` as one list (nvjpeg's batched decoder on CUDA). Should
-    that fail (a file nvjpeg rejects), the batch is decoded one image at a time on the CPU
-    instead, with a warning. No host read of device data happens here.
+    The JPEGs go to ``decode_jpeg`` as one list (nvjpeg's batched decoder on CUDA). One file
+    it rejects fails the whole call: the JPEGs are then decoded one at a time, and one that
+    the device still refuses is decoded with Pillow on the CPU. A file that fails there too
+    is left out of the batch and recorded by the loader the batch came from (``source``);
+    a batch left empty is replaced through it. No host read of device data happens here.
+
+    Raises:
+        DataError: a file fails and the batch has no ``source`` to report it to.
     """
     params = batch.params.tolist()  # a host tensor: no device sync
     jpegs = [i for i, p in enumerate(params) if p[0] != 0]
     decoded: dict[int, torch.Tensor] = {}
+    failed: list[Skipped] = []
     if jpegs:
         data = [batch.images[i] for i in jpegs]
         try:
-            out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            out: list[torch.Tensor | str] = list(
+                decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            )
         except RuntimeError as e:
-            log.warning("batched JPEG decode on %s failed (%s); decoding on the CPU", device, e)
-            out = [decode_jpeg(d, mode=ImageReadMode.RGB).to(device) for d in data]
-        decoded = dict(zip(jpegs, out, strict=True))
+            log.info("batched JPEG decode on %s failed (%s); decoding one at a time", device, e)
+            out = [_decode_one(d, device) for d in data]
+        for i, img in zip(jpegs, out, strict=True):
+            if isinstance(img, str):
+                path = batch.paths[i] if batch.paths else f"image {i} of the batch"
+                failed.append(Skipped(path, img, batch.keys[i] if batch.keys else None))
+            else:
+                decoded[i] = img
+    keep = list(range(len(params)))
+    if failed:
+        if batch.source is None:
+            raise DataError(
+                f"Cannot decode {'; '.join(f'{s.path} ({s.reason})' for s in failed)}. Remove "
+                "or replace the file(s)."
+            )
+        batch.source.bad.record(failed)
+        keep = [i for i in keep if i in decoded or params[i][0] == 0]
+        if not keep:  # nothing left to train on: every rank must still take this step
+            return decode_batch(batch.source.replace(failed), device)
     crops = [
-        _crop(decoded[i], p, batch.size) if i in decoded else img.to(device, non_blocking=True)
-        for i, (img, p) in enumerate(zip(batch.images, params, strict=True))
+        _crop(decoded[i], params[i], batch.size)
+        if i in decoded
+        else batch.images[i].to(device, non_blocking=True)
+        for i in keep
     ]
     x = torch.stack(crops)
     if batch.jitter is not None:  # each image its own factors, as on the CPU
         x = torch.stack([batch.jitter(img) for img in x])
-    return x, batch.targets.to(device, non_blocking=True)
+    targets = batch.targets[keep] if failed else batch.targets
+    return x, targets.to(device, non_blocking=True)
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+    """One JPEG decoded on ``device``, else with Pillow (then moved there), else why not."""
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except Exception as e:
+        refused = f"{type(e).__name__}: {e}".strip()
+    try:  # Pillow raises where a native decoder might crash; EXIF is left to _crop, as above
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        return f"{type(e).__name__}: {e} (on {device}: {refused})".strip()
+    log.info("a JPEG refused on %s (%s) was decoded with Pillow", device, refused)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).to(device, non_blocking=True)

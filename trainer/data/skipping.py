@@ -5,6 +5,12 @@ drops the markers from the batch (the batch shrinks by one per bad image) and se
 back with it, since workers share no counters; ``SkippingLoader`` hands the engine the plain
 batch and records the markers in the data's ``BadImages``, which stops the run with a
 ``DataError`` once more than ``max_bad_fraction`` of all images proved unusable.
+
+A training batch whose images all failed is not left out: every rank of a DDP run must take
+the same number of steps, or the others would wait for it in the gradient all-reduce. The
+training loader draws replacements instead (``SkippingLoader.replace``): for each failed
+image, the next sample in dataset order that decodes, under the failed draw's seed, so a
+resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class Skipped:
 
     path: str
     reason: str
+    key: Any = None  # what the dataset was asked for: an index or ``(index, seed)``
 
 
 def collate_skipping(
@@ -101,14 +108,21 @@ class SkippingLoader:
 
     Everything else (``len``, ``sampler``, ``dataset``, ``batch_size``) is the loader's.
 
+    A batch with a ``bind`` method (``--decode gpu``'s ``EncodedBatch``) is handed this loader
+    through it: images that fail to decode on the device are recorded here, and replaced here.
+
     Args:
         loader: the wrapped loader.
         bad: where the skipped images are recorded.
+        replace_empty: a batch whose images all failed is replaced (``replace``) rather than
+            left out, so the loader yields ``len(loader)`` batches (training, where DDP ranks
+            must step together); evaluation leaves it out.
     """
 
-    def __init__(self, loader: DataLoader[Any], bad: BadImages) -> None:
+    def __init__(self, loader: DataLoader[Any], bad: BadImages, replace_empty: bool = False) -> None:
         self.loader = loader
         self.bad = bad
+        self.replace_empty = replace_empty
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -122,6 +136,46 @@ class SkippingLoader:
         for batch, skipped in self.loader:
             if skipped:
                 self.bad.record(skipped)
-            if batch is not None:  # every image of the batch failed: nothing to train on
-                yield batch
+            if batch is None and self.replace_empty:
+                batch = self.replace(skipped)
+            if batch is None:  # every image of the batch failed: nothing to evaluate
+                continue
+            bind = getattr(batch, "bind", None)
+            yield batch if bind is None else bind(self)
         self.bad.flush()
+
+    def replace(self, failed: Sequence[Skipped]) -> Any:
+        """A batch standing for one whose images all ``failed``, drawn in this process.
+
+        Each failed image is replaced by the next sample in dataset order (wrapping around)
+        that decodes, under the failed draw's seed; the ones met that fail are recorded too.
+        The dataset's ``replacement(key)`` serves them where it has one (``--decode gpu``:
+        decoded here, so the device has nothing left to fail on), else ``dataset[key]``.
+
+        Raises:
+            DataError: no image of the dataset decodes.
+        """
+        dataset = self.loader.dataset
+        draw = getattr(dataset, "replacement", dataset.__getitem__)
+        # A pinned batch (CUDA) holds its keys as lists.
+        keys = [s.key if isinstance(s.key, (tuple, list)) else (s.key or 0, None) for s in failed]
+        n, used, items = len(dataset), {index for index, _ in keys}, []  # type: ignore[arg-type]
+        for index, seed in keys:
+            for j in range(1, n):
+                k = (index + j) % n
+                if k in used:
+                    continue
+                used.add(k)
+                item = draw(k if seed is None else (k, seed))
+                if not isinstance(item, Skipped):
+                    items.append(item)
+                    break
+                self.bad.record([item])
+        if not items:
+            raise DataError(
+                f"No image under {self.bad.root} could be decoded to stand for a batch whose "
+                "images all failed. Replace the broken files listed in the log."
+            )
+        logger.info("Replaced %d image(s) of a batch whose images all failed.", len(items))
+        batch, _ = self.loader.collate_fn(items)
+        return batch

@@ -15,7 +15,7 @@ from tests.conftest import make_tree
 from tests.trainer.data.conftest import small_data
 from tests.trainer.data.malformed import damage, good_bytes
 from trainer.data.samples import SampleArray
-from trainer.data.skipping import Skipped, collate_skipping
+from trainer.data.skipping import Skipped, SkippingLoader, collate_skipping
 from trainer.errors import DataError
 
 
@@ -97,3 +97,85 @@ def test_samples_are_numpy_arrays_with_no_python_object_per_sample(tiny_tree: Pa
     assert len(pickle.dumps(big)) < big.nbytes + 1000
     assert big.nbytes == sum(len(str(p)) + 16 for p, _ in big) + 8  # bytes, offsets, labels
     assert big[12345] == (Path("/data/train/c5/0012345.jpg"), 5) and big[-1][1] == 9
+
+
+# ------------------------------------------------------------- a training batch that all failed
+def test_a_training_batch_whose_images_all_failed_is_replaced(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8), splits=())
+    bad = [_undecodable(root / "a" / f"zz{i}.png", seed=i) for i in range(2)]
+    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5, hflip=False)
+    loader = data.train_loader()
+    found = []
+    names = {str(b) for b in bad}
+    for epoch in range(60):  # until a draw puts the two bad images in one batch
+        data.sampler.set_epoch(epoch)
+        sizes = [len(t) for _, t in loader]
+        drawn = [str(data.train_samples[k][0]) for k in data.sampler.last_indices.tolist()]
+        pairs = [set(drawn[i : i + 2]) for i in range(0, len(drawn), 2)]
+        assert len(sizes) == len(loader) == len(pairs)  # no batch left out
+        # One bad image: the batch shrinks by one; both: two replacements make it whole.
+        assert sizes == [2 if p == names else 2 - len(p & names) for p in pairs]
+        found += [i for i, p in enumerate(pairs) if p == names]
+        if found:
+            break
+    assert found, "no draw put both bad images in one batch: pick other epochs"
+    assert set(data.bad_images.skipped) == {str(b) for b in bad}
+
+
+def test_replacements_are_the_next_good_samples_under_the_failed_draws_seed(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path / "t", {"a": 3, "b": 3}, size=(8, 8), splits=())
+    _undecodable(root / "a" / "zz.png")
+    data = small_data(root, batch_size=1, val_fraction=0.0, max_bad_fraction=0.5)
+    loader = data.train_loader()
+    assert isinstance(loader, SkippingLoader)
+    ds = loader.dataset
+    bad = next(i for i in range(len(ds)) if ds.samples.path(i).endswith("zz.png"))
+    (x, y), (x2, y2) = loader.replace([Skipped("zz.png", "bad", (bad, 7))]), ds[(bad + 1) % 7, 7]
+    assert torch.equal(x[0], x2) and y.tolist() == [y2]  # the next sample, the same seed
+    last = len(ds) - 1  # wraps around; a failing one on the way is skipped and recorded
+    _undecodable(Path(ds.samples.path(0)))
+    (x, _), (x3, _) = loader.replace([Skipped("p", "bad", (last, 3))]), ds[1, 3]
+    assert torch.equal(x[0], x3) and str(ds.samples.path(0)) in data.bad_images.skipped
+
+
+def test_no_image_left_to_replace_with_is_a_data_error(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2}, size=(8, 8), splits=())
+    data = small_data(root, batch_size=1, val_fraction=0.0, max_bad_fraction=1.0)
+    for p, _ in data.train_samples:
+        _undecodable(p)
+    with pytest.raises(DataError, match="could be decoded"):
+        list(data.train_loader())
+
+
+def _ddp_all_bad_batch(rank: int, world: int, port: int, root: Path, out: Path) -> None:
+    from tests.conftest import join_as_rank
+    from trainer.distributed import destroy_distributed, init_distributed
+    from trainer.engine import Engine
+
+    join_as_rank(rank, world, port)
+    assert init_distributed("cpu")
+    try:
+        # One image per rank and step: the rank that draws the bad image has a batch with no
+        # good image, while the other has a good one and waits for it in the all-reduce.
+        data = small_data(root, img_size=8, batch_size=1, val_fraction=0.0, max_bad_fraction=0.3)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        engine = Engine(model, data, max_epochs=2, device="cpu", sanity_steps=0)
+        engine.fit()
+        result = {"step": engine.state.step, "skipped": sorted(data.bad_images.skipped)}
+        torch.save(result, out / f"rank{rank}.pt")
+    finally:
+        destroy_distributed()
+
+
+def test_under_ddp_a_rank_whose_batch_all_failed_steps_with_the_others(tmp_path: Path) -> None:
+    from tests.conftest import run_ranks
+
+    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8), splits=())
+    bad = _undecodable(root / "a" / "zz.png")  # 9 images: 5 steps per rank and epoch
+    run_ranks(_ddp_all_bad_batch, root, tmp_path, timeout=90)  # a stall fails, not hangs
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["step"] for r in ranks] == [10, 10]
+    assert str(bad) in {p for r in ranks for p in r["skipped"]}
