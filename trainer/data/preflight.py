@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import multiprocessing as mp
 import os
+import struct
 import sys
 import time
 import warnings
@@ -71,9 +73,23 @@ class PreflightResult:
 
 
 def header_problem(path: str) -> str | None:
-    """Why the file at ``path`` is unusable, judged from its header alone; None if it looks fine."""
+    """Why the file at ``path`` is unusable, judged from its header alone; None if it looks fine.
+
+    A JPEG whose marker segments walk cleanly to the start of scan, with an 8-bit frame of a
+    plausible size under Pillow's pixel limit, passes without Pillow (~11 us instead of ~47
+    per file on the 2-core VM: most of a first run's check on a large tree); anything else,
+    and every other format, is opened by Pillow, whose verdict and reason stand.
+    """
     from PIL import Image
 
+    try:
+        with open(path, "rb") as f:
+            size = _jpeg_size(f.read(_JPEG_HEAD))
+    except OSError as e:
+        return f"{type(e).__name__}: {e}".strip()
+    limit = Image.MAX_IMAGE_PIXELS or math.inf
+    if size is not None and 1 <= size[0] * size[1] <= limit and max(size) <= MAX_SIDE:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -87,6 +103,45 @@ def header_problem(path: str) -> str | None:
         return f"its content is {fmt}, not one of {', '.join(sorted(KNOWN_FORMATS))}"
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         return f"its header claims an implausible size of {w}x{h} pixels"
+    return None
+
+
+# Bytes read for the JPEG walk: the headers of most JPEGs; one with a larger EXIF block (a
+# camera's thumbnail) runs out of bytes and goes to Pillow.
+_JPEG_HEAD = 1 << 14
+# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic-coded), not
+# DHT (C4), JPG (C8) or DAC (CC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's frame header, walking its marker segments up to the
+    start of scan; None where the walk does not end cleanly there (Pillow then judges)."""
+    if head[:2] != b"\xff\xd8":
+        return None
+    i, n, size = 2, len(head), None
+    while i + 4 <= n:
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD9:  # no length field, or not a marker
+            return None
+        (length,) = struct.unpack_from(">H", head, i + 2)
+        if length < 2:
+            return None
+        if marker in _SOF:
+            if i + 10 > n or size is not None:
+                return None
+            bits, height, width, components = struct.unpack_from(">BHHB", head, i + 4)
+            if bits != 8 or components not in (1, 3, 4):
+                return None
+            size = (width, height)
+        elif marker == 0xDA:  # start of scan: the header is over
+            return size
+        i += 2 + length
     return None
 
 

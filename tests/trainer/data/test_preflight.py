@@ -61,6 +61,63 @@ def test_header_check_refuses_decompression_bombs(tmp_path: Path, monkeypatch: A
     assert list(bad) == ["huge.png"] and "too large" in bad["huge.png"]
 
 
+def _jpegs(folder: Path) -> list[Path]:
+    """Every damaged JPEG, and good ones of the kinds a tree holds."""
+    files = [p for p in _malformed(folder).values() if p.suffix == ".jpg"]
+    img = Image.effect_noise((40, 30), 60).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "x" * 30_000  # rotated, and a header past 16 KB
+    kinds = {
+        "progressive.jpg": (img, {"progressive": True}),
+        "gray.jpg": (img.convert("L"), {}),
+        "cmyk.jpg": (img.convert("CMYK"), {}),
+        "exif.jpg": (img, {"exif": exif}),
+        "optimized.jpg": (img, {"optimize": True, "quality": 40}),
+    }
+    for name, (im, options) in kinds.items():
+        im.save(folder / name, "JPEG", **options)
+        files.append(folder / name)
+    raw = good_bytes("jpg")
+    sof = raw.index(b"\xff\xc0")  # baseline frame: length, precision, height, width, layers
+    crafted = {
+        "cut_before_scan.jpg": raw[: raw.index(b"\xff\xda")],  # the header never ends
+        "twelve_bit.jpg": raw[: sof + 4] + b"\x0c" + raw[sof + 5 :],
+        "two_layers.jpg": raw[: sof + 9] + b"\x02" + raw[sof + 10 :],
+    }
+    for name, data in crafted.items():
+        (folder / name).write_bytes(data)
+        files.append(folder / name)
+    return files
+
+
+def test_the_fast_jpeg_header_walk_gives_pillows_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _jpegs(tmp_path)
+    fast = {p.name: pf.header_problem(str(p)) is None for p in files}
+    monkeypatch.setattr(pf, "_jpeg_size", lambda head: None)  # every file to Pillow
+    assert fast == {p.name: pf.header_problem(str(p)) is None for p in files}
+    assert fast["good.jpg"] and fast["progressive.jpg"] and not fast["wrong_header.jpg"]
+    assert not fast["twelve_bit.jpg"] and not fast["two_layers.jpg"]
+
+
+def test_a_plain_jpeg_passes_without_pillow_and_a_bomb_still_goes_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+
+    def no_pillow(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Pillow opened the file")
+
+    monkeypatch.setattr(Image, "open", no_pillow)
+    assert pf.header_problem(str(tmp_path / "a.jpg")) is None
+    assert "Pillow opened" in str(pf.header_problem(str(tmp_path / "a.png")))
+    monkeypatch.undo()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40 x 30 = 1,200 pixels
+    assert "too large" in str(pf.header_problem(str(tmp_path / "a.jpg")))
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_full_check_survives_every_malformed_file_and_names_the_crash(
     tmp_path: Path, processes: int
