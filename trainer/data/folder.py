@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
-from trainer.data.decode import load_image
+from trainer.data.decode import import_decoders, load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
@@ -418,6 +418,8 @@ class ImageFolderData:
         return SkippingLoader(loader, self.bad_images)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
+        if self.workers > 0:
+            import_decoders()  # before any worker is forked (see there)
         kwargs.setdefault("collate_fn", default_collate)
         # The loader draws its workers' base seed from this generator, not from the global
         # one: persistent workers draw it at the first iter() only, which a resumed run
