@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +35,17 @@ class TreeScan:
         ignored_files: non-image files found, in scan order (hidden entries are not listed).
         skipped_links: symlinked folders not followed, with why: a loop back up the tree, or
             a way into another class's folder (following it would take that class's images).
+        folders: every folder whose listing the scan read (an entry added to or removed from
+            any of them changes its mtime; see ``trainer.data.scan_cache``).
     """
 
     classes: list[str]
-    train: list[Sample] = field(default_factory=list)
-    val: list[Sample] = field(default_factory=list)
-    test: list[Sample] = field(default_factory=list)
+    train: Sequence[Sample] = field(default_factory=list)
+    val: Sequence[Sample] = field(default_factory=list)
+    test: Sequence[Sample] = field(default_factory=list)
     ignored_files: list[Path] = field(default_factory=list)
     skipped_links: list[tuple[Path, str]] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +56,7 @@ class _Walk:
     class_dirs: set[Path]
     seen: set[Path] = field(default_factory=set)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
 
     def link_problem(self, target: Path, here: Path, own: Path) -> str | None:
         """Why a symlinked folder resolving to ``target`` must not be followed, else None."""
@@ -101,6 +106,7 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
         walk = _Walk({d.resolve() for d in top.values()})
         scan = _scan_unsplit(root, list(top.values()), walk, val_fraction=val_fraction, seed=seed)
         scan.skipped_links = walk.skipped
+        scan.folders = [str(root), *walk.folders]
         return scan
     if train_dir is None:
         other = val_dir.name if val_dir is not None else "test"
@@ -150,6 +156,8 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
                 split_dir.name,
             )
         setattr(scan, split, [(p, to_idx[c]) for c in scan.classes for p in found.get(c, [])])
+    splits = [str(d) for d in (train_dir, val_dir, test_dir) if d is not None]
+    scan.folders = [str(root), *splits, *walk.folders]
     return scan
 
 
@@ -201,6 +209,7 @@ def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
     own = folder.resolve()
     walked = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        walk.folders.append(dirpath)
         here = Path(dirpath)
         real = own if walked == 0 else here.resolve()
         walked += 1
