@@ -296,6 +296,7 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
 
 def main(argv: list[str] | None = None) -> int:
     steady_malloc()  # CPU training: far fewer page faults per step (tools/runtime.py)
+    gc.freeze()  # the imports' objects stay out of the collector's scans (tools/runtime.py)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
