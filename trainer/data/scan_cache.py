@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,7 @@ def load(path: Path) -> TreeScan | None:
                 s: SampleArray.from_arrays(z[f"{s}_blob"], z[f"{s}_offsets"], z[f"{s}_targets"])
                 for s in _SPLITS
             }
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         if not isinstance(e, FileNotFoundError):
             logger.debug("ignoring the scan cache %s: %s", path, e)
         return None

@@ -138,3 +138,12 @@ def test_a_tree_split_by_seed_is_stored_per_seed_and_fraction(tmp_path: Path) ->
     assert [s.val for s in again] == [s.val for s in scans]
     assert scans[0].val != scans[1].val and len(scans[2].val) == 10
     assert len(list(cache.glob("*.scan.npz"))) == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_damaged_cache_file_means_a_fresh_scan(tmp_path: Path, content: bytes) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    expected = _scan(tree, cache)
+    (stored,) = cache.glob("*.scan.npz")
+    stored.write_bytes(content)
+    assert _scan(tree, cache).train == expected.train
