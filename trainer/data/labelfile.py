@@ -289,7 +289,9 @@ def _split(
             pool[r.label].append(r.path)
         else:
             fixed[r.split].append((r.path, to_idx[r.label]))
-    train, val = stratified_split(pool, classes, val_fraction=val_fraction, seed=seed)
+    split_train, split_val = stratified_split(pool, classes, val_fraction=val_fraction, seed=seed)
+    train = [(Path(p), t) for p, t in split_train]  # Paths in, Paths out
+    val = [(Path(p), t) for p, t in split_val]
     if any(pool.values()):
         logger.info(
             "%s: split %d row(s) without a split into %d train / %d val "
