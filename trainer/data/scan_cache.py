@@ -34,6 +34,7 @@ import numpy as np
 from trainer.data import check_cache
 from trainer.data.samples import SampleArray
 from trainer.data.scan import Sample, TreeScan, scan_tree
+from trainer.distributed import get_local_rank
 from trainer.io import atomic_write_bytes
 
 logger = logging.getLogger("trainer.data")
@@ -67,7 +68,8 @@ def cached_scan(
         scan = scan_tree(root, val_fraction=val_fraction, seed=seed)
     for split in _SPLITS:
         setattr(scan, split, as_sample_array(getattr(scan, split)))
-    save(where, scan, lines, started)
+    if get_local_rank() == 0:  # one writer per machine, as for the check results
+        save(where, scan, lines, started)
     return scan
 
 
