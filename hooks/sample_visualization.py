@@ -86,7 +86,9 @@ class SampleVisualizationHook(Hook):
         r, w = self._rank, self._world = get_rank(), get_world_size()
         samples = getattr(engine.data, "val_samples", None)
         if samples is not None:
-            targets = [int(t) for _, t in samples][r::w]
+            held = getattr(samples, "targets", None)  # a SampleArray's, without a Path each
+            targets = [int(t) for t in (held if held is not None else (t for _, t in samples))]
+            targets = targets[r::w]
             local = pick_stratified(targets, self.num_images, self.seed)
         else:  # no per-image labels to stratify by: the first images will do
             local = list(range(self.num_images))

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.conftest import make_tree
 
 # matplotlib and rich only draw at epoch ends; onnx/onnxruntime only export; each costs
 # 0.1 to 0.6 s to import. torchmetrics is listed because importing it imports matplotlib.pyplot.
@@ -32,3 +35,20 @@ def _loaded_after_import() -> list[str]:
 
 def test_import_trainer_and_hooks_loads_no_heavy_optional_library() -> None:
     assert _loaded_after_import() == []
+
+
+def test_building_an_engine_loads_no_heavy_optional_library(tmp_path: Path) -> None:
+    # torchmetrics (with scipy and matplotlib: over a second) counts the first validation's
+    # confusion matrix; building the engine and the first training step go without it.
+    tree = make_tree(tmp_path / "tree")
+    code = (
+        "import json, sys\n"
+        "from trainer import Engine, ImageFolderData, build_model\n"
+        f"data = ImageFolderData({str(tree)!r}, img_size=16, batch_size=4, workers=0)\n"
+        "engine = Engine(build_model('small_cnn', data.num_classes), data, device='cpu')\n"
+        f"print(json.dumps([m for m in {[*HEAVY, 'scipy']!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

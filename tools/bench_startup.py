@@ -7,7 +7,7 @@ figure is the wall time from starting a fresh Python process to an event in it:
   reference      import torch and torchvision, then ``torchvision.datasets.ImageFolder``
                  scans train/ and val/: the least any trainer on this tree must spend.
   first step     ``tools/train.py`` (the CLI defaults, the given workers) up to the end of
-                 its first training step, with the image check's cache empty ("cold", the
+                 its first training step, with the caches of the image check and the scan empty ("cold", the
                  first run on a tree) and filled ("warm", a second run on the same files).
   resume         ``tools/train.py --resume`` of a finished first epoch, to its first step.
 

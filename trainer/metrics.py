@@ -50,14 +50,43 @@ def track_best(state: EngineState, monitor: str, mode: str) -> dict[str, float]:
     return row
 
 
-def confusion_counter(num_classes: int, device: torch.device) -> Any:
-    """A torchmetrics ``MulticlassConfusionMatrix`` for ``EvalTally.compute``, without its own
-    sync: the engine sums all its validation counts in one all-reduce."""
-    # Imported here: torchmetrics pulls in matplotlib, too slow for `import trainer`.
-    from torchmetrics.classification import MulticlassConfusionMatrix
+def confusion_counter(num_classes: int, device: torch.device) -> ConfusionCounter:
+    """The counter ``EvalTally.compute`` builds the confusion matrix with (see
+    ``ConfusionCounter``)."""
+    return ConfusionCounter(num_classes, device)
 
-    counter = MulticlassConfusionMatrix(num_classes, validate_args=False, sync_on_compute=False)
-    return counter.to(device)
+
+class ConfusionCounter:
+    """A torchmetrics ``MulticlassConfusionMatrix`` without its own sync (the engine sums all
+    its validation counts in one all-reduce), made when it first counts.
+
+    Importing torchmetrics takes a second or more (it imports scipy and matplotlib): the
+    first validation needs it, building the engine and the first training step do not.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes, self.device = num_classes, device
+        self._metric: Any = None
+
+    def _counter(self) -> Any:
+        if self._metric is None:
+            from torchmetrics.classification import MulticlassConfusionMatrix
+
+            metric = MulticlassConfusionMatrix(
+                self.num_classes, validate_args=False, sync_on_compute=False
+            )
+            self._metric = metric.to(self.device)
+        return self._metric
+
+    def reset(self) -> None:
+        self._counter().reset()
+
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        self._counter().update(preds, targets)
+
+    def compute(self) -> torch.Tensor:
+        """The ``(C, C)`` counts since the last ``reset``, rows = true class."""
+        return self._counter().compute()
 
 
 class TrainTally:
@@ -196,9 +225,9 @@ class EvalTally:
         rows = torch.stack([torch.ones_like(confidence), confidence, hits]).double()
         self.bins += rows @ (slot[:, None] == self._slots).double()
 
-    def compute(self, confmat: Any) -> EvalCounts:
+    def compute(self, confmat: ConfusionCounter) -> EvalCounts:
         """Summed over ranks, one all-reduce, read once (float64 holds counts exactly up to
-        2**53). ``confmat`` is a torchmetrics ``MulticlassConfusionMatrix`` to count with.
+        2**53). ``confmat`` is the ``ConfusionCounter`` to count with.
         """
         n = self.num_classes
         local = torch.zeros(n * n, dtype=torch.float64, device=self.device)

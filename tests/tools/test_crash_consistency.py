@@ -31,9 +31,10 @@ def _start(ctx, out: Path, max_epochs: int):  # type: ignore[no-untyped-def]
 
 def test_sigkill_at_random_moments_never_corrupts_last_pt(tmp_path: Path) -> None:
     # A fork server that has imported torch and the trainer starts each child in well under a
-    # second, so the 20 kills land in training and saving, not in `import torch`.
+    # second, so the 20 kills land in training and saving, not in `import torch` (nor in
+    # torchmetrics', which the first validation imports).
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "tests.tools.crash_child"])
+    ctx.set_forkserver_preload(["torch", "torchmetrics.classification", "tests.tools.crash_child"])
     out = tmp_path / "run"
     rng = random.Random(0)
     epochs_seen = mid_save = 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.tools.tiny_run import load_tool
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 @pytest.mark.skipif(
@@ -24,3 +29,29 @@ def test_steady_malloc_changes_nothing_off_linux(monkeypatch: pytest.MonkeyPatch
     runtime = load_tool("runtime")
     monkeypatch.setattr(sys, "platform", "darwin")
     assert runtime.steady_malloc() is False
+
+
+def test_collector_paused_restores_the_collector_as_it_was() -> None:
+    runtime = load_tool("runtime")
+    assert gc.isenabled()
+    with runtime.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), runtime.collector_paused():
+        raise KeyError("an import failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with runtime.collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off: left off
+    finally:
+        gc.enable()
+
+
+def test_importing_train_leaves_the_collector_on() -> None:
+    # train.py imports its modules with the collector paused; it must be on again after.
+    code = "import gc, train; print(gc.isenabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300, cwd=TOOLS)  # fmt: skip
+    assert out.stdout.strip() == "True"

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,8 @@ def load(
             c_size, c_mtime = z["size"], z["mtime"]
             c_level, c_reason = z["level"], z["reason"]
             table.reasons = z["reasons"].tobytes().decode("utf-8", "replace").split("\0")
-    except (OSError, KeyError, ValueError) as e:
-        if not isinstance(e, FileNotFoundError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if not isinstance(e, FileNotFoundError):  # a damaged file: check again, rewrite it
             logger.debug("ignoring the check cache %s: %s", path, e)
         return table
     if c_blob == blob and len(c_size) == len(paths):

@@ -59,6 +59,19 @@ def _load_with_pil(data: bytes) -> torch.Tensor:
         return image_to_tensor(opened)
 
 
+def import_decoders() -> None:
+    """Import, in this process, every module ``load_image`` imports when it first runs: Pillow
+    and its format plugins. Call it before loader workers are forked.
+
+    A forked worker inherits the module locks as they were at the fork. Had another thread
+    (the run's artifact writer, saving a PNG) been importing one of Pillow's plugins at that
+    moment, the worker would wait forever for it at its first image.
+    """
+    from PIL import Image, ImageOps  # noqa: F401
+
+    Image.init()  # every format plugin (``Image.open`` loads them on first use)
+
+
 def image_to_tensor(image: Any) -> torch.Tensor:
     """A PIL image or a numpy uint8 array (``(H, W)`` or ``(H, W, C)``, C from 1 to 4) as a
     uint8 RGB tensor ``(3, H, W)``, converted as :func:`load_image` converts files: EXIF

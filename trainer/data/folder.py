@@ -11,17 +11,18 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
-from trainer.data.decode import load_image
+from trainer.data.decode import import_decoders, load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
@@ -34,7 +35,8 @@ from trainer.data.sampler import (
     ShardSampler,
     TrackingWeightedRandomSampler,
 )
-from trainer.data.scan import Sample
+from trainer.data.samples import SampleArray
+from trainer.data.scan_cache import as_sample_array
 from trainer.data.skipping import BadImages, SkippingLoader, collate_skipping
 from trainer.data.transforms import (
     IMAGENET_MEAN,
@@ -209,11 +211,13 @@ class ImageFolderData:
             image_key=image_key,
             label_key=label_key,
             max_bad_fraction=max_bad_fraction,
+            cache_dir=None if check_cache_dir is None else Path(check_cache_dir),
         )
         self.classes: list[str] = scan.classes
-        self.train_samples: list[Sample] = scan.train
-        self.val_samples: list[Sample] = scan.val
-        self.test_samples: list[Sample] = scan.test
+        # No Python object per sample: see SampleArray.
+        self.train_samples: SampleArray = as_sample_array(scan.train)
+        self.val_samples: SampleArray = as_sample_array(scan.val)
+        self.test_samples: SampleArray = as_sample_array(scan.test)
         self.ignored_files: list[Path] = scan.ignored_files
         self.skipped_links: list[tuple[Path, str]] = scan.skipped_links
         self.bad_files: list[tuple[Path, str]] = missing  # a label file's missing images
@@ -254,9 +258,9 @@ class ImageFolderData:
                 native=verify == "full",
                 known_bad=self.bad_files,  # they count together against max_bad_fraction
             )
-            self.train_samples = checked.samples["train"]
-            self.val_samples = checked.samples["val"]
-            self.test_samples = checked.samples["test"]
+            self.train_samples = as_sample_array(checked.samples["train"])
+            self.val_samples = as_sample_array(checked.samples["val"])
+            self.test_samples = as_sample_array(checked.samples["test"])
             self.bad_files += checked.bad_files
             self._cache = checked.images
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
@@ -278,7 +282,7 @@ class ImageFolderData:
         # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
         # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
         self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
-            [t for _, t in self.train_samples],
+            self.train_samples.targets.tolist(),
             self.num_classes,
             mode=sampler,
             class_weights=weights_by_idx,
@@ -385,14 +389,11 @@ class ImageFolderData:
                 ", ".join(single),
             )
 
-    def _splits(self) -> dict[str, list[Sample]]:
+    def _splits(self) -> dict[str, SampleArray]:
         return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
 
-    def _count(self, samples: Sequence[Sample]) -> list[int]:
-        counts = [0] * len(self.classes)
-        for _, t in samples:
-            counts[t] += 1
-        return counts
+    def _count(self, samples: SampleArray) -> list[int]:
+        return [int(n) for n in np.bincount(samples.targets, minlength=len(self.classes))]
 
     @property
     def cached(self) -> bool:
@@ -428,6 +429,8 @@ class ImageFolderData:
         return SkippingLoader(loader, self.bad_images, replace_empty)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
+        if self.workers > 0:
+            import_decoders()  # before any worker is forked (see there)
         kwargs.setdefault("collate_fn", default_collate)
         # The loader draws its workers' base seed from this generator, not from the global
         # one: persistent workers draw it at the first iter() only, which a resumed run

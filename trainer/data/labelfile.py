@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.data.scan import Sample, TreeScan, scan_tree, stratified_split
+from trainer.data.scan import Sample, TreeScan, stratified_split
+from trainer.data.scan_cache import cached_scan
 from trainer.errors import DataError
 
 logger = logging.getLogger("trainer.data")
@@ -62,8 +63,10 @@ def scan_source(
     image_key: str = "path",
     label_key: str = "label",
     max_bad_fraction: float = 0.05,
+    cache_dir: Path | None = None,
 ) -> tuple[TreeScan, list[tuple[Path, str]]]:
-    """The samples of ``--data``: a label file, or else an ImageFolder tree (``scan_tree``).
+    """The samples of ``--data``: a label file, or else an ImageFolder tree (``scan_tree``,
+    read from ``cache_dir`` while the tree is unchanged: ``trainer.data.scan_cache``).
 
     Returns:
         The scan, and ``(path, reason)`` for each listed image that does not exist (always
@@ -87,7 +90,7 @@ def scan_source(
             "that holds train/ and val/ (or one folder per class), or a label file ending in "
             f"{' or '.join(LABEL_FILE_SUFFIXES)}; archives must be extracted first."
         )
-    return scan_tree(root, val_fraction=val_fraction, seed=seed), []
+    return cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir), []
 
 
 def read_label_file(
@@ -286,7 +289,9 @@ def _split(
             pool[r.label].append(r.path)
         else:
             fixed[r.split].append((r.path, to_idx[r.label]))
-    train, val = stratified_split(pool, classes, val_fraction=val_fraction, seed=seed)
+    split_train, split_val = stratified_split(pool, classes, val_fraction=val_fraction, seed=seed)
+    train = [(Path(p), t) for p, t in split_train]  # Paths in, Paths out
+    val = [(Path(p), t) for p, t in split_val]
     if any(pool.values()):
         logger.info(
             "%s: split %d row(s) without a split into %d train / %d val "

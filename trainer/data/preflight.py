@@ -42,7 +42,7 @@ import numpy as np
 
 from trainer.data import check_cache
 from trainer.data.check_cache import FULL, HEADER
-from trainer.data.scan import Sample
+from trainer.data.samples import SampleArray
 from trainer.distributed import barrier, get_local_rank, is_distributed
 from trainer.errors import DataError
 
@@ -196,7 +196,7 @@ def preflight(
 
 
 def check_splits(
-    splits: Mapping[str, Sequence[Sample]],
+    splits: Mapping[str, SampleArray],
     *,
     mode: str,
     processes: int,
@@ -205,7 +205,7 @@ def check_splits(
     max_bad_fraction: float,
     root: Path,
     known_bad: Sequence[tuple[Path, str]] = (),
-) -> tuple[dict[str, list[Sample]], list[tuple[Path, str]]]:
+) -> tuple[dict[str, SampleArray], list[tuple[Path, str]]]:
     """``preflight`` over every split's samples: the splits without the unusable files, and
     ``(path, reason)`` of those.
 
@@ -215,13 +215,13 @@ def check_splits(
     Raises:
         DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
-    paths = [p for samples in splits.values() for p, _ in samples]
+    paths = [p for samples in splits.values() for p in samples.paths()]
     found = preflight(
         paths, mode=mode, processes=processes, cache_key=cache_key, cache_dir=cache_dir
     ).bad
-    bad_files = [(paths[i], r) for i, r in found]
+    bad_files = [(Path(paths[i]), r) for i, r in found]
     if not bad_files:
-        return {k: list(v) for k, v in splits.items()}, []
+        return dict(splits), []
     shown = "; ".join(f"{p} ({r})" for p, r in [*known_bad, *bad_files][:5])
     n_bad, n_all = len(bad_files) + len(known_bad), len(paths) + len(known_bad)
     fraction = n_bad / n_all
@@ -239,8 +239,13 @@ def check_splits(
         shown,
         " ..." if len(bad_files) > 5 else "",
     )
-    bad = {p for p, _ in bad_files}
-    return {k: [s for s in v if s[0] not in bad] for k, v in splits.items()}, bad_files
+    keep = np.ones(len(paths), bool)
+    keep[[i for i, _ in found]] = False
+    kept, start = {}, 0
+    for name, samples in splits.items():
+        kept[name] = samples.select(keep[start : start + len(samples)])
+        start += len(samples)
+    return kept, bad_files
 
 
 def available_cpus() -> int:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer.data.decode import IMG_EXTENSIONS
+from trainer.data.samples import SampleArray
 from trainer.errors import DataError
 
 logger = logging.getLogger("trainer.data")
@@ -20,6 +23,7 @@ logger = logging.getLogger("trainer.data")
 VAL_DIR_NAMES: tuple[str, ...] = ("val", "valid", "validation")
 
 Sample = tuple[Path, int]
+AnyPath = str | os.PathLike[str]
 
 
 @dataclass
@@ -34,14 +38,17 @@ class TreeScan:
         ignored_files: non-image files found, in scan order (hidden entries are not listed).
         skipped_links: symlinked folders not followed, with why: a loop back up the tree, or
             a way into another class's folder (following it would take that class's images).
+        folders: every folder whose listing the scan read (an entry added to or removed from
+            any of them changes its mtime; see ``trainer.data.scan_cache``).
     """
 
     classes: list[str]
-    train: list[Sample] = field(default_factory=list)
-    val: list[Sample] = field(default_factory=list)
-    test: list[Sample] = field(default_factory=list)
+    train: Sequence[Sample] = field(default_factory=list)
+    val: Sequence[Sample] = field(default_factory=list)
+    test: Sequence[Sample] = field(default_factory=list)
     ignored_files: list[Path] = field(default_factory=list)
     skipped_links: list[tuple[Path, str]] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class _Walk:
     class_dirs: set[Path]
     seen: set[Path] = field(default_factory=set)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
 
     def link_problem(self, target: Path, here: Path, own: Path) -> str | None:
         """Why a symlinked folder resolving to ``target`` must not be followed, else None."""
@@ -101,6 +109,7 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
         walk = _Walk({d.resolve() for d in top.values()})
         scan = _scan_unsplit(root, list(top.values()), walk, val_fraction=val_fraction, seed=seed)
         scan.skipped_links = walk.skipped
+        scan.folders = [str(root), *walk.folders]
         return scan
     if train_dir is None:
         other = val_dir.name if val_dir is not None else "test"
@@ -128,7 +137,7 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
         )
     _check_not_empty(train, train_dir)
     to_idx = {c: i for i, c in enumerate(scan.classes)}
-    scan.train = [(p, to_idx[c]) for c in scan.classes for p in train[c]]
+    scan.train = SampleArray([(p, to_idx[c]) for c in scan.classes for p in train[c]])
     for split_dir, split in ((val_dir, "val"), (test_dir, "test")):
         if split_dir is None:
             continue
@@ -149,7 +158,10 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
                 ", ".join(missing),
                 split_dir.name,
             )
-        setattr(scan, split, [(p, to_idx[c]) for c in scan.classes for p in found.get(c, [])])
+        samples = [(p, to_idx[c]) for c in scan.classes for p in found.get(c, [])]
+        setattr(scan, split, SampleArray(samples))
+    splits = [str(d) for d in (train_dir, val_dir, test_dir) if d is not None]
+    scan.folders = [str(root), *splits, *walk.folders]
     return scan
 
 
@@ -161,16 +173,16 @@ def has_split_folders(root: Path) -> bool:
 
 
 def stratified_split(
-    found: dict[str, list[Path]], classes: list[str], *, val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
+    found: Mapping[str, Sequence[AnyPath]], classes: list[str], *, val_fraction: float, seed: int
+) -> tuple[list[tuple[AnyPath, int]], list[tuple[AnyPath, int]]]:
     """Split each class's files into ``(train, val)`` samples, seeded and deterministic.
 
     Every class keeps at least one training image, and a class with a single image goes to
     train only. Within a split, samples are by class, then by path.
     """
     rng = random.Random(seed)
-    train: list[Sample] = []
-    val: list[Sample] = []
+    train: list[tuple[AnyPath, int]] = []
+    val: list[tuple[AnyPath, int]] = []
     for idx, c in enumerate(classes):
         files = list(found[c])
         rng.shuffle(files)
@@ -178,9 +190,14 @@ def stratified_split(
         n_val = 0
         if n >= 2 and val_fraction > 0:
             n_val = min(n - 1, max(1, round(n * val_fraction)))
-        val += [(p, idx) for p in sorted(files[:n_val])]
-        train += [(p, idx) for p in sorted(files[n_val:])]
+        val += [(p, idx) for p in sorted(files[:n_val], key=path_order)]
+        train += [(p, idx) for p in sorted(files[n_val:], key=path_order)]
     return train, val
+
+
+def path_order(path: AnyPath) -> Any:
+    """Sorts paths as ``pathlib.Path`` does (component by component), strings too."""
+    return os.fspath(path).split(os.sep) if os.name == "posix" else Path(path)
 
 
 def _is_hidden(name: str) -> bool:
@@ -188,19 +205,20 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
-    """Images (and ignored non-image files) anywhere under ``folder``, sorted.
+def _walk_images(folder: Path, walk: _Walk) -> tuple[list[str], list[Path]]:
+    """Images (as strings) and ignored non-image files anywhere under ``folder``, sorted.
 
     Follows symlinked folders, but each real folder only once (``walk.seen`` holds resolved
     paths), so two links to the same folder never count images twice. A link back up the tree
     or into another class's folder is not followed, and is recorded in ``walk.skipped``: it
     would loop, or hand this class another class's images (and leave that class without).
     """
-    images: list[Path] = []
+    images: list[str] = []
     ignored: list[Path] = []
     own = folder.resolve()
     walked = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        walk.folders.append(dirpath)
         here = Path(dirpath)
         real = own if walked == 0 else here.resolve()
         walked += 1
@@ -220,23 +238,26 @@ def _walk_images(folder: Path, walk: _Walk) -> tuple[list[Path], list[Path]]:
             elif not _is_hidden(d):
                 kept.append(d)
         dirnames[:] = kept
-        # Per file only string work and one Path: on a 1.28 M-image tree this loop is the scan.
+        # Per file only string work, no Path: on a 1.28 M-image tree this loop is the scan.
         for name in sorted(filenames):
             if _is_hidden(name):
                 continue
             ext = os.path.splitext(name)[1].lower()
-            (images if ext in IMG_EXTENSIONS else ignored).append(here / name)
+            if ext in IMG_EXTENSIONS:
+                images.append(os.path.join(dirpath, name))
+            else:
+                ignored.append(here / name)
     # One folder's files are already in order; only images from subfolders need the sort.
-    return (images if walked == 1 else sorted(images)), ignored
+    return (images if walked == 1 else sorted(images, key=path_order)), ignored
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
-def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[Path]], list[Path]]:
+def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[str]], list[Path]]:
     """Images per class folder of ``split_dir``, and the non-image files found."""
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[str]] = {}
     ignored_files: list[Path] = []
     for entry in sorted(split_dir.iterdir()):
         if _is_hidden(entry.name):
@@ -254,7 +275,7 @@ def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[Path]], li
 def _scan_unsplit(
     root: Path, class_dirs: list[Path], walk: _Walk, *, val_fraction: float, seed: int
 ) -> TreeScan:
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[str]] = {}
     ignored_files: list[Path] = []
     for d in class_dirs:
         images, ignored = _walk_images(d, walk)
@@ -280,10 +301,11 @@ def _scan_unsplit(
         val_fraction,
         seed,
     )
-    return TreeScan(classes=classes, train=train, val=val, ignored_files=ignored_files)
+    return TreeScan(classes=classes, train=SampleArray(train), val=SampleArray(val),
+                    ignored_files=ignored_files)  # fmt: skip
 
 
-def _check_not_empty(found: dict[str, list[Path]], where: Path) -> None:
+def _check_not_empty(found: Mapping[str, Sequence[AnyPath]], where: Path) -> None:
     empty = [c for c in sorted(found) if not found[c]]
     if empty:
         raise DataError(

@@ -217,6 +217,18 @@ def test_an_unwritable_cache_only_costs_a_second_check(tmp_path: Path) -> None:
         assert preflight(paths, cache_key="k", cache_dir=blocker / "cache").checked == 4
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_damaged_cache_file_means_checking_again(tmp_path: Path, content: bytes) -> None:
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2}, size=(4, 4), splits=())
+    paths = sorted(root.rglob("*.*"))
+    cache = tmp_path / "cache"
+    preflight(paths, cache_key="k", cache_dir=cache)
+    (stored,) = cache.glob("*.npz")
+    stored.write_bytes(content)
+    assert preflight(paths, cache_key="k", cache_dir=cache).checked == 4
+    assert preflight(paths, cache_key="k", cache_dir=cache).checked == 0  # written again
+
+
 def test_check_chunk_reports_positions(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"nope")
     Image.new("RGB", (2, 2)).save(tmp_path / "y.png")

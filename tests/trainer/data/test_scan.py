@@ -13,6 +13,7 @@ from PIL import Image
 from tests.conftest import make_tree
 from tests.trainer.data.conftest import small_data
 from trainer.data import ImageFolderData
+from trainer.data.scan import scan_tree
 from trainer.errors import DataError
 
 
@@ -139,3 +140,29 @@ def test_links_up_the_tree_neither_drop_nor_steal_images(
     reasons = {r["path"]: r["reason"] for r in report["skipped_links"]}
     assert "a loop" in reasons[str(base / "a" / "sub" / "up")]
     assert "another class's folder" in reasons[str(base / "a" / "c_too")]
+
+
+def _nested(root: Path, classes: tuple[str, ...]) -> list[str]:
+    names = ["a/z.png", "a.b/x.png", "a0.png", "a-b/y.png", "b.png"]
+    for cls in classes:
+        for name in names:
+            (root / cls / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4)).save(root / cls / name)
+    return names
+
+
+def test_images_in_subfolders_are_in_path_order(tmp_path: Path) -> None:
+    # The scan keeps paths as strings; they must sort as pathlib.Path sorts (part by part),
+    # as they did, which is not plain string order: "a/z.png" < "a-b/y.png" < "a.b/x.png".
+    for split in ("train", "val"):
+        names = _nested(tmp_path / split, ("cat", "dog"))
+    expected = sorted(tmp_path / "train" / "cat" / n for n in names)
+    assert [str(p) for p in expected] != sorted(str(p) for p in expected)  # the case at hand
+    scan = scan_tree(tmp_path, val_fraction=0.2, seed=0)
+    assert [p for p, t in scan.train if t == 0] == expected
+    # A tree split by seed: within each split and class, in Path order too.
+    _nested(tmp_path / "bare", ("cat", "dog"))
+    split = scan_tree(tmp_path / "bare", val_fraction=0.4, seed=3)
+    for samples in (split.train, split.val):
+        cats = [p for p, t in samples if t == 0]
+        assert cats == sorted(cats) and len(cats) >= 2

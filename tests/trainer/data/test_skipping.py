@@ -95,7 +95,8 @@ def test_samples_are_numpy_arrays_with_no_python_object_per_sample(tiny_tree: Pa
     # What a worker receives: a few arrays, not one object per sample.
     big = SampleArray([(Path(f"/data/train/c{i % 10}/{i:07d}.jpg"), i % 10) for i in range(20000)])
     assert len(pickle.dumps(big)) < big.nbytes + 1000
-    assert big.nbytes == sum(len(str(p)) + 16 for p, _ in big) + 8  # bytes, offsets, labels
+    # path bytes and a NUL, an offset and a label per sample, and one more offset
+    assert big.nbytes == sum(len(str(p)) + 1 + 16 for p, _ in big) + 8
     assert big[12345] == (Path("/data/train/c5/0012345.jpg"), 5) and big[-1][1] == 9
 
 

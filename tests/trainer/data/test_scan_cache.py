@@ -1,0 +1,149 @@
+"""The stored tree scan: reused while the tree is unchanged, walked again when it is not."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import make_tree
+from tests.trainer.data.conftest import small_data
+from trainer.data import scan_cache
+from trainer.data.samples import SampleArray
+from trainer.data.scan import scan_tree
+
+
+def _age(root: Path, seconds: float = 60.0) -> None:
+    """Date every folder and file under ``root`` back, as a tree copied a while ago is."""
+    then = time.time() - seconds
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), (then, then))
+        os.utime(dirpath, (then, then))
+
+
+def _scan(root: Path, cache: Path, **kw: Any) -> Any:
+    return scan_cache.cached_scan(root, val_fraction=kw.get("val_fraction", 0.2),
+                                  seed=kw.get("seed", 0), cache_dir=cache)  # fmt: skip
+
+
+@pytest.fixture
+def no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if the tree is walked: the scan must come from the cache."""
+
+    def walked(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the tree was walked")
+
+    monkeypatch.setattr(scan_cache, "scan_tree", walked)
+
+
+def _aged_tree(tmp_path: Path) -> Path:
+    tree = make_tree(tmp_path / "tree", splits=("train", "val", "test"))
+    _age(tree)
+    return tree
+
+
+def test_an_unchanged_tree_is_read_back_as_it_was_scanned(tmp_path: Path) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    first = _scan(tree, cache)
+    fresh = scan_tree(tree, val_fraction=0.2, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_cache, "scan_tree", None)  # any walk would fail
+        again = _scan(tree, cache)
+    for scan in (first, again):
+        assert scan.classes == fresh.classes
+        for split in ("train", "val", "test"):
+            samples = getattr(scan, split)
+            assert isinstance(samples, SampleArray)
+            assert samples == getattr(fresh, split) and len(samples) > 0
+    assert again.folders == first.folders
+
+
+def _png(path: Path) -> None:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+
+
+def test_an_added_image_is_seen(tmp_path: Path) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    before = len(_scan(tree, cache).train)
+    _png(tree / "train" / "cat" / "new.png")
+    scan = _scan(tree, cache)
+    assert len(scan.train) == before + 1
+    assert (tree / "train" / "cat" / "new.png", scan.classes.index("cat")) in scan.train
+
+
+def test_an_image_added_in_a_subfolder_is_seen(tmp_path: Path) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    (tree / "val" / "dog" / "more").mkdir()
+    _age(tree)
+    before = len(_scan(tree, cache).val)
+    _png(tree / "val" / "dog" / "more" / "x.png")
+    assert len(_scan(tree, cache).val) == before + 1
+
+
+def test_a_removed_image_is_seen(tmp_path: Path) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    gone = tree / "val" / "dog" / "0.png"
+    assert (gone, 2) in _scan(tree, cache).val
+    gone.unlink()
+    assert gone not in [p for p, _ in _scan(tree, cache).val]
+
+
+def test_a_new_class_folder_is_seen(tmp_path: Path) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    assert _scan(tree, cache).classes == ["bird", "cat", "dog"]
+    for split in ("train", "val"):
+        (tree / split / "eel").mkdir()
+        _png(tree / split / "eel" / "0.png")
+    assert _scan(tree, cache).classes == ["bird", "cat", "dog", "eel"]
+
+
+def test_a_file_changed_in_place_is_checked_again(tmp_path: Path, no_walk: None) -> None:
+    # Rewriting a file changes no folder, so the stored scan stands; the image check compares
+    # each file's size and mtime, and checks the changed one again.
+    tree = _aged_tree(tmp_path)
+    cache = Path(os.environ["IMGTRAINER_CHECK_CACHE"])  # where ImageFolderData keeps both
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_cache, "scan_tree", scan_tree)
+        first = small_data(tree)  # walks the tree, stores the scan and the checks
+    assert first.bad_files == [] and list(cache.glob("*.scan.npz"))
+    changed = tree / "train" / "cat" / "0.png"
+    folder_mtime = changed.parent.stat().st_mtime_ns
+    changed.write_bytes(b"not an image any more")
+    assert changed.parent.stat().st_mtime_ns == folder_mtime  # the folder did not change
+    data = small_data(tree)  # no_walk: from the stored scan
+    assert [p for p, _ in data.bad_files] == [changed]
+    assert changed not in [p for p, _ in data.train_samples]
+
+
+def test_a_tree_changed_just_before_the_scan_is_not_stored(tmp_path: Path) -> None:
+    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"  # written just now
+    _scan(tree, cache)
+    assert not list(cache.glob("*.scan.npz"))
+    _age(tree)
+    _scan(tree, cache)
+    assert len(list(cache.glob("*.scan.npz"))) == 1
+
+
+def test_a_tree_split_by_seed_is_stored_per_seed_and_fraction(tmp_path: Path) -> None:
+    tree, cache = make_tree(tmp_path / "tree", {"a": 10, "b": 10}, splits=()), tmp_path / "c"
+    _age(tree)
+    scans = [_scan(tree, cache, seed=s, val_fraction=f) for s, f in ((0, 0.2), (1, 0.2), (0, 0.5))]
+    again = [_scan(tree, cache, seed=s, val_fraction=f) for s, f in ((0, 0.2), (1, 0.2), (0, 0.5))]
+    assert [s.val for s in again] == [s.val for s in scans]
+    assert scans[0].val != scans[1].val and len(scans[2].val) == 10
+    assert len(list(cache.glob("*.scan.npz"))) == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_damaged_cache_file_means_a_fresh_scan(tmp_path: Path, content: bytes) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    expected = _scan(tree, cache)
+    (stored,) = cache.glob("*.scan.npz")
+    stored.write_bytes(content)
+    assert _scan(tree, cache).train == expected.train
