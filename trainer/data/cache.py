@@ -10,19 +10,18 @@ like the start-up check's rejects, and counts with them against ``max_bad_fracti
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
 from trainer.data.decode import load_image
+from trainer.data.preflight import progress_bar
 from trainer.data.scan import Sample
 from trainer.data.transforms import resize_size
 from trainer.errors import DataError
@@ -108,7 +107,7 @@ def verify_and_cache(
     used, done = 0, 0
     over = [False]  # read by the chunk feeder: stop decoding once the cache cannot fit
     threads = max(1, min(16, workers or 1, total))
-    with _progress(total) as bar:
+    with progress_bar(total, "caching images") as bar:
         for chunk, results in _in_order(decode, flat, threads, stop=lambda: over[0]):
             for (name, sample), (img, reason) in zip(chunk, results, strict=True):
                 if reason is not None:
@@ -192,18 +191,6 @@ def _check_fraction(
         root,
         "; ".join(f"{p} ({r})" for p, r in bad_files[:5]),
         " ..." if len(bad_files) > 5 else "",
-    )
-
-
-def _progress(total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc="caching images",
-        unit="img",
-        disable=not sys.stderr.isatty() or total == 0,
-        leave=False,
     )
 
 

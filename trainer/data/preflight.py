@@ -293,12 +293,13 @@ def _preflight(
     return result
 
 
-def _progress(total: int) -> Any:
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` images on a terminal (off elsewhere, and for none)."""
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        desc="checking images",
+        desc=desc,
         unit="img",
         disable=not sys.stderr.isatty() or total == 0,
         leave=False,
@@ -309,7 +310,7 @@ def _run_checks(
     paths: list[str], todo: np.ndarray, full: bool, processes: int
 ) -> Iterator[tuple[int, str]]:
     """``(index, reason)`` of each unusable file among ``paths[todo]``."""
-    with _progress(len(todo)) as bar:
+    with progress_bar(len(todo), "checking images") as bar:
         if processes <= 0 and not full:
             for start in range(0, len(todo), CHUNK):
                 idx = todo[start : start + CHUNK]
