@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +26,10 @@ from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
 from trainer.data.mix import BatchMix
+from trainer.data.options import check_augment, check_options, class_weights_by_index
 from trainer.data.pipelines import Transform, check_train_transform, check_val_transform
-from trainer.data.preflight import VERIFY_MODES, available_cpus, check_splits
+from trainer.data.preflight import available_cpus, check_splits
 from trainer.data.sampler import (
-    SAMPLER_MODES,
     SeededDraw,
     ShardSampler,
     TrackingWeightedRandomSampler,
@@ -47,7 +46,7 @@ from trainer.data.transforms import (
     val_transform,
 )
 from trainer.distributed import get_rank, get_world_size, rank_seed
-from trainer.errors import ConfigError, DataError
+from trainer.errors import DataError
 from trainer.io import atomic_write_json
 from trainer.signals import ignore_stop_signals
 
@@ -170,7 +169,7 @@ class ImageFolderData:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
             verify = "header" if verify else "none"
-        self._check_args(
+        check_options(
             img_size,
             batch_size,
             workers,
@@ -184,7 +183,7 @@ class ImageFolderData:
             decode,
             verify,
         )
-        self._check_augment(decode, train_transform)
+        check_augment(self.augment, decode, train_transform)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
         if val_transform is not None:
@@ -224,7 +223,7 @@ class ImageFolderData:
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
         self.num_classes = len(self.classes)
-        weights_by_idx = self._class_weights_by_index(class_weights)
+        weights_by_idx = class_weights_by_index(class_weights, self.classes, self.root)
         # The engine applies it to each training batch on the device (trainer.data.mix).
         self.batch_mix: BatchMix | None = self.augment.batch_mix(self.num_classes, seed)
 
@@ -290,87 +289,6 @@ class ImageFolderData:
             num_replicas=get_world_size(),
             rank=get_rank(),
         )
-
-    # ------------------------------------------------------------------ checks
-
-    @staticmethod
-    def _check_args(
-        img_size: int,
-        batch_size: int,
-        workers: int | None,
-        val_fraction: float,
-        crop_scale: float,
-        color_jitter: float,
-        sampler: str,
-        class_weights: dict[str, float] | None,
-        cache: str | None,
-        max_bad_fraction: float,
-        decode: str,
-        verify: str,
-    ) -> None:
-        problems = []
-        if img_size < 1:
-            problems.append(f"img_size must be >= 1, got {img_size}")
-        if batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {batch_size}")
-        if workers is not None and workers < 0:
-            problems.append(f"workers must be >= 0, got {workers}")
-        if not 0 <= val_fraction < 1:
-            problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if not 0 < crop_scale <= 1:
-            problems.append(f"crop_scale must be in (0, 1], got {crop_scale}")
-        if color_jitter < 0:
-            problems.append(f"color_jitter must be >= 0, got {color_jitter}")
-        if sampler not in SAMPLER_MODES:
-            problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
-        if sampler == "manual" and not class_weights:
-            problems.append("sampler='manual' needs class_weights (class name -> weight)")
-        if cache not in (None, "ram"):
-            problems.append(f"cache must be None or 'ram', got {cache!r}")
-        if not 0 <= max_bad_fraction <= 1:
-            problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        if verify not in VERIFY_MODES:
-            problems.append(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
-        if decode not in ("cpu", "gpu"):
-            problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
-        if decode == "gpu" and cache == "ram":
-            problems.append(
-                "decode='gpu' reads JPEG files for the device to decode, while cache='ram' "
-                "keeps images decoded in memory: use one or the other"
-            )
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
-
-    def _check_augment(self, decode: str, train_transform: Transform | None) -> None:
-        problems = self.augment.problems()
-        if decode == "gpu" and (self.augment.per_image or train_transform is not None):
-            what = self.augment.per_image_flags + (
-                ["train_transform (--transforms)"] if train_transform is not None else []
-            )
-            problems.append(
-                f"decode='gpu' (--decode gpu) decodes images on the device after the loader "
-                f"workers, but {', '.join(what)} must run in the workers on decoded images: "
-                "drop --decode gpu, or those options (MixUp/CutMix work with both)"
-            )
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
-
-    def _class_weights_by_index(
-        self, class_weights: dict[str, float] | None
-    ) -> dict[int, float] | None:
-        if not class_weights:
-            return None
-        unknown = sorted(set(class_weights) - set(self.classes))
-        if unknown:
-            raise DataError(
-                f"class_weights name classes that are not in {self.root}: "
-                f"{', '.join(map(repr, unknown))}. Known classes: {', '.join(self.classes)}. "
-                "Fix the names (they are the class folder names)."
-            )
-        bad = {k: v for k, v in class_weights.items() if not (math.isfinite(v) and v >= 0)}
-        if bad:
-            raise ConfigError(f"class_weights must be finite and >= 0; got {bad}.")
-        return {self.class_to_idx[k]: float(v) for k, v in class_weights.items()}
 
     # ------------------------------------------------------------------ counts
 
