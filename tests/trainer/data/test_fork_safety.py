@@ -30,7 +30,10 @@ getitem = ImageListDataset.__getitem__
 def reporting(self, key):
     item = getitem(self, key)
     new = sorted(set(sys.modules) - BEFORE)
-    (out / f"{os.getpid()}.json").write_text(json.dumps(new))
+    # Whole or not at all: the worker prefetches on, and is killed mid-item at the end.
+    tmp = out / f"{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(new))
+    os.replace(tmp, out / f"{os.getpid()}.json")
     return item
 
 ImageListDataset.__getitem__ = reporting
