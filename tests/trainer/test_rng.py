@@ -32,11 +32,11 @@ def test_torch_seeded_draws_from_its_seed_and_gives_the_callers_stream_back(rais
     torch.manual_seed(1)
     drawn = []
     for _ in range(2):
-        with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
-            with torch_seeded(7):
-                drawn.append(torch.rand(2))
-                if raises:
-                    raise RuntimeError("the block failed")
+        failing = pytest.raises(RuntimeError) if raises else contextlib.nullcontext()
+        with failing, torch_seeded(7):
+            drawn.append(torch.rand(2))
+            if raises:
+                raise RuntimeError("the block failed")
     assert torch.equal(drawn[0], drawn[1])  # the block's draws depend on its seed alone
     assert torch.equal(torch.rand(3), expected)  # as if the blocks had not run
 

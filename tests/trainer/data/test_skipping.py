@@ -141,7 +141,8 @@ def test_a_training_batch_whose_images_all_failed_is_replaced(tmp_path: Path) ->
     # In dataset order a/0, a/1, a/zz0, a/zz1, b/0, c/0, ...: each failed image is replaced
     # by the next good one that no other replacement took, b/0 and c/0.
     x, y = found[0]
-    got = sorted(zip(x.float().mean(dim=(1, 2, 3)).round().int().tolist(), y.tolist()))
+    grey = x.float().mean(dim=(1, 2, 3)).round().int().tolist()
+    got = sorted(zip(grey, y.tolist(), strict=True))
     assert got == [(levels[str(root / "b" / "0.png")], 1), (levels[str(root / "c" / "0.png")], 2)]
 
 
