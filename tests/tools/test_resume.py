@@ -3,8 +3,10 @@
 Every run goes through ``tools/train.py`` with the settings users train with: loader workers,
 random crops and flips, EMA, the balanced sampler and fp16 with its GradScaler (on the CPU).
 A hook added to the default set sends SIGINT at the end of epoch 2 (as Ctrl-C would); the
-resumed run then continues from the run folder. Single process with 0 and 2 workers, and
-2 gloo processes (spawned by the test, like tests/trainer/test_distributed.py).
+resumed run then continues from the run folder, its own torch stream moved during each epoch
+(``MovedStream``), so images augmented from that stream rather than from their own seeds show
+with 0 workers too. Single process with 0 and 2 workers, and 2 gloo processes (spawned by the
+test, like tests/trainer/test_distributed.py).
 """
 
 from __future__ import annotations
