@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from hooks import EarlyStoppingHook, default_hooks
+from hooks.checkpoint import CheckpointHook
+from tests.conftest import KillAfterEpoch, StandInData, make_engine
 from trainer.state import EngineState
 
 
@@ -54,3 +57,22 @@ def test_default_hooks_pass_min_delta_and_mode() -> None:
     hooks = default_hooks("runs/x", monitor="val/loss", early_stopping=3, min_delta=0.01)
     (hook,) = [h for h in hooks if isinstance(h, EarlyStoppingHook)]
     assert (hook.patience, hook.min_delta, hook.mode) == (3, 0.01, "min")
+
+
+def test_a_resumed_run_stops_at_the_epoch_the_straight_run_stops(tmp_path: Path) -> None:
+    """The count of epochs without improvement is in the checkpoint: killed after epoch 2
+    (one epoch without improvement), the resumed run stops where the straight one did."""
+
+    def fit(out: Path, *extra: object, resume: Path | None = None) -> int:
+        # No epoch beats the first by min_delta 1.0: with patience 2, epoch 3 stops the run.
+        stopper = EarlyStoppingHook("val/acc", patience=2, min_delta=1.0)
+        hooks = [stopper, CheckpointHook(out), *extra]
+        engine = make_engine(hooks, StandInData.sized(8, batch_size=8), max_epochs=6,
+                             sanity_steps=0)  # fmt: skip
+        engine.fit(resume=resume)
+        return len(engine.state.history)
+
+    assert fit(tmp_path / "straight") == 3
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "resumed", KillAfterEpoch(1))
+    assert fit(tmp_path / "resumed", resume=tmp_path / "resumed") == 3

@@ -6,15 +6,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS
-from tests.tools.test_resume import argv as resume_argv
-from tests.tools.test_resume import assert_same_run, with_interrupt
+from tests.tools.test_resume import assert_same_run, three_runs
 from tests.tools.tiny_run import load_tool
 
 train = load_tool("train")
@@ -100,17 +98,7 @@ def test_resume_is_exact_with_every_augmentation_on(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "tree", size=(20, 16))
     extra = [*AUGMENT, "--loss", "focal", "--loss-weights", "balanced"]
 
-    def args(out: Path) -> list[str]:
-        return [*resume_argv(tree, out, 2), *extra]
-
-    assert train.main(args(tmp_path / "straight")) == 0
-    real = train.default_hooks
-    train.default_hooks = with_interrupt(real)
-    try:
-        assert train.main(args(tmp_path / "resumed")) == 128 + signal.SIGINT
-    finally:
-        train.default_hooks = real
-    assert train.main(["--resume", str(tmp_path / "resumed")]) == 0
+    three_runs(tree, tmp_path, 2, extra)
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 

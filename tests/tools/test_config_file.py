@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.tools.tiny_run import load_tool
+from trainer.models import MODELS
 
 train = load_tool("train")
+train_config = load_tool("train_config")
 
 
 def test_yaml_config_sets_what_args_json_would(tmp_path: Path) -> None:
@@ -91,3 +95,45 @@ def test_a_flag_with_its_own_parser_reads_its_config_values_as_the_command_line(
     cfg.write_text(text)
     assert train.main(["--config", str(cfg), "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["lr"] == lr
+
+
+def _printed(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    assert train.main([*argv, "--print-config"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def _other_value(action: argparse.Action, defaults: set[Any]) -> Any:
+    """A value of ``action``'s setting that is none of ``defaults``, of the type it takes."""
+    if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
+        (default,) = defaults
+        return not default
+    if action.dest == "model":  # checked against the model names when parsed
+        candidates: list[Any] = sorted(MODELS)
+    elif action.choices is not None:
+        candidates = list(action.choices)
+    elif action.type is int:
+        candidates = [3, 5, 7]
+    elif action.type is float or any(isinstance(d, float) for d in defaults):
+        candidates = [0.3, 0.45, 0.7]  # --lr's own parser takes numbers too
+    else:
+        candidates = [f"{action.dest}-value", f"{action.dest}-other"]
+    return next(c for c in candidates if c not in defaults)
+
+
+def test_every_setting_of_a_config_file_takes_effect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each key that --print-config lists (what args.json holds), set in a --config file to
+    a value that is neither its demo nor its --data default, is in the resolved config."""
+    demo, data = _printed(capsys, []), _printed(capsys, ["--data", str(tmp_path)])
+    actions = {a.dest: a for a in train_config.build_parser()._actions}
+    assert demo.keys() == data.keys() and set(demo) <= set(actions)
+    values = {k: _other_value(actions[k], {demo[k], data[k]}) for k in demo}
+    assert "seed" in values
+    # --quiet and --verbose cannot both be on: each in a file of its own.
+    for off in ("verbose", "quiet"):
+        written = {**values, off: False}
+        cfg = tmp_path / f"{off}-off.yaml"
+        cfg.write_text(yaml.safe_dump(written))
+        resolved = _printed(capsys, ["--config", str(cfg)])
+        assert {k: resolved.get(k) for k in written} == written

@@ -3,8 +3,10 @@
 Every run goes through ``tools/train.py`` with the settings users train with: loader workers,
 random crops and flips, EMA, the balanced sampler and fp16 with its GradScaler (on the CPU).
 A hook added to the default set sends SIGINT at the end of epoch 2 (as Ctrl-C would); the
-resumed run then continues from the run folder. Single process with 0 and 2 workers, and
-2 gloo processes (spawned by the test, like tests/trainer/test_distributed.py).
+resumed run then continues from the run folder, its own torch stream moved during each epoch
+(``MovedStream``), so images augmented from that stream rather than from their own seeds show
+with 0 workers too. Single process with 0 and 2 workers, and 2 gloo processes (spawned by the
+test, like tests/trainer/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -58,20 +60,43 @@ class SigintAfter(Hook):
             signal.raise_signal(signal.SIGINT)
 
 
-def with_interrupt(default_hooks: Callable[..., list[Hook]]) -> Callable[..., list[Hook]]:
-    return lambda *a, **k: [*default_hooks(*a, **k), SigintAfter(STOP_AFTER)]
+class MovedStream(Hook):
+    """Moves this process's torch stream during each epoch's training (seeds it anew), and
+    puts it back before anything at the epoch end reads it (the checkpoint saves it).
+
+    With 0 loader workers the images are augmented in this process: under their own seeds
+    (``torch_seeded``) their crops and flips do not follow its stream, so the resumed run
+    still equals the straight one; drawn from the stream, they would not.
+    """
+
+    order = 0  # before every other hook, at both ends
+
+    def on_train_epoch_start(self, engine: Engine) -> None:
+        self.saved = torch.get_rng_state()
+        torch.manual_seed(1000 + engine.state.epoch)
+
+    def on_train_epoch_end(self, engine: Engine) -> None:
+        torch.set_rng_state(self.saved)
+
+
+def with_hook(
+    default_hooks: Callable[..., list[Hook]], make: Callable[[], Hook]
+) -> Callable[..., list[Hook]]:
+    return lambda *a, **k: [*default_hooks(*a, **k), make()]
 
 
 def three_runs(root: Path, tmp: Path, workers: int, extra: Sequence[str] = ()) -> None:
-    """Straight to the end in ``tmp/straight``; interrupted, then resumed, in ``tmp/resumed``."""
+    """Straight to the end in ``tmp/straight``; interrupted, then resumed (its stream moved
+    during each epoch: ``MovedStream``), in ``tmp/resumed``."""
     assert train.main(argv(root, tmp / "straight", workers, extra)) == 0
     real = train.default_hooks
-    train.default_hooks = with_interrupt(real)
     try:
+        train.default_hooks = with_hook(real, lambda: SigintAfter(STOP_AFTER))
         assert train.main(argv(root, tmp / "resumed", workers, extra)) == 128 + signal.SIGINT
+        train.default_hooks = with_hook(real, MovedStream)
+        assert train.main(["--resume", str(tmp / "resumed")]) == 0
     finally:
         train.default_hooks = real
-    assert train.main(["--resume", str(tmp / "resumed")]) == 0
 
 
 def metric_rows(out: Path) -> list[dict[str, str]]:

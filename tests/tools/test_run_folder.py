@@ -44,11 +44,22 @@ def _data_of(run: Path) -> str:
     return str(json.loads((run / "args.json").read_text())["data"])
 
 
+@pytest.mark.parametrize(
+    "kept",
+    [None, ("args.json", "labels_mapping.json", "data_report.json"), ("metrics.csv",),
+     ("checkpoints",)],
+    ids=["whole-run", "died-before-an-epoch-ended", "metrics-alone", "checkpoints-alone"],
+)  # fmt: skip
 def test_a_new_run_refuses_a_folder_that_holds_one(
-    run_copy: Path, capsys: pytest.CaptureFixture[str]
+    run_copy: Path, kept: tuple[str, ...] | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = tree_digest(run_copy, mtimes=True)
+    """A run that died early left only some of its files: refused all the same."""
     argv = ["--data", _data_of(run_copy), "--out", str(run_copy), "--epochs", "1", *ARGS]
+    for path in run_copy.iterdir() if kept is not None else ():
+        if path.name not in kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert kept is None or sorted(p.name for p in run_copy.iterdir()) == sorted(kept)
+    before = tree_digest(run_copy, mtimes=True)
     assert train.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("error:") == 1 and "Traceback" not in err

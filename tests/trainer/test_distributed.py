@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
@@ -41,6 +43,8 @@ TRAIN_COUNTS = {"bird": 4, "cat": 8, "dog": 4}
 VAL_COUNTS = {"bird": 5, "cat": 4, "dog": 4}
 BATCH = 4  # per rank; the 1-process run uses 2 * BATCH
 EPOCHS = 2
+# How long a rank waits in a collective of the signal scenario before giving up.
+STOP_WAIT = timedelta(seconds=15)
 
 
 # ------------------------------------------------------------------------ sampler, no processes
@@ -177,10 +181,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         resumed = make_engine(root, BATCH, resumed_hooks)
         resumed.fit(resume=tmp / "b")
 
-        # SIGTERM to rank 1 alone, mid-epoch: both ranks stop after the same step.
-        stopped = make_engine(root, BATCH, [CheckpointHook(tmp / "c"), SignalRank1()], epochs=3)
-        with pytest.raises(Interrupted) as info:
-            stopped.fit()
+        signal_exit = _stop_after_a_signal_to_rank_1(rank, world, root, tmp)
 
         torch.save(
             {
@@ -197,12 +198,35 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "step_log": engine.state.step_log,
                 "resumed_step_log": resumed.state.step_log,
                 "writes": writes,
-                "signal_exit": (info.value.exit_code, stopped.state.step),
+                "signal_exit": signal_exit,
             },
             tmp / f"rank{rank}.pt",
         )
     finally:
         destroy_distributed()
+
+
+def _stop_after_a_signal_to_rank_1(rank: int, world: int, root: Path, tmp: Path) -> Any:
+    """SIGTERM to rank 1 alone, mid-epoch: ``(exit code, step)`` of this rank's stop, or
+    what went wrong instead.
+
+    In a group of its own whose collectives give up after ``STOP_WAIT`` s: without the
+    ranks' agreement, one would leave while the other waits for it in the next gradient
+    all-reduce, and the test would only see the spawn's time limit. With it, the wait ends
+    in an error here, and the test's assertion names it.
+    """
+    destroy_distributed()
+    store = dist.FileStore(str(tmp / "signal.store"), world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=STOP_WAIT)  # fmt: skip
+    stopped = make_engine(root, BATCH, [CheckpointHook(tmp / "c"), SignalRank1()], epochs=3)
+    try:
+        stopped.fit()
+    except Interrupted as e:
+        return (e.exit_code, stopped.state.step)
+    except Exception as e:  # a collective that gave up: the ranks did not stop together
+        return (f"{type(e).__name__}: {e}"[:300], stopped.state.step)
+    return ("not stopped", stopped.state.step)
 
 
 @pytest.fixture(scope="module")

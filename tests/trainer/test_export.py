@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -372,3 +373,32 @@ def test_exporter_errors_and_warnings_still_show(
         export_onnx(make_model(), tmp_path / "m.onnx", labels_mapping=make_mapping())
     assert "the exporter's account of the failure" in capsys.readouterr().err
     assert [r.getMessage() for r in caplog.records] == ["a warning worth seeing"]
+
+
+
+
+class Shifted(nn.Module):
+    """``model``'s logits plus ``shift``: a reference the export is ``shift`` away from."""
+
+    def __init__(self, model: nn.Module, shift: float) -> None:
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.shift
+
+
+def test_the_tolerance_scales_with_the_logits(exported: tuple[Path, TinyNet, float]) -> None:
+    """Logits in the hundreds (large inputs): the allowed difference is atol times the largest
+    logit. A tenth of that passes, though an absolute atol would fail it; ten times it fails."""
+    path, model, _ = exported
+    images = torch.randn(8, 3, IMG, IMG) * 5000
+    with torch.inference_mode():
+        largest = float(copy.deepcopy(model).eval()(images).abs().max())
+    assert largest > 100
+    atol = 1e-3
+    for factor, passed in ((0.1, True), (10.0, False)):
+        report = verify_onnx(path, Shifted(model, factor * atol * largest), images, atol=atol)
+        assert report["top1_agreement"] == 1.0
+        assert report["max_abs_diff"] > 10 * atol
+        assert report["passed"] is passed, factor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -14,7 +15,7 @@ from tests.conftest import KillAfterEpoch, StandInData
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
-from trainer.rng import get_rng_state, set_rng_state
+from trainer.rng import get_rng_state, set_rng_state, torch_seeded
 
 
 def test_state_round_trip_covers_python_numpy_and_torch() -> None:
@@ -22,6 +23,22 @@ def test_state_round_trip_covers_python_numpy_and_torch() -> None:
     drawn = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == drawn
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_torch_seeded_draws_from_its_seed_and_gives_the_callers_stream_back(raises: bool) -> None:
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    drawn = []
+    for _ in range(2):
+        failing = pytest.raises(RuntimeError) if raises else contextlib.nullcontext()
+        with failing, torch_seeded(7):
+            drawn.append(torch.rand(2))
+            if raises:
+                raise RuntimeError("the block failed")
+    assert torch.equal(drawn[0], drawn[1])  # the block's draws depend on its seed alone
+    assert torch.equal(torch.rand(3), expected)  # as if the blocks had not run
 
 
 def _dropout_engine(out, hooks: list[Hook]) -> Engine:

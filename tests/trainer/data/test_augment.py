@@ -70,6 +70,17 @@ def test_augmentation_reproduces_in_a_loader_with_workers(tiny_tree: Path) -> No
     assert torch.equal(epochs[0], epochs[1])
 
 
+def test_a_loader_without_workers_leaves_the_callers_random_stream_alone(tiny_tree: Path) -> None:
+    """With 0 workers each image is augmented in this process, under its own seed: the
+    caller's torch stream (dropout's, the next epoch's) goes on as if no image was drawn."""
+    data = small_data(tiny_tree, augment=Augment(random_erasing=0.5), workers=0)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert len(list(data.train_loader())) == len(data.train_loader()) > 0
+    assert torch.equal(torch.rand(4), expected)
+
+
 @pytest.mark.parametrize(
     ("augment", "flag"),
     [

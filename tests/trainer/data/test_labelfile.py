@@ -90,9 +90,14 @@ BAD_CSV = [
     ("path,label\nimages/a/0.png,\n", ":2: empty label"),
     ("path,label\nimages/a/0.png,a,extra\n", ":2: 3 field"),
     ('path,label\n"images/a/0.png,a\n', ":2: malformed CSV"),
-    ("file,label\nimages/a/0.png,a\n", ":1: no column 'path'; the header names 'file', 'label'"),
+    ("file,label\nimages/a/0.png,a\n",
+     ":1: no column 'path'; the header names 'file', 'label'.*--image-key COLUMN"),
+    ("path,choice\nimages/a/0.png,a\n", ":1: no column 'label'.*--label-key COLUMN"),
     ("path,label,split\nimages/a/0.png,a,holdout\n", ":2: unknown split 'holdout'"),
     ("path,label\nimages/a/0.png,a\nimages/a/0.png,b\n", ":3: .* is listed again .*:2"),
+    # The same label twice: refused all the same (it would be drawn twice as often).
+    ("path,label\nimages/a/0.png,a\nimages/b/0.png,b\nimages/a/0.png,a\n",
+     ":4: .* is listed again .*:2"),
     ("path,label,split\nimages/a/0.png,a,train\nimages/b/0.png,b,train\n"
      "images/a/1.png,zebra,val\n", ":4: label 'zebra' has no training row"),
     ("path,label\nimages/a/0.png,a\nimages/a/1.png,a\n", "1 label.*at least two"),
@@ -105,6 +110,8 @@ BAD_JSONL = [
     ('\n["images/a/0.png", "a"]\n', ":2: a JSON list, not an object"),
     ('{"image": "images/a/0.png", "label": "a"}\n', ":1: no key 'path'; the object has 'image', 'label'"),
     ('{"path": "images/a/0.png", "choice": "a"}\n', ":1: no key 'label'.*--label-key"),
+    ('{"path": "images/a/0.png", "label": "a"}\n{"path": "images/b/0.png", "label": "b"}\n'
+     '{"path": "images/a/0.png", "label": "a"}\n', ":3: .* is listed again .*:1"),
     ('{"path": "images/a/0.png", "label": ["a", "b"]}\n', ":1: label .* is a list"),
     ('{"path": "", "label": "a"}\n', ":1: empty or non-text image path"),
 ]  # fmt: skip

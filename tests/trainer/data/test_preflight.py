@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import join_as_rank, make_tree, run_ranks
+from tests.trainer.data.conftest import small_data
 from tests.trainer.data.malformed import DAMAGES, FORMATS, damage, good_bytes
 from trainer.data import preflight as pf
 from trainer.data.preflight import check_chunk, preflight
@@ -206,6 +207,29 @@ def test_results_are_cached_by_path_size_and_mtime(tmp_path: Path) -> None:
     full = preflight(paths[2:], mode="full", processes=1, cache_key="k", cache_dir=cache)
     assert full.checked == 6
     assert preflight(paths[2:], mode="header", cache_key="k", cache_dir=cache).checked == 0
+
+
+def test_cached_results_follow_the_path_not_the_position(tmp_path: Path) -> None:
+    # Every file the same size and mtime, the bad one too: after a rename the same number of
+    # files sort in another order, and only their paths tell which result is whose.
+    root = tmp_path / "tree"
+    good = good_bytes("png")
+    for split, n in (("train", 4), ("val", 1)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (root / split / cls / f"{i}.png").write_bytes(good)
+    bad = root / "train" / "a" / "1.png"
+    bad.write_bytes(damage("png", "wrong_header", good))
+    files = sorted(root.rglob("*.png"))
+    assert len({p.stat().st_size for p in files}) == 1
+    for p in files:
+        os.utime(p, ns=(10**18, 10**18))
+    assert [p for p, _ in small_data(root, max_bad_fraction=0.5).bad_files] == [bad]
+    renamed = bad.rename(bad.with_name("9.png"))  # keeps its size and mtime
+    data = small_data(root, max_bad_fraction=0.5)
+    assert [p for p, _ in data.bad_files] == [renamed]
+    assert renamed not in [p for p, _ in data.train_samples]
 
 
 def test_an_unwritable_cache_only_costs_a_second_check(tmp_path: Path) -> None:

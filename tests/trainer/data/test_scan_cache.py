@@ -103,6 +103,28 @@ def test_a_new_class_folder_is_seen(tmp_path: Path) -> None:
     assert _scan(tree, cache).classes == ["bird", "cat", "dog", "eel"]
 
 
+def test_a_class_folder_replaced_under_the_same_mtime_is_seen(tmp_path: Path) -> None:
+    # Another folder moved in under the old name, dated as the old one, its parent's mtime put
+    # back too: only the inode tells them apart.
+    tree = _aged_tree(tmp_path)
+    old, parent = tree / "train" / "cat", tree / "train"
+    old_st, parent_st = old.stat(), parent.stat()
+    assert {p for p, _ in small_data(tree).train_samples} >= set(old.iterdir())
+    new = tmp_path / "staging" / "cat"
+    new.mkdir(parents=True)
+    for f in old.iterdir():  # as many files, other names
+        (new / f"new_{f.name}").write_bytes(f.read_bytes())
+    old.rename(tmp_path / "old_cat")  # kept: its inode cannot be reused for the new folder
+    new.rename(old)
+    _age(old)
+    os.utime(old, ns=(old_st.st_atime_ns, old_st.st_mtime_ns))
+    os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+    assert old.stat().st_mtime_ns == old_st.st_mtime_ns and old.stat().st_ino != old_st.st_ino
+    # A stale scan lists the old names, which are gone: a DataError, or a wrong list here.
+    cats = [p for p, _ in small_data(tree).train_samples if p.parent == old]
+    assert sorted(cats) == sorted(old.iterdir()) and all(p.name.startswith("new_") for p in cats)
+
+
 def test_a_file_changed_in_place_is_checked_again(tmp_path: Path, no_walk: None) -> None:
     # Rewriting a file changes no folder, so the stored scan stands; the image check compares
     # each file's size and mtime, and checks the changed one again.

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import make_tree
 from tests.trainer.data.conftest import small_data
@@ -101,26 +102,48 @@ def test_samples_are_numpy_arrays_with_no_python_object_per_sample(tiny_tree: Pa
 
 
 # ------------------------------------------------------------- a training batch that all failed
+def _solid_tree(root: Path, counts: dict[str, int]) -> dict[str, int]:
+    """``root/<class>/<i>.png`` in one flat colour each, and the grey level of each path:
+    a crop, flip or resize of a flat image is the same flat image, so a batch tells which
+    files it holds."""
+    levels = {}
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            path, level = root / cls / f"{i}.png", 20 + 30 * len(levels)
+            Image.new("RGB", (8, 8), (level,) * 3).save(path)
+            levels[str(path)] = level
+    return levels
+
+
 def test_a_training_batch_whose_images_all_failed_is_replaced(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8), splits=())
+    root = tmp_path / "t"
+    levels = _solid_tree(root, {"a": 2, "b": 1, "c": 3})  # 8 images: 4 full batches
     bad = [_undecodable(root / "a" / f"zz{i}.png", seed=i) for i in range(2)]
-    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5, hflip=False)
+    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5)
     loader = data.train_loader()
     found = []
     names = {str(b) for b in bad}
     for epoch in range(60):  # until a draw puts the two bad images in one batch
         data.sampler.set_epoch(epoch)
-        sizes = [len(t) for _, t in loader]
+        batches = list(loader)
+        sizes = [len(t) for _, t in batches]
         drawn = [str(data.train_samples[k][0]) for k in data.sampler.last_indices.tolist()]
         pairs = [set(drawn[i : i + 2]) for i in range(0, len(drawn), 2)]
         assert len(sizes) == len(loader) == len(pairs)  # no batch left out
         # One bad image: the batch shrinks by one; both: two replacements make it whole.
         assert sizes == [2 if p == names else 2 - len(p & names) for p in pairs]
-        found += [i for i, p in enumerate(pairs) if p == names]
+        found += [batches[i] for i, p in enumerate(pairs) if p == names]
         if found:
             break
     assert found, "no draw put both bad images in one batch: pick other epochs"
     assert set(data.bad_images.skipped) == {str(b) for b in bad}
+    # In dataset order a/0, a/1, a/zz0, a/zz1, b/0, c/0, ...: each failed image is replaced
+    # by the next good one that no other replacement took, b/0 and c/0.
+    x, y = found[0]
+    grey = x.float().mean(dim=(1, 2, 3)).round().int().tolist()
+    got = sorted(zip(grey, y.tolist(), strict=True))
+    assert got == [(levels[str(root / "b" / "0.png")], 1), (levels[str(root / "c" / "0.png")], 2)]
 
 
 def test_replacements_are_the_next_good_samples_under_the_failed_draws_seed(
