@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hooks.class_rows import MAX_ROWS, extreme_rows
-from hooks.dataset_statistics import CSV_NAME, MAX_NAMED_FEW
+from hooks.dataset_statistics import CSV_NAME
 from hooks.metrics_logger import metric_columns
+from hooks.render.tables import MAX_NAMED_FEW, MAX_ROWS, extreme_rows
 
 # Files worth a link, in the order a user looks for them; missing ones are left out.
 _FILES = [

@@ -1,8 +1,8 @@
-"""hooks/class_rows.py: which class rows a capped table shows, and its caption."""
+"""hooks/render/tables.py: which class rows a capped table shows, its caption, the rich tables."""
 
 from __future__ import annotations
 
-from hooks.class_rows import extreme_rows, more_caption, top_rows
+from hooks.render.tables import extreme_rows, more_caption, sampler_table, top_rows
 
 
 def test_every_row_when_they_fit() -> None:
@@ -20,3 +20,11 @@ def test_extremes_run_from_the_smallest_to_the_largest() -> None:
 
 def test_top_rows_keep_the_highest_scores_in_index_order() -> None:
     assert top_rows([0.1, 0.9, 0.5, 0.9, 0.0], 3) == [1, 2, 3]
+
+
+def test_table_is_capped_for_many_classes() -> None:
+    classes = [f"c{i}" for i in range(40)]
+    drawn = [10] * 40
+    drawn[7] = 40
+    table = sampler_table(0, classes, [10] * 40, [10.0] * 40, drawn, max_rows=5)
+    assert table.row_count == 5 and "35 more classes" in str(table.caption)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hooks.class_rows import MAX_ROWS
-from hooks.report_page import RunFacts, render_report
+from hooks.render.report_page import RunFacts, render_report
+from hooks.render.tables import MAX_ROWS
 
 
 def test_render_escapes_everything_from_data(tmp_path: Path) -> None:
