@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hooks.plots import MAX_GRID, plot_confusion_matrix, save_png
+from hooks.render.plots import MAX_GRID, plot_confusion_matrix, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_bytes, atomic_write_json
@@ -28,7 +28,7 @@ class ConfusionMatrixHook(Hook):
     summed over ranks under DDP): no second metric, no second all-reduce. The PNG has the
     counts and the row-normalised matrix (recall per true class) side by side; above 50
     classes, the most confused pairs and the lowest per-class accuracies instead
-    (``hooks.plots.plot_confusion_matrix``). The ``.npz`` (compressed; tens of KB at 1,000
+    (``hooks.render.plots.plot_confusion_matrix``). The ``.npz`` (compressed; tens of KB at 1,000
     classes) holds ``matrix`` (int64 counts, rows = true class), ``classes`` and ``epoch``:
     ``np.load(path)["matrix"]``. Up to 50 classes an ``epoch_XXX.json`` is written too, to
     read by eye: ``classes``, ``matrix`` and ``normalized``. ``XXX`` is ``engine.state.epoch``

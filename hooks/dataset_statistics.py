@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hooks.class_rows import MAX_ROWS, extreme_rows, more_caption
-from hooks.plots import plot_class_bars, save_png
+from hooks.render.plots import plot_class_distribution, save_png
+from hooks.render.tables import MAX_NAMED_FEW, MAX_ROWS, class_distribution_table
 from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
@@ -18,15 +18,12 @@ from trainer.io import atomic_write_csv, atomic_write_json
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.console import Console
-    from rich.table import Table
 
     from trainer.engine import Engine
 
 log = logging.getLogger("trainer.hooks")
 
 CSV_NAME = "class_distribution.csv"
-# Thin classes named one by one, in the log and under the table; the rest are counted.
-MAX_NAMED_FEW = 10
 
 
 class DatasetStatisticsHook(Hook):
@@ -112,7 +109,9 @@ class DatasetStatisticsHook(Hook):
         if self.verbosity != "quiet":
             from rich.console import Console  # deferred: only needed once a fit starts
 
-            (self.console or Console()).print(self._table(classes, split_counts))
+            table = class_distribution_table(classes, split_counts, self.stats,
+                                             self.few_threshold, CSV_NAME, self.max_rows)  # fmt: skip
+            (self.console or Console()).print(table)
         path = self.out_dir / "dataset_stats.json"
         with guarded(path):
             atomic_write_json(path, self.stats)
@@ -127,45 +126,6 @@ class DatasetStatisticsHook(Hook):
             save_png(self.figure, path)
 
         engine.artifacts.submit(job, path)
-
-    def _table(self, classes: list[str], split_counts: dict[str, list[int]]) -> Table:
-        from rich.markup import escape
-        from rich.table import Table
-
-        few_items = self.stats["few_images"]
-        few = {item["class_idx"] for item in few_items}
-        table = Table(title="Class distribution", show_footer=True)
-        table.add_column("#", justify="right", footer="")
-        table.add_column("class", footer="total / imbalance (max/min)", overflow="ellipsis")
-        for split, counts in split_counts.items():
-            ratio = self.stats["splits"][split]["imbalance_ratio"]
-            table.add_column(split, justify="right", footer=str(sum(counts)))
-            table.add_column("%", justify="right", footer="-" if ratio is None else f"{ratio:.1f}x")
-        first, counts0 = next(iter(split_counts.items()))
-        shown = extreme_rows(counts0, self.max_rows)
-        captions = []
-        more = more_caption(len(classes), len(shown), CSV_NAME)
-        if more:
-            captions.append(f"the smallest and largest classes by {first} count; {more}")
-        for k, i in enumerate(shown):
-            if more and k == self.max_rows // 2:
-                table.add_section()  # the smallest classes above, the largest below
-            # Class names are data, not markup: "[x]" must print as is.
-            cells = [str(i), escape(classes[i]) + (" (few)" if i in few else "")]
-            for counts in split_counts.values():
-                total = max(sum(counts), 1)
-                cells += [str(counts[i]), f"{100 * counts[i] / total:.1f}"]
-            table.add_row(*cells, style="yellow" if i in few else None)
-        if few:
-            names = ", ".join(item["class_name"] for item in few_items[:MAX_NAMED_FEW])
-            if len(few) > MAX_NAMED_FEW:
-                names += f" and {len(few) - MAX_NAMED_FEW} more (dataset_stats.json)"
-            captions.append(
-                f"warning: {len(few)} class(es) have fewer than {self.few_threshold} training "
-                f"images: {escape(names)}"
-            )
-        table.caption = "\n".join(captions) or None
-        return table
 
 
 def dataset_stats(
@@ -187,10 +147,3 @@ def dataset_stats(
         if n < few_threshold
     ]
     return {"splits": splits, "few_images": few}
-
-
-def plot_class_distribution(classes: list[str], split_counts: dict[str, list[int]]) -> Figure:
-    """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
-    groups = list(split_counts.items())
-    return plot_class_bars(classes, groups, "Images per class and split", "images",
-                           "dataset_stats.json")  # fmt: skip

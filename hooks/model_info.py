@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from hooks.render.tables import model_line, model_table
 from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
@@ -16,7 +17,6 @@ from trainer.io import atomic_write_json
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
     from trainer.engine import Engine
 
@@ -76,9 +76,9 @@ class ModelInfoHook(Hook):
 
         console = self.console or Console()
         if self.verbosity == "verbose":
-            console.print(self._table())
+            console.print(model_table(self.info))
         elif self.verbosity == "normal":
-            console.print(self._line(), markup=False, highlight=False, soft_wrap=True)
+            console.print(model_line(self.info), markup=False, highlight=False, soft_wrap=True)
         path = self.out_dir / "model_info.json"
         with guarded(path):
             atomic_write_json(path, self.info)
@@ -86,36 +86,6 @@ class ModelInfoHook(Hook):
             path = self.out_dir / "labels_mapping.json"
             with guarded(path):
                 data.save_labels_mapping(path)
-
-    def _line(self) -> str:
-        i = self.info
-        size = "x".join(map(str, i["input_size"] or ["?"]))
-        return (
-            f"model {i['model']}: {i['parameters']:,} parameters ({i['size_mb']:.2f} MB), "
-            f"input {size}, {i['num_classes']} classes, precision {i['precision']} on {i['device']}"
-        )
-
-    def _table(self) -> Table:
-        from rich.markup import escape
-        from rich.table import Table
-
-        i = self.info
-        table = Table(title="Model", show_header=False)
-        table.add_column(style="bold")
-        table.add_column(justify="right")
-        rows = [
-            ("model", escape(str(i["model"]))),
-            ("parameters", f"{i['parameters']:,}"),
-            ("trainable", f"{i['trainable_parameters']:,}"),
-            ("size", f"{i['size_mb']:.2f} MB"),
-            ("input", " x ".join(map(str, i["input_size"] or ["?"]))),
-            ("classes", str(i["num_classes"])),
-            ("precision", i["precision"]),
-            ("device", i["device"]),
-        ]
-        for row in rows:
-            table.add_row(*row)
-        return table
 
 
 def model_size(model: nn.Module) -> dict[str, Any]:

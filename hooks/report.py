@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hooks.report_page import RunFacts, render_report
+from hooks.render.report_page import RunFacts, render_report
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -29,7 +29,7 @@ class ReportHook(Hook):
     the CSS is inline: the folder can be copied or zipped and the page opened from
     ``file://`` with no network. Everything taken from data (class names, paths, arguments)
     is HTML-escaped. A failure to build or write the page logs a warning and training goes
-    on. The page itself is ``hooks.report_page.render_report``, which also works on a
+    on. The page itself is ``hooks.render.report_page.render_report``, which also works on a
     finished run folder.
 
     Args:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hooks.plots import plot_grid, save_image
+from hooks.render.plots import plot_grid, save_image
 from trainer.artifacts import guarded
 from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from hooks.class_rows import MAX_ROWS, more_caption, top_rows
-from hooks.plots import plot_class_bars, save_png
+from hooks.render.plots import plot_shares, save_png
+from hooks.render.tables import MAX_ROWS, sampler_table
 from hooks.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
@@ -21,7 +20,6 @@ from trainer.io import atomic_write_csv
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.console import Console
-    from rich.table import Table
 
     from trainer.engine import Engine
 
@@ -155,7 +153,7 @@ class SamplerDistributionHook(Hook):
         console = self.console or Console()
         gap = largest_gap(expected, drawn)
         if self.verbosity == "verbose" or weighted or not self._table_shown or gap > CHANCE_SD:
-            console.print(self._table(epoch, classes, dataset, expected, drawn))
+            console.print(sampler_table(epoch, classes, dataset, expected, drawn, self.max_rows))
             self._table_shown = True
         elif not self._line_shown:
             # Said once: a table identical to the last one every epoch buries the epoch lines.
@@ -167,37 +165,6 @@ class SamplerDistributionHook(Hook):
                 soft_wrap=True,
             )
             self._line_shown = True
-
-    def _table(
-        self,
-        epoch: int,
-        classes: list[str],
-        dataset: list[int],
-        expected: list[float],
-        drawn: list[int],
-    ) -> Table:
-        from rich.markup import escape
-        from rich.table import Table
-
-        table = Table(title=f"Sampled classes, epoch {epoch + 1}")
-        for name in ("#", "class", "dataset", "expected", "drawn", "drawn %"):
-            table.add_column(name, justify="left" if name == "class" else "right")
-        # Past max_rows, the classes the draw treated most differently from the plan.
-        order = top_rows(
-            [abs(d - e) / max(e, 1) for d, e in zip(drawn, expected, strict=True)], self.max_rows
-        )
-        table.caption = more_caption(len(classes), len(order), "sampler_distribution.csv")
-        total = max(sum(drawn), 1)
-        for i in order:
-            table.add_row(
-                str(i),
-                escape(classes[i]),
-                str(dataset[i]),
-                f"{expected[i]:.1f}",
-                str(drawn[i]),
-                f"{100 * drawn[i] / total:.1f}",
-            )
-        return table
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [list(r) for r in self.rows]}
@@ -235,15 +202,3 @@ def _train_counts(data: Any) -> list[int]:
     for _, t in getattr(data, "train_samples", []):
         counts[t] += 1
     return counts
-
-
-def plot_shares(
-    classes: list[str], dataset: list[int], expected: list[float], drawn: list[int], epoch: int
-) -> Figure:
-    """Grouped bars per class: share of the dataset, expected share and drawn share, in %."""
-    groups = []
-    for name, values in (("dataset", dataset), ("expected", expected), ("drawn", drawn)):
-        v = np.asarray(values, dtype=float)
-        groups.append((name, 100 * v / v.sum() if v.sum() > 0 else v))
-    return plot_class_bars(classes, groups, f"Training draw by class, epoch {epoch + 1}",
-                           "% of the epoch's draw", "sampler_distribution.csv")  # fmt: skip

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hooks.plots import plot_history, save_png
+from hooks.render.plots import plot_history, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 

@@ -16,7 +16,8 @@ from tests.conftest import make_tree
 
 # matplotlib and rich only draw at epoch ends; onnx/onnxruntime only export; each costs
 # 0.1 to 0.6 s to import. torchmetrics is listed because importing it imports matplotlib.pyplot.
-HEAVY = ("matplotlib", "matplotlib.pyplot", "onnx", "onnxruntime", "rich", "torchmetrics")
+# jinja2 (about 0.05 s) only renders report.html.
+HEAVY = ("jinja2", "matplotlib", "matplotlib.pyplot", "onnx", "onnxruntime", "rich", "torchmetrics")
 
 
 def _loaded_after_import() -> list[str]:

@@ -40,8 +40,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from hooks.class_rows import MAX_ROWS, extreme_rows, more_caption
-from hooks.plots import plot_confusion_matrix, save_png
+from hooks.render.plots import plot_confusion_matrix, save_png
+from hooks.render.tables import MAX_ROWS, extreme_rows, more_caption
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from train_config import build_data, build_loss_from_config, build_parser, parse_config
 
-from hooks.plots import save_png
+from hooks.render.plots import save_png
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
 from trainer.distributed import is_global_zero

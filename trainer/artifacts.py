@@ -8,7 +8,6 @@ Hooks hand it a function that draws and writes one file; the training loop never
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -16,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger("trainer.hooks")
 
@@ -46,15 +46,13 @@ def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
         )  # fmt: skip
 
 
-class _Job:
-    __slots__ = ("fn", "key", "path")
-
-    def __init__(self, fn: Callable[[], None], path: str, key: str | None) -> None:
-        self.fn, self.path, self.key = fn, path, key
-
-
 class ArtifactWriter:
     """Runs artefact jobs one at a time, in submission order, on a background thread.
+
+    A ``ThreadPoolExecutor`` with one worker, this writer's own (never shared across
+    writers), started at the first ``submit`` and shut down by ``close``. Each job runs
+    inside ``guarded``, so a failure is logged as a warning naming its file and the next
+    job runs; no exception is left in a future nobody reads.
 
     Args:
         background: False runs each job inline, where it is submitted (for debugging: a
@@ -73,12 +71,10 @@ class ArtifactWriter:
     def __init__(self, background: bool = True) -> None:
         self.background = background
         self.cpu_seconds = 0.0
-        self._cond = threading.Condition()
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._queued: dict[str, _Job] = {}  # replaceable jobs not started yet, by file
-        self._unfinished = 0
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0  # the process that started the pool
+        self._replaceable: dict[str, Future[None]] = {}  # the latest replacing job, by file
 
     def submit(
         self, fn: Callable[[], None], path: str | os.PathLike[str], *, replace: bool = False
@@ -103,56 +99,39 @@ class ArtifactWriter:
             self._run_job(fn, path)
             return
         key = os.path.abspath(path) if replace else None
-        with self._cond:
-            older = self._queued.pop(key, None) if key is not None else None
-            if older is not None:
-                self._queue.remove(older)
-                self._unfinished -= 1
-            job = _Job(fn, path, key)
+        with self._lock:
+            if key is not None and key in self._replaceable:
+                # Dropped if it has not started; one that has started runs to its end.
+                self._replaceable.pop(key).cancel()
+            future = self._executor().submit(self._run_job, fn, path)
             if key is not None:
-                self._queued[key] = job
-            self._queue.append(job)
-            self._unfinished += 1
-            # Started lazily, and again in a forked child, where the parent's thread is gone.
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="artifacts", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+                self._replaceable[key] = future
 
     def flush(self) -> None:
         """Wait until every submitted job has run."""
-        with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                return
-            self._cond.wait_for(lambda: self._unfinished == 0)
+        with self._lock:
+            pool = self._pool if self._pid == os.getpid() else None
+            # One worker runs jobs in order: once this marker has run, so has every job
+            # submitted before it.
+            marker = pool.submit(lambda: None) if pool is not None else None
+        if marker is not None:
+            marker.result()
 
     def close(self) -> None:
         """``flush``, then end the thread (the next ``submit`` starts a new one), so an engine
         that is done leaves no idle thread behind."""
-        with self._cond:
-            thread, self._closing = self._thread, True
-            self._cond.notify_all()
-        if thread is not None:
-            thread.join()
-        with self._cond:
-            self._thread, self._closing = None, False
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._replaceable.clear()
+        if pool is not None and self._pid == os.getpid():
+            pool.shutdown(wait=True)  # runs every queued job first
 
-    def _loop(self) -> None:
-        _lower_priority()
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue) or self._closing)
-                if not self._queue:
-                    return  # closing, and nothing left to run
-                job = self._queue.popleft()
-                if job.key is not None:
-                    del self._queued[job.key]  # a job submitted from now on queues anew
-            try:
-                self._run_job(job.fn, job.path)
-            finally:
-                with self._cond:
-                    self._unfinished -= 1
-                    self._cond.notify_all()
+    def _executor(self) -> ThreadPoolExecutor:
+        # Started lazily, and again in a forked child, where the parent's thread is gone.
+        if self._pool is None or self._pid != os.getpid():
+            self._pool = ThreadPoolExecutor(1, initializer=_name_and_lower_priority)
+            self._pid = os.getpid()
+        return self._pool
 
     def _run_job(self, fn: Callable[[], None], path: str) -> None:
         cpu = time.thread_time()
@@ -163,6 +142,11 @@ class ArtifactWriter:
             log.warning("artefact job for %s failed", path, exc_info=True)
         finally:
             self.cpu_seconds += time.thread_time() - cpu
+
+
+def _name_and_lower_priority() -> None:
+    threading.current_thread().name = "artifacts"  # as tracebacks and py-spy show it
+    _lower_priority()
 
 
 def _lower_priority() -> None:

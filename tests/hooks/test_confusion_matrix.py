@@ -15,7 +15,7 @@ from tests.conftest import (
     png_size,
     run_fit,
 )
-from tests.hooks.test_plots import many_class_matrix
+from tests.hooks.render.test_plots import many_class_matrix
 
 
 def test_writes_one_matrix_per_epoch_without_the_sanity_check(

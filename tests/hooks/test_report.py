@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -150,11 +151,16 @@ def test_wall_time_carries_over_a_resume(tmp_path: Path) -> None:
 
 
 def test_report_in_headless_chromium(run: Run, tmp_path: Path) -> None:
+    missing = None
     if find_chromium() is None:
+        missing = "Chromium on PATH: apt-get install -y chromium"
+    elif importlib.util.find_spec("playwright") is None:
+        missing = "Playwright, to drive it: pip install -e '.[dev]'"
+    if missing is not None:
         if os.environ.get("IMGTRAINER_SKIP_BROWSER") == "1":
-            pytest.skip("IMGTRAINER_SKIP_BROWSER=1 and no chromium")
+            pytest.skip(f"IMGTRAINER_SKIP_BROWSER=1 and no {missing}")
         pytest.fail(
-            "the report test needs Chromium on PATH: apt-get install -y chromium "
+            f"the report test needs {missing} "
             "(or set IMGTRAINER_SKIP_BROWSER=1 to skip this test knowingly)"
         )
     shot = tmp_path / "report.png"

@@ -10,7 +10,6 @@ from hooks.sampler_distribution import (
     HEADER,
     SamplerDistributionHook,
     largest_gap,
-    plot_shares,
 )
 from tests.conftest import (
     StandInData,
@@ -80,30 +79,12 @@ def test_resume_continues_the_file(tmp_path: Path, data: StandInData) -> None:
     assert [r["epoch"] for r in rows] == ["0"] * 3 + ["1"] * 3
 
 
-def test_table_is_capped_for_many_classes() -> None:
-    hook = SamplerDistributionHook(".", max_rows=5)
-    classes = [f"c{i}" for i in range(40)]
-    drawn = [10] * 40
-    drawn[7] = 40
-    table = hook._table(0, classes, [10] * 40, [10.0] * 40, drawn)
-    assert table.row_count == 5 and "35 more classes" in str(table.caption)
-
-
 def test_unwritable_out_dir_warns_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert_survives_unwritable(
         lambda d: SamplerDistributionHook(d, console=quiet_console()), tmp_path, caplog
     )
-
-
-def test_shares_plot_draws_percentages_per_group() -> None:
-    fig = plot_shares(["a", "b", "c"], [6, 3, 1], [2.0, 2.0, 2.0], [1, 1, 8], epoch=1)
-    ax = fig.axes[0]
-    heights = [[round(r.get_height(), 1) for r in bars] for bars in ax.containers]
-    assert heights == [[60.0, 30.0, 10.0], [33.3, 33.3, 33.3], [10.0, 10.0, 80.0]]
-    assert "epoch 2" in ax.get_title()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dataset", "expected", "drawn"]
 
 
 def test_table_on_the_first_epoch_then_one_line_without_a_weighted_sampler(

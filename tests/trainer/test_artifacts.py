@@ -132,7 +132,9 @@ class _Recorder(Hook):
 
     def on_fit_start(self, engine) -> None:  # type: ignore[no-untyped-def]
         self.writer = engine.artifacts = _RecordingWriter(self.events)
-        self.writer.submit(lambda: None, "start")  # a thread is running now
+        self.threads: list[threading.Thread] = []
+        # A thread is running now; the job hands it over so the test can see it end.
+        self.writer.submit(lambda: self.threads.append(threading.current_thread()), "start")
 
     def on_train_epoch_end(self, engine) -> None:  # type: ignore[no-untyped-def]
         if self.fail:
@@ -154,7 +156,7 @@ def test_fit_closes_the_writer_after_the_last_hook_call(fail: bool) -> None:
     else:
         run_fit([hook], epochs=1)
     assert hook.events == ["on_exception" if fail else "on_fit_end", "close"]
-    assert hook.writer._thread is None  # no idle thread left behind
+    assert len(hook.threads) == 1 and not hook.threads[0].is_alive()  # no idle thread left
 
 
 def test_close_runs_every_job_then_ends_the_thread_and_a_submit_starts_anew(
@@ -163,12 +165,39 @@ def test_close_runs_every_job_then_ends_the_thread_and_a_submit_starts_anew(
     writer = ArtifactWriter()
     release = _blocked(writer, tmp_path)
     ran: list[int] = []
-    writer.submit(lambda: ran.append(1), tmp_path / "a")
-    thread = writer._thread
+    threads: list[threading.Thread] = []
+    writer.submit(lambda: (ran.append(1), threads.append(threading.current_thread())), tmp_path / "a")
     release.set()
     writer.close()
-    assert ran == [1] and thread is not None and not thread.is_alive()
-    writer.submit(lambda: ran.append(2), tmp_path / "b")
+    assert ran == [1] and not threads[0].is_alive()
+    writer.submit(lambda: (ran.append(2), threads.append(threading.current_thread())), tmp_path / "b")
     writer.flush()
-    assert ran == [1, 2]
+    assert ran == [1, 2] and threads[1].is_alive() and threads[1] is not threads[0]
+    writer.close()
+    assert not threads[1].is_alive()
+
+
+def _submit_and_flush_in_child(writer: ArtifactWriter, path: Path) -> None:
+    writer.submit(lambda: path.write_text("child"), path)
+    writer.flush()
+    os._exit(0 if path.read_text() == "child" else 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_forked_child_gets_its_own_thread(tmp_path: Path) -> None:
+    """The parent's worker thread does not exist in a child: the child starts its own."""
+    import multiprocessing
+
+    writer = ArtifactWriter()
+    writer.submit(lambda: None, tmp_path / "parent")
+    writer.flush()  # the parent's worker now idles
+    child = multiprocessing.get_context("fork").Process(
+        target=_submit_and_flush_in_child, args=(writer, tmp_path / "child.txt")
+    )
+    child.start()
+    child.join(60)
+    if child.exitcode is None:  # hung: the job was queued to a thread that is not there
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
     writer.close()

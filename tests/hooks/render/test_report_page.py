@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import json
 from pathlib import Path
 
-from hooks.class_rows import MAX_ROWS
-from hooks.report_page import RunFacts, render_report
+from hooks.render.report_page import RunFacts, render_report
+from hooks.render.tables import MAX_ROWS
 
 
 def test_render_escapes_everything_from_data(tmp_path: Path) -> None:
@@ -55,3 +57,23 @@ def test_per_class_table_shows_the_worst_classes_only_at_many_classes(tmp_path: 
     section = section[: section.index("</table>")]
     assert section.count("<tr>") == 1 + MAX_ROWS  # the header and the 30 lowest F1
     assert ">c0<" in section and f">c{MAX_ROWS - 1}<" in section and f">c{MAX_ROWS}<" not in section
+
+
+def test_a_class_named_script_prints_as_text_in_every_table(tmp_path: Path) -> None:
+    """Autoescaping: class names and paths are user data; none of them becomes markup."""
+    evil = "<script>alert(1)</script>"
+    header = "epoch,step,class_index,class,accuracy,precision,recall,f1,support\n"
+    (tmp_path / "per_class.csv").write_text(header + f"0,4,0,{evil},1,1,1,1,5\n", encoding="utf-8")
+    stats = {
+        "splits": {"train": {"counts": {evil: 1}, "total": 1, "imbalance_ratio": None}},
+        "few_images": [{"class_idx": 0, "class_name": evil, "count": 1}],
+    }
+    (tmp_path / "dataset_stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    leak = {"splits": ["train", "val"], "files": [{"split": "train", "path": f"a/{evil}.png"}]}
+    (tmp_path / "data_report.json").write_text(json.dumps({"leakage": [leak]}), encoding="utf-8")
+    run = RunFacts(evil, "training", 0, 1, [], best=None, monitor="x", args={"data": evil})
+    page = render_report(tmp_path, run)
+    assert "<script" not in page
+    text = html.escape(evil, quote=False)
+    # title and heading, per-class row, data row, few-images note, leakage path, args.json row
+    assert page.count(text) == 7

@@ -146,6 +146,29 @@ def plot_class_bars(
     return fig
 
 
+def plot_class_distribution(classes: Sequence[str], split_counts: dict[str, list[int]]) -> Figure:
+    """Grouped bars: images per class, one bar per split; indices on the axis past 30 classes."""
+    groups = list(split_counts.items())
+    return plot_class_bars(classes, groups, "Images per class and split", "images",
+                           "dataset_stats.json")  # fmt: skip
+
+
+def plot_shares(
+    classes: Sequence[str],
+    dataset: Sequence[int],
+    expected: Sequence[float],
+    drawn: Sequence[int],
+    epoch: int,
+) -> Figure:
+    """Grouped bars per class: share of the dataset, expected share and drawn share, in %."""
+    groups = []
+    for name, values in (("dataset", dataset), ("expected", expected), ("drawn", drawn)):
+        v = np.asarray(values, dtype=float)
+        groups.append((name, 100 * v / v.sum() if v.sum() > 0 else v))
+    return plot_class_bars(classes, groups, f"Training draw by class, epoch {epoch + 1}",
+                           "% of the epoch's draw", "sampler_distribution.csv")  # fmt: skip
+
+
 # ------------------------------------------------------------------------ reliability diagram
 def plot_reliability(bins: np.ndarray, caption: str) -> Figure:
     """Accuracy against confidence per confidence bin, with the diagonal of perfect calibration,

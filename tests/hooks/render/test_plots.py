@@ -1,4 +1,4 @@
-"""hooks/plots.py: the renderers (matplotlib charts, PIL grids) and the Pillow PNG writers."""
+"""hooks/render/plots.py: the renderers (matplotlib charts, PIL grids) and the Pillow PNG writers."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from hooks import plots
-from hooks.plots import (
+from hooks.render import plots
+from hooks.render.plots import (
     confused_pairs,
     lowest_recall,
     plot_confusion_matrix,
     plot_grid,
+    plot_reliability,
+    plot_shares,
     save_image,
     save_png,
     to_display,
@@ -127,3 +129,25 @@ def test_normalised_float_batches_are_shown_in_true_colours() -> None:
     original = StandInData().val_x[0].permute(1, 2, 0).float().numpy() / 255
     assert shown.shape == (16, 16, 3) and shown.min() >= 0 and shown.max() <= 1
     assert abs(shown - original).max() < 1e-5
+
+
+def test_bars_are_accuracy_per_bin_and_the_gap_to_confidence() -> None:
+    bins = np.zeros((3, 16))
+    bins[:, 12] = [10, 8.25, 5]  # 10 images at confidence ~0.825, 5 right: overconfident
+    bins[:, 15] = [2, 2.0, 2]  # confidence exactly 1, both right: drawn in the last bin
+    fig = plot_reliability(bins, "test")
+    top, bottom = fig.axes
+    accuracy = [p for p in top.patches if p.get_fill()]
+    gaps = [p for p in top.patches if not p.get_fill()]
+    assert [round(p.get_height(), 6) for p in accuracy] == [0.5, 1.0]
+    assert [round(p.get_height(), 6) for p in gaps] == [0.325, 0.0]
+    assert [p.get_height() for p in bottom.patches][12:] == [10, 0, 2]
+
+
+def test_shares_plot_draws_percentages_per_group() -> None:
+    fig = plot_shares(["a", "b", "c"], [6, 3, 1], [2.0, 2.0, 2.0], [1, 1, 8], epoch=1)
+    ax = fig.axes[0]
+    heights = [[round(r.get_height(), 1) for r in bars] for bars in ax.containers]
+    assert heights == [[60.0, 30.0, 10.0], [33.3, 33.3, 33.3], [10.0, 10.0, 80.0]]
+    assert "epoch 2" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dataset", "expected", "drawn"]
