@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.data.scan import Sample, TreeScan, stratified_split
+from trainer.data.scan import NOT_REGULAR, Sample, TreeScan, stratified_split
 from trainer.data.scan_cache import cached_scan
 from trainer.errors import DataError
 
@@ -69,8 +69,8 @@ def scan_source(
     read from ``cache_dir`` while the tree is unchanged: ``trainer.data.scan_cache``).
 
     Returns:
-        The scan, and ``(path, reason)`` for each listed image that does not exist (always
-        empty for a tree).
+        The scan, and ``(path, reason)`` for each image left out unread: a listed image that
+        does not exist, or one that is not a regular file (a FIFO named ``x.jpg``).
 
     Raises:
         DataError: the source cannot be used; the message names the file (and line) and the fix.
@@ -90,7 +90,8 @@ def scan_source(
             "that holds train/ and val/ (or one folder per class), or a label file ending in "
             f"{' or '.join(LABEL_FILE_SUFFIXES)}; archives must be extracted first."
         )
-    return cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir), []
+    scan = cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)
+    return scan, [(p, NOT_REGULAR) for p in scan.not_regular]
 
 
 def read_label_file(
