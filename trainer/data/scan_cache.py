@@ -147,11 +147,10 @@ def _from_stored(z: dict[str, np.ndarray], meta: Any) -> TreeScan:
         for x in log
     ):
         raise TypeError("log")
-    splits = {
-        s: SampleArray.from_arrays(z[f"{s}_blob"], z[f"{s}_offsets"], z[f"{s}_targets"],
-                                   classes=len(classes))  # fmt: skip
-        for s in _SPLITS
-    }
+    splits = {}
+    for s in _SPLITS:
+        blob, offsets, targets = (z[f"{s}_{a}"] for a in _ARRAYS)
+        splits[s] = SampleArray.from_arrays(blob, offsets, targets, classes=len(classes))
     return TreeScan(
         classes=list(classes),
         train=splits["train"],
