@@ -30,7 +30,9 @@ getitem = ImageListDataset.__getitem__
 def reporting(self, key):
     item = getitem(self, key)
     new = sorted(set(sys.modules) - BEFORE)
-    (out / f"{os.getpid()}.json").write_text(json.dumps(new))
+    tmp = out / f"{os.getpid()}.tmp"  # whole or not at all: the worker is killed at any point
+    tmp.write_text(json.dumps(new))
+    os.replace(tmp, out / f"{os.getpid()}.json")
     return item
 
 ImageListDataset.__getitem__ = reporting
