@@ -62,6 +62,9 @@ def read(
     try:
         with open(path, "rb") as f:
             on_disk = os.fstat(f.fileno()).st_size
+            if f.read(4) != b"PK\x03\x04":  # a zip archive, not a lone .npy array
+                raise ValueError("not an .npz archive")
+            f.seek(0)
             with np.load(f, allow_pickle=False) as z:
                 members = z.zip.infolist()
                 # Stored members only, no larger than the file: nothing can inflate in memory.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +183,15 @@ def test_a_tree_split_by_seed_is_stored_per_seed_and_fraction(tmp_path: Path) ->
     assert len(list(cache.glob("*.scan.npz"))) == 3
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def _npy() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04 truncated", b"not a zip at all", _npy()]
+)
 def test_a_damaged_cache_file_means_a_fresh_scan(tmp_path: Path, content: bytes) -> None:
     tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
     expected = _scan(tree, cache)
@@ -224,10 +235,6 @@ CRAFTS = ["target out of range", "offsets past the blob", "offsets not rising",
 def test_a_crafted_cache_file_means_a_fresh_scan(
     tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import io
-    import json
-    import zipfile
-
     tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
     expected = _scan(tree, cache)
     (stored,) = cache.glob("*.scan.npz")
