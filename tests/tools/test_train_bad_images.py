@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 from tests.tools.tiny_run import load_tool
 from tests.trainer.data.malformed import damage, good_bytes
+from trainer.errors import ConfigError
 
 train = load_tool("train")
 
@@ -79,3 +81,6 @@ def test_max_image_pixels_refuses_larger_images_at_the_start_up_check(tmp_path: 
         (big, True)
     ]
     assert train.parse_config(["--data", str(root)])["max_image_pixels"] == 50_000_000
+    zero = train.parse_config(["--data", str(root), "--max-image-pixels", "0"])
+    with pytest.raises(ConfigError, match="max_image_pixels must be >= 1, got 0"):
+        train.build_data(zero, root)
