@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="abort when more than this share of the images cannot be read",
     )
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=50_000_000,
+        metavar="N",
+        help="the start-up check refuses (skips and reports) an image whose header declares "
+        "more pixels than this; decoding one would take seconds and gigabytes",
+    )
     # Label files and the split-leakage check (issue 15, part 4).
     g.add_argument(
         "--image-key",
@@ -452,6 +460,7 @@ def build_data(config: dict[str, Any], root: Path) -> ImageFolderData:
         class_weights=parse_class_weights(config["class_weights"]),
         cache=None if config["cache"] == "none" else config["cache"],
         max_bad_fraction=config["max_bad_fraction"],
+        max_image_pixels=config["max_image_pixels"],
         decode=config["decode"],
         image_key=config["image_key"],
         label_key=config["label_key"],

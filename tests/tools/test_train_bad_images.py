@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 from tests.tools.tiny_run import load_tool
 from tests.trainer.data.malformed import damage, good_bytes
+from trainer.errors import ConfigError
 
 train = load_tool("train")
 
@@ -64,3 +68,19 @@ def test_verify_full_reports_a_file_that_crashes_the_native_decoder(tmp_path: Pa
     report = json.loads((out / "data_report.json").read_text())
     bad = {Path(b["path"]).name: b["reason"] for b in report["bad_files"]}
     assert list(bad) == ["zz.png"] and "crashed the image decoder" in bad["zz.png"]
+
+
+def test_max_image_pixels_refuses_larger_images_at_the_start_up_check(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "data", {"a": 10, "b": 10}, size=(12, 12))  # 144 pixels each
+    big = root / "train" / "a" / "big.png"
+    Image.new("RGB", (13, 12)).save(big)  # 156 pixels
+    config = train.parse_config(["--data", str(root), "--max-image-pixels", "150"])
+    assert config["max_image_pixels"] == 150
+    data = train.build_data(config, root)
+    assert [(p, "13x12 pixels, over the pixel budget of 150" in r) for p, r in data.bad_files] == [
+        (big, True)
+    ]
+    assert train.parse_config(["--data", str(root)])["max_image_pixels"] == 50_000_000
+    zero = train.parse_config(["--data", str(root), "--max-image-pixels", "0"])
+    with pytest.raises(ConfigError, match="max_image_pixels must be >= 1, got 0"):
+        train.build_data(zero, root)

@@ -10,7 +10,9 @@ Modules:
     labelfile   CSV and JSONL label files to the same samples; picks the reader for ``--data``
     leakage     byte-identical images in more than one split
     preflight   the start-up check (headers, or full decodes), parallel, crash-contained
-    check_cache the check results on disk, keyed by (path, size, mtime)
+    check_cache the check results on disk, keyed by path and file version
+    scan_cache  the tree scan on disk, trusted while every folder lists the same
+    cache_store the one file format of those two caches, validated on read
     cache       optionally keep every image decoded in RAM
     samples     SampleArray: samples in numpy arrays that loader workers share
     skipping    images that fail in a loader: skipped, counted, reported

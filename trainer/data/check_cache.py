@@ -1,32 +1,47 @@
-"""The image checks' results on disk, keyed by (path, size, mtime): a check is done once.
+"""The image checks' results on disk: a check is done once per version of a file.
 
-One file per key (the data root, for a folder tree), under ``default_cache_dir()``. It holds
-the checked paths as one byte blob and their sizes, mtimes, check level and failure reason as
-numpy arrays: 1.28 M entries load in well under a second and take no Python object per image
-until they are looked up. A file whose size or mtime changed since is checked again.
+One file per key (the data root and the pixel budget, for a folder tree), under
+``default_cache_dir()``, in the start-up caches' one format (``trainer.data.cache_store``).
+It holds the checked paths as one byte blob and, as numpy arrays, each file's size, mtime,
+inode and ctime, and its check level and failure reason: 1.28 M entries load in well under a
+second and take no Python object per image until they are looked up.
+
+A result stands only while the file's (size, mtime, inode, ctime) are as they were. Size and
+mtime alone are not enough: a file rewritten in place by a tool that puts its mtime back
+(``cp -p``, ``rsync -t``, ``tar x``, ``touch -r``) at the same size would keep a stale verdict.
+Its ctime cannot be put back (the kernel sets it on every write, and no call sets it), and
+the inode changes when a file is replaced. Both come with the ``stat`` the check already
+makes, so the key costs nothing more. What no key short of reading every byte can see (bit
+rot under the file system) is left to the loaders, which decode with Pillow and skip a file
+that fails (``trainer.data.skipping``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
-import zipfile
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer.io import atomic_write_bytes
+from trainer.data import cache_store
 
 logger = logging.getLogger("trainer.data")
 
 # Check levels, stored per file: a full decode also answers a request for a header check.
 HEADER, FULL = 1, 2
+# Sizes that are not sizes: the file cannot be stat'ed, or it is not a regular file (a FIFO,
+# a socket, a device), which no check may open (opening a FIFO blocks until a writer comes).
+MISSING, NOT_REGULAR = -1, -2
 _SEP = b"\0"  # cannot occur in a path
-_FORMAT = 1  # bump when the layout changes: an old file is then ignored
+_KIND, _VERSION = "checks", 2  # bump the version when the layout changes
+_KEY_FIELDS = ("size", "mtime", "ino", "ctime")
+_DTYPES = {"paths": "uint8", **dict.fromkeys(_KEY_FIELDS, "int64"), "level": "int8",
+           "reason": "int32"}  # fmt: skip
 
 
 def default_cache_dir() -> Path:
@@ -50,32 +65,63 @@ def encode_paths(paths: Sequence[str]) -> bytes:
 
 
 @dataclass
+class FileStats:
+    """What identifies the version of each file of a list (int64 arrays aligned with it).
+
+    Attributes:
+        size: bytes; ``MISSING`` or ``NOT_REGULAR`` (then the other fields are 0).
+        mtime, ino, ctime: mtime in ns, inode, ctime in ns.
+    """
+
+    size: np.ndarray
+    mtime: np.ndarray
+    ino: np.ndarray
+    ctime: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> FileStats:
+        return cls(np.full(n, MISSING, np.int64), *(np.zeros(n, np.int64) for _ in range(3)))
+
+    def fields(self) -> tuple[np.ndarray, ...]:
+        return self.size, self.mtime, self.ino, self.ctime
+
+
+def stat_all(paths: Sequence[str]) -> FileStats:
+    """The ``FileStats`` of ``paths`` (one ``stat`` each)."""
+    out = FileStats.empty(len(paths))
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            out.size[i] = NOT_REGULAR
+            continue
+        out.size[i], out.mtime[i] = st.st_size, st.st_mtime_ns
+        out.ino[i], out.ctime[i] = st.st_ino, st.st_ctime_ns
+    return out
+
+
+@dataclass
 class CheckTable:
     """Check results aligned with a list of paths.
 
     Attributes:
-        size: each file's size in bytes (-1: it could not be stat'ed).
-        mtime: each file's mtime in ns.
+        stats: each file's version when it was checked.
         level: 0 not checked, ``HEADER`` or ``FULL``.
         reason: index into ``reasons`` of why the file is unusable, -1 when it is fine.
         reasons: the distinct failure messages.
     """
 
-    size: np.ndarray
-    mtime: np.ndarray
+    stats: FileStats
     level: np.ndarray
     reason: np.ndarray
     reasons: list[str]
 
     @classmethod
-    def empty(cls, n: int) -> CheckTable:
-        return cls(
-            np.full(n, -1, np.int64),
-            np.zeros(n, np.int64),
-            np.zeros(n, np.int8),
-            np.full(n, -1, np.int32),
-            [],
-        )
+    def empty(cls, stats: FileStats) -> CheckTable:
+        n = len(stats.size)
+        return cls(stats, np.zeros(n, np.int8), np.full(n, -1, np.int32), [])
 
     def set_reason(self, i: int, text: str | None) -> None:
         if text is None:
@@ -88,76 +134,53 @@ class CheckTable:
             self.reason[i] = len(self.reasons) - 1
 
 
-def stat_all(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Sizes and mtimes (ns) of ``paths``; size -1 where a file cannot be stat'ed."""
-    size = np.full(len(paths), -1, np.int64)
-    mtime = np.zeros(len(paths), np.int64)
-    for i, p in enumerate(paths):
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        size[i], mtime[i] = st.st_size, st.st_mtime_ns
-    return size, mtime
-
-
-def load(
-    path: Path, paths: Sequence[str], blob: bytes, size: np.ndarray, mtime: np.ndarray
-) -> CheckTable:
-    """The results stored at ``path`` for the files whose (path, size, mtime) still match.
+def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> CheckTable:
+    """The results stored at ``path`` for the files whose version (``FileStats``) still
+    matches; ``blob`` is ``encode_paths(paths)``.
 
     Files not in the cache, or changed since, come back with level 0 (to be checked). A
-    missing or unreadable cache file is simply a miss.
+    missing, unreadable or inconsistent cache file is simply a miss.
     """
-    table = CheckTable.empty(len(paths))
-    table.size[:], table.mtime[:] = size, mtime
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != _FORMAT:
-                return table
-            c_blob = z["paths"].tobytes()
-            c_size, c_mtime = z["size"], z["mtime"]
-            c_level, c_reason = z["level"], z["reason"]
-            table.reasons = z["reasons"].tobytes().decode("utf-8", "replace").split("\0")
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        if not isinstance(e, FileNotFoundError):  # a damaged file: check again, rewrite it
-            logger.debug("ignoring the check cache %s: %s", path, e)
+    table = CheckTable.empty(stats)
+    stored = cache_store.read(path, _KIND, _VERSION, _DTYPES)
+    if stored is None:
         return table
-    if c_blob == blob and len(c_size) == len(paths):
+    z, reasons = stored
+    n = len(z["level"])
+    if (
+        not isinstance(reasons, list)
+        or not all(isinstance(r, str) for r in reasons)
+        or any(len(z[k]) != n for k in _DTYPES if k != "paths")
+        or ((z["level"] < 0) | (z["level"] > FULL)).any()
+        or ((z["reason"] < -1) | (z["reason"] >= len(reasons))).any()
+    ):
+        logger.debug("ignoring the check cache %s: inconsistent arrays", path)
+        return table
+    c_blob = z["paths"].tobytes()
+    if c_blob == blob and n == len(paths):
         pos = np.arange(len(paths))  # the common case: the same files in the same order
         src = pos
     else:
-        where = {os.fsdecode(b): i for i, b in enumerate(c_blob.split(_SEP))} if c_blob else {}
+        names = c_blob.split(_SEP) if c_blob else []
+        if len(names) != n:
+            return table
+        where = {os.fsdecode(b): i for i, b in enumerate(names)}
         found = [(i, where.get(p, -1)) for i, p in enumerate(paths)]
         pos = np.array([i for i, j in found if j >= 0], np.int64)
         src = np.array([j for _, j in found if j >= 0], np.int64)
-    same = (c_size[src] == size[pos]) & (c_mtime[src] == mtime[pos]) & (size[pos] >= 0)
+    same = stats.size[pos] >= 0
+    for name, now in zip(_KEY_FIELDS, stats.fields(), strict=True):
+        same &= z[name][src] == now[pos]
     pos, src = pos[same], src[same]
-    table.level[pos] = c_level[src]
-    table.reason[pos] = c_reason[src]
+    table.level[pos] = z["level"][src]
+    table.reason[pos] = z["reason"][src]
+    table.reasons = list(reasons)
     return table
 
 
 def save(path: Path, blob: bytes, table: CheckTable) -> bool:
-    """Store ``table`` (aligned with the paths in ``blob``) at ``path``, atomically.
-
-    Returns False, with a debug log line, when the cache folder is not writable: the check
-    then simply runs again next time.
-    """
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        format=np.array(_FORMAT),
-        paths=np.frombuffer(blob, np.uint8),
-        size=table.size,
-        mtime=table.mtime,
-        level=table.level,
-        reason=table.reason,
-        reasons=np.frombuffer("\0".join(table.reasons).encode("utf-8"), np.uint8),
-    )
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as e:
-        logger.debug("cannot write the check cache %s: %s", path, e)
-        return False
-    return True
+    """Store ``table`` (aligned with the paths in ``blob``) at ``path``, atomically; False when
+    the cache folder is not writable (the check then simply runs again next time)."""
+    arrays = dict(zip(_KEY_FIELDS, table.stats.fields(), strict=True))
+    arrays.update(paths=np.frombuffer(blob, np.uint8), level=table.level, reason=table.reason)
+    return cache_store.write(path, _KIND, _VERSION, arrays, table.reasons)

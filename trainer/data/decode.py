@@ -136,8 +136,7 @@ def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Te
     torchvision.io's native decoders have crashed the process (segfaults, aborts) on some
     malformed files, where Pillow raises an exception. ``native=False`` decodes with Pillow
     only (the same pixels for JPEG and PNG, ~20% slower on large JPEGs): the training loaders
-    use it unless a full check (``--verify full``) has already decoded every file, in child
-    processes, with the native decoders.
+    use it, since a file that passed a check can be damaged since.
 
     Args:
         path: the image file.

@@ -28,12 +28,8 @@ from trainer.data.leakage import find_leaks
 from trainer.data.mix import BatchMix
 from trainer.data.options import check_augment, check_options, class_weights_by_index
 from trainer.data.pipelines import Transform, check_train_transform, check_val_transform
-from trainer.data.preflight import available_cpus, check_splits
-from trainer.data.sampler import (
-    SeededDraw,
-    ShardSampler,
-    TrackingWeightedRandomSampler,
-)
+from trainer.data.preflight import DEFAULT_MAX_PIXELS, available_cpus, check_splits
+from trainer.data.sampler import SeededDraw, ShardSampler, TrackingWeightedRandomSampler
 from trainer.data.samples import SampleArray
 from trainer.data.scan_cache import as_sample_array
 from trainer.data.skipping import BadImages, SkippingLoader, collate_skipping
@@ -72,8 +68,8 @@ class ImageFolderData:
     split])`` rows (see ``trainer.data.labelfile``): the same samples, checks and loaders follow.
 
     Verification (``verify="header"``, the default) reads every image's header before
-    training, in parallel processes, and caches the results by path, size and mtime (see
-    ``trainer.data.preflight``); ``verify="full"`` decodes every image instead. Unusable files
+    training, in parallel processes, and caches the results by path and file version (see
+    ``trainer.data.preflight``); ``verify="full"`` decodes every image too. Unusable files
     are dropped, listed in ``bad_files`` and logged. An image that still fails to decode in a
     loader is skipped (its batch is one image shorter), logged once and listed in
     ``bad_images.skipped``; a training batch whose images all failed is replaced by the next
@@ -102,23 +98,22 @@ class ImageFolderData:
             from disk every epoch. Training crops are then taken from the pre-resized image.
         cache_max_bytes: memory the RAM cache may use.
         max_bad_fraction: largest share of unreadable images tolerated.
-        verify: "header" checks every image's header up front, "full" decodes every image
-            (in child processes: a crashing decoder cannot end the run), "none" checks
-            nothing (True and False mean "header" and "none"). Without a full check, the
-            loaders decode with Pillow only (see ``load_image``).
-        check_cache_dir: where the check results are cached; default
-            ``trainer.data.check_cache.default_cache_dir()``.
+        verify: "header" checks every header up front, "full" decodes every image too (in
+            child processes, which a decoder crash cannot take the run with), "none" nothing.
+        max_image_pixels: an image whose header declares more pixels is refused by the
+            start-up check (in ``bad_files``); see ``preflight.DEFAULT_MAX_PIXELS``.
+        check_cache_dir: where the start-up caches live; default ``default_cache_dir()``.
         decode: "cpu" decodes and augments training images in the loader's workers; "gpu"
             has the workers only read the files and draw the crops, and the engine decode
             the JPEGs in batches on its device (nvjpeg on CUDA) and crop, resize and flip
             them there (see ``trainer.data.gpu_decode``). Training batches are then
-            ``EncodedBatch`` objects, which ``Engine`` decodes. Validation is unchanged.
+            ``EncodedBatch`` objects, which ``Engine`` decodes. Validation is unchanged. The
+            per-image options of ``augment`` and a custom ``train_transform`` need the
+            decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
         image_key: a label file's column (CSV) or key (JSONL) holding the image path.
         label_key: a label file's column or key holding the label.
         check_leakage: look for images in more than one split (byte-identical files, by
             SHA-256); found ones are in ``leaks`` and the report, and logged.
-            The per-image options of ``augment`` and a custom ``train_transform`` need the
-            decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
         augment: more training augmentation (``trainer.data.augment.Augment``): policies,
             random erasing, degradations, and MixUp/CutMix, which ``batch_mix`` hands the
             engine to apply on the device.
@@ -165,6 +160,7 @@ class ImageFolderData:
         train_transform: Transform | None = None,
         val_transform: Transform | None = None,
         check_cache_dir: str | os.PathLike[str] | None = None,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
@@ -182,6 +178,7 @@ class ImageFolderData:
             max_bad_fraction,
             decode,
             verify,
+            max_image_pixels,
         )
         check_augment(self.augment, decode, train_transform)
         if train_transform is not None:
@@ -219,7 +216,7 @@ class ImageFolderData:
         self.test_samples: SampleArray = as_sample_array(scan.test)
         self.ignored_files: list[Path] = scan.ignored_files
         self.skipped_links: list[tuple[Path, str]] = scan.skipped_links
-        self.bad_files: list[tuple[Path, str]] = missing  # a label file's missing images
+        self.bad_files: list[tuple[Path, str]] = missing  # missing, or not regular files
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.idx_to_class: dict[int, str] = dict(enumerate(self.classes))
         self.num_classes = len(self.classes)
@@ -239,6 +236,7 @@ class ImageFolderData:
                 max_bad_fraction=max_bad_fraction,
                 root=self.root,
                 known_bad=missing,
+                max_pixels=max_image_pixels,
             )
             self.train_samples, self.val_samples = kept["train"], kept["val"]
             self.test_samples = kept["test"]
@@ -254,7 +252,7 @@ class ImageFolderData:
                 cache_max_bytes=cache_max_bytes,
                 max_bad_fraction=max_bad_fraction,
                 workers=self.workers,
-                native=verify == "full",
+                native=False,  # see _dataset
                 known_bad=self.bad_files,  # they count together against max_bad_fraction
             )
             self.train_samples = as_sample_array(checked.samples["train"])
@@ -329,8 +327,9 @@ class ImageFolderData:
     ) -> ImageListDataset:
         cache = None if self._cache is None else self._cache[split]
         samples = self._splits()[split]
-        native = self.verify == "full"  # natively decoded only what a checker survived
-        return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=native)
+        # Pillow raises on a malformed file (skipped, counted) where a native decoder can crash
+        # the worker; a file that passed a full check can be damaged since (bit rot).
+        return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False)
 
     def _skipping_loader(
         self,
@@ -408,8 +407,8 @@ class ImageFolderData:
                 self.img_size,
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
-                # Natively only what a full check decoded (as the CPU path, see load_image).
-                load=functools.partial(load_image, native=self.verify == "full"),
+                # With Pillow only, as the CPU path (see _dataset).
+                load=functools.partial(load_image, native=False),
             )
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)

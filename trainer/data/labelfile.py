@@ -23,12 +23,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.data.scan import Sample, TreeScan, stratified_split
+from trainer.data.scan import NOT_REGULAR, Sample, TreeScan, stratified_split
 from trainer.data.scan_cache import cached_scan
 from trainer.errors import DataError
 
@@ -69,8 +71,8 @@ def scan_source(
     read from ``cache_dir`` while the tree is unchanged: ``trainer.data.scan_cache``).
 
     Returns:
-        The scan, and ``(path, reason)`` for each listed image that does not exist (always
-        empty for a tree).
+        The scan, and ``(path, reason)`` for each image left out unread: a listed image that
+        does not exist, or one that is not a regular file (a FIFO named ``x.jpg``).
 
     Raises:
         DataError: the source cannot be used; the message names the file (and line) and the fix.
@@ -90,7 +92,8 @@ def scan_source(
             "that holds train/ and val/ (or one folder per class), or a label file ending in "
             f"{' or '.join(LABEL_FILE_SUFFIXES)}; archives must be extracted first."
         )
-    return cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir), []
+    scan = cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)
+    return scan, [(p, NOT_REGULAR) for p in scan.not_regular]
 
 
 def read_label_file(
@@ -135,7 +138,8 @@ def read_label_file(
         raise DataError(f"cannot read the label file {path} ({e.strerror or e}).") from e
     if not rows:
         raise DataError(f"Label file {path} has no rows. Add one row per image.")
-    _check_unique(rows)
+    stats = [_stat(r.path) for r in rows]
+    _check_unique(rows, stats)
     train_labels = sorted({r.label for r in rows if r.split in (None, "train")})
     if len(train_labels) < 2:
         raise DataError(
@@ -148,7 +152,8 @@ def read_label_file(
                 f"{r.where}: label {r.label!r} has no training row ({r.split} only). Training "
                 f"labels: {', '.join(train_labels)}. Fix the label, or add training rows for it."
             )
-    missing = [(r, f"file not found (listed at {r.where})") for r in rows if not r.path.is_file()]
+    missing = [(r, f"{why} (listed at {r.where})") for r, st in zip(rows, stats, strict=True)
+               if (why := _unusable(st)) is not None]  # fmt: skip
     _check_missing(path, rows, missing, max_bad_fraction)
     gone = {r for r, _ in missing}
     kept = [r for r in rows if r not in gone]
@@ -168,6 +173,13 @@ def _csv_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
         try:
             header = [h.strip() for h in next(reader, [])]
             columns = {name: i for i, name in enumerate(header)}
+            twice = sorted({h for h in header if header.count(h) > 1})
+            if twice:
+                raise DataError(
+                    f"{path}:1: the header names column(s) {', '.join(map(repr, twice))} more "
+                    "than once; which one holds the value would be a guess. Rename or remove "
+                    "the repeated column(s)."
+                )
             for key, flag in ((image_key, "--image-key"), (label_key, "--label-key")):
                 if key not in columns:
                     raise DataError(
@@ -204,6 +216,11 @@ def _jsonl_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
                 raise DataError(
                     f"{where}: not valid JSON ({e.msg}, column {e.colno}). Each line must be "
                     'one JSON object, e.g. {"path": "a.jpg", "label": "cat"}.'
+                ) from e
+            except ValueError as e:  # e.g. an integer of more than 4300 digits
+                raise DataError(
+                    f"{where}: cannot be read as JSON ({e}). Write the value as text, or as a "
+                    'number of ordinary size, e.g. {"path": "a.jpg", "label": "3"}.'
                 ) from e
             if not isinstance(obj, dict):
                 raise DataError(
@@ -246,14 +263,35 @@ def _row(path: Path, where: str, values: dict[str, Any], image_key: str, label_k
     return Row(file if file.is_absolute() else path.parent / file, label.strip(), name, where)
 
 
-def _check_unique(rows: list[Row]) -> None:
-    first: dict[Path, Row] = {}
-    for r in rows:
-        seen = first.setdefault(r.path, r)
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+
+
+def _unusable(st: os.stat_result | None) -> str | None:
+    """Why a listed image with this ``stat`` is left out unopened; None when it is a file."""
+    if st is None:
+        return "file not found"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a folder, FIFO, socket or device): skipped unopened"
+    return None
+
+
+def _check_unique(rows: list[Row], stats: list[os.stat_result | None]) -> None:
+    """Refuse an image listed twice, under any two names: an existing file is known by its
+    device and inode (``a/../a/x.png``, a symlink or a hard link to ``a/x.png`` are the same
+    file), a missing one by its normalised absolute path."""
+    first: dict[object, Row] = {}
+    for r, st in zip(rows, stats, strict=True):
+        key = (st.st_dev, st.st_ino) if st is not None else os.path.normpath(os.path.abspath(r.path))
+        seen = first.setdefault(key, r)
         if seen is not r:
+            alias = "" if seen.path == r.path else f" as {seen.path}"
             raise DataError(
-                f"{r.where}: {r.path} is listed again (first at {seen.where}). List each "
-                "image once."
+                f"{r.where}: {r.path} is listed again (first at {seen.where}{alias}). List "
+                "each image once."
             )
 
 

@@ -25,6 +25,7 @@ def check_options(
     max_bad_fraction: float,
     decode: str,
     verify: str,
+    max_image_pixels: int = 1,
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -48,6 +49,8 @@ def check_options(
         problems.append(f"cache must be None or 'ram', got {cache!r}")
     if not 0 <= max_bad_fraction <= 1:
         problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    if max_image_pixels < 1:
+        problems.append(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     if verify not in VERIFY_MODES:
         problems.append(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     if decode not in ("cpu", "gpu"):

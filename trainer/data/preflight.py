@@ -1,8 +1,10 @@
 """The start-up check of the image files: parallel, in bounded memory, crash-contained, cached.
 
 ``mode="header"`` (the default) opens each file with Pillow, which reads the header only: the
-file is readable, a format the trainer decodes, of a sane size, and not a decompression bomb.
-``mode="full"`` decodes every image with ``load_image``, the decoders training uses.
+file is readable, a format the trainer decodes, of a sane size, within the pixel budget
+(``max_pixels``) and not a decompression bomb. ``mode="full"`` also decodes every image with
+``load_image``. A path that is not a regular file (a FIFO, a socket, a device) is reported
+without being opened: opening a FIFO would block until something writes to it.
 
 The files are checked in chunks by a pool of processes, with at most two chunks per process
 in flight, so memory does not grow with the number of files; only the failures are kept. A
@@ -10,7 +12,7 @@ native decoder that crashes on a malformed file takes down one checking process,
 run: the chunk it was in is checked again in a fresh process, halved until the one file that
 crashes it is found, and that file is reported like any other unreadable image.
 
-Results are cached by (path, size, mtime) (``trainer.data.check_cache``): a second run on the
+Results are cached by path and file version (``trainer.data.check_cache``): a second run on the
 same files, a resume, and the other ranks of a DDP run read them instead of checking again.
 Under torch.distributed, local rank 0 checks while the other ranks wait, then they read.
 
@@ -23,10 +25,8 @@ from __future__ import annotations
 
 import faulthandler
 import logging
-import math
 import multiprocessing as mp
 import os
-import struct
 import sys
 import time
 import warnings
@@ -43,6 +43,7 @@ import numpy as np
 from trainer.data import check_cache
 from trainer.data.check_cache import FULL, HEADER
 from trainer.data.samples import SampleArray
+from trainer.data.scan import NOT_REGULAR
 from trainer.distributed import barrier, get_local_rank, is_distributed
 from trainer.errors import DataError
 
@@ -53,6 +54,11 @@ VERIFY_MODES: tuple[str, ...] = ("header", "full", "none")
 KNOWN_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
 MAX_SIDE = 65535  # JPEG's and WebP's own limit; a larger side is a corrupt header
 CHUNK = 128  # files per task: large enough that inter-process traffic is noise
+# The default pixel budget (``max_image_pixels``): 50 MP is a 50 MP camera's or phone's full
+# resolution, 150 MB decoded; a larger header (often a few KB claiming 13377x13377, just
+# under Pillow's own refusal at 179 MP) would cost seconds and gigabytes per decode, in
+# every loader worker at once.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 @dataclass
@@ -72,24 +78,14 @@ class PreflightResult:
     seconds: float = 0.0
 
 
-def header_problem(path: str) -> str | None:
+def header_problem(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why the file at ``path`` is unusable, judged from its header alone; None if it looks fine.
 
-    A JPEG whose marker segments walk cleanly to the start of scan, with an 8-bit frame of a
-    plausible size under Pillow's pixel limit, passes without Pillow (~11 us instead of ~47
-    per file on the 2-core VM: most of a first run's check on a large tree); anything else,
-    and every other format, is opened by Pillow, whose verdict and reason stand.
+    Pillow's ``Image.open`` reads the header only (the pixels are decoded on first use):
+    the format, the size, and whether the header parses at all.
     """
     from PIL import Image
 
-    try:
-        with open(path, "rb") as f:
-            size = _jpeg_size(f.read(_JPEG_HEAD))
-    except OSError as e:
-        return f"{type(e).__name__}: {e}".strip()
-    limit = Image.MAX_IMAGE_PIXELS or math.inf
-    if size is not None and 1 <= size[0] * size[1] <= limit and max(size) <= MAX_SIDE:
-        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -103,52 +99,25 @@ def header_problem(path: str) -> str | None:
         return f"its content is {fmt}, not one of {', '.join(sorted(KNOWN_FORMATS))}"
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         return f"its header claims an implausible size of {w}x{h} pixels"
+    if w * h > max_pixels:
+        return (
+            f"{w}x{h} pixels, over the pixel budget of {max_pixels:,} (max_image_pixels): "
+            "decoding it would take seconds and gigabytes. Downscale it, or raise "
+            "--max-image-pixels"
+        )
     return None
 
 
-# Bytes read for the JPEG walk: the headers of most JPEGs; one with a larger EXIF block (a
-# camera's thumbnail) runs out of bytes and goes to Pillow.
-_JPEG_HEAD = 1 << 14
-# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic-coded), not
-# DHT (C4), JPG (C8) or DAC (CC).
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+def decode_problem(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the file at ``path`` cannot be decoded by ``load_image``; None if it decodes.
 
-
-def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a JPEG's frame header, walking its marker segments up to the
-    start of scan; None where the walk does not end cleanly there (Pillow then judges)."""
-    if head[:2] != b"\xff\xd8":
-        return None
-    i, n, size = 2, len(head), None
-    while i + 4 <= n:
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:  # a fill byte
-            i += 1
-            continue
-        if marker < 0xC0 or 0xD0 <= marker <= 0xD9:  # no length field, or not a marker
-            return None
-        (length,) = struct.unpack_from(">H", head, i + 2)
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if i + 10 > n or size is not None:
-                return None
-            bits, height, width, components = struct.unpack_from(">BHHB", head, i + 4)
-            if bits != 8 or components not in (1, 3, 4):
-                return None
-            size = (width, height)
-        elif marker == 0xDA:  # start of scan: the header is over
-            return size
-        i += 2 + length
-    return None
-
-
-def decode_problem(path: str) -> str | None:
-    """Why the file at ``path`` cannot be decoded by ``load_image``; None if it decodes."""
+    The header is judged first (``header_problem``): a file over the pixel budget is refused
+    before any pixel is decoded.
+    """
     from trainer.data.decode import load_image
 
+    if (problem := header_problem(path, max_pixels)) is not None:
+        return problem
     try:
         load_image(path)
     except Exception as e:
@@ -156,10 +125,23 @@ def decode_problem(path: str) -> str | None:
     return None
 
 
-def check_chunk(paths: Sequence[str], full: bool) -> list[tuple[int, str]]:
+def check_chunk(
+    paths: Sequence[str], full: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[tuple[int, str]]:
     """``(position, reason)`` of the unusable files among ``paths``."""
     check = decode_problem if full else header_problem
-    return [(i, r) for i, p in enumerate(paths) if (r := check(p)) is not None]
+    return [(i, r) for i, p in enumerate(paths) if (r := check(p, max_pixels)) is not None]
+
+
+@dataclass(frozen=True)
+class Check:
+    """``check_chunk`` with its settings bound: what a checking process is sent."""
+
+    full: bool
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __call__(self, paths: Sequence[str]) -> list[tuple[int, str]]:
+        return check_chunk(paths, self.full, self.max_pixels)
 
 
 def preflight(
@@ -169,6 +151,7 @@ def preflight(
     processes: int = 0,
     cache_key: str | None = None,
     cache_dir: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PreflightResult:
     """Check ``paths`` (see the module docstring); returns the unusable ones with why.
 
@@ -179,20 +162,24 @@ def preflight(
             runs in at least one child process, where a native crash cannot end the run.
         cache_key: names the cache file (e.g. the data root); None: no cache.
         cache_dir: where the cache lives; default ``check_cache.default_cache_dir()``.
+        max_pixels: the pixel budget: an image whose header declares more is unusable.
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
     if mode == "none" or not paths:
         return PreflightResult()
     strs = [os.fspath(p) for p in paths]
+    check = Check(mode == "full", max_pixels)
+    if cache_key is not None:  # a verdict holds for one budget
+        cache_key = f"{cache_key}\0max_pixels={max_pixels}"
     if not is_distributed():
-        return _preflight(strs, mode, processes, cache_key, cache_dir)
+        return _preflight(strs, check, processes, cache_key, cache_dir)
     # Local rank 0 checks; the others wait, then read its results from the cache (or check
     # themselves, should it not have been writable).
     first = get_local_rank() == 0
-    result = _preflight(strs, mode, processes, cache_key, cache_dir) if first else None
+    result = _preflight(strs, check, processes, cache_key, cache_dir) if first else None
     barrier()
-    return result or _preflight(strs, mode, processes, cache_key, cache_dir)
+    return result or _preflight(strs, check, processes, cache_key, cache_dir)
 
 
 def check_splits(
@@ -205,6 +192,7 @@ def check_splits(
     max_bad_fraction: float,
     root: Path,
     known_bad: Sequence[tuple[Path, str]] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[dict[str, SampleArray], list[tuple[Path, str]]]:
     """``preflight`` over every split's samples: the splits without the unusable files, and
     ``(path, reason)`` of those.
@@ -217,7 +205,12 @@ def check_splits(
     """
     paths = [p for samples in splits.values() for p in samples.paths()]
     found = preflight(
-        paths, mode=mode, processes=processes, cache_key=cache_key, cache_dir=cache_dir
+        paths,
+        mode=mode,
+        processes=processes,
+        cache_key=cache_key,
+        cache_dir=cache_dir,
+        max_pixels=max_pixels,
     ).bad
     bad_files = [(Path(paths[i]), r) for i, r in found]
     if not bad_files:
@@ -256,26 +249,31 @@ def available_cpus() -> int:
 
 
 def _preflight(
-    paths: list[str], mode: str, processes: int, cache_key: str | None, cache_dir: Path | None
+    paths: list[str],
+    check: Check,
+    processes: int,
+    cache_key: str | None,
+    cache_dir: Path | None,
 ) -> PreflightResult:
     t0 = time.perf_counter()
-    level = FULL if mode == "full" else HEADER
-    size, mtime = check_cache.stat_all(paths)
+    level = FULL if check.full else HEADER
+    stats = check_cache.stat_all(paths)
     where = None
     blob = b""
     if cache_key is not None:
         where = check_cache.cache_file(cache_dir or check_cache.default_cache_dir(), cache_key)
         blob = check_cache.encode_paths(paths)
-        table = check_cache.load(where, paths, blob, size, mtime)
+        table = check_cache.load(where, paths, blob, stats)
     else:
-        table = check_cache.CheckTable.empty(len(paths))
-        table.size[:], table.mtime[:] = size, mtime
+        table = check_cache.CheckTable.empty(stats)
     todo = np.flatnonzero(table.level < level)
-    for i in todo[size[todo] < 0]:
+    for i in todo[stats.size[todo] == check_cache.MISSING]:
         table.set_reason(int(i), "cannot be read: the file vanished or is not accessible")
-    todo = todo[size[todo] >= 0]
+    for i in todo[stats.size[todo] == check_cache.NOT_REGULAR]:
+        table.set_reason(int(i), NOT_REGULAR)
+    todo = todo[stats.size[todo] >= 0]
     table.reason[todo] = -1
-    for i, reason in _run_checks(paths, todo, mode == "full", processes):
+    for i, reason in _run_checks(paths, todo, check, processes):
         table.set_reason(i, reason)
     table.level[np.flatnonzero(table.level < level)] = level
     if where is not None and len(todo):
@@ -285,7 +283,7 @@ def _preflight(
     logger.info(
         "checked %d image %s in %.1f s (%d from the cache), %d unusable",
         result.checked,
-        "files" if mode == "full" else "headers",
+        "files" if check.full else "headers",
         result.seconds,
         result.cached,
         len(bad),
@@ -307,18 +305,29 @@ def progress_bar(total: int, desc: str) -> Any:
 
 
 def _run_checks(
-    paths: list[str], todo: np.ndarray, full: bool, processes: int
+    paths: list[str], todo: np.ndarray, check: Check, processes: int
 ) -> Iterator[tuple[int, str]]:
     """``(index, reason)`` of each unusable file among ``paths[todo]``."""
     with progress_bar(len(todo), "checking images") as bar:
-        if processes <= 0 and not full:
+        if processes <= 0 and not check.full:
             for start in range(0, len(todo), CHUNK):
                 idx = todo[start : start + CHUNK]
-                for j, reason in check_chunk([paths[i] for i in idx], full):
+                for j, reason in check([paths[i] for i in idx]):
                     yield int(idx[j]), reason
                 bar.update(len(idx))
             return
-        yield from _pooled(paths, todo, full, max(1, processes), bar)
+        yield from _pooled(paths, todo, check, max(1, processes), bar)
+
+
+# The pool. Ours, on the standard library's ProcessPoolExecutor, rather than pebble (a new
+# dependency) or the executor alone: when a checker dies, the executor marks the whole pool
+# broken and fails every task in flight, not only the one that crashed; pebble fails only
+# that task, but a task is a chunk of files, so either way the chunk must still be searched
+# for the file that crashed it (one task per file instead would cost a round trip per file,
+# most of a header check). So: on BrokenProcessPool, the pool is replaced, the chunks that
+# were in flight are checked again, each in one fresh process, and a chunk that crashes
+# again is halved until the file is alone (``_isolate``): log2(CHUNK) extra processes per
+# malformed file, none for a tree without one.
 
 
 def _quiet() -> None:
@@ -337,7 +346,7 @@ def _context() -> Any:
 
 
 def _pooled(
-    paths: list[str], todo: np.ndarray, full: bool, processes: int, bar: Any
+    paths: list[str], todo: np.ndarray, check: Check, processes: int, bar: Any
 ) -> Iterator[tuple[int, str]]:
     """The chunks of ``todo`` checked by a process pool, two chunks per process in flight."""
     starts = iter(range(0, len(todo), CHUNK))
@@ -351,7 +360,7 @@ def _pooled(
                 if start is None:
                     break
                 idx = todo[start : start + CHUNK]
-                pending[pool.submit(check_chunk, [paths[i] for i in idx], full)] = idx
+                pending[pool.submit(check, [paths[i] for i in idx])] = idx
             if not pending and not crashed:
                 return
             if pending:
@@ -369,7 +378,7 @@ def _pooled(
             if crashed and not pending:
                 pool.shutdown(wait=True)
                 for idx in crashed:
-                    yield from _isolate(paths, idx, full)
+                    yield from _isolate(paths, idx, check)
                     bar.update(len(idx))
                 crashed = []
                 pool = _new_pool(processes)
@@ -377,9 +386,9 @@ def _pooled(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _isolate(paths: list[str], idx: np.ndarray, full: bool) -> Iterator[tuple[int, str]]:
+def _isolate(paths: list[str], idx: np.ndarray, check: Check) -> Iterator[tuple[int, str]]:
     """Check ``paths[idx]`` in one fresh process; on a crash, halve until the culprit is alone."""
-    found, exitcode = _in_child([paths[i] for i in idx], full)
+    found, exitcode = _in_child([paths[i] for i in idx], check)
     if found is not None:
         for j, reason in found:
             yield int(idx[j]), reason
@@ -389,21 +398,21 @@ def _isolate(paths: list[str], idx: np.ndarray, full: bool) -> Iterator[tuple[in
         yield int(idx[0]), f"crashed the image decoder ({how}): the file is malformed"
     else:
         half = len(idx) // 2
-        yield from _isolate(paths, idx[:half], full)
-        yield from _isolate(paths, idx[half:], full)
+        yield from _isolate(paths, idx[:half], check)
+        yield from _isolate(paths, idx[half:], check)
 
 
-def _child(conn: Connection, paths: list[str], full: bool) -> None:
+def _child(conn: Connection, paths: list[str], check: Check) -> None:
     _quiet()
-    conn.send(check_chunk(paths, full))
+    conn.send(check(paths))
     conn.close()
 
 
-def _in_child(paths: list[str], full: bool) -> tuple[list[tuple[int, str]] | None, int]:
-    """``check_chunk(paths)`` in a child process: its result, or None and the exit code."""
+def _in_child(paths: list[str], check: Check) -> tuple[list[tuple[int, str]] | None, int]:
+    """``check(paths)`` in a child process: its result, or None and the exit code."""
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, paths, full), daemon=True)
+    proc = ctx.Process(target=_child, args=(send, paths, check), daemon=True)
     proc.start()
     send.close()
     try:

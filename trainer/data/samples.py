@@ -42,9 +42,28 @@ class SampleArray(Sequence[tuple[Path, int]]):
         self.targets: np.ndarray = np.array([int(t) for _, t in samples], np.int64)
 
     @classmethod
-    def from_arrays(cls, blob: np.ndarray, offsets: np.ndarray, targets: np.ndarray) -> SampleArray:
-        """The array made of what ``arrays`` returned (e.g. read back from a file)."""
-        if len(offsets) != len(targets) + 1 or (len(targets) and offsets[-1] != len(blob)):
+    def from_arrays(
+        cls,
+        blob: np.ndarray,
+        offsets: np.ndarray,
+        targets: np.ndarray,
+        classes: int | None = None,
+    ) -> SampleArray:
+        """The array made of what ``arrays`` returned (e.g. read back from a file).
+
+        Raises:
+            ValueError: the arrays do not belong together (each path non-empty and ending in
+                the NUL at its end offset), or a target is not in ``range(classes)``.
+        """
+        ends = offsets[1:]
+        if (
+            len(offsets) != len(targets) + 1
+            or offsets[0] != 0
+            or (len(targets) and offsets[-1] != len(blob))
+            or (np.diff(offsets) < 2).any()
+            or (len(targets) and (blob[ends - 1] != 0).any())
+            or (classes is not None and ((targets < 0) | (targets >= classes)).any())
+        ):
             raise ValueError("blob, offsets and targets do not belong together")
         new = cls.__new__(cls)
         new._blob, new._offsets = blob.astype(np.uint8, copy=False), offsets.astype(np.int64)

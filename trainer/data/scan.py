@@ -6,6 +6,7 @@ there (verification, cache, sampler, loaders).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -21,6 +22,8 @@ from trainer.errors import DataError
 logger = logging.getLogger("trainer.data")
 
 VAL_DIR_NAMES: tuple[str, ...] = ("val", "valid", "validation")
+# Why a file named as an image is left out without being opened (opening a FIFO blocks).
+NOT_REGULAR = "not a regular file (a FIFO, socket, device or broken link): skipped unopened"
 
 Sample = tuple[Path, int]
 AnyPath = str | os.PathLike[str]
@@ -38,8 +41,11 @@ class TreeScan:
         ignored_files: non-image files found, in scan order (hidden entries are not listed).
         skipped_links: symlinked folders not followed, with why: a loop back up the tree, or
             a way into another class's folder (following it would take that class's images).
-        folders: every folder whose listing the scan read (an entry added to or removed from
-            any of them changes its mtime; see ``trainer.data.scan_cache``).
+        not_regular: files with an image's name that are not regular files (a FIFO, a
+            socket, a device, a broken link): left out of the samples, never opened.
+        folders: every folder whose listing the scan read.
+        listings: ``listing_digest`` of each of ``folders`` as the scan read it: a stored
+            scan stands while every folder still lists the same (``trainer.data.scan_cache``).
     """
 
     classes: list[str]
@@ -48,18 +54,65 @@ class TreeScan:
     test: Sequence[Sample] = field(default_factory=list)
     ignored_files: list[Path] = field(default_factory=list)
     skipped_links: list[tuple[Path, str]] = field(default_factory=list)
+    not_regular: list[Path] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
+    listings: list[str] = field(default_factory=list)
+
+
+# A folder's entries as the scan reads them: (name, kind), sorted by name. The kind is "d" a
+# folder (links followed), "f" a regular file, "o" anything else; "l" plus the link's target
+# is prefixed for a symlink, whose target decides what the scan follows.
+Entry = tuple[str, str]
+
+
+def read_folder(folder: str) -> list[Entry]:
+    """The entries of ``folder`` (see ``Entry``): one ``scandir``, and no ``stat`` for an
+    entry that is not a symlink.
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    entries = []
+    with os.scandir(folder) as it:
+        for e in it:
+            kind = "d" if e.is_dir() else "f" if e.is_file() else "o"
+            if e.is_symlink():
+                kind = f"l{os.readlink(e.path)}\0{kind}"
+            entries.append((e.name, kind))
+    entries.sort()
+    return entries
+
+
+def listing_digest(entries: Sequence[Entry]) -> str:
+    """A digest of ``read_folder``'s entries: equal digests, equal listings."""
+    text = "\0".join(f"{kind}\0{name}" for name, kind in entries)
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 @dataclass
 class _Walk:
     """State shared by the walks of one scan: real folders entered, every class folder's real
-    path (over all splits), and the links not followed."""
+    path (over all splits), the links not followed and the folders read."""
 
-    class_dirs: set[Path]
+    class_dirs: set[Path] = field(default_factory=set)
     seen: set[Path] = field(default_factory=set)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    not_regular: list[Path] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
+    listings: list[str] = field(default_factory=list)
+
+    def read(self, folder: str | Path) -> list[Entry]:
+        """``read_folder(folder)`` without hidden entries, recorded in ``folders``."""
+        entries = read_folder(str(folder))
+        self.folders.append(str(folder))
+        self.listings.append(listing_digest(entries))
+        return [(name, kind) for name, kind in entries if not _is_hidden(name)]
+
+    def finish(self, scan: TreeScan) -> TreeScan:
+        """``scan`` with what the walks recorded."""
+        scan.skipped_links, scan.not_regular = self.skipped, self.not_regular
+        scan.folders, scan.listings = self.folders, self.listings
+        return scan
 
     def link_problem(self, target: Path, here: Path, own: Path) -> str | None:
         """Why a symlinked folder resolving to ``target`` must not be followed, else None."""
@@ -96,7 +149,9 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
             f"Data path {root} is a file, not a folder. Pass the folder that holds train/ "
             "and val/ (or one folder per class); archives must be extracted first."
         )
-    top = {p.name: p for p in _subdirs(root)}
+    walk = _Walk()
+    root_entries = walk.read(root)
+    top = {p.name: p for p in _subdirs(root, root_entries)}
     if not top:
         raise DataError(
             f"Data folder {root} holds no folders. Expected train/<class>/<images> and "
@@ -106,11 +161,11 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
     val_dir = next((top[n] for n in VAL_DIR_NAMES if n in top), None)
     test_dir = top.get("test")
     if train_dir is None and val_dir is None and test_dir is None:
-        walk = _Walk({d.resolve() for d in top.values()})
-        scan = _scan_unsplit(root, list(top.values()), walk, val_fraction=val_fraction, seed=seed)
-        scan.skipped_links = walk.skipped
-        scan.folders = [str(root), *walk.folders]
-        return scan
+        walk.class_dirs = {d.resolve() for d in top.values()}
+        strays = [root / name for name, kind in root_entries if not kind.endswith("d")]
+        scan = _scan_unsplit(root, list(top.values()), strays, walk, val_fraction=val_fraction,
+                             seed=seed)  # fmt: skip
+        return walk.finish(scan)
     if train_dir is None:
         other = val_dir.name if val_dir is not None else "test"
         raise DataError(
@@ -124,11 +179,10 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
             f"val/<class>/<images>, or move the class folders from {train_dir} up into "
             f"{root} to have them split into train/val automatically."
         )
-    walk = _Walk(
-        {d.resolve() for s in (train_dir, val_dir, test_dir) if s is not None for d in _subdirs(s)}
-    )
-    train, ignored = _scan_split(train_dir, walk)
-    scan = TreeScan(classes=sorted(train), ignored_files=ignored, skipped_links=walk.skipped)
+    splits = {s: walk.read(s) for s in (train_dir, val_dir, test_dir) if s is not None}
+    walk.class_dirs = {d.resolve() for s, entries in splits.items() for d in _subdirs(s, entries)}
+    train, ignored = _scan_split(train_dir, splits[train_dir], walk)
+    scan = TreeScan(classes=sorted(train), ignored_files=ignored)
     if len(scan.classes) < 2:
         raise DataError(
             f"{train_dir} has {len(scan.classes)} class folder(s) "
@@ -141,7 +195,7 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
     for split_dir, split in ((val_dir, "val"), (test_dir, "test")):
         if split_dir is None:
             continue
-        found, ignored = _scan_split(split_dir, walk)
+        found, ignored = _scan_split(split_dir, splits[split_dir], walk)
         scan.ignored_files += ignored
         unknown = sorted(set(found) - set(scan.classes))
         if unknown:
@@ -160,15 +214,13 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
             )
         samples = [(p, to_idx[c]) for c in scan.classes for p in found.get(c, [])]
         setattr(scan, split, SampleArray(samples))
-    splits = [str(d) for d in (train_dir, val_dir, test_dir) if d is not None]
-    scan.folders = [str(root), *splits, *walk.folders]
-    return scan
+    return walk.finish(scan)
 
 
 def has_split_folders(root: Path) -> bool:
     """Whether ``root`` holds ``train/``, ``val/`` (or an alias) or ``test/``; False for a tree
     of class folders, which ``scan_tree`` splits with a seed and a fraction."""
-    names = {p.name for p in _subdirs(root)} if root.is_dir() else set()
+    names = {p.name for p in _subdirs(root, _Walk().read(root))} if root.is_dir() else set()
     return bool(names & {"train", "test", *VAL_DIR_NAMES})
 
 
@@ -212,59 +264,58 @@ def _walk_images(folder: Path, walk: _Walk) -> tuple[list[str], list[Path]]:
     paths), so two links to the same folder never count images twice. A link back up the tree
     or into another class's folder is not followed, and is recorded in ``walk.skipped``: it
     would loop, or hand this class another class's images (and leave that class without).
+    A file with an image's name that is not a regular file goes to ``walk.not_regular``.
     """
     images: list[str] = []
     ignored: list[Path] = []
     own = folder.resolve()
+    todo = [(str(folder), own)]
     walked = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        walk.folders.append(dirpath)
-        here = Path(dirpath)
-        real = own if walked == 0 else here.resolve()
-        walked += 1
+    while todo:
+        dirpath, real = todo.pop()
         if real in walk.seen:
-            dirnames[:] = []
             continue
         walk.seen.add(real)
-        kept = []
-        for d in sorted(dirnames):
-            link = here / d
-            problem = None
-            if not _is_hidden(d) and link.is_symlink():
-                problem = walk.link_problem(link.resolve(), real, own)
-            if problem is not None:
-                walk.skipped.append((link, problem))
-                logger.warning("Not following the symlink %s: %s.", link, problem)
-            elif not _is_hidden(d):
-                kept.append(d)
-        dirnames[:] = kept
+        walked += 1
+        here = Path(dirpath)
+        subdirs = []
         # Per file only string work, no Path: on a 1.28 M-image tree this loop is the scan.
-        for name in sorted(filenames):
-            if _is_hidden(name):
-                continue
-            ext = os.path.splitext(name)[1].lower()
-            if ext in IMG_EXTENSIONS:
+        for name, kind in walk.read(dirpath):
+            if kind.endswith("d"):
+                link = here / name
+                target = link.resolve() if kind.startswith("l") else None
+                problem = None if target is None else walk.link_problem(target, real, own)
+                if problem is not None:
+                    walk.skipped.append((link, problem))
+                    logger.warning("Not following the symlink %s: %s.", link, problem)
+                else:
+                    subdirs.append((os.path.join(dirpath, name), target or real / name))
+            elif os.path.splitext(name)[1].lower() not in IMG_EXTENSIONS:
+                ignored.append(here / name)
+            elif kind.endswith("f"):
                 images.append(os.path.join(dirpath, name))
             else:
-                ignored.append(here / name)
+                walk.not_regular.append(here / name)
+        todo += reversed(subdirs)  # depth first, in name order
     # One folder's files are already in order; only images from subfolders need the sort.
     return (images if walked == 1 else sorted(images, key=path_order)), ignored
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+def _subdirs(folder: Path, entries: Sequence[Entry]) -> list[Path]:
+    return [folder / name for name, kind in entries if kind.endswith("d")]
 
 
-def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[str]], list[Path]]:
+def _scan_split(
+    split_dir: Path, entries: Sequence[Entry], walk: _Walk
+) -> tuple[dict[str, list[str]], list[Path]]:
     """Images per class folder of ``split_dir``, and the non-image files found."""
     found: dict[str, list[str]] = {}
     ignored_files: list[Path] = []
-    for entry in sorted(split_dir.iterdir()):
-        if _is_hidden(entry.name):
-            continue
-        if entry.is_dir():
+    for name, kind in entries:
+        entry = split_dir / name
+        if kind.endswith("d"):
             images, ignored = _walk_images(entry, walk)
-            found[entry.name] = images
+            found[name] = images
             ignored_files += ignored
         else:
             # A stray file next to the class folders has no class; report, don't guess.
@@ -273,7 +324,13 @@ def _scan_split(split_dir: Path, walk: _Walk) -> tuple[dict[str, list[str]], lis
 
 
 def _scan_unsplit(
-    root: Path, class_dirs: list[Path], walk: _Walk, *, val_fraction: float, seed: int
+    root: Path,
+    class_dirs: list[Path],
+    strays: list[Path],
+    walk: _Walk,
+    *,
+    val_fraction: float,
+    seed: int,
 ) -> TreeScan:
     found: dict[str, list[str]] = {}
     ignored_files: list[Path] = []
@@ -281,7 +338,7 @@ def _scan_unsplit(
         images, ignored = _walk_images(d, walk)
         found[d.name] = images
         ignored_files += ignored
-    ignored_files += sorted(p for p in root.iterdir() if p.is_file() and not _is_hidden(p.name))
+    ignored_files += strays
     classes = sorted(found)
     if len(classes) < 2:
         raise DataError(

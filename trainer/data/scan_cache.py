@@ -1,29 +1,27 @@
 """The tree scan's result on disk: a second run, a resume or another DDP rank skips the walk.
 
-Stored beside the image checks' results (``check_cache.default_cache_dir()``), one file per
-tree root (and, for a tree split by seed, per ``val_fraction`` and ``seed``): each split's
-samples as ``SampleArray`` arrays, the classes, the ignored files, the links not followed and
-the scan's log lines; and every folder whose listing the scan read, with its mtime and inode.
+Stored beside the image checks' results (``check_cache.default_cache_dir()``), in the start-up
+caches' one format (``trainer.data.cache_store``), one file per tree root (and, for a tree split
+by seed, per ``val_fraction`` and ``seed``): each split's samples as ``SampleArray`` arrays,
+the classes, the ignored files, the links not followed, the non-regular files, the scan's log
+lines, and every folder whose listing the scan read with a digest of that listing.
 
-Adding, removing or renaming an entry changes the mtime of the folder that holds it, so an
-added or removed image or class folder makes a stored scan stale: it is used only while every
-one of its folders still has the stored mtime and inode, otherwise the tree is walked again.
-A scan is not stored when one of its folders changed within ``RACY_SECONDS`` before the scan
-started: an entry added in the same tick of the file system's clock could leave that mtime as
-it was (the "racy" case git also guards against). A file rewritten in place changes no folder,
-but its own size and mtime, which the image check compares file by file (``check_cache``).
+A stored scan is used only while every one of its folders still lists the same entries (names,
+kinds and link targets, ``scan.read_folder``), re-read on every load; otherwise the tree is
+walked again. Folder mtimes are not trusted: an update extracted from an archive with
+normalised mtimes (``tar --mtime=...``) over the old copy leaves them as they were, and a
+change within the file system's clock tick leaves them too. Re-reading the listings costs
+one ``scandir`` per folder, far less than the walk (which also builds every path, splits and
+sorts). A file rewritten in place changes no listing; the image check compares each file's
+version (``check_cache``) and checks the changed ones again.
 
 Loading one takes no Python object per image: 1.28 M samples are a few numpy arrays.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,17 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data import check_cache
+from trainer.data import cache_store, check_cache
 from trainer.data.samples import SampleArray
-from trainer.data.scan import Sample, TreeScan, scan_tree
+from trainer.data.scan import Sample, TreeScan, listing_digest, read_folder, scan_tree
 from trainer.distributed import get_local_rank
-from trainer.io import atomic_write_bytes
 
 logger = logging.getLogger("trainer.data")
 
-RACY_SECONDS = 2.0  # coarser than any file system's mtime tick (FAT's is 2 s)
-_FORMAT = 1  # bump when the layout changes: an old file is then ignored
+_KIND, _VERSION = "scan", 2  # bump the version when the layout changes
 _SPLITS = ("train", "val", "test")
+_ARRAYS = ("blob", "offsets", "targets")
+_DTYPES = {f"{s}_{a}": ("uint8" if a == "blob" else "int64") for s in _SPLITS for a in _ARRAYS}
 
 
 def scan_file(cache_dir: Path, root: Path, val_fraction: float, seed: int) -> Path:
@@ -53,7 +51,7 @@ def scan_file(cache_dir: Path, root: Path, val_fraction: float, seed: int) -> Pa
 def cached_scan(
     root: Path, *, val_fraction: float, seed: int, cache_dir: Path | None = None
 ) -> TreeScan:
-    """``scan_tree(root, ...)``, read from the cache while the tree's folders are unchanged;
+    """``scan_tree(root, ...)``, read from the cache while the tree's folders list the same;
     the samples of every split as ``SampleArray``.
 
     Raises:
@@ -63,13 +61,12 @@ def cached_scan(
     scan = load(where)
     if scan is not None:
         return scan
-    started = time.time_ns()
     with _recorded(logger) as lines:
         scan = scan_tree(root, val_fraction=val_fraction, seed=seed)
     for split in _SPLITS:
         setattr(scan, split, as_sample_array(getattr(scan, split)))
     if get_local_rank() == 0:  # one writer per machine, as for the check results
-        save(where, scan, lines, started)
+        save(where, scan, lines)
     return scan
 
 
@@ -77,81 +74,93 @@ def as_sample_array(samples: Sequence[Sample]) -> SampleArray:
     return samples if isinstance(samples, SampleArray) else SampleArray(samples)
 
 
-def _stats(folders: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """mtimes (ns) and inodes of ``folders``; None if one of them is gone."""
-    mtime, ino = np.zeros(len(folders), np.int64), np.zeros(len(folders), np.int64)
-    for i, folder in enumerate(folders):
+def unchanged(folders: Sequence[str], listings: Sequence[str]) -> bool:
+    """Whether every one of ``folders`` still lists what its digest in ``listings`` says."""
+    for folder, digest in zip(folders, listings, strict=True):
         try:
-            st = os.stat(folder)
+            if listing_digest(read_folder(folder)) != digest:
+                return False
         except OSError:
-            return None
-        mtime[i], ino[i] = st.st_mtime_ns, st.st_ino
-    return mtime, ino
-
-
-def save(path: Path, scan: TreeScan, lines: list[tuple[int, str]], started_ns: int) -> bool:
-    """Store ``scan`` (its splits ``SampleArray``) at ``path``; False when it is too fresh to
-    trust (see the module docstring) or the folder is not writable."""
-    stats = _stats(scan.folders)
-    if stats is None or (stats[0] > started_ns - int(RACY_SECONDS * 1e9)).any():
-        return False
-    arrays: dict[str, Any] = {}
-    for split in _SPLITS:
-        samples = getattr(scan, split)
-        assert isinstance(samples, SampleArray)
-        for name, array in zip(("blob", "offsets", "targets"), samples.arrays(), strict=True):
-            arrays[f"{split}_{name}"] = array
-    extra = {
-        "classes": scan.classes,
-        "ignored_files": [str(p) for p in scan.ignored_files],
-        "skipped_links": [[str(p), why] for p, why in scan.skipped_links],
-        "log": lines,
-    }
-    buf = io.BytesIO()
-    arrays["format"] = np.array(_FORMAT)
-    arrays["folders"] = np.frombuffer(check_cache.encode_paths(scan.folders), np.uint8)
-    arrays["mtime"], arrays["ino"] = stats
-    arrays["extra"] = np.frombuffer(json.dumps(extra).encode(), np.uint8)
-    np.savez(buf, **arrays)
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as e:
-        logger.debug("cannot write the scan cache %s: %s", path, e)
-        return False
+            return False
     return True
 
 
+def save(path: Path, scan: TreeScan, lines: list[tuple[int, str]]) -> bool:
+    """Store ``scan`` (its splits ``SampleArray``) at ``path``; False when the folder is not
+    writable."""
+    arrays: dict[str, np.ndarray] = {}
+    for split in _SPLITS:
+        samples = getattr(scan, split)
+        assert isinstance(samples, SampleArray)
+        for name, array in zip(_ARRAYS, samples.arrays(), strict=True):
+            arrays[f"{split}_{name}"] = array
+    meta = {
+        "classes": scan.classes,
+        "ignored_files": [str(p) for p in scan.ignored_files],
+        "skipped_links": [[str(p), why] for p, why in scan.skipped_links],
+        "not_regular": [str(p) for p in scan.not_regular],
+        "folders": scan.folders,
+        "listings": scan.listings,
+        "log": lines,
+    }
+    return cache_store.write(path, _KIND, _VERSION, arrays, meta)
+
+
 def load(path: Path) -> TreeScan | None:
-    """The scan stored at ``path`` if every folder it read is as it was; else None."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != _FORMAT:
-                return None
-            folders = os.fsdecode(z["folders"].tobytes()).split("\0")
-            stats = _stats(folders)
-            if stats is None:
-                return None
-            if not (np.array_equal(stats[0], z["mtime"]) and np.array_equal(stats[1], z["ino"])):
-                return None
-            extra = json.loads(z["extra"].tobytes())
-            splits = {
-                s: SampleArray.from_arrays(z[f"{s}_blob"], z[f"{s}_offsets"], z[f"{s}_targets"])
-                for s in _SPLITS
-            }
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        if not isinstance(e, FileNotFoundError):
-            logger.debug("ignoring the scan cache %s: %s", path, e)
+    """The scan stored at ``path`` if every folder it read lists the same; else None (also
+    for a file that is damaged, crafted or inconsistent)."""
+    stored = cache_store.read(path, _KIND, _VERSION, _DTYPES)
+    if stored is None:
         return None
-    for level, message in extra["log"]:  # what the walk said, said again
+    z, meta = stored
+    try:
+        scan = _from_stored(z, meta)
+    except (TypeError, ValueError, KeyError, IndexError) as e:
+        logger.debug("ignoring the scan cache %s: %s", path, e)
+        return None
+    if not unchanged(scan.folders, scan.listings):
+        return None
+    for level, message in meta["log"]:  # what the walk said, said again
         logger.log(level, "%s", message)
+    return scan
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("not a list of strings")
+    return value
+
+
+def _from_stored(z: dict[str, np.ndarray], meta: Any) -> TreeScan:
+    """The ``TreeScan`` held by a stored file's arrays and metadata; raises on anything
+    inconsistent (TypeError, ValueError, KeyError or IndexError)."""
+    classes = _strings(meta["classes"])
+    folders, listings = _strings(meta["folders"]), _strings(meta["listings"])
+    if len(folders) != len(listings) or not folders:
+        raise ValueError("folders and listings do not match")
+    links = meta["skipped_links"]
+    if not isinstance(links, list) or not all(len(_strings(x)) == 2 for x in links):
+        raise TypeError("skipped_links")
+    log = meta["log"]
+    if not isinstance(log, list) or not all(
+        isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+        for x in log
+    ):
+        raise TypeError("log")
+    splits = {}
+    for s in _SPLITS:
+        blob, offsets, targets = (z[f"{s}_{a}"] for a in _ARRAYS)
+        splits[s] = SampleArray.from_arrays(blob, offsets, targets, classes=len(classes))
     return TreeScan(
-        classes=list(extra["classes"]),
+        classes=list(classes),
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        ignored_files=[Path(p) for p in extra["ignored_files"]],
-        skipped_links=[(Path(p), why) for p, why in extra["skipped_links"]],
+        ignored_files=[Path(p) for p in _strings(meta["ignored_files"])],
+        skipped_links=[(Path(p), why) for p, why in links],
+        not_regular=[Path(p) for p in _strings(meta["not_regular"])],
         folders=folders,
+        listings=listings,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,10 @@ BAD_CSV = [
     # The same label twice: refused all the same (it would be drawn twice as often).
     ("path,label\nimages/a/0.png,a\nimages/b/0.png,b\nimages/a/0.png,a\n",
      ":4: .* is listed again .*:2"),
+    ("path,label\nimages/a/0.png,a\nimages/b/../a/0.png,b\n",
+     ":3: .*b/../a/0.png is listed again \\(first at .*:2 as .*images/a/0.png\\)"),
+    ("path,label\nimages/a/9.png,a\nimages/b/../a/9.png,b\n", ":3: .* is listed again .*:2"),
+    ("path,label,path\nimages/a/0.png,a,images/b/0.png\n", ":1: .* column\\(s\\) 'path' more than once"),
     ("path,label,split\nimages/a/0.png,a,train\nimages/b/0.png,b,train\n"
      "images/a/1.png,zebra,val\n", ":4: label 'zebra' has no training row"),
     ("path,label\nimages/a/0.png,a\nimages/a/1.png,a\n", "1 label.*at least two"),
@@ -114,6 +119,7 @@ BAD_JSONL = [
      '{"path": "images/a/0.png", "label": "a"}\n', ":3: .* is listed again .*:1"),
     ('{"path": "images/a/0.png", "label": ["a", "b"]}\n', ":1: label .* is a list"),
     ('{"path": "", "label": "a"}\n', ":1: empty or non-text image path"),
+    ('{"path": "images/a/0.png", "label": ' + "9" * 5000 + "}\n", ":1: cannot be read as JSON"),
 ]  # fmt: skip
 
 
@@ -130,6 +136,23 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path, name: str, text: str, m
     assert str(labels) in str(info.value)
 
 
+def test_a_symlink_to_a_listed_image_is_the_same_image(tmp_path: Path) -> None:
+    make_tree(tmp_path / "images", {"a": 2, "b": 2}, splits=())
+    (tmp_path / "images" / "b" / "alias.png").symlink_to(tmp_path / "images" / "a" / "0.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nimages/a/0.png,a\nimages/b/alias.png,b\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r":3: .*alias.png is listed again \(first at .*:2 as "):
+        small_data(labels)
+
+
+def test_a_fifo_listed_as_an_image_is_skipped_unopened(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path, {"a": 10, "b": 10}, splits=())
+    os.mkfifo(tree / "a" / "x.png")
+    labels = write_labels(tmp_path / "labels.csv", [*tree_rows(tree, split=False)])
+    data = small_data(labels, max_bad_fraction=0.1, verify="none")  # this layer alone
+    assert [(p.name, "not a regular file" in r) for p, r in data.bad_files] == [("x.png", True)]
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_missing_images_are_dropped_and_reported_or_an_error_past_the_limit(
     tmp_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
@@ -139,7 +162,7 @@ def test_missing_images_are_dropped_and_reported_or_an_error_past_the_limit(
     rows.insert(3, {"path": "a/gone.png", "label": "a"})
     labels = write_labels(tmp_path / f"labels{suffix}", rows)
     with caplog.at_level(logging.WARNING, logger="trainer.data"):
-        data = small_data(labels, max_bad_fraction=0.1)
+        data = small_data(labels, max_bad_fraction=0.1, verify="none")  # this layer alone
     assert f"labels{suffix}:{5 if suffix == '.csv' else 4}" in caplog.text
     assert sum(map(len, data.class_counts.values())) and len(data.bad_files) == 1
     report = data.report()["bad_files"]

@@ -1,14 +1,17 @@
 """The start-up check: headers or full decodes, in bounded parallel chunks, native crashes
-contained, results cached by (path, size, mtime) and shared by DDP ranks."""
+contained, results cached by path and file version and shared by DDP ranks."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -91,32 +94,55 @@ def _jpegs(folder: Path) -> list[Path]:
     return files
 
 
-def test_the_fast_jpeg_header_walk_gives_pillows_verdict(
+def test_the_header_check_gives_pillows_verdict_on_jpegs(tmp_path: Path) -> None:
+    bad = _bad_names(_jpegs(tmp_path), mode="header")
+    assert set(bad) == {"wrong_header.jpg", "bad_length.jpg", "twelve_bit.jpg", "two_layers.jpg"}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` (its data would not decode)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_budget_is_refused_before_any_decode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = _jpegs(tmp_path)
-    fast = {p.name: pf.header_problem(str(p)) is None for p in files}
-    monkeypatch.setattr(pf, "_jpeg_size", lambda head: None)  # every file to Pillow
-    assert fast == {p.name: pf.header_problem(str(p)) is None for p in files}
-    assert fast["good.jpg"] and fast["progressive.jpg"] and not fast["wrong_header.jpg"]
-    assert not fast["twelve_bit.jpg"] and not fast["two_layers.jpg"]
+    # 13377 x 13377 is just under Pillow's own refusal (twice MAX_IMAGE_PIXELS): decoding it
+    # would take seconds and 2.4 GB. A file of a few hundred bytes claims it.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(13377, 13377))
+    assert huge.stat().st_size < 1200
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    paths = [huge, tmp_path / "small.png"]
+    bad = _bad_names(paths, mode="header")
+    assert list(bad) == ["huge.png"] and "13377x13377" in bad["huge.png"]
+    assert "--max-image-pixels" in bad["huge.png"]
+    # A budget below the small image's 64 pixels refuses it too; the cache keeps them apart.
+    tight = _bad_names(paths, mode="header", max_pixels=63, cache_key="k", cache_dir=tmp_path)
+    assert set(tight) == {"huge.png", "small.png"}
+    assert list(_bad_names(paths, mode="header", cache_key="k", cache_dir=tmp_path)) == ["huge.png"]
+
+    # The full check judges the header first: the decoder never sees the file.
+    def no_decode(path: Any, **kwargs: Any) -> Any:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr("trainer.data.decode.load_image", no_decode)
+    assert "13377x13377" in str(pf.decode_problem(str(huge)))
 
 
-def test_a_plain_jpeg_passes_without_pillow_and_a_bomb_still_goes_to_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
-    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
-
-    def no_pillow(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("Pillow opened the file")
-
-    monkeypatch.setattr(Image, "open", no_pillow)
-    assert pf.header_problem(str(tmp_path / "a.jpg")) is None
-    assert "Pillow opened" in str(pf.header_problem(str(tmp_path / "a.png")))
-    monkeypatch.undo()
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40 x 30 = 1,200 pixels
-    assert "too large" in str(pf.header_problem(str(tmp_path / "a.jpg")))
+def test_a_fifo_named_like_an_image_is_reported_without_being_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)  # opening it would block until a writer comes: the check must not
+    Image.new("RGB", (8, 8)).save(tmp_path / "y.png")
+    for mode, processes in (("header", 0), ("full", 1)):
+        bad = _bad_names([fifo, tmp_path / "y.png"], mode=mode, processes=processes)
+        assert list(bad) == ["x.jpg"] and "not a regular file" in bad["x.jpg"]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -138,10 +164,10 @@ def test_a_crash_is_pinned_on_its_file_among_many(tmp_path: Path, monkeypatch: A
     victims = {paths[5].name, paths[70].name}
     real = pf.decode_problem
 
-    def decode_or_die(path: str) -> str | None:
+    def decode_or_die(path: str, max_pixels: int) -> str | None:
         if Path(path).parent.name == "a" and Path(path).name in victims:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return real(path)
+        return real(path, max_pixels)
 
     monkeypatch.setattr(pf, "decode_problem", decode_or_die)  # the forked checkers inherit it
     monkeypatch.setattr(pf, "CHUNK", 8)
@@ -230,6 +256,64 @@ def test_cached_results_follow_the_path_not_the_position(tmp_path: Path) -> None
     data = small_data(root, max_bad_fraction=0.5)
     assert [p for p, _ in data.bad_files] == [renamed]
     assert renamed not in [p for p, _ in data.train_samples]
+
+
+def test_a_file_corrupted_in_place_with_its_size_and_mtime_kept_is_checked_again(
+    tmp_path: Path,
+) -> None:
+    # Bit rot, or a tool that puts the mtime back: size and mtime as they were, the ctime not.
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2}, size=(4, 4), splits=())
+    paths = sorted(root.rglob("*.png"))
+    cache = tmp_path / "cache"
+    assert preflight(paths, cache_key="k", cache_dir=cache).checked == len(paths)
+    st = paths[0].stat()
+    paths[0].write_bytes(damage("png", "wrong_header", paths[0].read_bytes()))
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (paths[0].stat().st_size, paths[0].stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = preflight(paths, cache_key="k", cache_dir=cache)
+    assert (again.checked, [i for i, _ in again.bad]) == (1, [0])
+
+
+def _rewrite_checks(stored: Path, how: str) -> None:
+    """Rewrite the stored check results, damaged as ``how`` says, as a well-formed archive."""
+    import io
+
+    with np.load(stored) as f:
+        z = {k: f[k] for k in f.files}
+    header = json.loads(z["header"].tobytes())
+    if how == "reason out of range":
+        z["reason"] = np.full_like(z["reason"], 99)
+    elif how == "level out of range":
+        z["level"] = np.full_like(z["level"], 9)
+    elif how == "arrays of unequal length":
+        z["size"] = z["size"][:1]
+    elif how == "reasons not a list":
+        header["meta"] = {"a": 1}
+    elif how == "paths not matching the arrays":
+        z["paths"] = np.frombuffer(b"x\0y", np.uint8)
+    elif how == "an array of another dtype":
+        z["mtime"] = z["mtime"].astype(np.float64)
+    z["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **z)
+    stored.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["reason out of range", "level out of range", "arrays of unequal length",
+     "reasons not a list", "paths not matching the arrays", "an array of another dtype"],
+)  # fmt: skip
+def test_a_crafted_cache_file_means_checking_again(tmp_path: Path, how: str) -> None:
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2}, size=(4, 4), splits=())
+    (root / "a" / "9.png").write_bytes(b"broken")
+    paths = sorted(root.rglob("*.*"))
+    cache = tmp_path / "cache"
+    first = preflight(paths, cache_key="k", cache_dir=cache)
+    (stored,) = cache.glob("*.npz")
+    _rewrite_checks(stored, how)
+    again = preflight(paths, cache_key="k", cache_dir=cache)
+    assert (again.checked, again.bad) == (len(paths), first.bad)
 
 
 def test_an_unwritable_cache_only_costs_a_second_check(tmp_path: Path) -> None:

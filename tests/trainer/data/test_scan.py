@@ -166,3 +166,20 @@ def test_images_in_subfolders_are_in_path_order(tmp_path: Path) -> None:
     for samples in (split.train, split.val):
         cats = [p for p, t in samples if t == 0]
         assert cats == sorted(cats) and len(cats) >= 2
+
+
+@pytest.mark.parametrize("verify", ["header", "none"])
+def test_a_fifo_named_like_an_image_is_listed_not_opened(tmp_path: Path, verify: str) -> None:
+    # Opening a FIFO blocks until something writes to it: the start-up check would hang.
+    make_tree(tmp_path, {"a": 10, "b": 10})
+    fifo = tmp_path / "train" / "a" / "x.jpg"
+    os.mkfifo(fifo)
+    data = small_data(tmp_path, verify=verify, max_bad_fraction=0.1)
+    assert fifo not in [p for p, _ in data.train_samples]
+    assert data.class_counts["train"] == [10, 10]
+    report = json.loads(json.dumps(data.report()))  # what data_report.json holds
+    assert [(r["path"], "not a regular file" in r["reason"]) for r in report["bad_files"]] == [
+        (str(fifo), True)
+    ]
+    again = small_data(tmp_path, verify=verify, max_bad_fraction=0.1)  # the stored scan
+    assert json.loads(json.dumps(again.report()))["bad_files"] == report["bad_files"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +146,53 @@ def test_a_file_changed_in_place_is_checked_again(tmp_path: Path, no_walk: None)
     assert changed not in [p for p, _ in data.train_samples]
 
 
-def test_a_tree_changed_just_before_the_scan_is_not_stored(tmp_path: Path) -> None:
-    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"  # written just now
-    _scan(tree, cache)
-    assert not list(cache.glob("*.scan.npz"))
-    _age(tree)
-    _scan(tree, cache)
-    assert len(list(cache.glob("*.scan.npz"))) == 1
+def test_an_update_extracted_with_normalised_mtimes_is_seen(tmp_path: Path) -> None:
+    # A reproducible archive (tar --mtime=...) extracted over the old copy adds a class and
+    # an image, and leaves every folder's mtime (and inode) as it was.
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    assert _scan(tree, cache).classes == ["bird", "cat", "dog"]
+    folders = [Path(d) for d, _, _ in os.walk(tree)]
+    before = {d: (d.stat().st_atime_ns, d.stat().st_mtime_ns, d.stat().st_ino) for d in folders}
+    for split in ("train", "val"):
+        (tree / split / "eel").mkdir()
+        _png(tree / split / "eel" / "0.png")
+    _png(tree / "train" / "cat" / "new.png")
+    for d, (atime, mtime, _) in before.items():
+        os.utime(d, ns=(atime, mtime))
+    assert {d: (d.stat().st_mtime_ns, d.stat().st_ino) for d in folders} == {
+        d: (m, i) for d, (_, m, i) in before.items()
+    }
+    scan = _scan(tree, cache)
+    assert scan.classes == ["bird", "cat", "dog", "eel"]
+    assert (tree / "train" / "cat" / "new.png", 1) in scan.train
+
+
+def test_a_change_made_while_the_tree_is_scanned_is_seen_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What is stored is what the walk read: an image added after the walk read its folder,
+    # before the scan was stored, makes the stored scan stale at once, whatever the clock.
+    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"
+    late = tree / "train" / "cat" / "late.png"
+
+    def scan_then_add(*args: Any, **kwargs: Any) -> Any:
+        scan = scan_tree(*args, **kwargs)
+        _png(late)
+        return scan
+
+    monkeypatch.setattr(scan_cache, "scan_tree", scan_then_add)
+    assert late not in [p for p, _ in _scan(tree, cache).train]
+    monkeypatch.setattr(scan_cache, "scan_tree", scan_tree)
+    assert late in [p for p, _ in _scan(tree, cache).train]
+
+
+def test_a_tree_written_just_now_is_stored_and_read_back(tmp_path: Path, no_walk: None) -> None:
+    # No clock is trusted, so no waiting period either: the listings tell any change.
+    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_cache, "scan_tree", scan_tree)
+        first = _scan(tree, cache)
+    assert _scan(tree, cache).train == first.train  # no_walk: read back
 
 
 def test_a_tree_split_by_seed_is_stored_per_seed_and_fraction(tmp_path: Path) -> None:
@@ -162,10 +205,77 @@ def test_a_tree_split_by_seed_is_stored_per_seed_and_fraction(tmp_path: Path) ->
     assert len(list(cache.glob("*.scan.npz"))) == 3
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def _npy() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04 truncated", b"not a zip at all", _npy()]
+)
 def test_a_damaged_cache_file_means_a_fresh_scan(tmp_path: Path, content: bytes) -> None:
     tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
     expected = _scan(tree, cache)
     (stored,) = cache.glob("*.scan.npz")
     stored.write_bytes(content)
     assert _scan(tree, cache).train == expected.train
+
+
+def _crafted(z: dict[str, Any], meta: dict[str, Any], how: str) -> None:
+    """Damage a stored scan's arrays or metadata (in place) as ``how`` says."""
+    n = len(z["train_targets"])
+    if how == "target out of range":
+        z["train_targets"] = np.full(n, 7, np.int64)
+    elif how == "offsets past the blob":
+        z["train_offsets"] = z["train_offsets"] * 1000
+    elif how == "offsets not rising":
+        z["val_offsets"] = z["val_offsets"][::-1].copy()
+    elif how == "an array of another dtype":
+        z["test_targets"] = z["test_targets"].astype(np.float64)
+    elif how == "an array of another shape":
+        z["train_targets"] = z["train_targets"].reshape(1, -1)
+    elif how == "an array missing":
+        del z["val_blob"]
+    elif how == "classes not strings":
+        meta["classes"] = [1, 2, 3]
+    elif how == "metadata not an object":
+        meta.clear()
+    elif how == "listings cut short":
+        meta["listings"] = meta["listings"][:1]
+    elif how == "log lines malformed":
+        meta["log"] = [["INFO", 3]]
+
+
+CRAFTS = ["target out of range", "offsets past the blob", "offsets not rising",
+          "an array of another dtype", "an array of another shape", "an array missing",
+          "classes not strings", "metadata not an object", "listings cut short",
+          "log lines malformed", "compressed", "another version"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", CRAFTS)
+def test_a_crafted_cache_file_means_a_fresh_scan(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    expected = _scan(tree, cache)
+    (stored,) = cache.glob("*.scan.npz")
+    with np.load(stored) as f:
+        z = {k: f[k] for k in f.files}
+    header = json.loads(z.pop("header").tobytes())
+    _crafted(z, header["meta"], how)
+    if how == "another version":
+        header["version"] += 1
+    z["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    (np.savez_compressed if how == "compressed" else np.savez)(buf, **z)
+    stored.write_bytes(buf.getvalue())
+    with zipfile.ZipFile(stored) as check:  # the crafted file is a well-formed archive
+        assert check.testzip() is None
+    walks = []
+    monkeypatch.setattr(scan_cache, "scan_tree", lambda *a, **k: walks.append(1) or scan_tree(*a, **k))
+    scan = _scan(tree, cache)  # no exception: a fresh scan
+    assert walks == [1]
+    assert scan.classes == expected.classes
+    for split in ("train", "val", "test"):
+        assert getattr(scan, split) == getattr(expected, split)
