@@ -9,22 +9,45 @@ reads it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import torch
+from torch import nn
 
 from trainer.checkpoint import check_resumable, load_checkpoint
 from trainer.distributed import all_gather_object, rank_seed
-from trainer.hook import hook_keys
+from trainer.ema import ModelEMA
+from trainer.hook import Hook, hook_keys
 from trainer.rng import get_rng_state, rank_rng_state, seed_everything
-
-if TYPE_CHECKING:
-    from trainer.engine import Engine
-    from trainer.state import EngineState
+from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
 
 
-def engine_checkpoint(engine: Engine) -> dict[str, Any]:
+class Resumable(Protocol):
+    """What these functions read and restore (``Engine`` is one)."""
+
+    model: nn.Module
+    ema: ModelEMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    state: EngineState
+    hooks: list[Hook]
+    data: Any
+    args: dict[str, Any]
+    precision: str
+    world_size: int
+    rank: int
+    seed: int
+
+    @property
+    def train_loader(self) -> Iterable[Any]: ...
+
+
+def engine_checkpoint(engine: Resumable) -> dict[str, Any]:
     """Everything needed to resume ``engine`` exactly. Under DDP every rank calls it: it
     gathers each rank's RNG state (``rng_per_rank``)."""
     sampler: Any = getattr(engine.train_loader, "sampler", None)
@@ -50,7 +73,7 @@ def engine_checkpoint(engine: Engine) -> dict[str, Any]:
 
 
 def restore_engine(
-    engine: Engine, path: str | Path
+    engine: Resumable, path: str | Path
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load the checkpoint at ``path`` into ``engine``: model, EMA, optimizer, scheduler,
     scaler, state, sampler and hooks.
