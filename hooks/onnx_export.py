@@ -141,4 +141,3 @@ class OnnxExportHook(Hook):
         model = copy.deepcopy(engine.model)
         model.load_state_dict(state)
         return model.eval(), weights, str(best)
-

@@ -17,9 +17,12 @@ One fit, top to bottom::
 Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
 
 Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the same loop runs in every
-process: the engine joins the process group, trains through DistributedDataParallel, each rank
-validates its shard of the split and the metrics are summed over ranks, so every rank holds the
-same ``state``. Hooks run on every rank; those that write files or print do so on rank 0 only.
+process: the engine joins the process group (and leaves it at exit if it joined it; call
+``trainer.distributed.init_distributed`` first to shard the data from the start), trains through
+DistributedDataParallel, each rank validates its shard of the split and the metrics are summed
+over ranks, so every rank holds the same ``state``. Give every rank the same hooks (some reduce
+over ranks); those that write files or print do so on rank 0 only. A stop asked on any rank
+stops every rank after the same step (``trainer.signals.StopRequests``).
 """
 
 from __future__ import annotations
@@ -32,17 +35,17 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
 from trainer.checkpoint import checkpoint_file, save_checkpoint
 from trainer.data.mix import keep_batch
-from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
+from trainer.data.source import DataSource
+from trainer.device import autocast, autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_reduce_sum,
     barrier,
@@ -51,14 +54,14 @@ from trainer.distributed import (
     device_for_rank,
     get_rank,
     get_world_size,
-    in_process_group,
     init_distributed,
     is_global_zero,
     rank_seed,
+    training_forward,
 )
 from trainer.ema import ModelEMA
 from trainer.hook import Hook, HookPlan, describe_hook_plan
-from trainer.metrics import EvalScore, TrainTally, confusion_counter, track_best
+from trainer.metrics import EvalScore, LossFn, TrainTally, confusion_counter, track_best
 from trainer.nonfinite import NonFiniteGuard, finite_flag
 from trainer.optim import default_optimizer, warmup_cosine
 from trainer.predict import PredictBatches, PredictSource
@@ -71,20 +74,7 @@ from trainer.val_check import ValCheck
 
 log = logging.getLogger("trainer")
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# An evaluation batch's float logits and ``(images, targets)`` or ``(images,)`` -> hook outputs.
 Score = Callable[[torch.Tensor, tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]
-
-
-class DataSource(Protocol):
-    """What the engine needs from ``data`` (``ImageFolderData`` is one)."""
-
-    classes: list[str]
-    num_classes: int
-
-    def train_loader(self) -> Iterable[Any]: ...
-    def val_loader(self) -> Iterable[Any] | None: ...
-    def test_loader(self) -> Iterable[Any] | None: ...
 
 
 class Engine:
@@ -130,13 +120,6 @@ class Engine:
     Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
     ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
     ``checkpoints/interrupted.pt``). A second signal exits at once.
-
-    Distributed: started by torchrun, the engine joins the process group itself (see
-    ``trainer.distributed.init_distributed``; call it before building the data to shard from
-    the start) and leaves it at exit if it created it. ``model`` stays the plain module that
-    hooks, EMA, checkpoints and export use; the DDP wrapper drives the training forward only.
-    Give every rank the same hooks: some of them reduce over ranks. ``should_stop`` set, or a
-    signal received, on any rank stops all of them after the same step (``StopRequests``).
 
     Example:
         >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
@@ -185,12 +168,9 @@ class Engine:
         self.data = data
         self.device = device_for_rank(resolve_device(device))
         self.precision = resolve_precision(precision, self.device)
-        self.max_epochs = max_epochs
-        self.accumulate = accumulate
-        self.grad_clip = grad_clip
-        self.sanity_steps = sanity_steps
+        self.max_epochs, self.accumulate, self.grad_clip = max_epochs, accumulate, grad_clip
+        self.sanity_steps, self.seed = sanity_steps, seed
         self.monitor, self.mode = monitor, mode
-        self.seed = seed
         self.args = dict(args or {})
         self.state = EngineState(max_epochs=max_epochs)
 
@@ -199,15 +179,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = place_model(model, self.device, self.channels_last, sync_bn)
-        # DDP (under torchrun, of one rank too) wraps the training forward only; it broadcasts
-        # rank 0's weights to all ranks here.
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self._ddp = DistributedDataParallel(self.model, device_ids=ids) if in_process_group() else None
-        train_model = self._ddp or self.model
-        # dynamic=False: the short last batch would otherwise make dynamo recompile with
-        # symbolic shapes, and that slower graph then serves every full batch too.
-        forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
-        self._forward_model: nn.Module = forward
+        # DDP (under torchrun) and torch.compile drive the training forward only.
+        self._ddp, self._forward_model = training_forward(self.model, self.device, compile)
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
         self.loss_fn: LossFn = (
@@ -218,11 +191,9 @@ class Engine:
         self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
         self._train_loader = data.train_loader()
         self._val_loader = data.val_loader()
-        self.steps_per_epoch = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        steps = self.steps_per_epoch = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
         self.scheduler = scheduler or warmup_cosine(
-            self.optimizer,
-            round(warmup_epochs * self.steps_per_epoch),
-            max_epochs * self.steps_per_epoch,
+            self.optimizer, round(warmup_epochs * steps), max_epochs * steps
         )
         self._val_check = ValCheck(val_every, self.steps_per_epoch)
         self._amp_dtype = autocast_dtype(self.precision)
@@ -265,9 +236,7 @@ class Engine:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The run's mixed precision around a forward pass (nothing at precision "32")."""
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+        return autocast(self.device, self._amp_dtype)
 
     def forward_loss(
         self, x: torch.Tensor, target: torch.Tensor
@@ -280,11 +249,8 @@ class Engine:
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
-        """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``.
-
-        Args:
-            resume: a checkpoint file, or a run folder holding ``checkpoints/last.pt``.
-        """
+        """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``;
+        ``resume``: a checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
         s = self.state
         with self._plan.stage(self, "fit"):
             if resume is not None:
@@ -347,18 +313,11 @@ class Engine:
             self.artifacts.close()
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source``, in order.
-
-        Args:
-            source: a folder (its images in ``trainer.predict.predict_paths`` order), an image
-                path, a list of image paths and PIL images, or an iterable of batches (images,
-                or ``(images, targets)``). Files and PIL images get the validation transform.
-            batch_size: images per forward pass for paths and PIL images; default the data's.
-
-        A file that cannot be decoded is skipped with a warning naming it, and its row is NaN
-        (``probs.isnan().any(1)`` marks them), so the rows stay aligned with the images. A
-        missing file or an empty folder raises ``UserError``. See ``trainer.predict``.
-        """
+        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source``, in order:
+        a folder, image paths and PIL images (validation transform, ``batch_size`` at a time),
+        or a loader of batches; see ``trainer.predict``. A file that cannot be decoded is
+        skipped with a warning naming it and its row is NaN (``probs.isnan().any(1)``), so the
+        rows stay aligned with the images; a missing file or an empty folder raises."""
         batches = PredictBatches(self.data, source, batch_size)
         try:
             with self._plan.stage(self, "predict"):

@@ -248,7 +248,9 @@ def _torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> np
 def _onnx_logits(onnx_path: Path, images: torch.Tensor, batch_size: int) -> np.ndarray:
     model = OnnxClassifier(onnx_path)
     chunks = images.detach().cpu().float().numpy()
-    return np.concatenate([model.logits(chunks[i : i + batch_size]) for i in range(0, len(chunks), batch_size)])
+    return np.concatenate(
+        [model.logits(chunks[i : i + batch_size]) for i in range(0, len(chunks), batch_size)]
+    )
 
 
 def verify_onnx(
