@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -216,6 +217,12 @@ def training_forward(
     # symbolic shapes, and that slower graph then serves every full batch too.
     forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
     return ddp, forward
+
+
+def grad_sync(ddp: torch.nn.parallel.DistributedDataParallel | None, stepping: bool) -> Any:
+    """Where DDP all-reduces the gradients in backward: on micro-batches that step; those that
+    only accumulate run under ``no_sync``."""
+    return contextlib.nullcontext() if ddp is None or stepping else ddp.no_sync()
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

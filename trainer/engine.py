@@ -33,7 +33,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from trainer.distributed import (
     device_for_rank,
     get_rank,
     get_world_size,
+    grad_sync,
     init_distributed,
     is_global_zero,
     rank_seed,
@@ -252,7 +253,7 @@ class Engine:
         """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``;
         ``resume``: a checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
         s = self.state
-        with self._plan.stage(self, "fit"):
+        with self._entry("fit"):
             if resume is not None:
                 self.load_checkpoint(resume)
                 if already_finished(s, self.max_epochs, resume):  # logs what to do instead
@@ -260,9 +261,11 @@ class Engine:
             s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
             self._stop.signal = None
             with stop_on_signals(self._stop.on_signal):
-                return self._fit(resume)
+                self._fit(resume)
+        barrier()  # when fit returns on any rank, rank 0's files are all written
+        return s.history
 
-    def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
+    def _fit(self, resume: str | Path | None) -> None:
         s = self.state
         try:
             self._call("on_fit_start")
@@ -286,19 +289,11 @@ class Engine:
         except BaseException as e:
             self._plan.call_on_exception(self, e)
             raise
-        finally:
-            s.phase = "idle"
-            self.artifacts.close()  # every plot a hook asked for exists when fit returns
-        barrier()  # when fit returns on any rank, rank 0's files are all written
-        return s.history
 
     def validate(self) -> dict[str, float]:
         """Run the validation split once and return its metrics."""
-        try:
-            with self._plan.stage(self, "validate"):
-                return self._eval_loop("val", self._val_loader)
-        finally:
-            self.artifacts.close()
+        with self._entry("validate"):
+            return self._eval_loop("val", self._val_loader)
 
     def test(self) -> dict[str, float]:
         """Run the test split (falls back to val when there is none) and return its metrics."""
@@ -306,26 +301,29 @@ class Engine:
         if loader is None:
             log.warning("no test split; testing on the validation split")
             loader = self._val_loader
-        try:
-            with self._plan.stage(self, "test"):
-                return self._eval_loop("test", loader)
-        finally:
-            self.artifacts.close()
+        with self._entry("test"):
+            return self._eval_loop("test", loader)
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source``, in order:
-        a folder, image paths and PIL images (validation transform, ``batch_size`` at a time),
-        or a loader of batches; see ``trainer.predict``. A file that cannot be decoded is
-        skipped with a warning naming it and its row is NaN (``probs.isnan().any(1)``), so the
-        rows stay aligned with the images; a missing file or an empty folder raises."""
+        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source`` (a folder,
+        image paths and PIL images, or a loader; see ``trainer.predict``), in order. A file that
+        cannot be decoded is skipped with a warning naming it; its row is NaN, so the rows stay
+        aligned with the images. A missing file or an empty folder raises ``UserError``."""
         batches = PredictBatches(self.data, source, batch_size)
+        with self._entry("predict"):
+            self.run_eval("predict", batches, batches.score)
+        return batches.result(self.data.num_classes)
+
+    @contextlib.contextmanager
+    def _entry(self, stage: str) -> Iterator[None]:
+        """An entry point's ``setup(stage)`` ... ``teardown(stage)``; after it, also after an
+        error, the phase is idle and every file a hook asked for is written."""
         try:
-            with self._plan.stage(self, "predict"):
-                self.run_eval("predict", batches, batches.score)
+            with self._plan.stage(self, stage):
+                yield
         finally:
             self.state.phase = "idle"
             self.artifacts.close()
-        return batches.result(self.data.num_classes)
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:
@@ -369,7 +367,7 @@ class Engine:
         x, y = batch
         x, target = self._mix(x, y, (self.state.epoch, batch_idx))  # soft targets if mixing
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
-        with self._grad_sync(stepping):
+        with grad_sync(self._ddp, stepping):  # DDP all-reduces in the stepping backward
             self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
             logits, loss = self.forward_loss(x, target)
             finite = finite_flag(loss.detach())
@@ -393,15 +391,9 @@ class Engine:
         (s.num_batches, s.batch_idx), s.mid_epoch, s.phase = where, False, "train"
         track_best(s, self.monitor, self.mode)
 
-    def _grad_sync(self, stepping: bool) -> contextlib.AbstractContextManager[Any]:
-        """DDP all-reduces gradients in backward; micro-batches that only accumulate skip it."""
-        if self._ddp is None or stepping:
-            return contextlib.nullcontext()
-        return self._ddp.no_sync()
-
     def _optimizer_step(self) -> None:
-        """Unscale, clip, and step unless the loss or the gradients are not finite (on any
-        rank); then the scheduler and EMA. The mechanics are ``trainer.step``'s."""
+        """Unscale, clip, step (skipped where the loss or the gradients are not finite on any
+        rank: ``trainer.step``), then the scheduler and EMA."""
         unscale(self.optimizer, self.scaler)  # hooks and clipping see true gradients
         self._call("on_before_optimizer_step", self.optimizer)
         finite = clip(self.model, self.grad_clip, self._nonfinite.finite)
@@ -421,14 +413,11 @@ class Engine:
         self, phase: str, loader: Iterable[Any], score: Score, *, end: Callable[[], None] | None = None,
         limit: int | None = None,
     ) -> None:  # fmt: skip
-        """The one loop over evaluation batches: validation, test and predict all run here.
-
-        Each batch goes to the device (``to_device``) and through ``eval_model`` in eval mode
-        under ``autocast``; ``score(logits, batch)`` gets the float logits and returns the
-        outputs the batch-end hooks get. ``end`` runs after the last batch, before the
-        epoch-end hooks, which read the metrics it records. The hooks are those of ``phase``:
-        validation ("sanity", "val"), "test" or "predict". ``limit``: batches at most.
-        """
+        """The one loop over evaluation batches (validation, test, predict): each batch to the
+        device, through ``eval_model`` in eval mode under ``autocast``; ``score(logits, batch)``
+        returns the outputs the batch-end hooks get; ``end`` runs before the epoch-end hooks,
+        which read what it records. Hooks of ``phase``'s kind: validation ("sanity", "val"),
+        "test" or "predict". ``limit``: batches at most."""
         s, model = self.state, self.eval_model
         kind = {"sanity": "validation", "val": "validation"}.get(phase, phase)
         s.phase = phase
