@@ -9,12 +9,13 @@ as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`
 default: beside the model). The numbers are counted by the engine's own evaluation code
 (``trainer.metrics.EvalScore``), so a checkpoint scores here what its run's validation or test
 scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macro_f1``, ...).
-ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation preprocessing. The split is
-``test`` when the tree has one, else ``val``. The model's classes must be the data's. A tree of
-class folders only is split as the run split it: with the seed and val_fraction recorded in the
-checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
-(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
-since another split would score training images as validation.
+ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
+preprocessing. The split is ``test`` when the tree has one, else ``val``. The model's classes
+must be the data's. A tree of class folders only is split as the run split it: with the seed
+and val_fraction recorded in the checkpoint, in the ONNX model's labels mapping or in the
+run's args.json beside the model (``--seed``/``--val-fraction`` override them); when none
+records them, evaluation refuses, since another split would score training images as
+validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 

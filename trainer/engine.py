@@ -192,7 +192,8 @@ class Engine:
         self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
         self._train_loader = data.train_loader()
         self._val_loader = data.val_loader()
-        steps = self.steps_per_epoch = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        steps = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        self.steps_per_epoch = steps
         self.scheduler = scheduler or warmup_cosine(
             self.optimizer, round(warmup_epochs * steps), max_epochs * steps
         )
@@ -410,8 +411,8 @@ class Engine:
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def run_eval(
-        self, phase: str, loader: Iterable[Any], score: Score, *, end: Callable[[], None] | None = None,
-        limit: int | None = None,
+        self, phase: str, loader: Iterable[Any], score: Score, *,
+        end: Callable[[], None] | None = None, limit: int | None = None,
     ) -> None:  # fmt: skip
         """The one loop over evaluation batches (validation, test, predict): each batch to the
         device, through ``eval_model`` in eval mode under ``autocast``; ``score(logits, batch)``

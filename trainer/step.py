@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -53,8 +55,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: Scaler, finite: tor
         scaler.step(optimizer)
         scaler.update()
     elif getattr(optimizer, "_step_supports_amp_scaling", False):
-        optimizer.grad_scale, optimizer.found_inf = None, (~finite).float()  # type: ignore[attr-defined]
-        optimizer.step()
-        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+        opt: Any = optimizer  # grad_scale and found_inf are what GradScaler hands them
+        opt.grad_scale, opt.found_inf = None, (~finite).float()
+        opt.step()
+        del opt.grad_scale, opt.found_inf
     elif finite.item():
         optimizer.step()
