@@ -117,6 +117,8 @@ class Engine:
     Attributes:
         resume_path: the checkpoint file the last ``load_checkpoint`` read, else None;
             ``CheckpointHook`` relinks ``best.pt`` and the top-k from it on resume.
+        to_device: a loader's batch on the device, uint8 images normalised there, as the model
+            takes them: ``(images, targets)``, or ``(images,)`` for images alone (a callable).
 
     Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
     ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
@@ -202,7 +204,7 @@ class Engine:
         fp16 = self.precision == "16-mixed"
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
 
-        self._to_device = BatchToDevice(
+        self.to_device = BatchToDevice(
             self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
         )
         self._mix = getattr(data, "batch_mix", None) or keep_batch  # MixUp/CutMix, data/mix.py
@@ -231,23 +233,16 @@ class Engine:
         """The training loader, built once: its sampler's position is saved in checkpoints."""
         return self._train_loader
 
-    def to_device(self, batch: Any) -> tuple[torch.Tensor, ...]:
-        """A loader's batch on the device, uint8 images normalised there, as the model takes
-        them: ``(images, targets)``, or ``(images,)`` for a batch of images alone."""
-        return self._to_device(batch)
-
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The run's mixed precision around a forward pass (nothing at precision "32")."""
         return autocast(self.device, self._amp_dtype)
 
-    def forward_loss(
-        self, x: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training forward (through DDP and ``torch.compile`` when on) under autocast:
-        the logits and the loss against ``target``."""
+        the logits and the loss against the targets ``y`` (soft ones too)."""
         with self.autocast():
             logits = self._forward_model(x)
-            return logits, self.loss_fn(logits, target)
+            return logits, self.loss_fn(logits, y)
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
@@ -340,7 +335,7 @@ class Engine:
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
             s.batch_idx = batch_idx
-            batch = self._to_device(batch)  # hooks get it as the model does (as in Lightning)
+            batch = self.to_device(batch)  # hooks get it as the model does (as in Lightning)
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = self._train_step(batch, batch_idx)
             tally.update(outputs["loss"], outputs["logits"], outputs["targets"], outputs["finite"])
@@ -469,8 +464,7 @@ class Engine:
 
     # -------------------------------------------------------------------------- checkpoints
     def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (``trainer.resume.engine_checkpoint``), after
-        the hooks' ``on_save_checkpoint``. Under DDP every rank calls it."""
+        """Everything to resume exactly (``trainer.resume``); under DDP every rank calls it."""
         ckpt = engine_checkpoint(self)
         self._call("on_save_checkpoint", ckpt)
         return ckpt
@@ -481,8 +475,7 @@ class Engine:
         return save_checkpoint(ckpt, path) if self.is_global_zero else Path(path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore a checkpoint written by ``save_checkpoint`` (``trainer.resume``); the RNG
-        state is restored at fit, after the sanity check."""
+        """Restore a ``save_checkpoint`` file (``trainer.resume``); the RNG comes back at fit."""
         ckpt, self._pending_rng = restore_engine(self, path)
         self.resume_path = checkpoint_file(path)
         self._call("on_load_checkpoint", ckpt)
