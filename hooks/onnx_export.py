@@ -1,4 +1,5 @@
-"""OnnxExportHook: at the end of a fit, export the best weights to ONNX and verify them."""
+"""OnnxExportHook: at the end of a fit, export the best weights to ONNX and verify them
+(``trainer.export``, which ``tools/export.py`` uses as well)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,17 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from trainer import export
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import is_global_zero
+from trainer.export import first_images, random_images
 from trainer.hook import Hook
-from trainer.io import atomic_write_json
-from trainer.restore import checkpoint_weights, normalize
+from trainer.restore import checkpoint_weights
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -85,7 +84,8 @@ class OnnxExportHook(Hook):
         verified_on = "val"
         if images is None:
             log.warning("no validation images to verify the ONNX export on; using random ones")
-            images, verified_on = random_images(data, self.num_verify_images), "random"
+            size = int(data.labels_mapping()["image_size"])
+            images, verified_on = random_images(size, self.num_verify_images), "random"
         sidecar = self.out_dir / "labels_mapping.json"
         if not sidecar.is_file():
             data.save_labels_mapping(sidecar)
@@ -100,7 +100,7 @@ class OnnxExportHook(Hook):
         if split is not None:
             mapping["split"] = split  # so tools/evaluate.py scores the run's own val images
         try:
-            self.report = export_with_report(
+            self.report = export.export_with_report(
                 model,
                 self.path,
                 labels_mapping=mapping,
@@ -141,67 +141,3 @@ class OnnxExportHook(Hook):
         model = copy.deepcopy(engine.model)
         model.load_state_dict(state)
         return model.eval(), weights, str(best)
-
-
-def first_images(
-    loader: Iterable[Any] | None, n: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor | None:
-    """Up to ``n`` images from ``loader``, normalised like the engine does; None if it is empty."""
-    if loader is None:
-        return None
-    chunks: list[torch.Tensor] = []
-    have = 0
-    for batch in loader:
-        x = batch[0][: n - have]
-        chunks.append(normalize(x.cpu(), mean, std))
-        have += len(x)
-        if have >= n:
-            break
-    return torch.cat(chunks) if chunks else None
-
-
-def random_images(data: Any, n: int) -> torch.Tensor:
-    """Standard-normal images, i.e. normalised images of typical spread, at the data's size."""
-    size = int(data.labels_mapping()["image_size"])
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
-
-
-def export_with_report(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    labels_mapping: Mapping[str, Any],
-    images: torch.Tensor,
-    report_path: str | os.PathLike[str],
-    opset: int = 18,
-    model_name: str = "",
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``trainer.export.export_and_verify``, with ``extra`` fields added to the report file.
-
-    The fields are added whether the check passes or fails, so a failed report still says
-    what was compared.
-
-    Raises:
-        ExportVerificationError: the check failed; the report is on disk.
-    """
-    report_path = Path(report_path)
-    try:
-        report = export.export_and_verify(
-            model,
-            path,
-            labels_mapping=labels_mapping,
-            images=images,
-            report_path=report_path,
-            opset=opset,
-            model_name=model_name,
-        )
-    except export.ExportVerificationError:
-        if extra and report_path.is_file():
-            failed = json.loads(report_path.read_text(encoding="utf-8"))
-            atomic_write_json(report_path, {**failed, **extra})
-        raise
-    if extra:
-        report = {**report, **extra}
-        atomic_write_json(report_path, report)
-    return report

@@ -6,12 +6,16 @@ Usage:
 
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
 as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
-default: beside the model). Images get exactly the validation preprocessing. The split is
-``test`` when the tree has one, else ``val``. The model's classes must be the data's. A tree of
-class folders only is split as the run split it: with the seed and val_fraction recorded in the
-checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
-(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
-since another split would score training images as validation.
+default: beside the model). The numbers are counted by the engine's own evaluation code
+(``trainer.metrics.EvalScore``), so a checkpoint scores here what its run's validation or test
+scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macro_f1``, ...).
+ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
+preprocessing. The split is ``test`` when the tree has one, else ``val``. The model's classes
+must be the data's. A tree of class folders only is split as the run split it: with the seed
+and val_fraction recorded in the checkpoint, in the ONNX model's labels mapping or in the
+run's args.json beside the model (``--seed``/``--val-fraction`` override them); when none
+records them, evaluation refuses, since another split would score training images as
+validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 
@@ -32,13 +36,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+from torch.nn import functional as F
 
 from hooks.render.plots import plot_confusion_matrix, save_png
 from hooks.render.tables import MAX_ROWS, extreme_rows, more_caption
@@ -47,15 +45,11 @@ from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
 from trainer.device import resolve_device
 from trainer.errors import UserError
-from trainer.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    OnnxModelError,
-    check_onnx_signature,
-    read_onnx_metadata,
-)
 from trainer.io import atomic_write_json
+from trainer.metrics import EvalScore, class_metrics
+from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
+from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
 
@@ -137,33 +131,20 @@ def load_model(
 
 
 def _load_onnx(path: Path) -> LoadedModel:
-    import onnxruntime as ort
-
-    mapping = read_onnx_metadata(path)
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        idx_to_class = {int(k): str(v) for k, v in mapping["idx_to_class"].items()}
-        norm = mapping["normalization"]
-        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
-        size = int(mapping["image_size"])
-    except Exception as e:  # onnxruntime's load errors and a malformed mapping alike
-        raise OnnxModelError(
-            f"cannot use {path} ({type(e).__name__}: {e}). Re-export it with tools/export.py."
-        ) from e
-    check_onnx_signature(session, path, mapping)
-    split_args, split_source = _onnx_split(path, mapping)
+    onnx = OnnxClassifier(path)  # the one ONNX loader: checks the file, mapping and graph
+    norm = onnx.mapping["normalization"]
+    split_args, split_source = _onnx_split(path, onnx.mapping)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.float().numpy()})
-        return torch.from_numpy(out)
+        return torch.from_numpy(onnx.logits(x.float().numpy()))
 
     return LoadedModel(
         path=path,
         format="onnx",
-        classes=[idx_to_class[i] for i in range(len(idx_to_class))],
-        image_size=size,
-        mean=mean,
-        std=std,
+        classes=list(onnx.classes),
+        image_size=onnx.image_size,
+        mean=[float(v) for v in norm["mean"]],
+        std=[float(v) for v in norm["std"]],
         logits=logits,
         split_args=split_args,
         split_source=split_source,
@@ -276,7 +257,8 @@ def evaluate(
     Returns:
         ``{"model", "format", "weights", "data", "split", "n_images", "classes", "top1",
         "top5", "macro", "per_class": {"precision", "recall", "f1", "support"},
-        "confusion_matrix"}``; ``top5`` is None below 5 classes.
+        "confusion_matrix", "metrics"}``; ``top5`` is None below 5 classes; ``metrics`` has the
+        engine's ``<split>/acc``, ``acc_top5``, ``macro_f1``, ``balanced_acc`` and ``ece``.
 
     Raises:
         UserError: the model, the data or the split cannot be used (the message says why).
@@ -304,40 +286,30 @@ def evaluate(
             f"{tree.root} has no {split} images; add {split}/<class>/<images> or pass "
             f"--split {'val' if split == 'test' else 'test'}."
         )
-    n = len(model.classes)
-    metrics = _metrics(n)
+    # The engine's scoring: the same counts, hence the same numbers, as its validation.
+    scorer = EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))
     for images, targets in loader:
-        logits = model.logits(normalize(images, model.mean, model.std))
-        for m in metrics.values():
-            m.update(logits, targets)
-    return _result(model, tree, split, metrics)
-
-
-def _metrics(n: int) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "top1": MulticlassAccuracy(n, top_k=1, average="micro"),
-        "precision": MulticlassPrecision(n, average=None),
-        "recall": MulticlassRecall(n, average=None),
-        "f1": MulticlassF1Score(n, average=None),
-        "confmat": MulticlassConfusionMatrix(n),
-    }
-    if n >= 5:
-        metrics["top5"] = MulticlassAccuracy(n, top_k=5, average="micro")
-    return metrics
+        scorer.score(model.logits(normalize(images, model.mean, model.std)), (images, targets))
+    scorer.end()
+    return _result(model, tree, split, scorer)
 
 
 def _result(
-    model: LoadedModel, tree: ImageFolderData, split: str, metrics: dict[str, Any]
+    model: LoadedModel, tree: ImageFolderData, split: str, scorer: EvalScore
 ) -> dict[str, Any]:
-    counts = metrics["confmat"].compute().long()
+    assert scorer.counts is not None  # end() ran
+    counts = scorer.counts.confusion
     support = counts.sum(1)
-    per_class = {k: [float(v) for v in metrics[k].compute()] for k in ("precision", "recall", "f1")}
+    computed = class_metrics(counts)
+    per_class = {k: [float(v) for v in computed[k]] for k in ("precision", "recall", "f1")}
     # Macro averages over the classes present in the split: an absent class has no recall.
     present = support > 0
     macro = {
-        k: float(torch.tensor(v)[present].mean()) if bool(present.any()) else 0.0
-        for k, v in per_class.items()
+        k: float(computed[k][present].mean()) if bool(present.any()) else 0.0
+        for k in ("precision", "recall", "f1")
     }
+    # The engine's names; its loss has the run's label smoothing, which this one has not.
+    metrics = {k: v for k, v in scorer.metrics.items() if not k.endswith(("/loss", "/time"))}
     return {
         "model": str(model.path),
         "format": model.format,
@@ -347,11 +319,12 @@ def _result(
         "n_images": int(support.sum()),
         "num_classes": len(model.classes),
         "classes": list(model.classes),
-        "top1": float(metrics["top1"].compute()),
-        "top5": float(metrics["top5"].compute()) if "top5" in metrics else None,
+        "top1": metrics.get(f"{split}/acc", 0.0),
+        "top5": metrics.get(f"{split}/acc_top5"),
         "macro": macro,
         "per_class": {**per_class, "support": [int(s) for s in support]},
         "confusion_matrix": counts.tolist(),
+        "metrics": metrics,
     }
 
 

@@ -25,12 +25,19 @@ from typing import Any
 
 import torch
 
-from hooks.onnx_export import REPORT_NAME, export_with_report, first_images
+from hooks.onnx_export import REPORT_NAME
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
 from trainer.errors import DataError, UserError
-from trainer.export import MIN_OPSET, ExportVerificationError, split_entry
+from trainer.export import (
+    MIN_OPSET,
+    ExportVerificationError,
+    export_with_report,
+    first_images,
+    random_images,
+    split_entry,
+)
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
 
 log = logging.getLogger("trainer")
@@ -106,9 +113,7 @@ def verification_images(
             log.warning("%s has no validation images; verifying on random images", root)
     else:
         log.warning("no data folder known for this checkpoint; verifying on random images")
-    # Standard-normal pixels are what normalised images look like to the model, roughly.
-    random = torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return random, "random", None
+    return random_images(size, num_images), "random", None
 
 
 def export_checkpoint(

@@ -8,6 +8,10 @@ Usage:
 Only the ``.onnx`` file is needed: the labels mapping (class names, image size, mean/std) is
 read from its metadata, or from a ``labels_mapping.json`` beside it. PATHs may be image files,
 folders (searched recursively) or glob patterns.
+
+Images are decoded with Pillow (``OnnxClassifier.preprocess``), which raises on a malformed file
+where torchvision's native decoders can crash the process. A file that cannot be decoded is
+named on stderr and skipped; the output file keeps a row for it, with its reason in ``skipped``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainer.data import IMG_EXTENSIONS
-from trainer.errors import UserError
+from trainer.errors import DataError, UserError
 from trainer.export import OnnxClassifier
 from trainer.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -123,8 +127,9 @@ def predict_paths(
         progress: Show a tqdm bar; None shows it only on a terminal.
 
     Returns:
-        One dict per readable image, in input order:
-        ``{"path", "label", "prob", "topk": [{"label", "prob"}, ...]}``.
+        One dict per image, in input order: ``{"path", "label", "prob", "topk": [{"label",
+        "prob"}, ...]}``; for a file that cannot be decoded ``{"path", "label": None, "prob":
+        None, "topk": [], "skipped": reason}``.
 
     Raises:
         UserError: The model is missing or unusable, or no images were found.
@@ -138,28 +143,37 @@ def predict_paths(
     with tqdm(total=len(images), unit="img", desc="predict", disable=not show) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            kept: list[Path] = []
-            rows: list[np.ndarray] = []
+            kept: list[int] = []
+            inputs: list[np.ndarray] = []
             for path in chunk:
                 try:
-                    rows.append(classifier.preprocess(path))
-                except Exception as exc:  # any decoder failure means "not a readable image"
-                    on_skip(path, f"cannot decode ({type(exc).__name__}: {exc})")
+                    inputs.append(classifier.preprocess(path))
+                except DataError as exc:  # the decoder's error, as Pillow raised it
+                    cause = exc.__cause__ or exc
+                    reason = f"cannot decode ({type(cause).__name__}: {cause})"
+                    on_skip(path, reason)
+                    results.append(_skipped_row(path, reason))
                     continue
-                kept.append(path)
+                kept.append(len(results))
+                results.append({"path": str(path)})
             bar.update(len(chunk))
-            if not rows:
+            if not inputs:
                 continue
-            probs = classifier.probabilities(np.stack(rows))
-            for path, top in zip(kept, classifier.top_k(probs, top_k), strict=True):
+            probs = classifier.probabilities(np.stack(inputs))
+            for at, top in zip(kept, classifier.top_k(probs, top_k), strict=True):
                 topk = [{"label": label, "prob": prob} for label, prob in top]
-                results.append({"path": str(path), **topk[0], "topk": topk})
+                results[at].update({**topk[0], "topk": topk})
     return results
+
+
+def _skipped_row(path: Path, reason: str) -> dict[str, Any]:
+    return {"path": str(path), "label": None, "prob": None, "topk": [], "skipped": reason}
 
 
 def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
     """Write rows as JSON (a list), JSON Lines (one object per image, the same objects), or CSV
-    ``path,label,prob,topk`` (``topk`` like ``cat:0.91;dog:0.05``)."""
+    ``path,label,prob,topk,skipped`` (``topk`` like ``cat:0.91;dog:0.05``; ``skipped`` empty,
+    or why the file could not be decoded)."""
     if output.suffix.lower() == ".json":
         atomic_write_json(output, list(rows))
         return
@@ -168,13 +182,14 @@ def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
         return
     atomic_write_csv(
         output,
-        ["path", "label", "prob", "topk"],
+        ["path", "label", "prob", "topk", "skipped"],
         (
             [
                 r["path"],
-                r["label"],
-                f"{r['prob']:.6f}",
+                r["label"] or "",
+                "" if r["prob"] is None else f"{r['prob']:.6f}",
                 ";".join(f"{t['label']}:{t['prob']:.4f}" for t in r["topk"]),
+                r.get("skipped", ""),
             ]
             for r in rows
         ),
@@ -182,11 +197,12 @@ def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    """Print predictions as a rich table on stdout."""
+    """Print predictions as a rich table on stdout (skipped files are left out)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    rows = [r for r in rows if "skipped" not in r]
     table = Table(title=f"{len(rows)} predictions")
     table.add_column("path", overflow="fold")
     table.add_column("label")
@@ -226,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "file name."
             )
         rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size)
-        if not rows:
+        skipped = sum("skipped" in r for r in rows)
+        if skipped == len(rows):
             raise UserError(
                 "None of the images could be decoded (see the messages above); check the files "
                 "are images and not truncated."
@@ -248,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(f"Wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
-    if args.output is None or len(rows) <= TABLE_MAX_ROWS:
+        note = f" and {skipped} skipped file(s)" if skipped else ""
+        print(f"Wrote {len(rows) - skipped} predictions{note} to {args.output}", file=sys.stderr)
+    if args.output is None or len(rows) - skipped <= TABLE_MAX_ROWS:
         print_table(rows)
     return 0
 

@@ -39,9 +39,13 @@ class BatchToDevice:
             s = torch.tensor(std, device=device).view(1, -1, 1, 1)
             self.scale, self.shift = 1.0 / (255.0 * s), -m / s
 
-    def __call__(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: Any) -> tuple[torch.Tensor, ...]:
+        """``(images, targets)`` on the device; ``(images,)`` for a batch of images alone (a
+        tensor, or a 1-tuple), as prediction may get."""
         if isinstance(batch, EncodedBatch):  # decode="gpu": JPEGs decoded here, in a batch
             x, y = decode_batch(batch, self.device)
+        elif isinstance(batch, torch.Tensor) or len(batch) == 1:
+            return (self.images(batch if isinstance(batch, torch.Tensor) else batch[0]),)
         else:
             x = batch[0].to(self.device, non_blocking=True)
             y = batch[1].to(self.device, non_blocking=True)

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -194,6 +195,34 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def training_forward(
+    model: torch.nn.Module, device: torch.device, compile: bool = False
+) -> tuple[torch.nn.parallel.DistributedDataParallel | None, torch.nn.Module]:
+    """The DDP wrapper (under a process group, of one rank too; else None) and the module the
+    training forward runs: the wrapper or ``model``, through ``torch.compile`` if asked.
+
+    DDP wraps the training forward only (``model`` stays the plain module that evaluation,
+    EMA, checkpoints and export use); building it broadcasts rank 0's weights to every rank.
+    """
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if in_process_group()
+        else None
+    )
+    train_model = ddp or model
+    # dynamic=False: the short last batch would otherwise make dynamo recompile with
+    # symbolic shapes, and that slower graph then serves every full batch too.
+    forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
+    return ddp, forward
+
+
+def grad_sync(ddp: torch.nn.parallel.DistributedDataParallel | None, stepping: bool) -> Any:
+    """Where DDP all-reduces the gradients in backward: on micro-batches that step; those that
+    only accumulate run under ``no_sync``."""
+    return contextlib.nullcontext() if ddp is None or stepping else ddp.no_sync()
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -17,34 +17,36 @@ One fit, top to bottom::
 Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
 
 Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the same loop runs in every
-process: the engine joins the process group, trains through DistributedDataParallel, each rank
-validates its shard of the split and the metrics are summed over ranks, so every rank holds the
-same ``state``. Hooks run on every rank; those that write files or print do so on rank 0 only.
+process: the engine joins the process group (and leaves it at exit if it joined it; call
+``trainer.distributed.init_distributed`` first to shard the data from the start), trains through
+DistributedDataParallel, each rank validates its shard of the split and the metrics are summed
+over ranks, so every rank holds the same ``state``. Give every rank the same hooks (some reduce
+over ranks); those that write files or print do so on rank 0 only. A stop asked on any rank
+stops every rank after the same step (``trainer.signals.StopRequests``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import math
-import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
-from trainer.checkpoint import check_resumable, checkpoint_file, load_checkpoint, save_checkpoint
+from trainer.checkpoint import checkpoint_file, save_checkpoint
 from trainer.data.mix import keep_batch
-from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
+from trainer.data.source import DataSource
+from trainer.device import autocast, autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
-    all_gather_object,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
@@ -52,38 +54,28 @@ from trainer.distributed import (
     device_for_rank,
     get_rank,
     get_world_size,
-    in_process_group,
+    grad_sync,
     init_distributed,
     is_global_zero,
-    max_over_ranks,
     rank_seed,
+    training_forward,
 )
 from trainer.ema import ModelEMA
-from trainer.errors import Interrupted
-from trainer.hook import Hook, HookPlan, describe_hook_plan, hook_keys
-from trainer.metrics import EvalTally, TrainTally, confusion_counter, track_best
+from trainer.hook import Hook, HookPlan, describe_hook_plan
+from trainer.metrics import EvalScore, LossFn, TrainTally, confusion_counter, track_best
 from trainer.nonfinite import NonFiniteGuard, finite_flag
 from trainer.optim import default_optimizer, warmup_cosine
-from trainer.predict import PredictSource, predict
-from trainer.rng import get_rng_state, rank_rng_state, seed_everything, set_rng_state
-from trainer.signals import stop_on_signals
+from trainer.predict import PredictBatches, PredictSource
+from trainer.resume import already_finished, engine_checkpoint, restore_engine
+from trainer.rng import seed_everything, set_rng_state
+from trainer.signals import StopRequests, stop_on_signals
 from trainer.state import EngineState
+from trainer.step import backward, clip, optimizer_step, unscale
 from trainer.val_check import ValCheck
 
 log = logging.getLogger("trainer")
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class DataSource(Protocol):
-    """What the engine needs from ``data`` (``ImageFolderData`` is one)."""
-
-    classes: list[str]
-    num_classes: int
-
-    def train_loader(self) -> Iterable[Any]: ...
-    def val_loader(self) -> Iterable[Any] | None: ...
-    def test_loader(self) -> Iterable[Any] | None: ...
+Score = Callable[[torch.Tensor, tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]
 
 
 class Engine:
@@ -125,18 +117,12 @@ class Engine:
     Attributes:
         resume_path: the checkpoint file the last ``load_checkpoint`` read, else None;
             ``CheckpointHook`` relinks ``best.pt`` and the top-k from it on resume.
+        to_device: a loader's batch on the device, uint8 images normalised there, as the model
+            takes them: ``(images, targets)``, or ``(images,)`` for images alone (a callable).
 
     Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
     ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
     ``checkpoints/interrupted.pt``). A second signal exits at once.
-
-    Distributed: started by torchrun, the engine joins the process group itself (see
-    ``trainer.distributed.init_distributed``; call it before building the data to shard from
-    the start) and leaves it at exit if it created it. ``model`` stays the plain module that
-    hooks, EMA, checkpoints and export use; the DDP wrapper drives the training forward only.
-    Give every rank the same hooks: some of them reduce over ranks. ``should_stop`` set, or a
-    signal received, on any rank stops all of them after the same step (they agree after each
-    one, on the CPU), so no rank is left waiting in the gradient all-reduce.
 
     Example:
         >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
@@ -185,12 +171,9 @@ class Engine:
         self.data = data
         self.device = device_for_rank(resolve_device(device))
         self.precision = resolve_precision(precision, self.device)
-        self.max_epochs = max_epochs
-        self.accumulate = accumulate
-        self.grad_clip = grad_clip
-        self.sanity_steps = sanity_steps
+        self.max_epochs, self.accumulate, self.grad_clip = max_epochs, accumulate, grad_clip
+        self.sanity_steps, self.seed = sanity_steps, seed
         self.monitor, self.mode = monitor, mode
-        self.seed = seed
         self.args = dict(args or {})
         self.state = EngineState(max_epochs=max_epochs)
 
@@ -199,15 +182,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = place_model(model, self.device, self.channels_last, sync_bn)
-        # DDP (under torchrun, of one rank too) wraps the training forward only; it broadcasts
-        # rank 0's weights to all ranks here.
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self._ddp = DistributedDataParallel(self.model, device_ids=ids) if in_process_group() else None
-        train_model = self._ddp or self.model
-        # dynamic=False: the short last batch would otherwise make dynamo recompile with
-        # symbolic shapes, and that slower graph then serves every full batch too.
-        forward: Any = torch.compile(train_model, dynamic=False) if compile else train_model
-        self._forward_model: nn.Module = forward
+        # DDP (under torchrun) and torch.compile drive the training forward only.
+        self._ddp, self._forward_model = training_forward(self.model, self.device, compile)
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
         self.loss_fn: LossFn = (
@@ -218,18 +194,17 @@ class Engine:
         self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
         self._train_loader = data.train_loader()
         self._val_loader = data.val_loader()
-        self.steps_per_epoch = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        steps = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
+        self.steps_per_epoch = steps
         self.scheduler = scheduler or warmup_cosine(
-            self.optimizer,
-            round(warmup_epochs * self.steps_per_epoch),
-            max_epochs * self.steps_per_epoch,
+            self.optimizer, round(warmup_epochs * steps), max_epochs * steps
         )
         self._val_check = ValCheck(val_every, self.steps_per_epoch)
         self._amp_dtype = autocast_dtype(self.precision)
         fp16 = self.precision == "16-mixed"
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
 
-        self._to_device = BatchToDevice(
+        self.to_device = BatchToDevice(
             self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
         )
         self._mix = getattr(data, "batch_mix", None) or keep_batch  # MixUp/CutMix, data/mix.py
@@ -241,7 +216,7 @@ class Engine:
         self._pending_rng: dict[str, Any] | None = None
         self.resume_path: Path | None = None
         self._nonfinite = NonFiniteGuard(self.device, max_nonfinite, self.model)
-        self._signal: int | None = None
+        self._stop = StopRequests(self.state, self.world_size)
 
     @property
     def is_global_zero(self) -> bool:
@@ -253,31 +228,40 @@ class Engine:
         """The weights validation, best-checkpoint selection and export use: EMA when enabled."""
         return self.ema.module if self.ema is not None else self.model
 
+    @property
+    def train_loader(self) -> Iterable[Any]:
+        """The training loader, built once: its sampler's position is saved in checkpoints."""
+        return self._train_loader
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The run's mixed precision around a forward pass (nothing at precision "32")."""
+        return autocast(self.device, self._amp_dtype)
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training forward (through DDP and ``torch.compile`` when on) under autocast:
+        the logits and the loss against the targets ``y`` (soft ones too)."""
+        with self.autocast():
+            logits = self._forward_model(x)
+            return logits, self.loss_fn(logits, y)
+
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
-        """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``.
-
-        Args:
-            resume: a checkpoint file, or a run folder holding ``checkpoints/last.pt``.
-        """
+        """Train for ``max_epochs`` (or until a hook stops it) and return ``state.history``;
+        ``resume``: a checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
         s = self.state
-        with self._plan.stage(self, "fit"):
+        with self._entry("fit"):
             if resume is not None:
                 self.load_checkpoint(resume)
-                if len(s.history) >= self.max_epochs or s.stop_reason:
-                    stopped = f", stopped: {s.stop_reason}" if s.stop_reason else ""
-                    log.warning(
-                        "the run in %s already finished (%d of %d epochs%s); nothing to train. "
-                        "Raise --epochs to train further, or start a new run with another --out.",
-                        resume, len(s.history), self.max_epochs, stopped,
-                    )  # fmt: skip
+                if already_finished(s, self.max_epochs, resume):  # logs what to do instead
                     return s.history
             s.max_epochs, s.should_stop, s.finished = self.max_epochs, False, False
-            self._signal = None
-            with stop_on_signals(self._on_signal):
-                return self._fit(resume)
+            self._stop.signal = None
+            with stop_on_signals(self._stop.on_signal):
+                self._fit(resume)
+        barrier()  # when fit returns on any rank, rank 0's files are all written
+        return s.history
 
-    def _fit(self, resume: str | Path | None) -> list[dict[str, float]]:
+    def _fit(self, resume: str | Path | None) -> None:
         s = self.state
         try:
             self._call("on_fit_start")
@@ -292,7 +276,7 @@ class Engine:
             for epoch in range(len(s.history), self.max_epochs):
                 s.epoch = epoch
                 self._train_epoch()
-                if self._agree_to_stop():
+                if self._stop.agree():
                     s.stop_reason = s.stop_reason or "stopped by a hook"
                     break
             s.finished = True
@@ -301,19 +285,11 @@ class Engine:
         except BaseException as e:
             self._plan.call_on_exception(self, e)
             raise
-        finally:
-            s.phase = "idle"
-            self.artifacts.close()  # every plot a hook asked for exists when fit returns
-        barrier()  # when fit returns on any rank, rank 0's files are all written
-        return s.history
 
     def validate(self) -> dict[str, float]:
         """Run the validation split once and return its metrics."""
-        try:
-            with self._plan.stage(self, "validate"):
-                return self._eval_loop("val", self._val_loader)
-        finally:
-            self.artifacts.close()
+        with self._entry("validate"):
+            return self._eval_loop("val", self._val_loader)
 
     def test(self) -> dict[str, float]:
         """Run the test split (falls back to val when there is none) and return its metrics."""
@@ -321,15 +297,29 @@ class Engine:
         if loader is None:
             log.warning("no test split; testing on the validation split")
             loader = self._val_loader
-        try:
-            with self._plan.stage(self, "test"):
-                return self._eval_loop("test", loader)
-        finally:
-            self.artifacts.close()
+        with self._entry("test"):
+            return self._eval_loop("test", loader)
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
-        """Class probabilities (N, C) on the CPU; see ``trainer.predict.predict``."""
-        return predict(self, source, batch_size)
+        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source`` (a folder,
+        image paths and PIL images, or a loader; see ``trainer.predict``), in order. A file that
+        cannot be decoded is skipped with a warning naming it; its row is NaN, so the rows stay
+        aligned with the images. A missing file or an empty folder raises ``UserError``."""
+        batches = PredictBatches(self.data, source, batch_size)
+        with self._entry("predict"):
+            self.run_eval("predict", batches, batches.score)
+        return batches.result(self.data.num_classes)
+
+    @contextlib.contextmanager
+    def _entry(self, stage: str) -> Iterator[None]:
+        """An entry point's ``setup(stage)`` ... ``teardown(stage)``; after it, also after an
+        error, the phase is idle and every file a hook asked for is written."""
+        try:
+            with self._plan.stage(self, stage):
+                yield
+        finally:
+            self.state.phase = "idle"
+            self.artifacts.close()
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:
@@ -345,14 +335,14 @@ class Engine:
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
             s.batch_idx = batch_idx
-            batch = self._to_device(batch)  # hooks get it as the model does (as in Lightning)
+            batch = self.to_device(batch)  # hooks get it as the model does (as in Lightning)
             self._call("on_train_batch_start", batch, batch_idx)
             outputs = self._train_step(batch, batch_idx)
             tally.update(outputs["loss"], outputs["logits"], outputs["targets"], outputs["finite"])
             self._call("on_train_batch_end", outputs, batch, batch_idx)
             if self._val_check.due(s.step, s.step - first_step):
                 self._validate_mid_epoch()
-            if self._agree_to_stop():  # a signal raises: no validation or checkpoint of a part
+            if self._stop.agree():  # a signal raises: no validation or checkpoint of a part
                 break
         train_time = time.perf_counter() - t0
         loss, acc, seen = tally.compute()  # one reduction and one host read per epoch
@@ -364,7 +354,7 @@ class Engine:
             self._eval_loop("val", self._val_loader)
         s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
         s.phase = "train"
-        self._end_epoch()
+        s.history.append(track_best(s, self.monitor, self.mode))  # best tracking by monitor
         self._call("on_train_epoch_end")
 
     def _train_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -373,26 +363,20 @@ class Engine:
         x, y = batch
         x, target = self._mix(x, y, (self.state.epoch, batch_idx))  # soft targets if mixing
         stepping = (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.state.num_batches
-        with self._grad_sync(stepping):
+        with grad_sync(self._ddp, stepping):  # DDP all-reduces in the stepping backward
             self._nonfinite.before_forward()  # a skipped step puts the BatchNorm stats back
-            with self._autocast():
-                logits = self._forward_model(x)
-                loss = self.loss_fn(logits, target)
+            logits, loss = self.forward_loss(x, target)
             finite = finite_flag(loss.detach())
             self._nonfinite.observe(finite)
             if batch_idx % self.accumulate == 0:
                 self._call("on_before_zero_grad", self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
             self._call("on_before_backward", loss)
-            self._backward(loss / self.accumulate if self.accumulate > 1 else loss)
+            backward(loss / self.accumulate if self.accumulate > 1 else loss, self.scaler)
             self._call("on_after_backward")
         if stepping:
             self._optimizer_step()
         return {"loss": loss.detach(), "logits": logits.detach(), "targets": y, "finite": finite}
-
-    def _end_epoch(self) -> None:
-        """Append this epoch's row to history and track the best epoch by ``monitor``."""
-        self.state.history.append(track_best(self.state, self.monitor, self.mode))
 
     def _validate_mid_epoch(self) -> None:
         """A ``val_every`` check inside the epoch. Hooks see ``state.mid_epoch``: best.pt may be
@@ -403,127 +387,70 @@ class Engine:
         (s.num_batches, s.batch_idx), s.mid_epoch, s.phase = where, False, "train"
         track_best(s, self.monitor, self.mode)
 
-    def _grad_sync(self, stepping: bool) -> contextlib.AbstractContextManager[Any]:
-        """DDP all-reduces gradients in backward; micro-batches that only accumulate skip it."""
-        if self._ddp is None or stepping:
-            return contextlib.nullcontext()
-        return self._ddp.no_sync()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
     def _optimizer_step(self) -> None:
-        opt = self.optimizer
-        if self.scaler is not None:
-            self.scaler.unscale_(opt)  # hooks and clipping see true gradients
-        self._call("on_before_optimizer_step", opt)
-        finite = self._nonfinite.finite
-        if self.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
-            finite = finite & torch.isfinite(norm)
+        """Unscale, clip, step (skipped where the loss or the gradients are not finite on any
+        rank: ``trainer.step``), then the scheduler and EMA."""
+        unscale(self.optimizer, self.scaler)  # hooks and clipping see true gradients
+        self._call("on_before_optimizer_step", self.optimizer)
+        finite = clip(self.model, self.grad_clip, self._nonfinite.finite)
         if self._ddp is not None:  # one rank's NaN must skip the step on every rank
             finite = all_reduce_sum((~finite).to(torch.int32)) == 0
-        skipped = (~finite).float()  # 1.0: the step is skipped (the optimizer's found_inf)
-        if self.scaler is not None:
-            self.scaler.step(opt)  # the scaler skips steps with non-finite gradients itself
-            self.scaler.update()
-        elif getattr(opt, "_step_supports_amp_scaling", False):
-            # Fused optimizers (the default AdamW) skip on the device as under GradScaler.
-            opt.grad_scale, opt.found_inf = None, skipped  # type: ignore[attr-defined]
-            opt.step()
-            del opt.grad_scale, opt.found_inf  # type: ignore[attr-defined]
-        elif finite.item():  # another optimizer: one host read per step decides
-            opt.step()
+        optimizer_step(self.optimizer, self.scaler, finite)
         self.scheduler.step()
         self._nonfinite.restore(finite)
         if self.ema is not None:
             self.ema.update(self.model, apply=finite)
         self.state.step += 1
-        self._nonfinite.stepped(skipped, self.state.step, self.state.epoch)
-
-    def _agree_to_stop(self) -> bool:
-        """After each step and epoch: raise ``Interrupted`` if a signal came, else whether a
-        hook asked to stop. Under DDP the ranks agree first (one tiny all-reduce on the CPU,
-        no device sync), so a signal to any rank stops every rank at the same step, and none
-        is left waiting in the next gradient all-reduce."""
-        s = self.state
-        if self.world_size > 1:
-            signum, stop = max_over_ranks([self._signal or 0, int(s.should_stop)])
-            self._signal, s.should_stop = signum or None, bool(stop)
-        if self._signal is not None:
-            raise Interrupted(self._signal)
-        return s.should_stop
-
-    def _on_signal(self, signum: int) -> None:
-        """SIGINT/SIGTERM: stop after the current step (see ``trainer.signals``)."""
-        # No stop_reason: that marks a finished run, and an interrupted one is not.
-        self._signal = signum
-        self.state.should_stop = True
-        log.warning(
-            "%s: finishing the current step, then saving checkpoints/interrupted.pt; "
-            "press Ctrl-C again to exit at once", signal.Signals(signum).name,
-        )  # fmt: skip
+        self._nonfinite.stepped((~finite).float(), self.state.step, self.state.epoch)
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
+    def run_eval(
+        self, phase: str, loader: Iterable[Any], score: Score, *,
+        end: Callable[[], None] | None = None, limit: int | None = None,
+    ) -> None:  # fmt: skip
+        """The one loop over evaluation batches (validation, test, predict): each batch to the
+        device, through ``eval_model`` in eval mode under ``autocast``; ``score(logits, batch)``
+        returns the outputs the batch-end hooks get; ``end`` runs before the epoch-end hooks,
+        which read what it records. Hooks of ``phase``'s kind: validation ("sanity", "val"),
+        "test" or "predict". ``limit``: batches at most."""
+        s, model = self.state, self.eval_model
+        kind = {"sanity": "validation", "val": "validation"}.get(phase, phase)
+        s.phase = phase
+        total = len(loader) if isinstance(loader, Sized) else 0
+        s.num_batches = total if limit is None else min(limit, total)
+        was_training = model.training
+        model.eval()
+        try:
+            self._call(f"on_{kind}_start")
+            self._call(f"on_{kind}_epoch_start")
+            for batch_idx, raw in enumerate(itertools.islice(loader, limit)):
+                s.batch_idx = batch_idx
+                batch = self.to_device(raw)
+                self._call(f"on_{kind}_batch_start", batch, batch_idx)
+                with self.autocast():
+                    logits = model(batch[0])
+                outputs = score(logits.float(), batch)
+                self._call(f"on_{kind}_batch_end", outputs, batch, batch_idx)
+            if end is not None:
+                end()
+            self._call(f"on_{kind}_epoch_end")
+            self._call(f"on_{kind}_end")
+        finally:
+            model.train(was_training)
+
     def _eval_loop(
         self, phase: str, loader: Iterable[Any] | None, limit: int | None = None
     ) -> dict[str, float]:
-        """Validation ("sanity", "val") or test ("test"): hooks of that kind, metrics per phase."""
+        """Validation ("sanity", "val") or test ("test"); returns the metrics, which every rank
+        holds in ``state`` before the epoch-end hooks run (none for the sanity check)."""
         if loader is None:
             return {}
-        s = self.state
-        kind = "test" if phase == "test" else "validation"
-        s.phase = phase
-        model = self.eval_model
-        broadcast_buffers(model)  # every rank evaluates the BatchNorm statistics rank 0 saves
-        was_training = model.training
-        model.eval()
-        tally = EvalTally(self.data.num_classes, self.device)
-        t0 = time.perf_counter()
-        s.num_batches = len(loader) if limit is None else min(limit, len(loader))  # type: ignore[arg-type]
-        self._call(f"on_{kind}_start")
-        self._call(f"on_{kind}_epoch_start")
-        for batch_idx, batch in enumerate(loader):
-            if limit is not None and batch_idx >= limit:
-                break
-            s.batch_idx = batch_idx
-            batch = x, y = self._to_device(batch)
-            self._call(f"on_{kind}_batch_start", batch, batch_idx)
-            with self._autocast():
-                logits = model(x)
-            logits = logits.float()
-            loss = self.loss_fn(logits, y)
-            tally.update(loss, logits, y)
-            outputs = {"loss": loss, "logits": logits, "targets": y}
-            self._call(f"on_{kind}_batch_end", outputs, batch, batch_idx)
-        metrics = {} if phase == "sanity" else self._eval_metrics(phase, tally, t0)
-        self._call(f"on_{kind}_epoch_end")
-        self._call(f"on_{kind}_end")
-        model.train(was_training)
-        return metrics
-
-    def _eval_metrics(self, phase: str, tally: EvalTally, t0: float) -> dict[str, float]:
-        """Reduce the pass's counts over ranks; fill ``state.metrics``, ``per_class_acc``,
-        ``confusion_matrix`` and ``calibration``, which every rank then holds."""
-        s, prefix = self.state, "test" if phase == "test" else "val"
-        counts = tally.compute(self._confmat)
-        metrics = counts.summary(prefix)
-        if not metrics:
-            return {}
-        metrics[f"{prefix}/time"] = time.perf_counter() - t0
-        s.per_class_acc = counts.per_class_accuracy(self.data.classes)
-        s.confusion_matrix, s.calibration = counts.confusion, counts.calibration
-        s.metrics.update(metrics)
-        return metrics
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+        broadcast_buffers(self.eval_model)  # every rank evaluates the statistics rank 0 saves
+        classes, confmat = self.data.classes, self._confmat
+        scorer = EvalScore(self.state, phase, classes, self.loss_fn, self.device, confmat)
+        self.run_eval(phase, loader, scorer.score, end=scorer.end, limit=limit)
+        return scorer.metrics
 
     # ------------------------------------------------------------------------------- hooks
     def _call(self, method: str, *args: Any) -> None:
@@ -537,27 +464,8 @@ class Engine:
 
     # -------------------------------------------------------------------------- checkpoints
     def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (``torch.load(weights_only=True)`` reads it). Under
-        DDP every rank calls it: it gathers each rank's RNG state (``rng_per_rank``)."""
-        sampler: Any = getattr(self._train_loader, "sampler", None)
-        rng = get_rng_state()
-        ckpt: dict[str, Any] = {
-            "version": 1,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "state": self.state.state_dict(),
-            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
-            "rng": rng,
-            "hooks": {key: h.state_dict() for key, h in hook_keys(self.hooks).items()},
-            "classes": list(self.data.classes),
-            "args": self.args,
-            "precision": self.precision,
-        }
-        if self.world_size > 1:
-            ckpt["rng_per_rank"] = all_gather_object(rng)
+        """Everything to resume exactly (``trainer.resume``); under DDP every rank calls it."""
+        ckpt = engine_checkpoint(self)
         self._call("on_save_checkpoint", ckpt)
         return ckpt
 
@@ -567,34 +475,8 @@ class Engine:
         return save_checkpoint(ckpt, path) if self.is_global_zero else Path(path)
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore a checkpoint written by ``save_checkpoint``; the RNG is restored at fit."""
-        ckpt = load_checkpoint(path)
-        check_resumable(ckpt, self.data.classes, path)
+        """Restore a ``save_checkpoint`` file (``trainer.resume``); the RNG comes back at fit."""
+        ckpt, self._pending_rng = restore_engine(self, path)
         self.resume_path = checkpoint_file(path)
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None and ckpt.get("ema") is not None:
-            self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.state.load_state_dict(ckpt["state"])
-        sampler: Any = getattr(self._train_loader, "sampler", None)
-        if ckpt.get("sampler") is not None and hasattr(sampler, "load_state_dict"):
-            sampler.load_state_dict(ckpt["sampler"])
-        keys = hook_keys(self.hooks)
-        for key, hook_state in ckpt.get("hooks", {}).items():
-            if key in keys:
-                keys[key].load_state_dict(hook_state)
-        self._pending_rng = rank_rng_state(ckpt, self.rank, self.world_size)
-        if self._pending_rng is None and (self.world_size > 1 or "rng_per_rank" in ckpt):
-            # Saved by another number of processes: the draw and the augmentation (seeded per
-            # image) are still exact, but the ranks' own streams cannot continue: new ones.
-            log.warning(
-                "%s was saved by %d process(es), this run has %d: data order and augmentation "
-                "are exact, other randomness (dropout) is reseeded",
-                path, len(ckpt.get("rng_per_rank") or [None]), self.world_size,
-            )  # fmt: skip
-            seed_everything(rank_seed(self.seed + len(self.state.history), self.rank))
         self._call("on_load_checkpoint", ckpt)
         return ckpt

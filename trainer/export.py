@@ -3,7 +3,12 @@
 The exported file is all ``tools/predict.py`` needs: the graph takes ``input`` (float NCHW,
 normalised with the mapping's mean/std, any batch size) and returns ``logits``; the labels
 mapping travels in the model's ``metadata_props``. Reading it back and checking it against the
-graph lives in ``trainer.onnx_mapping``, re-exported here.
+graph lives in ``trainer.onnx_mapping``, re-exported here; the check runs the exported file
+through ``OnnxClassifier``, the one ONNX loader.
+
+All ONNX export lives here: ``hooks.OnnxExportHook`` (at the end of a fit) and
+``tools/export.py`` (from a checkpoint) both call :func:`export_with_report`, with images from
+:func:`first_images` or :func:`random_images`.
 
 Example:
     >>> report = export_and_verify(model, "runs/demo/model.onnx",
@@ -21,7 +26,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ from trainer.onnx_mapping import (
     split_entry,
     validate_labels_mapping,
 )
+from trainer.restore import normalize
 
 __all__ = [
     "INPUT_NAME",
@@ -56,6 +62,9 @@ __all__ = [
     "check_onnx_signature",
     "export_and_verify",
     "export_onnx",
+    "export_with_report",
+    "first_images",
+    "random_images",
     "read_onnx_metadata",
     "split_entry",
     "validate_labels_mapping",
@@ -237,15 +246,11 @@ def _torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> np
 
 
 def _onnx_logits(onnx_path: Path, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    model = OnnxClassifier(onnx_path)
     chunks = images.detach().cpu().float().numpy()
-    out = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: chunks[i : i + batch_size]})[0]
-        for i in range(0, len(chunks), batch_size)
-    ]
-    return np.concatenate(out)
+    return np.concatenate(
+        [model.logits(chunks[i : i + batch_size]) for i in range(0, len(chunks), batch_size)]
+    )
 
 
 def verify_onnx(
@@ -390,3 +395,68 @@ def _remove_data_files(path: Path, keep: str | None, failed: str) -> None:
         if ours.fullmatch(p.name) and p.name != keep:
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+def export_with_report(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    labels_mapping: Mapping[str, Any],
+    images: torch.Tensor,
+    report_path: str | os.PathLike[str],
+    opset: int = 18,
+    model_name: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`export_and_verify`, with ``extra`` fields added to the report file.
+
+    The fields are added whether the check passes or fails, so a failed report still says
+    what was compared.
+
+    Raises:
+        ExportVerificationError: the check failed; the report is on disk.
+    """
+    report_path = Path(report_path)
+    try:
+        report = export_and_verify(
+            model,
+            path,
+            labels_mapping=labels_mapping,
+            images=images,
+            report_path=report_path,
+            opset=opset,
+            model_name=model_name,
+        )
+    except ExportVerificationError:
+        if extra and report_path.is_file():
+            failed = json.loads(report_path.read_text(encoding="utf-8"))
+            atomic_write_json(report_path, {**failed, **extra})
+        raise
+    if extra:
+        report = {**report, **extra}
+        atomic_write_json(report_path, report)
+    return report
+
+
+def first_images(
+    loader: Iterable[Any] | None, n: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor | None:
+    """Up to ``n`` images from ``loader``, normalised as the engine does (the images to verify
+    an export on); None if it has none."""
+    if loader is None:
+        return None
+    chunks: list[torch.Tensor] = []
+    have = 0
+    for batch in loader:
+        x = batch[0][: n - have]
+        chunks.append(normalize(x.cpu(), mean, std))
+        have += len(x)
+        if have >= n:
+            break
+    return torch.cat(chunks) if chunks else None
+
+
+def random_images(image_size: int, n: int) -> torch.Tensor:
+    """``n`` standard-normal images: what normalised images look like to the model, roughly;
+    seeded, so every export of a model is checked on the same ones."""
+    return torch.randn(n, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))

@@ -18,8 +18,9 @@ the fit that would have run without the test.
 
 Under torchrun every rank runs the test on its shard, through DDP (gradients averaged), and the
 loss is averaged over ranks before it is smoothed, so all ranks stop at the same step and get
-the same suggestion. ``lr_find`` reaches into the engine's training plumbing (its forward
-model, batch mover and autocast); it is the engine's companion, not a hook.
+the same suggestion. Each step is the engine's own: ``Engine.to_device``, ``Engine.forward_loss``
+(the training forward under autocast, through DDP) and ``trainer.step`` (scaler, clipping, and
+a step skipped where the loss or the gradients are not finite).
 
 Example:
     >>> result = lr_find(engine, num_steps=100)
@@ -35,11 +36,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from trainer.distributed import all_reduce_sum, get_world_size
 from trainer.errors import ConfigError, DataError
+from trainer.nonfinite import finite_flag
 from trainer.rng import get_rng_state, set_rng_state
+from trainer.step import backward, clip, optimizer_step, unscale
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -150,26 +152,17 @@ def _ramp(
     average, best = 0.0, math.inf
     engine.model.train()
     opt.zero_grad(set_to_none=True)
-    batches = _cycle(engine._train_loader)
+    batches = _cycle(engine.train_loader)
     for step in range(num_steps):
         lr = min_lr * gamma**step
         for group, ratio in zip(opt.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
-        x, y = engine._to_device(next(batches))
-        with engine._autocast():
-            loss = engine.loss_fn(engine._forward_model(x), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if engine.grad_clip > 0:
-            nn.utils.clip_grad_norm_(engine.model.parameters(), engine.grad_clip, foreach=True)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        x, y = engine.to_device(next(batches))
+        _, loss = engine.forward_loss(x, y)
+        backward(loss, scaler)
+        unscale(opt, scaler)
+        finite = clip(engine.model, engine.grad_clip, finite_flag(loss.detach()))
+        optimizer_step(opt, scaler, finite)
         opt.zero_grad(set_to_none=True)
         # One host read per step: the test decides after each step whether to go on.
         value = all_reduce_sum(loss.detach().float().reshape(1)).item() / world
@@ -197,7 +190,7 @@ def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
 
 def _snapshot(engine: Engine) -> dict[str, Any]:
     model = engine.model
-    loader: Any = engine._train_loader
+    loader: Any = engine.train_loader
     sampler: Any = getattr(loader, "sampler", None)
     generator = getattr(loader, "generator", None)
     params = list(model.parameters())
@@ -225,7 +218,7 @@ def _restore(engine: Engine, saved: dict[str, Any]) -> None:
     engine.scheduler.load_state_dict(saved["scheduler"])
     if engine.scaler is not None:
         engine.scaler.load_state_dict(saved["scaler"])
-    loader: Any = engine._train_loader
+    loader: Any = engine.train_loader
     if saved["sampler"] is not None:
         loader.sampler.load_state_dict(saved["sampler"])
     if saved["generator"] is not None:

@@ -7,7 +7,8 @@ them over ranks (one collective) and reads them once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -16,6 +17,8 @@ from trainer.distributed import all_reduce_sum
 
 if TYPE_CHECKING:
     from trainer.state import EngineState
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def is_better(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -185,6 +188,21 @@ class EvalCounts(NamedTuple):
         metrics[f"{prefix}/ece"] = float((hits - confidence).abs().sum()) / seen
         return metrics
 
+    def record(
+        self, state: EngineState, prefix: str, classes: Sequence[str], seconds: float
+    ) -> dict[str, float]:
+        """Put the pass into ``state``: ``summary(prefix)`` and ``{prefix}/time`` into
+        ``metrics``, and ``per_class_acc``, ``confusion_matrix``, ``calibration``. Returns the
+        metrics; nothing is recorded (and ``{}`` returned) for a pass that saw no image."""
+        metrics = self.summary(prefix)
+        if not metrics:
+            return {}
+        metrics[f"{prefix}/time"] = seconds
+        state.per_class_acc = self.per_class_accuracy(classes)
+        state.confusion_matrix, state.calibration = self.confusion, self.calibration
+        state.metrics.update(metrics)
+        return metrics
+
     def per_class_accuracy(self, classes: Sequence[str]) -> dict[str, float | None]:
         """Accuracy per class name (its images predicted right); None for a class with none."""
         hits, support = self.confusion.diag().tolist(), self.confusion.sum(1).tolist()
@@ -241,6 +259,62 @@ class EvalTally:
         loss, top5, seen = totals[-3:].tolist()
         bins = totals[n * n : -3].view(3, CALIBRATION_BINS + 1)
         return EvalCounts(totals[: n * n].view(n, n).long(), loss, top5, seen, bins)
+
+
+class EvalScore:
+    """Scores a validation or test pass as ``Engine.run_eval`` runs it, and records it.
+
+    ``score`` adds a batch to an ``EvalTally`` (its loss computed with ``loss_fn``) and returns
+    the outputs the batch-end hooks get; ``end``, after the last batch, sums the counts over
+    ranks (one all-reduce) and records the metrics in ``state`` (``EvalCounts.record``), so
+    the epoch-end hooks read them. A sanity check (phase "sanity") records nothing.
+    ``tools/evaluate.py`` scores its models with this class too, so it reports the numbers the
+    engine does.
+
+    Args:
+        state: where the metrics go.
+        phase: "sanity", "val" or "test"; the metrics are ``val/...`` or ``test/...``.
+        classes: class names by index.
+        loss_fn: the loss of a batch, ``loss_fn(logits, targets)``.
+        device: where the counts add up.
+        confmat: the confusion counter to reuse; default a new one.
+
+    Attributes:
+        counts: the pass's ``EvalCounts`` once ``end`` ran (None before, and for a sanity check).
+        metrics: the recorded metrics once ``end`` ran (``{}`` when the pass saw no image).
+    """
+
+    def __init__(
+        self,
+        state: EngineState,
+        phase: str,
+        classes: Sequence[str],
+        loss_fn: LossFn,
+        device: torch.device,
+        confmat: ConfusionCounter | None = None,
+    ) -> None:
+        self.state, self.phase, self.classes, self.loss_fn = state, phase, classes, loss_fn
+        self.tally = EvalTally(len(classes), device)
+        self.confmat = confmat or ConfusionCounter(len(classes), device)
+        self.counts: EvalCounts | None = None
+        self.metrics: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def score(self, logits: torch.Tensor, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add a batch ``(images, targets)``; returns ``{"loss", "logits", "targets"}``."""
+        targets = batch[1]
+        loss = self.loss_fn(logits, targets)
+        self.tally.update(loss, logits, targets)
+        return {"loss": loss, "logits": logits, "targets": targets}
+
+    def end(self) -> None:
+        """Reduce the counts over ranks and record them in ``state`` (not for a sanity check)."""
+        if self.phase == "sanity":
+            return
+        self.counts = self.tally.compute(self.confmat)
+        prefix = "test" if self.phase == "test" else "val"
+        seconds = time.perf_counter() - self.start
+        self.metrics = self.counts.record(self.state, prefix, self.classes, seconds)
 
 
 def class_metrics(confusion: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,7 +2,12 @@
 
 The labels mapping (class names, image size, mean/std) comes from the model's metadata, or from
 the ``labels_mapping.json`` beside it; images go through exactly the validation preprocessing
-(``trainer.data.eval_preprocess``, then ``(x / 255 - mean) / std``).
+(``trainer.data.eval_preprocess``, then ``(x / 255 - mean) / std``). Files are decoded with
+Pillow, which raises on a malformed file where torchvision's native decoders have crashed the
+process; ``predict_batch`` skips such a file with a warning naming it.
+
+It is the one ONNX loader: ``tools/predict.py``, ``tools/evaluate.py`` and the export check
+(``trainer.export.verify_onnx``) all run models through it.
 
 Example:
     >>> from trainer import OnnxClassifier
@@ -13,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.data import eval_preprocess, image_to_tensor, load_image
+from trainer.errors import DataError
 from trainer.onnx_mapping import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -30,6 +37,8 @@ from trainer.onnx_mapping import (
     check_onnx_signature,
     read_onnx_metadata,
 )
+
+log = logging.getLogger("trainer")
 
 # A path, a PIL image, or a numpy uint8 array (H, W) or (H, W, C).
 ImageInput = str | os.PathLike[str] | np.ndarray | Image.Image
@@ -85,20 +94,22 @@ class OnnxClassifier:
         """One image as the model's input row: float32 ``(3, S, S)``, normalised.
 
         Raises:
-            OSError or ValueError (or another decoder error) when a file cannot be decoded.
+            DataError: a file that cannot be decoded (the decoder's error is its cause).
+            ValueError: a numpy array of another dtype or shape.
         """
-        if isinstance(image, (str, os.PathLike)):
-            pixels = load_image(image)
-        else:
-            pixels = image_to_tensor(image)
+        pixels = _decode(image) if isinstance(image, (str, os.PathLike)) else image_to_tensor(image)
         x = eval_preprocess(pixels, self.image_size).numpy().astype(np.float32) / 255.0
         return (x - self._mean) / self._std
 
-    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``."""
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Raw ``(N, C)`` logits for a batch of preprocessed rows ``(N, 3, S, S)``."""
         (logits,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: inputs.astype(np.float32)})
         check_num_outputs(logits.shape, self.path, len(self.classes))  # if left symbolic
-        logits = logits.astype(np.float64)
+        return np.asarray(logits)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``."""
+        logits = self.logits(inputs).astype(np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -115,21 +126,44 @@ class OnnxClassifier:
 
     def predict(self, image: ImageInput, top_k: int = 5) -> list[tuple[str, float]]:
         """The top-k ``(label, probability)`` pairs of one image (a path, a PIL image or a numpy
-        HWC uint8 array)."""
-        return self.predict_batch([image], top_k)[0]
+        HWC uint8 array).
+
+        Raises:
+            DataError: a file that cannot be decoded.
+        """
+        return self.top_k(self.probabilities(self.preprocess(image)[None]), top_k)[0]
 
     def predict_batch(
         self, images: Sequence[ImageInput], top_k: int = 5
     ) -> list[list[tuple[str, float]]]:
-        """``predict`` for several images, in one ONNX Runtime call."""
-        if len(images) == 0:
-            return []
-        inputs = np.stack([self.preprocess(image) for image in images])
-        return self.top_k(self.probabilities(inputs), top_k)
+        """``predict`` for several images, in one ONNX Runtime call. A file that cannot be
+        decoded is skipped with a warning naming it, and its entry is ``[]``, so the entries
+        stay aligned with ``images``."""
+        inputs: dict[int, np.ndarray] = {}
+        for i, image in enumerate(images):
+            try:
+                inputs[i] = self.preprocess(image)
+            except DataError as e:
+                log.warning("skipped %s", e)
+        if not inputs:
+            return [[] for _ in images]
+        found = iter(self.top_k(self.probabilities(np.stack(list(inputs.values()))), top_k))
+        return [next(found) if i in inputs else [] for i in range(len(images))]
 
     def __repr__(self) -> str:
         n, size = len(self.classes), self.image_size
         return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images)"
+
+
+def _decode(path: str | os.PathLike[str]) -> Any:
+    """A file's uint8 pixels, decoded with Pillow (see the module docstring)."""
+    try:
+        return load_image(path, native=False)
+    except Exception as e:  # any decoder failure means "not a readable image"
+        raise DataError(
+            f"{path}: cannot decode it ({type(e).__name__}: {e}); remove it or replace it "
+            "with a readable image."
+        ) from e
 
 
 def _open_session(path: Path, providers: Sequence[str]) -> Any:

@@ -1,9 +1,13 @@
-"""``Engine.predict``: class probabilities for a loader, a folder, or image paths and PIL images.
+"""What ``Engine.predict`` runs: batches from a loader, a folder, or image paths and PIL images.
 
 Images from files or PIL go through the validation transform (``trainer.data.eval_preprocess``)
-at the data's ``img_size``; every batch is then normalised on the device as in validation, run
-through ``engine.eval_model`` (the EMA weights when EMA is on) under the run's autocast, and
-turned into probabilities. The predict hooks fire around it, in Lightning's order.
+at the data's ``img_size``, as uint8 batches; ``Engine.predict`` then runs them through the
+engine's evaluation loop (``Engine.run_eval``), which normalises them on the device.
+
+Files are decoded with Pillow (``load_image(native=False)``), as the training loaders do:
+torchvision's native decoders have crashed the whole process (a segfault) on malformed files,
+where Pillow raises. A file that cannot be decoded is skipped with a warning naming it, and
+its row of the result is NaN (see :meth:`PredictBatches.rows`).
 
 Example:
     >>> probs = engine.predict("photos/")            # (N, C), rows in predict_paths order
@@ -13,20 +17,18 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from trainer.data import IMG_EXTENSIONS, eval_preprocess, image_to_tensor, load_image
-from trainer.errors import DataError, UserError
+from trainer.errors import UserError
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from trainer.engine import Engine
+log = logging.getLogger("trainer")
 
 # A folder, one image path, a list of paths or PIL images, or a loader of batches.
 PredictSource = str | os.PathLike[str] | Sequence[Any] | Iterable[Any]
@@ -46,56 +48,102 @@ def predict_paths(folder: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def predict(
-    engine: Engine, source: PredictSource, batch_size: int | None = None
-) -> torch.Tensor:
-    """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source``, in order.
+class PredictBatches:
+    """The batches of a predict source, and the probabilities that come back for them.
+
+    A loader's batches pass as they are. Paths and PIL images become uint8 ``(B, 3, S, S)``
+    batches through the validation transform, ``batch_size`` at a time; a file that cannot be
+    decoded is left out of its batch, logged, and listed in ``skipped``.
 
     Args:
-        engine: the trained engine; its ``eval_model``, device, autocast and normalisation.
+        data: the engine's data; its ``img_size`` (needed for paths and PIL images) and
+            ``batch_size`` (the default batch size).
         source: a folder (see :func:`predict_paths`), an image path, a list of image paths and
-            PIL images, or an iterable of batches (``images`` or ``(images, targets, ...)``;
-            uint8 images are normalised with the data's mean/std, float ones used as they are).
-        batch_size: images per forward pass for paths and PIL images; default the data's
-            ``batch_size``, else 32.
+            PIL images, or an iterable of batches (``images`` or ``(images, targets, ...)``).
+        batch_size: images per batch for paths and PIL images; default the data's, else 32.
+
+    Attributes:
+        skipped: ``(row, path, reason)`` of each image that could not be decoded, once iterated.
+        probs: each batch's probabilities, as ``score`` kept them.
 
     Raises:
-        UserError: a path that does not exist, a folder with no image, an unreadable image, or
-            paths with data that has no ``img_size``.
+        UserError: a path that does not exist, a folder with no image, a ``batch_size`` below
+            1, or paths with data that has no ``img_size``.
     """
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    batches, num_batches = _batches(engine, source, batch_size)
-    s = engine.state
-    model = engine.eval_model
-    was_training = model.training
-    probs: list[torch.Tensor] = []
-    try:
-        with engine._plan.stage(engine, "predict"), torch.no_grad():
-            s.phase = "predict"
-            s.num_batches = num_batches
-            model.eval()
-            engine._call("on_predict_start")
-            engine._call("on_predict_epoch_start")
-            for batch_idx, raw in enumerate(batches):
-                s.batch_idx = batch_idx
-                batch = _to_device(engine, raw)
-                engine._call("on_predict_batch_start", batch, batch_idx)
-                with engine._autocast():
-                    logits = model(batch[0])
-                logits = logits.float()
-                outputs = {"logits": logits, "probs": logits.softmax(1)}
-                probs.append(outputs["probs"])
-                engine._call("on_predict_batch_end", outputs, batch, batch_idx)
-            engine._call("on_predict_epoch_end")
-            engine._call("on_predict_end")
-    finally:
-        model.train(was_training)
-        s.phase = "idle"
-        engine.artifacts.close()
-    if not probs:
-        return torch.empty(0, engine.data.num_classes)
-    return torch.cat(probs).cpu()  # the one host read
+
+    def __init__(self, data: Any, source: PredictSource, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.skipped: list[tuple[int, Path, str]] = []
+        self.probs: list[torch.Tensor] = []
+        self.items: list[Any] | None = None  # None: a loader
+        self.loader: Any = ()
+        if _is_loader(source):
+            self.loader = source
+            return
+        self.items = _items(source)
+        img_size = getattr(data, "img_size", None)
+        if not isinstance(img_size, int):
+            raise UserError(
+                "predict on paths or PIL images needs the validation image size, and engine.data "
+                "has no img_size; pass a loader of preprocessed batches instead."
+            )
+        self.img_size = img_size
+        self.batch_size = int(batch_size or getattr(data, "batch_size", None) or DEFAULT_BATCH_SIZE)
+
+    def __len__(self) -> int:
+        """Batches (0 for a loader without a length); fewer where a whole batch is unreadable."""
+        if self.items is None:
+            return len(self.loader) if hasattr(self.loader, "__len__") else 0
+        return -(-len(self.items) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.items is None:
+            yield from self.loader
+            return
+        self.skipped = []
+        for start in range(0, len(self.items), self.batch_size):
+            images = []
+            for row in range(start, min(start + self.batch_size, len(self.items))):
+                pixels = self._decode(row, self.items[row])
+                if pixels is not None:
+                    images.append(eval_preprocess(pixels, self.img_size))
+            if images:
+                yield torch.stack(images)
+
+    def _decode(self, row: int, item: Any) -> torch.Tensor | None:
+        """The item's uint8 pixels; None (logged, and listed in ``skipped``) for a file that
+        cannot be decoded."""
+        if not isinstance(item, (str, os.PathLike)):
+            return image_to_tensor(item)
+        path = Path(item)
+        if not path.is_file():
+            raise UserError(f"image not found: {path}. Pass existing image files or a folder.")
+        try:
+            return load_image(path, native=False)  # Pillow: raises where a native decoder crashes
+        except Exception as e:  # any decoder failure means "not a readable image"
+            reason = f"cannot decode it ({type(e).__name__}: {e})".strip()
+            log.warning("predict skipped %s: %s; its row is NaN", path, reason)
+            self.skipped.append((row, path, reason))
+            return None
+
+    def score(self, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
+        """Keep a batch's probabilities; the outputs ``on_predict_batch_end`` gets."""
+        self.probs.append(logits.softmax(1))
+        return {"logits": logits, "probs": self.probs[-1]}
+
+    def result(self, num_classes: int) -> torch.Tensor:
+        """The probabilities kept, as one ``(N, C)`` CPU tensor, one row per image of the
+        source, in order; the row of a skipped image is NaN."""
+        probs = self.probs
+        done = torch.cat(probs).cpu() if probs else torch.empty(0, num_classes)  # one host read
+        if not self.skipped:
+            return done
+        out = torch.full((len(done) + len(self.skipped), num_classes), torch.nan)
+        keep = torch.ones(len(out), dtype=torch.bool)
+        keep[[row for row, _, _ in self.skipped]] = False
+        out[keep] = done
+        return out
 
 
 def _is_loader(source: Any) -> bool:
@@ -113,62 +161,17 @@ def _is_image_item(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike, Image.Image))
 
 
-def _batches(engine: Engine, source: Any, batch_size: int | None) -> tuple[Iterable[Any], int]:
-    """The batches of ``source`` and their number (0 when unknown): a loader's own, or uint8
-    batches built from files and PIL images."""
-    if _is_loader(source):
-        return source, len(source) if hasattr(source, "__len__") else 0
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            items: list[Any] = list(predict_paths(path))
-            if not items:
-                raise UserError(
-                    f"no images in {path}: predict looks for {', '.join(sorted(IMG_EXTENSIONS))} "
-                    "files in it and its sub-folders. Pass another folder, or a list of paths."
-                )
-        else:
-            items = [path]
-    else:
-        items = list(source)
-    img_size = getattr(engine.data, "img_size", None)
-    if not isinstance(img_size, int):
+def _items(source: Any) -> list[Any]:
+    """The images of a folder (see :func:`predict_paths`), a path, or a list of them."""
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source)
+    path = Path(source)
+    if not path.is_dir():
+        return [path]
+    items: list[Any] = list(predict_paths(path))
+    if not items:
         raise UserError(
-            "predict on paths or PIL images needs the validation image size, and engine.data "
-            "has no img_size; pass a loader of preprocessed batches instead."
+            f"no images in {path}: predict looks for {', '.join(sorted(IMG_EXTENSIONS))} "
+            "files in it and its sub-folders. Pass another folder, or a list of paths."
         )
-    size = int(batch_size or getattr(engine.data, "batch_size", None) or DEFAULT_BATCH_SIZE)
-    return _image_batches(items, img_size, size), -(-len(items) // size)
-
-
-def _image_batches(items: list[Any], img_size: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 ``(B, 3, S, S)`` batches, each image through the validation transform."""
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        yield torch.stack([eval_preprocess(_decode(item), img_size) for item in chunk])
-
-
-def _decode(item: str | os.PathLike[str] | Image.Image) -> torch.Tensor:
-    if not isinstance(item, (str, os.PathLike)):
-        return image_to_tensor(item)
-    path = Path(item)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}. Pass existing image files or a folder.")
-    try:
-        return load_image(path)
-    except Exception as e:  # any decoder failure means "not a readable image"
-        raise DataError(
-            f"cannot decode {path} ({type(e).__name__}: {e}); remove it from the list, or "
-            "replace it with a readable image."
-        ) from e
-
-
-def _to_device(engine: Engine, batch: Any) -> tuple[torch.Tensor, ...]:
-    """The batch on the device, images normalised there: ``(images,)`` or
-    ``(images, targets)``, as the loader gave it."""
-    if isinstance(batch, torch.Tensor):
-        return (engine._to_device.images(batch),)
-    if isinstance(batch, (list, tuple)) and len(batch) == 1:
-        return (engine._to_device.images(batch[0]),)
-    x, y = engine._to_device(batch)
-    return x, y
+    return items

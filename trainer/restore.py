@@ -24,8 +24,8 @@ from torch import nn
 
 from trainer.data import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from trainer.errors import CheckpointError
-from trainer.export import validate_labels_mapping
 from trainer.models import build_model
+from trainer.onnx_mapping import validate_labels_mapping
 
 log = logging.getLogger("trainer")
 

@@ -15,8 +15,11 @@ from rich.console import Console
 
 from tests.conftest import console_text, make_tree, quiet_console
 from tests.tools.tiny_run import load_tool, train_tiny_run
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.data import ImageFolderData
+from trainer.engine import Engine
 from trainer.models import build_model
+from trainer.restore import model_from_checkpoint
 
 evaluate = load_tool("evaluate")
 export = load_tool("export")
@@ -35,6 +38,7 @@ KEYS = {
     "macro",
     "per_class",
     "confusion_matrix",
+    "metrics",
 }
 
 
@@ -77,6 +81,26 @@ def test_checkpoint_and_onnx_agree(
     # The same (EMA) weights through two runtimes: same predictions.
     assert onnx["confusion_matrix"] == pt["confusion_matrix"]
     assert onnx["top1"] == pytest.approx(pt["top1"])
+
+
+def test_a_checkpoint_scores_what_the_engine_scores(run: dict[str, Path]) -> None:
+    """One metrics implementation: evaluate.py on best.pt gives the engine's own test numbers
+    (same counts; float sums to rounding), under the engine's names."""
+    model, _ = model_from_checkpoint(load_checkpoint(run["best"]), run["best"])
+    data = ImageFolderData(run["tree"], img_size=16, batch_size=4, workers=0)
+    engine = Engine(model, data, device="cpu", sanity_steps=0)
+    expected = {k: v for k, v in engine.test().items() if not k.endswith(("/loss", "/time"))}
+    result = evaluate.evaluate(run["best"], run["tree"], split="test", workers=0)
+    assert set(result["metrics"]) == set(expected) == {
+        "test/acc", "test/macro_f1", "test/balanced_acc", "test/ece"
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert result["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert result["top1"] == expected["test/acc"]
+    assert engine.state.confusion_matrix is not None
+    assert result["confusion_matrix"] == engine.state.confusion_matrix.tolist()
+    recall = dict(zip(result["classes"], result["per_class"]["recall"], strict=True))
+    assert recall == pytest.approx(engine.state.per_class_acc)
 
 
 def test_val_split_and_default_out(run: dict[str, Path], tmp_path: Path) -> None:

@@ -366,7 +366,7 @@ def test_one_process_under_torchrun_trains_through_ddp_and_exports(tmp_path: Pat
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(ddp: dict[str, Any]) -> None:
     """No rank is left in a collective: both leave with 143 after step 1 of epoch 1, and
     rank 0 writes interrupted.pt of that step (a collective itself: every rank's RNG)."""
-    steps_per_epoch = len(make_engine(ddp["root"], 2 * BATCH, [])._train_loader)
+    steps_per_epoch = len(make_engine(ddp["root"], 2 * BATCH, []).train_loader)
     expected = (143, steps_per_epoch + 1)
     assert [r["signal_exit"] for r in ddp["ranks"]] == [expected, expected]
     emergency = load_checkpoint(ddp["tmp"] / "c" / "checkpoints" / "interrupted.pt")

@@ -53,7 +53,7 @@ def _val_loss(engine: Any, model: nn.Module) -> float:
     model.eval()
     with torch.no_grad():
         for batch in engine.data.val_loader():
-            x, y = engine._to_device(batch)
+            x, y = engine.to_device(batch)
             total += float(engine.loss_fn(model(x).float(), y)) * len(y)
             seen += len(y)
     return total / seen

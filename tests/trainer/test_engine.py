@@ -301,3 +301,25 @@ def test_the_library_leaves_the_garbage_collector_alone() -> None:
     make_engine([hook]).fit()
     assert hook.counts == [before, before]
     assert gc.get_freeze_count() == before
+
+
+def test_validation_passes_count_their_batches_and_record_metrics_before_epoch_end() -> None:
+    """The sanity check runs ``sanity_steps`` batches and records nothing; a validation's
+    metrics are in ``state`` when ``on_validation_epoch_end`` runs, and ``num_batches`` is
+    right in each pass. ``run_eval`` is the one loop of all of them."""
+    seen: list[tuple[str, int, int]] = []
+    at_epoch_end: list[tuple[str, float | None]] = []
+
+    class Spy(Hook):
+        def on_validation_batch_start(self, engine: Engine, batch: Any, batch_idx: int) -> None:
+            seen.append((engine.state.phase, batch_idx, engine.state.num_batches))
+
+        def on_validation_epoch_end(self, engine: Engine) -> None:
+            at_epoch_end.append((engine.state.phase, engine.state.metrics.get("val/acc")))
+
+    data = StandInData()  # 12 val images in batches of 5
+    engine = make_engine([Spy()], data=data, max_epochs=1, sanity_steps=1)
+    engine.fit()
+    assert seen == [("sanity", 0, 1), ("val", 0, 3), ("val", 1, 3), ("val", 2, 3)]
+    assert at_epoch_end[0] == ("sanity", None)
+    assert at_epoch_end[1][0] == "val" and at_epoch_end[1][1] == engine.state.history[0]["val/acc"]

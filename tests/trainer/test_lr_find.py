@@ -59,7 +59,7 @@ def snapshot(engine: Any) -> dict[str, Any]:
         "model": {k: v.clone() for k, v in engine.model.state_dict().items()},
         "optimizer": _clone(engine.optimizer.state_dict()),
         "scheduler": engine.scheduler.state_dict(),
-        "sampler": engine._train_loader.sampler.state_dict(),
+        "sampler": engine.train_loader.sampler.state_dict(),
         "rng": get_rng_state(),
         "grads": [p.grad for p in engine.model.parameters()],
         "training": engine.model.training,
@@ -136,7 +136,7 @@ def test_bad_settings(kwargs: dict[str, Any]) -> None:
 def test_an_image_folder_loader_is_put_back(tiny_tree: Path) -> None:
     data = ImageFolderData(tiny_tree, img_size=16, batch_size=4, workers=0, sampler="balanced")
     engine = make_engine(data=data)  # type: ignore[arg-type]
-    loader = engine._train_loader
+    loader = engine.train_loader
     generator, sampler = loader.generator.get_state(), loader.sampler.state_dict()
     lr_find(engine, min_lr=1e-5, max_lr=1.0, num_steps=12, skip_begin=2)
     assert torch.equal(loader.generator.get_state(), generator)  # it seeds the loader's workers

@@ -15,6 +15,7 @@ from torch import nn
 
 from trainer import OnnxClassifier
 from trainer.data import eval_preprocess, load_image
+from trainer.errors import DataError
 from trainer.export import OnnxModelError, export_onnx
 
 IMG = 16
@@ -120,3 +121,20 @@ def test_user_errors(exported: dict[str, Any], tmp_path: Path) -> None:
         clf.predict(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="top_k"):
         clf.predict(exported["images"][0], top_k=0)
+
+
+def test_an_unreadable_file_is_an_error_alone_and_skipped_in_a_batch(
+    exported: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    clf = OnnxClassifier(exported["path"])
+    with pytest.raises(DataError, match=r"broken\.png: cannot decode"):
+        clf.predict(broken)
+    good = exported["images"][0]
+    with caplog.at_level("WARNING", logger="trainer"):
+        batch = clf.predict_batch([broken, good, broken], top_k=2)
+    assert batch[0] == [] and batch[2] == []  # entries stay aligned with the images
+    assert _same_top(batch[1], clf.predict(good, top_k=2))
+    assert caplog.text.count("broken.png") == 2
+    assert clf.predict_batch([broken]) == [[]]

@@ -14,7 +14,7 @@ from PIL import Image
 from tests.conftest import StandInData, make_engine, make_tree, tree_digest
 from trainer.data import eval_preprocess, load_image
 from trainer.engine import Engine
-from trainer.errors import DataError, UserError
+from trainer.errors import UserError
 from trainer.hook import Hook
 from trainer.predict import predict_paths
 
@@ -125,12 +125,26 @@ def test_bad_sources_name_the_problem(trained: Engine, tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(UserError, match="no images in .*empty"):
         trained.predict(empty)
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="broken.jpg"):
-        trained.predict([broken])
     with pytest.raises(UserError, match="batch_size"):
         trained.predict(empty, batch_size=0)
+
+
+def test_an_unreadable_file_gets_a_nan_row_and_a_warning(
+    trained: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_tree(tmp_path / "imgs", {"a": 3}, splits=())
+    (root / "a" / "1b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    paths = predict_paths(root)
+    assert [p.name for p in paths] == ["0.png", "1.jpg", "1b.png", "2.png"]
+    good = [0, 1, 3]
+    batch = torch.stack([eval_preprocess(load_image(paths[i]), 16) for i in good])
+    with caplog.at_level("WARNING", logger="trainer"):
+        probs = trained.predict(root, batch_size=2)  # the bad file shares a batch with a good one
+    assert probs.shape == (4, 3)
+    assert probs.isnan().any(1).tolist() == [False, False, True, False]
+    assert torch.allclose(probs[good], _expected(trained, batch), atol=1e-5)  # rows kept
+    assert "1b.png" in caplog.text and "cannot decode" in caplog.text
+    assert trained.predict([root / "a" / "1b.png"]).isnan().all()  # a batch of none readable
 
 
 def test_paths_need_the_image_size() -> None:
