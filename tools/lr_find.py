@@ -35,8 +35,8 @@ from trainer.errors import UserError
 from trainer.io import atomic_write_csv
 from trainer.lr_find import LRFindResult, lr_find
 from trainer.models import build_model
-from trainer.run_folder import LR_FIND_CSV, LR_FIND_PNG
 from trainer.rng import seed_everything
+from trainer.run_files import LR_FIND_CSV, LR_FIND_PNG
 
 log = logging.getLogger("trainer")
 
@@ -63,7 +63,9 @@ PARSER_OPTIONS: dict[str, Any] = {
     "description": "LR range test: train with an exponentially growing learning rate, plot "
     "the smoothed loss against it, and suggest the lr where the loss falls fastest. Takes "
     "train.py's data and model flags.",
-    "help_overrides": {"out": "folder for lr_find.csv and lr_find.png; default: the current folder"},
+    "help_overrides": {
+        "out": "folder for lr_find.csv and lr_find.png; default: the current folder"
+    },
 }
 
 

@@ -29,6 +29,7 @@ with collector_paused():
 
     from hooks import WandbHook, default_hooks
     from hooks.verbosity import Verbosity
+    from trainer import run_files as files
     from trainer import run_folder as rf
     from trainer.checkpoint import checkpoint_file, load_checkpoint
     from trainer.config import TrainConfig
@@ -45,7 +46,7 @@ with collector_paused():
         is_global_zero,
     )
     from trainer.engine import Engine
-    from trainer.errors import ConfigError, NonFiniteLossError, OutputError, UserError
+    from trainer.errors import ConfigError, NonFiniteLossError, UserError
     from trainer.export import ExportVerificationError
     from trainer.models import build_model
     from trainer.rng import seed_everything
@@ -215,15 +216,15 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
     console.print(f"  run folder: {escape(str(out))}")
     names = [
-        rf.METRICS_CSV,
-        rf.PER_CLASS_CSV,
-        rf.STEPS_CSV,
-        rf.LABELS_MAPPING_JSON,
-        f"{rf.CHECKPOINTS}/{rf.BEST_PT}",
-        f"{rf.CHECKPOINTS}/{rf.LAST_PT}",
-        rf.MODEL_ONNX,
-        rf.REPORT_HTML,
-        rf.PLOTS,
+        files.METRICS_CSV,
+        files.PER_CLASS_CSV,
+        files.STEPS_CSV,
+        files.LABELS_MAPPING_JSON,
+        f"{files.CHECKPOINTS}/{files.BEST_PT}",
+        f"{files.CHECKPOINTS}/{files.LAST_PT}",
+        files.MODEL_ONNX,
+        files.REPORT_HTML,
+        files.PLOTS,
     ]
     names = [name for name in names if (out / name).exists()]
     if verbose:
@@ -284,12 +285,12 @@ def _interrupted_message(out: str | None, started_ns: int) -> str:
     resume command only if a finished epoch (``last.pt``) exists."""
     if not out:
         return "interrupted before the run folder was set up; nothing was saved."
-    ckpts = Path(out) / rf.CHECKPOINTS
-    emergency = ckpts / rf.INTERRUPTED_PT
+    ckpts = Path(out) / files.CHECKPOINTS
+    emergency = ckpts / files.INTERRUPTED_PT
     parts = ["interrupted."]
     if emergency.is_file() and emergency.stat().st_mtime_ns >= started_ns:
         parts.append(f"{emergency} holds the weights as they were.")
-    if (ckpts / rf.LAST_PT).is_file():
+    if (ckpts / files.LAST_PT).is_file():
         parts.append(f"--resume --out {out} continues exactly from the last finished epoch.")
     else:
         parts.append("No epoch finished, so there is nothing to resume; start the run again.")

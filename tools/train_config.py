@@ -31,7 +31,7 @@ def parse_config(argv: Sequence[str] | None = None, **options: Any) -> dict[str,
 
 def build_data(cfg: TrainConfig, root: Path) -> ImageFolderData:
     """The run's data: the tree or label file at ``root``, with ``--transforms``'s pipelines."""
-    pipelines = load_transforms_file(cfg.transforms, cfg.img_size) if cfg.transforms else None
+    pipelines = load_transforms_file(cfg.transforms, int(cfg.img_size or 0)) if cfg.transforms else None
     return ImageFolderData(
         root,
         **cfg.data_kwargs(),

@@ -20,11 +20,24 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from trainer.config_fields import (
+    DATA,
+    ENGINE,
+    HOOKS,
+    RECIPES,
+    log_every_problem,
+    lr_problem,
+    lr_value,
+    model_problem,
+    none_for_none,
+    parse_class_weights,
+    setting,
+    val_every_problem_text,
+)
 from trainer.data.augment import AUTO_AUGMENT, Augment
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.data.preflight import VERIFY_MODES
@@ -32,134 +45,6 @@ from trainer.data.sampler import SAMPLER_MODES
 from trainer.errors import ConfigError
 from trainer.metrics import monitor_mode
 from trainer.models import MODELS, TIMM_PREFIX
-from trainer.val_check import val_every_problem
-
-# Who receives a setting by its name (``to=``); ``engine_name`` renames it on the way.
-DATA, ENGINE, HOOKS = "data", "engine", "hooks"
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    to: tuple[str, ...] = (),
-    metavar: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    switch: bool = False,
-    demo: bool = False,
-    parse: Callable[[str], Any] | None = None,
-    check: Callable[[Any], str | None] | None = None,
-    convert: Callable[[Any], Any] | None = None,
-    engine_name: str | None = None,
-    const: Any = None,
-    saved: bool = True,
-) -> Any:
-    """A dataclass field that declares one setting (its flag is ``--`` + the name, dashed).
-
-    Args:
-        default: the value when nothing sets it; None with ``demo=True`` means "the demo's or
-            --data's default" (``DEMO_DEFAULTS`` / ``DATA_DEFAULTS``).
-        help: the flag's help text.
-        to: the constructors that take it by name: "data" (``ImageFolderData``), "engine"
-            (``Engine``), "hooks" (``hooks.default_hooks``).
-        metavar, choices: as argparse's.
-        switch: a bool flag that only turns on (``--compile``); other bools get ``--no-X`` too.
-        demo: its default depends on the demo or --data (the help says both).
-        parse: the flag's own text parser (``--lr``: a number or ``auto``); raises ValueError.
-        check: the value's problem, or None; checked for every source (flag, file, Python).
-        convert: how the constructor receives the value (``--cache none`` -> None).
-        engine_name: ``Engine``'s name for it (``epochs`` -> ``max_epochs``).
-        const: the value of the flag given without a value (its argument becomes optional).
-        saved: False for the flags about one invocation, left out of ``args.json``.
-    """
-    meta = {
-        "help": help,
-        "to": to,
-        "metavar": metavar,
-        "choices": choices,
-        "switch": switch,
-        "demo": demo,
-        "parse": parse,
-        "check": check,
-        "convert": convert,
-        "engine_name": engine_name,
-        "const": const,
-        "saved": saved,
-    }
-    return field(default=default, metadata=meta)
-
-
-# ------------------------------------------------------------------------------ checks
-def lr_value(text: str) -> float | str:
-    """``--lr``: a finite number above 0, or ``auto`` (the LR range test picks it)."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number or 'auto', got {text!r}") from None
-    problem = lr_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def lr_problem(value: Any) -> str | None:
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"expected a number or 'auto', got {value!r}"
-    if not (math.isfinite(value) and value > 0):
-        return f"--lr must be a finite number above 0 (e.g. 1e-3) or auto, got {value!r}"
-    return None
-
-
-def _model_problem(name: Any) -> str | None:
-    # Checked here, not only in build_model, so a typo fails before the data is scanned.
-    if name is None or name in MODELS or str(name).startswith(TIMM_PREFIX):
-        return None
-    return (
-        f"--model {name!r} is not one of {', '.join(sorted(MODELS))}, "
-        f"nor {TIMM_PREFIX}<name> for a timm model"
-    )
-
-
-def _val_every_problem(value: float) -> str | None:
-    problem = val_every_problem(value)
-    if problem is None:
-        return None
-    return (
-        f"--val-every {problem}: e.g. --val-every 0.25 validates four times an epoch, "
-        "--val-every 500 every 500 optimizer steps"
-    )
-
-
-def _log_every_problem(value: int) -> str | None:
-    if value >= 0:
-        return None
-    return f"--log-every must be >= 0 (0 turns steps.csv off), got {value}"
-
-
-def parse_class_weights(text: str | None) -> dict[str, float] | None:
-    """``--class-weights cat=2,dog=1`` as ``{"cat": 2.0, "dog": 1.0}``."""
-    if not text:
-        return None
-    weights = {}
-    for item in text.split(","):
-        name, sep, value = item.rpartition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            name = ""
-        if not sep or not name.strip():
-            raise ConfigError(
-                f"--class-weights item {item!r} is not NAME=WEIGHT; e.g. --class-weights cat=2,dog=1"
-            )
-    return weights
-
-
-def _none_for_none(value: str) -> str | None:
-    return None if value == "none" else value
 
 
 # ------------------------------------------------------------------------------ groups
@@ -216,7 +101,7 @@ class DataConfig:
         "ram keeps decoded, pre-resized images in memory when they fit",
         to=(DATA,),
         choices=("none", "ram"),
-        convert=_none_for_none,
+        convert=none_for_none,
     )
     decode: str = setting(
         "cpu",
@@ -256,30 +141,6 @@ class DataConfig:
         to=(DATA,),
         choices=VERIFY_MODES,
     )
-
-
-# --recipe: defaults for a kind of run, each a function of the demo or --data defaults. Flags
-# given on the command line win; so do the values a replayed args.json holds (--resume,
-# --config), unless --recipe itself is given on the command line.
-RECIPES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "quick": lambda base: {"epochs": 5, "warmup_epochs": 0.5},
-    "finetune": lambda base: {
-        "pretrained": True,
-        "model": "resnet18" if base["model"] == "small_cnn" else base["model"],  # has weights
-        "lr": float(f"{base['lr'] / 10:.3g}"),
-        "ema_decay": 0.999,
-        "crop_scale": max(base["crop_scale"], 0.35),  # light augmentation
-        "warmup_epochs": 0.5,
-    },
-    "scratch": lambda base: {
-        "epochs": 2 * base["epochs"],
-        "auto_augment": "trivialaugment",
-        "random_erasing": 0.25,
-        "mixup": 0.2,
-        "cutmix": 1.0,
-        "label_smoothing": 0.1,
-    },
-}
 
 
 @dataclass
@@ -353,7 +214,7 @@ class ModelConfig:
         "model (needs the [timm] extra)",
         demo=True,
         metavar="NAME",
-        check=_model_problem,
+        check=model_problem,
     )
     pretrained: bool = setting(
         False, "start from ImageNet weights, torchvision's or timm's (downloads once)"
@@ -364,9 +225,7 @@ class ModelConfig:
 class OptimConfig:
     group: ClassVar[str] = "optimisation"
 
-    epochs: int | None = setting(
-        None, "epochs", to=(ENGINE,), engine_name="max_epochs", demo=True
-    )
+    epochs: int | None = setting(None, "epochs", to=(ENGINE,), engine_name="max_epochs", demo=True)
     lr: float | str | None = setting(
         None,
         "peak learning rate; auto: run the LR range test first (tools/lr_find.py) and use "
@@ -510,14 +369,14 @@ class MetricsConfig:
         "optimizer steps (integer N > 1); best.pt and early stopping follow each validation",
         to=(ENGINE,),
         metavar="F|N",
-        check=_val_every_problem,
+        check=val_every_problem_text,
     )
     log_every: int = setting(
         50,
         "a steps.csv row (loss, lr, img/s) every N optimizer steps; 0: no steps.csv",
         to=(HOOKS,),
         metavar="N",
-        check=_log_every_problem,
+        check=log_every_problem,
     )
     per_class: bool = setting(
         True, "per_class.csv: accuracy, precision, recall, F1 and support per class", to=(HOOKS,)
@@ -592,8 +451,8 @@ class TrainConfig(
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting by name, in --help's order: ``args.json`` without its ``pipeline``."""
-        return {f.name: getattr(self, f.name) for f in settings_fields(exclude=(CommandConfig,))}
+        """Every setting by name, group by group: ``args.json`` without its ``pipeline``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def resolved(self) -> TrainConfig:
         """A copy with the None defaults filled: the demo's without ``data``, else --data's;
@@ -629,11 +488,6 @@ class TrainConfig(
     def hook_kwargs(self) -> dict[str, Any]:
         """The settings ``hooks.default_hooks`` reads."""
         return self._for(HOOKS)
-
-
-def settings_fields(exclude: tuple[type, ...] = ()) -> list[dataclasses.Field[Any]]:
-    """Every setting's field, group by group in --help's order."""
-    return [f for g in GROUPS if g not in exclude for f in dataclasses.fields(g)]
 
 
 # Names of the settings args.json leaves out (the invocation's own flags).

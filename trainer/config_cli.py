@@ -22,15 +22,12 @@ from typing import Any
 
 import yaml
 
-from trainer.config import (
-    NOT_SAVED,
-    RECIPES,
-    TrainConfig,
-    settings_fields,
-)
+from trainer.config import NOT_SAVED, TrainConfig
+from trainer.config_fields import RECIPES
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS
 from trainer.errors import ConfigError
-from trainer.run_folder import ARGS_JSON, run_dir_of
+from trainer.run_files import ARGS_JSON
+from trainer.run_folder import run_dir_of
 
 FORMATS = ("json", "yaml")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -274,7 +271,7 @@ def parse_config(
     config.update(saved)
     config.update(given)
     recipe = config.get("recipe")
-    if recipe:
+    if isinstance(recipe, str):
         # A recipe given on the command line applies over the replayed file; one replayed
         # from the file leaves the file's values alone.
         kept = set(given) if "recipe" in given else set(given) | set(saved)
@@ -316,7 +313,8 @@ def markdown_reference(groups: Sequence[type] | None = None) -> str:
             shown = meta["metavar"] or (
                 "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else f.name.upper()
             )
-            flag += f" `{'[' + shown + ']' if meta['const'] is not None else shown}`"
+            shown = f"[{shown}]" if meta["const"] is not None else shown
+            flag = f"`{flag_of(f)} {shown}`"
         default = "" if f.default is None else f"`{f.default}`"
         what = _help(f).replace("%%", "%").replace("|", "\\|")
         sections.setdefault(_title(owner), []).append(f"| {flag} | {default} | {what} |")

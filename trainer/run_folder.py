@@ -19,29 +19,26 @@ from typing import Any
 from trainer.checkpoint import check_classes
 from trainer.errors import CheckpointError, ConfigError, OutputError
 from trainer.io import atomic_write_json, clean_stale_temp_files
-
-# The files and folders of a run folder.
-ARGS_JSON = "args.json"  # the run's settings, replayable with --config
-DATA_REPORT_JSON = "data_report.json"
-LABELS_MAPPING_JSON = "labels_mapping.json"
-METRICS_CSV = "metrics.csv"
-PER_CLASS_CSV = "per_class.csv"
-STEPS_CSV = "steps.csv"
-CHECKPOINTS = "checkpoints"
-LAST_PT = "last.pt"
-BEST_PT = "best.pt"
-INTERRUPTED_PT = "interrupted.pt"
-MODEL_ONNX = "model.onnx"
-EXPORT_REPORT_JSON = "export_report.json"
-REPORT_HTML = "report.html"
-PLOTS = "plots"
-TENSORBOARD = "tensorboard"
-MODEL_INFO_JSON = "model_info.json"
-DATASET_STATS_JSON = "dataset_stats.json"
-CLASS_DISTRIBUTION_CSV = "class_distribution.csv"
-SAMPLER_DISTRIBUTION_CSV = "sampler_distribution.csv"
-LR_FIND_CSV = "lr_find.csv"
-LR_FIND_PNG = "lr_find.png"
+from trainer.run_files import (
+    ARGS_JSON,
+    CHECKPOINTS,
+    CLASS_DISTRIBUTION_CSV,
+    DATA_REPORT_JSON,
+    DATASET_STATS_JSON,
+    EXPORT_REPORT_JSON,
+    LABELS_MAPPING_JSON,
+    LR_FIND_CSV,
+    LR_FIND_PNG,
+    METRICS_CSV,
+    MODEL_INFO_JSON,
+    MODEL_ONNX,
+    PER_CLASS_CSV,
+    PLOTS,
+    REPORT_HTML,
+    SAMPLER_DISTRIBUTION_CSV,
+    STEPS_CSV,
+    TENSORBOARD,
+)
 
 # A folder with one of these holds a run: a new run there would overwrite its checkpoints.
 RUN_MARKERS = (ARGS_JSON, METRICS_CSV, CHECKPOINTS)
