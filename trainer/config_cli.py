@@ -31,6 +31,11 @@ from trainer.run_folder import run_dir_of
 
 FORMATS = ("json", "yaml")
 YAML_SUFFIXES = (".yaml", ".yml")
+# A resumed run whose args.json this version cannot read: made by another version.
+RESUME_HINT = (
+    ". The run folder was made by another version of the trainer: resume it with that "
+    "version, or start a new run with --config on an edited copy of its args.json"
+)
 # args.json's record of the transform pipelines the run used: written by train.py, not a flag.
 PIPELINE_KEY = "pipeline"
 DESCRIPTION = (
@@ -127,8 +132,9 @@ def _all_groups() -> tuple[type, ...]:
 
 
 # ------------------------------------------------------------------------------ files
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping in ``path``: YAML for ``.yaml``/``.yml``, JSON otherwise.
+def read_config_file(path: Path, source: str = "--config") -> dict[str, Any]:
+    """The mapping in ``path``: YAML for ``.yaml``/``.yml``, JSON otherwise. ``source`` is
+    how the errors name it: ``--config``, or ``--resume``'s replayed ``args.json``.
 
     Raises:
         ConfigError: the file is missing, unreadable, malformed or not a mapping.
@@ -139,26 +145,29 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ConfigError(
-            f"--config {path} does not exist; pass a run's args.json or a YAML file with its keys"
+            f"{source} {path} does not exist; pass a run's args.json or a YAML file with its keys"
         ) from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path} is not readable ({e})") from e
+        raise ConfigError(f"{source} {path} is not readable ({e})") from e
     try:
         saved = yaml.safe_load(text) if is_yaml else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--config {path} is not valid {kind} ({e})") from e
+        raise ConfigError(f"{source} {path} is not valid {kind} ({e})") from e
     if saved is None and is_yaml:
         saved = {}  # an empty YAML file: nothing to replay
     if not isinstance(saved, dict):
         raise ConfigError(
-            f"--config {path} holds a {type(saved).__name__}, not a mapping of settings; "
+            f"{source} {path} holds a {type(saved).__name__}, not a mapping of settings; "
             "write one `key: value` per line, with the keys of args.json"
         )
     return saved
 
 
 def check_config_values(
-    saved: dict[str, Any], path: Path, groups: Sequence[type] | None = None
+    saved: dict[str, Any],
+    path: Path,
+    groups: Sequence[type] | None = None,
+    source: str = "--config",
 ) -> dict[str, Any]:
     """``saved`` with each value checked against its setting: the key is a setting's, the value
     has its type (and choice). Numbers written as text (YAML reads ``3e-3`` as a string) are
@@ -174,15 +183,16 @@ def check_config_values(
             close = difflib.get_close_matches(str(key).replace("-", "_"), list(owners), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"--config {path}: unknown key {key!r}{hint}; the keys are those of args.json "
+                f"{source} {path}: unknown key {key!r}{hint}; the keys are those of args.json "
                 "(`python tools/train.py --print-config` lists them)"
+                + ("" if source == "--config" else RESUME_HINT)
             )
         f, owner = owners[str(key)]
-        checked[key] = _checked_value(f, _base_type(f, owner), key, value, path)
+        checked[key] = _checked_value(f, _base_type(f, owner), key, value, f"{source} {path}")
     return checked
 
 
-def _checked_value(f: Field[Any], kind: Any, key: str, value: Any, path: Path) -> Any:
+def _checked_value(f: Field[Any], kind: Any, key: str, value: Any, where: str) -> Any:
     flag, meta = flag_of(f), f.metadata
     problem = None
     if kind is bool:
@@ -210,7 +220,7 @@ def _checked_value(f: Field[Any], kind: Any, key: str, value: Any, path: Path) -
     if problem is None and meta["choices"] is not None and value not in meta["choices"]:
         problem = f"must be one of {', '.join(map(str, meta['choices']))}"
     if problem:
-        raise ConfigError(f"--config {path}: {key!r} {problem}, as {flag} takes; got {value!r}")
+        raise ConfigError(f"{where}: {key!r} {problem}, as {flag} takes; got {value!r}")
     return value
 
 
@@ -259,9 +269,10 @@ def parse_config(
     replay = replayed_file(given)
     saved: dict[str, Any] = {}
     if replay is not None:
-        raw = read_config_file(replay)
+        source = "--config" if given.get("config") else "--resume: the run's settings in"
+        raw = read_config_file(replay, source)
         raw.pop(PIPELINE_KEY, None)
-        saved = check_config_values(raw, replay, groups)
+        saved = check_config_values(raw, replay, groups, source)
         for key in NOT_SAVED:
             saved.pop(key, None)
         if not given.get("config"):
