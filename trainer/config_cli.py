@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -53,11 +54,16 @@ def flag_of(f: Field[Any]) -> str:
 
 def _base_type(f: Field[Any], owner: type) -> Any:
     """``int`` for ``int | None``, ``bool`` for ``bool``...: the type a value converts to."""
-    hint = typing.get_type_hints(owner)[f.name]
+    hint = _hints(owner)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return args[0] if len(args) == 1 else str
     return hint
+
+
+@functools.cache
+def _hints(owner: type) -> dict[str, Any]:
+    return typing.get_type_hints(owner)
 
 
 def _owners(groups: Sequence[type]) -> dict[str, tuple[Field[Any], type]]:
