@@ -3,8 +3,9 @@ declarations: argparse flags and ``--help``, ``--config`` JSON/YAML files checke
 ``--print-config``, and the Markdown flag reference (``docs/cli.md``).
 
 The precedence of one invocation: flags given on the command line, then the replayed file
-(``--config FILE``, or a resumed run's ``args.json``), then ``--recipe``'s values, then the
-declared defaults, then the demo's or ``--data``'s (see ``TrainConfig.resolved``).
+(``--config FILE``, or a resumed run's ``args.json``), then ``--recipe``'s values (over the
+file's too when ``--recipe`` is on the command line), then the declared defaults, then the
+demo's or ``--data``'s (see ``TrainConfig.resolved``).
 """
 
 from __future__ import annotations
@@ -259,8 +260,8 @@ def parse_config(
     **parser_options: Any,
 ) -> dict[str, Any]:
     """The resolved settings of a command line, flat by name (every group's, the invocation's
-    flags included): flags given win over a replayed file, the file over ``--recipe``, and
-    ``--recipe`` over the defaults.
+    flags included): flags given win over a replayed file, the file over ``--recipe`` (unless
+    ``--recipe`` itself is given), and ``--recipe`` over the defaults.
 
     ``groups``: the settings groups of the tool (default: tools/train.py's); a tool with more
     settings adds its own dataclasses (tools/lr_find.py). ``parser_options`` go to
