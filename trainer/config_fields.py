@@ -76,9 +76,8 @@ def lr_value(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise ValueError(f"expected a number or 'auto', got {text!r}") from None
-    problem = lr_problem(value)
-    if problem:
-        raise ValueError(problem)
+    if lr_problem(value):
+        raise ValueError(f"expected a finite number above 0 or 'auto', got {text!r}")
     return value
 
 
