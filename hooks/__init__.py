@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from hooks.calibration import CalibrationHook
 from hooks.checkpoint import CheckpointHook
@@ -16,6 +18,7 @@ from hooks.onnx_export import OnnxExportHook
 from hooks.per_class_metrics import PerClassMetricsHook
 from hooks.progress_bar import ProgressBarHook
 from hooks.report import ReportHook
+from hooks.run_folder import RunFolderHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.step_log import StepLogHook
@@ -23,6 +26,7 @@ from hooks.tensorboard import TensorBoardHook
 from hooks.training_history import TrainingHistoryHook
 from hooks.verbosity import Verbosity, check_verbosity
 from hooks.wandb import WandbHook
+from trainer.config import TrainConfig
 from trainer.hook import Hook
 from trainer.metrics import monitor_mode
 
@@ -39,6 +43,7 @@ __all__ = [
     "PerClassMetricsHook",
     "ProgressBarHook",
     "ReportHook",
+    "RunFolderHook",
     "SampleVisualizationHook",
     "SamplerDistributionHook",
     "StepLogHook",
@@ -51,85 +56,79 @@ __all__ = [
 
 def default_hooks(
     out_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
     *,
-    monitor: str = "val/acc",
-    top_k: int = 1,
-    early_stopping: int = 0,
-    min_delta: float = 0.0,
     progress: bool = True,
-    confusion_matrix: bool = True,
-    dataset_stats: bool = True,
-    model_info: bool = True,
-    history_plots: bool = True,
-    sampler_stats: bool = True,
-    samples: bool = True,
-    export: bool = True,
-    report: bool = True,
-    tensorboard: bool = False,
-    per_class: bool = True,
-    calibration: bool = True,
-    log_every: int = 50,
-    verbosity: Verbosity = "normal",
+    verbosity: Verbosity | None = None,
+    **settings: Any,
 ) -> list[Hook]:
-    """The standard hooks for a run folder; each flag switches one off.
+    """The standard hooks for a run folder; each output setting switches one off.
 
-    Order is by each hook's ``order``: metric writers first, then plots and reports, the
-    progress bar, early stopping, and checkpointing and export last.
+    The settings are ``trainer.config.TrainConfig``'s (its defaults unless ``config`` is
+    given; keyword arguments replace single ones): ``monitor``, ``top_k``, ``early_stopping``,
+    ``min_delta``, the outputs (``confusion_matrix``, ``dataset_stats``, ``model_info``,
+    ``history_plots``, ``sampler_stats``, ``samples``, ``export``, ``report``,
+    ``tensorboard``), ``per_class``, ``calibration`` and ``log_every``; ``tools/train.py
+    --help`` and docs/cli.md say what each does.
+
+    Order is by each hook's ``order``: the run folder's files first (``RunFolderHook``:
+    args.json, data_report.json, labels_mapping.json), metric writers, then plots and
+    reports, the progress bar, early stopping, and checkpointing and export last.
 
     Args:
         out_dir: the run folder.
-        monitor: metric for best.pt and early stopping ("...loss" and "...ece" metrics are
-            minimised).
-        top_k: keep the k best epochs' checkpoints besides best.pt and last.pt.
-        early_stopping: patience in validations (epochs, unless the engine's ``val_every``
-            adds some inside them); 0 disables early stopping.
-        min_delta: for early stopping, an improvement must beat the best by more than this.
+        config: the run's settings; those of ``hooks`` (``TrainConfig.hook_kwargs``) are used.
         progress: tqdm bars and per-epoch lines.
-        report: ``report.html``, the run on one page, refreshed during the run and at the end.
-        tensorboard: TensorBoard event files in ``out_dir/tensorboard`` (needs the
-            ``tensorboard`` package: ``pip install -e '.[tensorboard]'``).
-        per_class: ``per_class.csv``, per-class metrics at every validation.
-        calibration: ``plots/reliability.png``, the reliability diagram.
-        log_every: a ``steps.csv`` row every this many optimizer steps; 0: no ``steps.csv``.
         verbosity: what the console hooks print, "quiet", "normal" or "verbose"
             (``hooks.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
+            Default: from the settings ``quiet`` and ``verbose``.
+        **settings: single settings by name, e.g. ``early_stopping=5``, ``export=False``.
 
     Example:
         >>> Engine(model, data, hooks=default_hooks("runs/a", early_stopping=5)).fit()
     """
+    try:
+        cfg = dataclasses.replace(config or TrainConfig(), **settings)
+    except TypeError as e:
+        raise TypeError(f"default_hooks: {e} (the names are TrainConfig's settings)") from None
     out = Path(out_dir)
+    monitor = cfg.monitor
     mode = monitor_mode(monitor)
+    if verbosity is None:
+        verbosity = "quiet" if cfg.quiet else "verbose" if cfg.verbose else "normal"
     verbosity = check_verbosity(verbosity)
-    hooks: list[Hook] = [MetricsLogger(out)]
-    if per_class:
+    hooks: list[Hook] = [RunFolderHook(out), MetricsLogger(out)]
+    if cfg.per_class:
         hooks.append(PerClassMetricsHook(out))
-    if log_every > 0:
-        hooks.append(StepLogHook(out, every=log_every))
-    if dataset_stats:
+    if cfg.log_every > 0:
+        hooks.append(StepLogHook(out, every=cfg.log_every))
+    if cfg.dataset_stats:
         hooks.append(DatasetStatisticsHook(out, verbosity=verbosity))
-    if model_info:
+    if cfg.model_info:
         hooks.append(ModelInfoHook(out, verbosity=verbosity))
-    if confusion_matrix:
+    if cfg.confusion_matrix:
         hooks.append(ConfusionMatrixHook(out))
-    if sampler_stats:
+    if cfg.sampler_stats:
         hooks.append(SamplerDistributionHook(out, verbosity=verbosity))
-    if history_plots:
+    if cfg.history_plots:
         hooks.append(TrainingHistoryHook(out))
-    if calibration:
+    if cfg.calibration:
         hooks.append(CalibrationHook(out))
-    if samples:
+    if cfg.samples:
         hooks.append(SampleVisualizationHook(out))
     if progress:
         hooks.append(ProgressBarHook(disable=True if verbosity == "quiet" else None))
-    if early_stopping > 0:
+    if cfg.early_stopping > 0:
         hooks.append(
-            EarlyStoppingHook(monitor, patience=early_stopping, min_delta=min_delta, mode=mode)
+            EarlyStoppingHook(
+                monitor, patience=cfg.early_stopping, min_delta=cfg.min_delta, mode=mode
+            )
         )
-    hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=top_k))
-    if export:
+    hooks.append(CheckpointHook(out, monitor=monitor, mode=mode, top_k=cfg.top_k))
+    if cfg.export:
         hooks.append(OnnxExportHook(out))
-    if tensorboard:
+    if cfg.tensorboard:
         hooks.append(TensorBoardHook(out))
-    if report:
+    if cfg.report:
         hooks.append(ReportHook(out))
     return hooks

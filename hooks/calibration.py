@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from hooks.render.plots import plot_reliability, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
+from trainer.run_files import PLOTS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,7 +43,7 @@ class CalibrationHook(Hook):
     order = 50
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(out_dir) / "plots" / "reliability.png"
+        self.path = Path(out_dir) / PLOTS / "reliability.png"
         self.figure: Figure | None = None
 
     @rank_zero_only

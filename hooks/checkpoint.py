@@ -20,6 +20,7 @@ from trainer.errors import Interrupted, OutputError
 from trainer.hook import Hook
 from trainer.io import atomic_link, clean_stale_temp_files
 from trainer.metrics import is_better
+from trainer.run_files import BEST_PT, CHECKPOINTS, INTERRUPTED_PT, LAST_PT
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -68,7 +69,7 @@ class CheckpointHook(Hook):
         mode: str | None = None,
         top_k: int = 0,
     ) -> None:
-        self.dir = Path(out_dir) / "checkpoints"
+        self.dir = Path(out_dir) / CHECKPOINTS
         self.monitor, self.mode, self.top_k = monitor, mode, top_k
         self.best_value: float | None = None
         self.best_epoch: int | None = None  # the epoch best.pt holds
@@ -91,7 +92,7 @@ class CheckpointHook(Hook):
             self.best_value, self.best_epoch, self.best_mid_epoch = value, engine.state.epoch, True
             ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
             if is_global_zero():
-                self._submit(host_copy(ckpt), [], [], "best.pt")
+                self._submit(host_copy(ckpt), [], [], BEST_PT)
 
     def on_train_epoch_end(self, engine: Engine) -> None:
         self.wait()  # the previous epoch's files first: one write in flight at most
@@ -103,7 +104,7 @@ class CheckpointHook(Hook):
             self.best_value, self.best_epoch = value, engine.state.epoch
             self.best_mid_epoch = False
         # Serialised once: best.pt and the top-k are links to (or copies of) last.pt.
-        links = ["best.pt"] if improved else []
+        links = [BEST_PT] if improved else []
         stale: list[str] = []
         if self.top_k > 0 and value is not None and not math.isnan(value):
             name = f"epoch_{engine.state.epoch:03d}.pt"
@@ -118,7 +119,7 @@ class CheckpointHook(Hook):
         ckpt = engine.checkpoint_dict()  # a collective under DDP: every rank builds it
         if not is_global_zero():
             return  # the ranks hold the same weights; rank 0 writes them
-        self._submit(host_copy(ckpt), links, stale, "last.pt")
+        self._submit(host_copy(ckpt), links, stale, LAST_PT)
 
     def _submit(self, ckpt: dict[str, Any], links: list[str], stale: list[str], name: str) -> None:
         if self._writer is None:
@@ -178,7 +179,7 @@ class CheckpointHook(Hook):
             self._close()
         if get_world_size() > 1 and not isinstance(exception, Interrupted):
             return
-        path = self.dir / "interrupted.pt"
+        path = self.dir / INTERRUPTED_PT
         try:
             ckpt = engine.checkpoint_dict()
             if is_global_zero():
@@ -206,7 +207,7 @@ class CheckpointHook(Hook):
         for path in self.dir.glob("epoch_*.pt"):
             if _TOP_K_NAME.fullmatch(path.name) and path.name not in kept:
                 remove_file(path)
-        best, twin = self.dir / "best.pt", f"epoch_{self.best_epoch or 0:03d}.pt"
+        best, twin = self.dir / BEST_PT, f"epoch_{self.best_epoch or 0:03d}.pt"
         if self.best_epoch is None:
             return  # no best yet (or a checkpoint from before best_epoch was kept)
         if self.best_epoch == epoch and not self.best_mid_epoch:
@@ -229,11 +230,11 @@ class CheckpointHook(Hook):
 
     @property
     def best_path(self) -> Path:
-        return self.dir / "best.pt"
+        return self.dir / BEST_PT
 
     @property
     def last_path(self) -> Path:
-        return self.dir / "last.pt"
+        return self.dir / LAST_PT
 
     def state_dict(self) -> dict[str, Any]:
         return {

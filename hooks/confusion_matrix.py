@@ -13,6 +13,7 @@ from hooks.render.plots import MAX_GRID, plot_confusion_matrix, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_bytes, atomic_write_json
+from trainer.run_files import PLOTS
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ class ConfusionMatrixHook(Hook):
     order = 40
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.dir = Path(out_dir) / "plots" / "confusion_matrix"
+        self.dir = Path(out_dir) / PLOTS / "confusion_matrix"
         self.matrix: torch.Tensor | None = None
         self.figure: Figure | None = None
 

@@ -14,6 +14,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv, atomic_write_json
+from trainer.run_files import CLASS_DISTRIBUTION_CSV, DATASET_STATS_JSON, PLOTS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainer.hooks")
 
-CSV_NAME = "class_distribution.csv"
+CSV_NAME = CLASS_DISTRIBUTION_CSV
 
 
 class DatasetStatisticsHook(Hook):
@@ -104,7 +105,7 @@ class DatasetStatisticsHook(Hook):
                 "%d more classes have fewer than %d training images (few_images in %s)",
                 len(few) - MAX_NAMED_FEW,
                 self.few_threshold,
-                self.out_dir / "dataset_stats.json",
+                self.out_dir / DATASET_STATS_JSON,
             )
         if self.verbosity != "quiet":
             from rich.console import Console  # deferred: only needed once a fit starts
@@ -112,14 +113,14 @@ class DatasetStatisticsHook(Hook):
             table = class_distribution_table(classes, split_counts, self.stats,
                                              self.few_threshold, CSV_NAME, self.max_rows)  # fmt: skip
             (self.console or Console()).print(table)
-        path = self.out_dir / "dataset_stats.json"
+        path = self.out_dir / DATASET_STATS_JSON
         with guarded(path):
             atomic_write_json(path, self.stats)
         path = self.out_dir / CSV_NAME
         with guarded(path):
             rows = [[i, c, *(n[i] for n in split_counts.values())] for i, c in enumerate(classes)]
             atomic_write_csv(path, ["class_idx", "class_name", *split_counts], rows)
-        path = self.out_dir / "plots" / "class_distribution.png"
+        path = self.out_dir / PLOTS / "class_distribution.png"
 
         def job() -> None:  # on the artefact writer, while the first epoch trains
             self.figure = plot_class_distribution(classes, split_counts)

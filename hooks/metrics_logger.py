@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
+from trainer.run_files import METRICS_CSV
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -36,7 +37,7 @@ class MetricsLogger(Hook):
     order = 20
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(out_dir) / "metrics.csv"
+        self.path = Path(out_dir) / METRICS_CSV
 
     @rank_zero_only  # rank 0 writes the files under DDP
     def on_train_epoch_end(self, engine: Engine) -> None:

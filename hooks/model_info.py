@@ -1,4 +1,4 @@
-"""ModelInfoHook: what is being trained (size, input, precision, device) and the labels mapping."""
+"""ModelInfoHook: what is being trained (size, input, precision, device)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
+from trainer.run_files import MODEL_INFO_JSON
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,12 +23,12 @@ if TYPE_CHECKING:
 
 
 class ModelInfoHook(Hook):
-    """At fit start: prints a model summary, writes ``model_info.json`` and ``labels_mapping.json``.
+    """At fit start: prints a model summary and writes ``model_info.json``.
 
     ``model_info.json`` holds ``model``, ``parameters``, ``trainable_parameters``, ``size_bytes``
     and ``size_mb`` (parameters and buffers; 10^6 bytes, as torchinfo and Lightning count), ``input_size``
-    ``[3, H, W]``, ``num_classes``, ``precision`` and ``device``. ``labels_mapping.json``
-    comes from ``engine.data.save_labels_mapping`` (what ``tools/predict.py`` reads).
+    ``[3, H, W]``, ``num_classes``, ``precision`` and ``device``. (``labels_mapping.json`` is the run
+    folder's: ``hooks.run_folder.RunFolderHook`` writes it.)
 
     Args:
         out_dir: the run folder.
@@ -79,13 +80,9 @@ class ModelInfoHook(Hook):
             console.print(model_table(self.info))
         elif self.verbosity == "normal":
             console.print(model_line(self.info), markup=False, highlight=False, soft_wrap=True)
-        path = self.out_dir / "model_info.json"
+        path = self.out_dir / MODEL_INFO_JSON
         with guarded(path):
             atomic_write_json(path, self.info)
-        if hasattr(data, "save_labels_mapping"):
-            path = self.out_dir / "labels_mapping.json"
-            with guarded(path):
-                data.save_labels_mapping(path)
 
 
 def model_size(model: nn.Module) -> dict[str, Any]:

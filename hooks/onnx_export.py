@@ -18,13 +18,21 @@ from trainer.distributed import is_global_zero
 from trainer.export import first_images, random_images
 from trainer.hook import Hook
 from trainer.restore import checkpoint_weights
+from trainer.run_files import (
+    BEST_PT,
+    CHECKPOINTS,
+    EXPORT_REPORT_JSON,
+    LABELS_MAPPING_JSON,
+    MODEL_ONNX,
+)
+from trainer.run_folder import write_labels_mapping
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
 
 log = logging.getLogger("trainer.hooks")
 
-REPORT_NAME = "export_report.json"
+REPORT_NAME = EXPORT_REPORT_JSON
 
 
 class OnnxExportHook(Hook):
@@ -86,10 +94,9 @@ class OnnxExportHook(Hook):
             log.warning("no validation images to verify the ONNX export on; using random ones")
             size = int(data.labels_mapping()["image_size"])
             images, verified_on = random_images(size, self.num_verify_images), "random"
-        sidecar = self.out_dir / "labels_mapping.json"
-        if not sidecar.is_file():
-            data.save_labels_mapping(sidecar)
-        self.path = self.out_dir / "model.onnx"
+        if not (self.out_dir / LABELS_MAPPING_JSON).is_file():  # used without default_hooks
+            write_labels_mapping(self.out_dir, data)
+        self.path = self.out_dir / MODEL_ONNX
         report_path = self.out_dir / REPORT_NAME
         mapping = data.labels_mapping()
         args = engine.args
@@ -129,7 +136,7 @@ class OnnxExportHook(Hook):
         Returns the model, which weights it holds ("ema" or "model") and the checkpoint file.
         """
         final = engine.eval_model, "ema" if engine.ema is not None else "model", None
-        best = self.out_dir / "checkpoints" / "best.pt"
+        best = self.out_dir / CHECKPOINTS / BEST_PT
         if not best.is_file():
             return final
         ckpt = load_checkpoint(best)

@@ -11,6 +11,7 @@ from hooks.csv_log import CsvLog
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import class_metrics
+from trainer.run_files import PER_CLASS_CSV
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -47,7 +48,7 @@ class PerClassMetricsHook(Hook):
     order = 20
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.log = CsvLog(Path(out_dir) / "per_class.csv", HEADER)
+        self.log = CsvLog(Path(out_dir) / PER_CLASS_CSV, HEADER)
         self.latest: list[list[Any]] = []
 
     @rank_zero_only

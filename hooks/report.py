@@ -12,11 +12,12 @@ from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_text
+from trainer.run_files import REPORT_HTML
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT_HTML
 
 
 class ReportHook(Hook):

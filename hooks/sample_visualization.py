@@ -15,6 +15,7 @@ from hooks.render.plots import plot_grid, save_image
 from trainer.artifacts import guarded
 from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
+from trainer.run_files import PLOTS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -66,7 +67,7 @@ class SampleVisualizationHook(Hook):
     def __init__(self, out_dir: str | os.PathLike[str], num_images: int = 16, seed: int = 0):
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
-        self.dir = Path(out_dir) / "plots" / "samples"
+        self.dir = Path(out_dir) / PLOTS / "samples"
         self.num_images = num_images
         self.seed = seed
         self.fixed_indices: list[int] = []

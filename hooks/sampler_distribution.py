@@ -16,6 +16,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
+from trainer.run_files import PLOTS, SAMPLER_DISTRIBUTION_CSV
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -126,10 +127,10 @@ class SamplerDistributionHook(Hook):
         if not is_global_zero():
             return  # rank 0 prints and writes
         self.print_epoch(epoch, classes, dataset, expected, drawn, weighted=_weighted(sampler))
-        path = self.out_dir / "sampler_distribution.csv"
+        path = self.out_dir / SAMPLER_DISTRIBUTION_CSV
         with guarded(path):
             atomic_write_csv(path, HEADER, self.rows)
-        path = self.out_dir / "plots" / "sampler_distribution.png"
+        path = self.out_dir / PLOTS / "sampler_distribution.png"
 
         def job() -> None:  # on the artefact writer; every argument is a fresh list
             self.figure = plot_shares(classes, dataset, expected, drawn, epoch)

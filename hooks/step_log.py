@@ -14,6 +14,7 @@ import torch
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
+from trainer.run_files import STEPS_CSV
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -52,7 +53,7 @@ class StepLogHook(Hook):
     def __init__(self, out_dir: str | os.PathLike[str], every: int = 50) -> None:
         if every < 1:
             raise ValueError(f"StepLogHook every must be >= 1, got {every}")
-        self.path = Path(out_dir) / "steps.csv"
+        self.path = Path(out_dir) / STEPS_CSV
         self.every = every
         self._sums: torch.Tensor | None = None  # on the device: loss * images, finite images
         self._saved = [0.0, 0.0]  # the sums a checkpoint held, where the device sums start

@@ -13,6 +13,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import is_global_zero
 from trainer.errors import ConfigError
 from trainer.hook import Hook
+from trainer.run_files import TENSORBOARD
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -64,7 +65,7 @@ class TensorBoardHook(Hook):
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError(MISSING)
         self.out_dir = Path(out_dir)
-        self.log_dir = self.out_dir / "tensorboard"
+        self.log_dir = self.out_dir / TENSORBOARD
         self._writer: SummaryWriter | None = None
 
     def on_fit_start(self, engine: Engine) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from hooks.render.plots import plot_history, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
+from trainer.run_files import PLOTS as PLOTS_DIR
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,7 +54,7 @@ class TrainingHistoryHook(Hook):
     order = 50
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.dir = Path(out_dir) / "plots"
+        self.dir = Path(out_dir) / PLOTS_DIR
         self.figures: dict[str, Figure] = {}
 
     @property

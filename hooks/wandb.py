@@ -13,6 +13,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import is_global_zero
 from trainer.errors import ConfigError
 from trainer.hook import Hook
+from trainer.run_files import EXPORT_REPORT_JSON, LABELS_MAPPING_JSON, MODEL_ONNX, REPORT_HTML
 
 if TYPE_CHECKING:
     import torch
@@ -32,8 +33,8 @@ IMAGES = [
 ]
 # (artifact name, type, files under the run folder), logged at fit end with log_artifacts.
 ARTIFACTS = [
-    ("model", "model", ["model.onnx", "export_report.json", "labels_mapping.json"]),
-    ("report", "report", ["report.html"]),
+    ("model", "model", [MODEL_ONNX, EXPORT_REPORT_JSON, LABELS_MAPPING_JSON]),
+    ("report", "report", [REPORT_HTML]),
 ]
 
 

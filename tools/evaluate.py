@@ -49,6 +49,7 @@ from trainer.io import atomic_write_json
 from trainer.metrics import EvalScore, class_metrics
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
+from trainer.run_files import ARGS_JSON
 from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
@@ -159,7 +160,7 @@ def _onnx_split(path: Path, mapping: dict[str, Any]) -> tuple[dict[str, Any], st
     """
     if isinstance(mapping.get("split"), dict):
         return dict(mapping["split"]), f"the labels mapping of {path}"
-    for args_path in (path.parent / "args.json", path.parent.parent / "args.json"):
+    for args_path in (path.parent / ARGS_JSON, path.parent.parent / ARGS_JSON):
         if not args_path.is_file():
             continue
         try:

@@ -39,6 +39,7 @@ from trainer.export import (
     split_entry,
 )
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
+from trainer.run_files import BEST_PT, CHECKPOINTS, LAST_PT
 
 log = logging.getLogger("trainer")
 
@@ -47,9 +48,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A run folder stands for its ``checkpoints/best.pt`` (else ``last.pt``); files as given."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
+        for name in (BEST_PT, LAST_PT):
+            if (path / CHECKPOINTS / name).is_file():
+                return path / CHECKPOINTS / name
     return path
 
 

@@ -13,19 +13,20 @@ test first and trains with its suggestion.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
 from rich.logging import RichHandler
-from train_config import build_data, build_loss_from_config, build_parser, parse_config
+from train_config import build_data, build_loss_from_config, parse_config
 
 from hooks.render.plots import save_png
+from trainer.config import GROUPS, TrainConfig, setting
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
 from trainer.distributed import is_global_zero
@@ -35,6 +36,7 @@ from trainer.io import atomic_write_csv
 from trainer.lr_find import LRFindResult, lr_find
 from trainer.models import build_model
 from trainer.rng import seed_everything
+from trainer.run_files import LR_FIND_CSV, LR_FIND_PNG
 
 log = logging.getLogger("trainer")
 
@@ -42,30 +44,33 @@ log = logging.getLogger("trainer")
 MIN_LR, MAX_LR, STEPS = 1e-7, 10.0, 100
 
 
-def build_lr_find_parser() -> argparse.ArgumentParser:
-    """train.py's flags and the range test's. The data, model and optimisation flags shape the
-    test; the run's own (--epochs, --resume, --early-stopping, the outputs, ...) are ignored."""
-    p = build_parser()
-    p.prog = "tools/lr_find.py"
-    p.description = (
-        "LR range test: train with an exponentially growing learning rate, plot the smoothed "
-        "loss against it, and suggest the lr where the loss falls fastest. Takes train.py's "
-        "data and model flags."
-    )
-    for action in p._actions:
-        if action.dest == "out":
-            action.help = "folder for lr_find.csv and lr_find.png; default: the current folder"
-    g = p.add_argument_group("range test")
-    g.add_argument("--min-lr", type=float, default=MIN_LR, help="the first step's lr")
-    g.add_argument("--max-lr", type=float, default=MAX_LR, help="the last step's lr")
-    g.add_argument(
-        "--steps", type=int, default=STEPS, help="batches at most (stops early on divergence)"
-    )
-    return p
+@dataclass
+class RangeTestConfig:
+    """The range test's own settings; train.py's data, model and optimisation settings shape
+    the test, the run's own (--epochs, --resume, --early-stopping, the outputs, ...) are
+    ignored."""
+
+    group: ClassVar[str] = "range test"
+
+    min_lr: float = setting(MIN_LR, "the first step's lr")
+    max_lr: float = setting(MAX_LR, "the last step's lr")
+    steps: int = setting(STEPS, "batches at most (stops early on divergence)")
+
+
+PARSER_OPTIONS: dict[str, Any] = {
+    "groups": (*GROUPS, RangeTestConfig),
+    "prog": "tools/lr_find.py",
+    "description": "LR range test: train with an exponentially growing learning rate, plot "
+    "the smoothed loss against it, and suggest the lr where the loss falls fastest. Takes "
+    "train.py's data and model flags.",
+    "help_overrides": {
+        "out": "folder for lr_find.csv and lr_find.png; default: the current folder"
+    },
+}
 
 
 def range_test(
-    config: dict[str, Any],
+    cfg: TrainConfig,
     data: ImageFolderData,
     model: Any,
     *,
@@ -75,22 +80,13 @@ def range_test(
 ) -> LRFindResult:
     """Run ``trainer.lr_find`` on an engine built as train.py builds it (loss, precision, clip,
     weight decay, device), without hooks or EMA; model and data are left as they were."""
-    loss = build_loss_from_config(config, data)
-    engine = Engine(
-        model,
-        data,
-        max_epochs=config["epochs"],
-        loss=loss,
-        lr=config["lr"] if isinstance(config["lr"], float) else 1e-3,  # replaced by the ramp
-        weight_decay=config["weight_decay"],
-        precision=config["precision"],
-        grad_clip=config["grad_clip"],
-        device=config["device"],
-        seed=config["seed"],
+    settings = cfg.engine_kwargs()
+    settings.update(
+        lr=cfg.lr if isinstance(cfg.lr, float) else 1e-3,  # replaced by the ramp
+        ema_decay=0.0,
         sanity_steps=0,
-        compile=config["compile"],
-        sync_bn=config["sync_bn"],
     )
+    engine = Engine(model, data, loss=build_loss_from_config(cfg, data), **settings)
     try:
         return lr_find(engine, min_lr=min_lr, max_lr=max_lr, num_steps=steps)
     finally:
@@ -102,7 +98,7 @@ def range_test(
 def write_results(result: LRFindResult, out: Path) -> list[Path]:
     """``out/lr_find.csv`` and ``out/lr_find.png``, written atomically; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out / "lr_find.csv", out / "lr_find.png"
+    csv_path, png_path = out / LR_FIND_CSV, out / LR_FIND_PNG
     rows = result.rows()
     atomic_write_csv(csv_path, list(rows[0]) if rows else [], [list(r.values()) for r in rows])
     save_png(plot_lr_find(result), png_path)
@@ -142,16 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(show_path=False, markup=False, console=Console(stderr=True))],
     )
     try:
-        config = parse_config(argv, build_lr_find_parser())
+        config = parse_config(argv, **PARSER_OPTIONS)
         if config.pop("print_config"):
             print(json.dumps(config, indent=2, ensure_ascii=False))
             return 0
-        root = Path(config["data"]) if config["data"] else demo_dataset()
-        data = build_data(config, root)
-        seed_everything(config["seed"])  # the initial weights train.py would start from
-        model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])
+        cfg = TrainConfig.from_dict(config)
+        root = Path(cfg.data) if cfg.data else demo_dataset()
+        data = build_data(cfg, root)
+        seed_everything(cfg.seed)  # the initial weights train.py would start from
+        model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)
         result = range_test(
-            config,
+            cfg,
             data,
             model,
             min_lr=config["min_lr"],

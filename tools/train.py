@@ -21,31 +21,19 @@ from runtime import collector_paused, steady_malloc
 # Importing torch, torchvision and the rest makes ~0.5 M objects and hardly any garbage: with
 # the collector on, its full scans of them take ~0.5 s of start-up (tools/runtime.py).
 with collector_paused():
-    from config_file import dump_config
     from lr_find import range_test, write_results
     from rich.console import Console
     from rich.logging import RichHandler
     from rich.markup import escape
-    from run_folder import (
-        check_resume_settings,
-        check_resume_weights,
-        new_run_dir,
-        out_problem,
-        remove_run_outputs,
-        run_dir_of,
-        same_folder,
-    )
-    from train_config import (
-        NOT_SAVED,
-        PIPELINE_KEY,
-        build_data,
-        build_loss_from_config,
-        parse_config,
-    )
+    from train_config import build_data, build_loss_from_config, parse_config
 
     from hooks import WandbHook, default_hooks
     from hooks.verbosity import Verbosity
+    from trainer import run_files as files
+    from trainer import run_folder as rf
     from trainer.checkpoint import checkpoint_file, load_checkpoint
+    from trainer.config import TrainConfig
+    from trainer.config_cli import PIPELINE_KEY, dump_config, saved_config
     from trainer.data.demo import demo_dataset
     from trainer.data.pipelines import describe_pipelines
     from trainer.device import resolve_device
@@ -58,20 +46,13 @@ with collector_paused():
         is_global_zero,
     )
     from trainer.engine import Engine
-    from trainer.errors import (
-        ConfigError,
-        NonFiniteLossError,
-        OutputError,
-        UserError,
-    )
+    from trainer.errors import ConfigError, NonFiniteLossError, UserError
     from trainer.export import ExportVerificationError
-    from trainer.io import atomic_write_json, clean_stale_temp_files
-    from trainer.metrics import monitor_mode
     from trainer.models import build_model
     from trainer.rng import seed_everything
 
 log = logging.getLogger("trainer")
-
+new_run_dir = rf.new_run_dir  # tests name the folder through it
 
 
 def run(config: dict[str, Any]) -> Engine:
@@ -101,7 +82,7 @@ def _train(config: dict[str, Any]) -> Engine:
             "--overwrite starts a new run, --resume continues one; pass only one of them"
         )
     if resume is not None and not config["out"]:
-        config["out"] = str(run_dir_of(Path(resume)))
+        config["out"] = str(rf.run_dir_of(Path(resume)))
     made = None  # the folder this run created, removed again if it fails before writing to it
     if config["out"]:
         out = Path(config["out"])
@@ -122,41 +103,39 @@ def _train(config: dict[str, Any]) -> Engine:
 def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     # Everything is checked before anything in the run folder is written: a refused or failed
     # start leaves it as it was.
-    if resume is not None and config["lr"] == "auto":
-        raise ConfigError(
-            "--lr auto picks the learning rate of a new run; a resumed run keeps the one it "
-            "was started with (in its args.json). Drop --lr auto."
-        )
-    continuing = resume is not None and same_folder(out, run_dir_of(Path(resume)))
+    if resume is not None:
+        rf.check_lr_on_resume(config)
+    continuing = resume is not None and rf.same_folder(out, rf.run_dir_of(Path(resume)))
     # Rank 0 writes the folder, so its view of it decides (other machines may not see it).
     problem = broadcast_object(
-        out_problem(out, config["overwrite"]) if is_global_zero() and not continuing else None
+        rf.out_problem(out, config["overwrite"]) if is_global_zero() and not continuing else None
     )
     if problem:
         raise ConfigError(problem)
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        check_resume_settings(ckpt, config, checkpoint_file(resume))
+        rf.check_resume_settings(ckpt, config, checkpoint_file(resume))
+    cfg = TrainConfig.from_dict(config)
 
-    if config["decode"] == "gpu" and resolve_device(config["device"]).type != "cuda":
+    if cfg.decode == "gpu" and resolve_device(cfg.device).type != "cuda":
         raise ConfigError(
             f"--decode gpu decodes JPEGs with nvjpeg on a CUDA device, but the device is "
-            f"{resolve_device(config['device'])}; drop --decode gpu, or use --device cuda"
+            f"{resolve_device(cfg.device)}; drop --decode gpu, or use --device cuda"
         )
-    if config["data"] is None and get_local_rank() == 0:
+    if cfg.data is None and get_local_rank() == 0:
         demo_dataset()  # one process per machine generates it; the others wait, then reuse it
     barrier()
-    root = Path(config["data"]) if config["data"] else demo_dataset()
-    if config["data"] is None:
+    root = Path(cfg.data) if cfg.data else demo_dataset()
+    if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
-    data = build_data(config, root)
+    data = build_data(cfg, root)
     log.info(data.summary())
-    seed_everything(config["seed"])  # the model's initial weights too
-    model = build_model(config["model"], data.num_classes, pretrained=config["pretrained"])
+    seed_everything(cfg.seed)  # the model's initial weights too
+    model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)
     finder = None
-    if config["lr"] == "auto":  # the range test leaves the model and data as they were
-        finder = range_test(config, data, model)
+    if cfg.lr == "auto":  # the range test leaves the model and data as they were
+        finder = range_test(cfg, data, model)
         if finder.suggestion is None:
             raise ConfigError(
                 f"--lr auto: the LR range test found no lr to suggest (the loss diverged after "
@@ -164,91 +143,42 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
                 "curve, then pass --lr."
             )
         config["lr"] = finder.suggestion
-        log.info("--lr auto: the LR range test suggests lr %.3g; training with it", config["lr"])
+        cfg = TrainConfig.from_dict(config)
+        log.info("--lr auto: the LR range test suggests lr %.3g; training with it", cfg.lr)
     if resume is not None and ckpt is not None:
-        check_resume_weights(ckpt, model, data.classes, config, checkpoint_file(resume))
+        rf.check_resume_weights(ckpt, model, data.classes, config, checkpoint_file(resume))
         del ckpt  # fit reads it again; a large checkpoint should not be held twice meanwhile
-    saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
+    saved = saved_config(config)  # args.json, written by default_hooks' RunFolderHook
     saved[PIPELINE_KEY] = describe_pipelines(
-        data.train_pipeline(), data.val_pipeline(), config["transforms"]
+        data.train_pipeline(), data.val_pipeline(), cfg.transforms
     )
     if is_global_zero():
-        try:
-            if config["overwrite"]:
-                remove_run_outputs(out)
-            out.mkdir(parents=True, exist_ok=True)
-            clean_stale_temp_files(out)  # what a killed run left, anywhere in the folder
-            atomic_write_json(out / "args.json", saved)
-            data.write_report(out / "data_report.json")  # rewritten when images are skipped
-            data.save_labels_mapping(out / "labels_mapping.json")
-            if finder is not None:
+        rf.claim(out, overwrite=bool(config["overwrite"]))
+        if finder is not None:
+            try:
                 write_results(finder, out)
-        except OSError as e:
-            raise OutputError(
-                f"cannot write to the run folder {out} ({e.strerror or e}); "
-                "choose a writable --out with free space"
-            ) from e
+            except OSError as e:
+                raise rf.unwritable(out, e) from e
 
-    loss = build_loss_from_config(config, data)
-    hooks = default_hooks(
-        out,
-        monitor=config["monitor"],
-        top_k=config["top_k"],
-        early_stopping=config["early_stopping"],
-        min_delta=config["min_delta"],
-        verbosity=verbosity_of(config),
-        confusion_matrix=config["confusion_matrix"],
-        dataset_stats=config["dataset_stats"],
-        model_info=config["model_info"],
-        history_plots=config["history_plots"],
-        sampler_stats=config["sampler_stats"],
-        samples=config["samples"],
-        export=config["export"],
-        report=config["report"],
-        tensorboard=config["tensorboard"],
-        per_class=config["per_class"],
-        calibration=config["calibration"],
-        log_every=config["log_every"],
-    )
-    if config["wandb"]:
+    hooks = default_hooks(out, cfg, verbosity=verbosity_of(config))
+    if cfg.wandb:
         hooks.append(
             WandbHook(
                 out,
-                project=config["wandb_project"],
-                name=config["wandb_name"],
-                tags=[t.strip() for t in (config["wandb_tags"] or "").split(",") if t.strip()],
-                log_artifacts=config["wandb_artifacts"],
+                project=cfg.wandb_project,
+                name=cfg.wandb_name,
+                tags=[t.strip() for t in (cfg.wandb_tags or "").split(",") if t.strip()],
+                log_artifacts=cfg.wandb_artifacts,
             )
         )
-    engine = Engine(
-        model,
-        data,
-        max_epochs=config["epochs"],
-        loss=loss,
-        lr=config["lr"],
-        weight_decay=config["weight_decay"],
-        warmup_epochs=config["warmup_epochs"],
-        precision=config["precision"],
-        ema_decay=config["ema_decay"],
-        grad_clip=config["grad_clip"],
-        accumulate=config["accumulate"],
-        device=config["device"],
-        hooks=hooks,
-        seed=config["seed"],
-        sanity_steps=config["sanity_steps"],
-        monitor=config["monitor"],
-        mode=monitor_mode(config["monitor"]),
-        compile=config["compile"],
-        sync_bn=config["sync_bn"],
-        args=saved,
-        val_every=config["val_every"],
-    )
+    loss = build_loss_from_config(cfg, data)
+    engine = Engine(model, data, loss=loss, hooks=hooks, args=saved, **cfg.engine_kwargs())
     log.info(
         "model %s on %s, precision %s, %d epochs; run folder %s",
-        config["model"],
+        cfg.model,
         engine.device,
         engine.precision,
-        config["epochs"],
+        cfg.epochs,
         out,
     )
     t0 = time.perf_counter()
@@ -286,15 +216,15 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
     console.print(f"  run folder: {escape(str(out))}")
     names = [
-        "metrics.csv",
-        "per_class.csv",
-        "steps.csv",
-        "labels_mapping.json",
-        "checkpoints/best.pt",
-        "checkpoints/last.pt",
-        "model.onnx",
-        "report.html",
-        "plots",
+        files.METRICS_CSV,
+        files.PER_CLASS_CSV,
+        files.STEPS_CSV,
+        files.LABELS_MAPPING_JSON,
+        f"{files.CHECKPOINTS}/{files.BEST_PT}",
+        f"{files.CHECKPOINTS}/{files.LAST_PT}",
+        files.MODEL_ONNX,
+        files.REPORT_HTML,
+        files.PLOTS,
     ]
     names = [name for name in names if (out / name).exists()]
     if verbose:
@@ -320,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(argv)
         if config.pop("print_config"):
             # Exactly what args.json would hold, so the output replays with --config.
-            saved = {k: v for k, v in config.items() if k not in NOT_SAVED}
-            print(dump_config(saved, config["format"]), end="")
+            print(dump_config(saved_config(config), config["format"]), end="")
             return 0
         level = log.level
         if config["quiet"]:
@@ -356,12 +285,12 @@ def _interrupted_message(out: str | None, started_ns: int) -> str:
     resume command only if a finished epoch (``last.pt``) exists."""
     if not out:
         return "interrupted before the run folder was set up; nothing was saved."
-    ckpts = Path(out) / "checkpoints"
-    emergency = ckpts / "interrupted.pt"
+    ckpts = Path(out) / files.CHECKPOINTS
+    emergency = ckpts / files.INTERRUPTED_PT
     parts = ["interrupted."]
     if emergency.is_file() and emergency.stat().st_mtime_ns >= started_ns:
         parts.append(f"{emergency} holds the weights as they were.")
-    if (ckpts / "last.pt").is_file():
+    if (ckpts / files.LAST_PT).is_file():
         parts.append(f"--resume --out {out} continues exactly from the last finished epoch.")
     else:
         parts.append("No epoch finished, so there is nothing to resume; start the run again.")

@@ -12,6 +12,7 @@ import torch
 
 from trainer.errors import CheckpointError
 from trainer.io import atomic_open
+from trainer.run_files import CHECKPOINTS, LAST_PT
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -61,7 +62,7 @@ def checkpoint_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    last = path / "checkpoints" / "last.pt"
+    last = path / CHECKPOINTS / LAST_PT
     if not last.is_file():
         raise CheckpointError(
             f"no checkpoint to resume in {path}: expected {last}. Pass the .pt file itself, "

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.run_files import LABELS_MAPPING_JSON
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-SIDECAR_NAME = "labels_mapping.json"
+SIDECAR_NAME = LABELS_MAPPING_JSON
 
 
 class OnnxModelError(UserError, ValueError):

@@ -26,6 +26,7 @@ from trainer.data import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from trainer.errors import CheckpointError
 from trainer.models import build_model
 from trainer.onnx_mapping import validate_labels_mapping
+from trainer.run_files import CHECKPOINTS, LABELS_MAPPING_JSON
 
 log = logging.getLogger("trainer")
 
@@ -38,7 +39,7 @@ __all__ = [
     "run_dir_of",
 ]
 
-MAPPING_NAME = "labels_mapping.json"
+MAPPING_NAME = LABELS_MAPPING_JSON
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -120,7 +121,7 @@ def model_from_checkpoint(
 def run_dir_of(checkpoint_path: str | os.PathLike[str]) -> Path:
     """The run folder of ``run/checkpoints/x.pt``, else the checkpoint's own folder."""
     path = Path(checkpoint_path)
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
 def labels_mapping_from_checkpoint(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hooks.dataset_statistics import CSV_NAME
 from hooks.metrics_logger import metric_columns
 from hooks.render.tables import MAX_NAMED_FEW, MAX_ROWS, extreme_rows
+from trainer import run_files as rf
 
 if TYPE_CHECKING:
     import jinja2
@@ -35,17 +36,17 @@ if TYPE_CHECKING:
 TEMPLATE = "report.html.j2"
 # Files worth a link, in the order a user looks for them; missing ones are left out.
 _FILES = [
-    "model.onnx",
-    "labels_mapping.json",
-    "export_report.json",
-    "metrics.csv",
-    "per_class.csv",
-    "steps.csv",
-    "args.json",
-    "model_info.json",
-    "dataset_stats.json",
-    "class_distribution.csv",
-    "sampler_distribution.csv",
+    rf.MODEL_ONNX,
+    rf.LABELS_MAPPING_JSON,
+    rf.EXPORT_REPORT_JSON,
+    rf.METRICS_CSV,
+    rf.PER_CLASS_CSV,
+    rf.STEPS_CSV,
+    rf.ARGS_JSON,
+    rf.MODEL_INFO_JSON,
+    rf.DATASET_STATS_JSON,
+    rf.CLASS_DISTRIBUTION_CSV,
+    rf.SAMPLER_DISTRIBUTION_CSV,
 ]
 _EPOCH_FILE = re.compile(r"epoch_(\d+)(_fixed|_mistakes)?\.png")
 
@@ -99,7 +100,7 @@ def render_report(out_dir: str | os.PathLike[str], run: RunFacts) -> str:
         ("calibration", "Calibration", _images(out, ["plots/reliability.png"], "latest validation")),
         ("samples", "Samples", _samples(out)),
         ("data", "Data", _data(out)),
-        ("model", "Model", _rows(_read_json(out / "model_info.json"))),
+        ("model", "Model", _rows(_read_json(out / rf.MODEL_INFO_JSON))),
         ("export", "ONNX export", _export(out)),
         ("files", "Files", _files(out)),
         ("config", "Configuration", _rows(run.args, sort=True)),
@@ -217,7 +218,7 @@ def _rows(doc: Any, sort: bool = False) -> Section:
 
 def _summary(out: Path, run: RunFacts) -> Section:
     rows: list[tuple[str, Any]] = list(run.facts)
-    info = _read_json(out / "model_info.json")
+    info = _read_json(out / rf.MODEL_INFO_JSON)
     if isinstance(info, dict) and "size_mb" in info:
         rows.append(("size", f"{info['size_mb']:.2f} MB"))
     if run.best is not None:
@@ -272,7 +273,7 @@ def _per_class(out: Path) -> Section:
     """The last validation's rows of ``per_class.csv``, the lowest F1 first (at most
     ``MAX_ROWS``: the worst classes; the CSV has them all)."""
     try:
-        with open(out / "per_class.csv", newline="", encoding="utf-8") as f:
+        with open(out / rf.PER_CLASS_CSV, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         last = [r for r in rows if (r["epoch"], r["step"]) == (rows[-1]["epoch"], rows[-1]["step"])]
         last.sort(key=lambda r: (float(r["f1"]), float(r["recall"]), int(r["class_index"])))
@@ -315,7 +316,7 @@ def _data(out: Path) -> Section:
     section = {
         "counts": _class_counts(out),
         "figures": [f for f in figures if f is not None],
-        "sampler_csv": (out / "sampler_distribution.csv").is_file(),
+        "sampler_csv": (out / rf.SAMPLER_DISTRIBUTION_CSV).is_file(),
         "leakage": _leakage(out),  # [] when the check ran and found nothing: said so
     }
     shown = section["counts"] or section["figures"] or section["sampler_csv"]
@@ -324,7 +325,7 @@ def _data(out: Path) -> Section:
 
 def _class_counts(out: Path) -> dict[str, Any] | None:
     """The table of images per class and split from ``dataset_stats.json``, and its notes."""
-    stats = _read_json(out / "dataset_stats.json")
+    stats = _read_json(out / rf.DATASET_STATS_JSON)
     if not isinstance(stats, dict) or not stats.get("splits"):
         return None
     splits: Mapping[str, Any] = stats["splits"]
@@ -344,14 +345,14 @@ def _class_counts(out: Path) -> dict[str, Any] | None:
         "ratios": [_ratio(splits[s]["imbalance_ratio"]) for s in splits],
         "first": first,
         "more": len(classes) - len(shown),
-        "full": CSV_NAME if (out / CSV_NAME).is_file() else "dataset_stats.json",
+        "full": CSV_NAME if (out / CSV_NAME).is_file() else rf.DATASET_STATS_JSON,
         "few": names,
     }
 
 
 def _leakage(out: Path) -> list[dict[str, Any]] | None:
     """What --check-leakage found (``data_report.json``); None when it did not run."""
-    report = _read_json(out / "data_report.json")
+    report = _read_json(out / rf.DATA_REPORT_JSON)
     if not isinstance(report, dict) or not isinstance(report.get("leakage"), list):
         return None
     return [
@@ -362,7 +363,7 @@ def _leakage(out: Path) -> list[dict[str, Any]] | None:
 
 
 def _export(out: Path) -> Section:
-    report = _read_json(out / "export_report.json")
+    report = _read_json(out / rf.EXPORT_REPORT_JSON)
     if not isinstance(report, dict) or not report:
         return None
     return {"passed": report.get("passed"), "rows": list(report.items())}

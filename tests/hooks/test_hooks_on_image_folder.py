@@ -10,6 +10,7 @@ import torch
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.dataset_statistics import DatasetStatisticsHook
 from hooks.model_info import ModelInfoHook
+from hooks.run_folder import RunFolderHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.training_history import TrainingHistoryHook
@@ -26,6 +27,7 @@ def test_all_hooks_on_an_image_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     viz = SampleVisualizationHook(out, num_images=6)
     hooks = [
+        RunFolderHook(out),  # labels_mapping.json
         ConfusionMatrixHook(out),
         DatasetStatisticsHook(out, console=quiet_console()),
         ModelInfoHook(out, console=quiet_console()),

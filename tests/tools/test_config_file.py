@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from tests.tools.tiny_run import load_tool
+from trainer.config_cli import build_parser
 from trainer.models import MODELS
 
 train = load_tool("train")
-train_config = load_tool("train_config")
 
 
 def test_yaml_config_sets_what_args_json_would(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_every_setting_of_a_config_file_takes_effect(
     """Each key that --print-config lists (what args.json holds), set in a --config file to
     a value that is neither its demo nor its --data default, is in the resolved config."""
     demo, data = _printed(capsys, []), _printed(capsys, ["--data", str(tmp_path)])
-    actions = {a.dest: a for a in train_config.build_parser()._actions}
+    actions = {a.dest: a for a in build_parser()._actions}
     assert demo.keys() == data.keys() and set(demo) <= set(actions)
     values = {k: _other_value(actions[k], {demo[k], data[k]}) for k in demo}
     assert "seed" in values
@@ -137,3 +137,24 @@ def test_every_setting_of_a_config_file_takes_effect(
         cfg.write_text(yaml.safe_dump(written))
         resolved = _printed(capsys, ["--config", str(cfg)])
         assert {k: resolved.get(k) for k in written} == written
+
+
+# What tools/train.py --print-config printed before the settings moved to trainer/config.py.
+PREVIOUS_ARGS = {"data": "DATA", "img_size": 16, "batch_size": 8, "workers": 0, "val_fraction": 0.2, "crop_scale": 0.08, "hflip": True, "color_jitter": 0.0, "sampler": "none", "class_weights": None, "cache": "none", "decode": "cpu", "max_bad_fraction": 0.05, "image_key": "path", "label_key": "label", "check_leakage": False, "verify": "header", "recipe": None, "auto_augment": "none", "random_erasing": 0.0, "jpeg_quality": 0, "blur": 0.0, "noise": 0.0, "downscale": 0.0, "affine": 0.0, "perspective": 0.0, "mixup": 0.0, "cutmix": 0.0, "transforms": None, "model": "small_cnn", "pretrained": False, "epochs": 2, "lr": 0.001, "weight_decay": 0.05, "warmup_epochs": 1.0, "label_smoothing": 0.1, "loss": "ce", "loss_weights": "none", "precision": "auto", "ema_decay": 0.0, "grad_clip": 0.0, "accumulate": 1, "compile": False, "sync_bn": False, "out": None, "device": "cpu", "seed": 0, "monitor": "val/acc", "top_k": 1, "early_stopping": 0, "min_delta": 0.0, "sanity_steps": 2, "quiet": True, "verbose": False, "confusion_matrix": True, "dataset_stats": True, "model_info": True, "history_plots": True, "sampler_stats": True, "samples": True, "export": True, "report": True, "tensorboard": False, "val_every": 1.0, "log_every": 50, "per_class": True, "calibration": True, "wandb": False, "wandb_project": None, "wandb_name": None, "wandb_tags": None, "wandb_artifacts": False, "pipeline": {"source": "built-in", "train": "...", "val": "..."}}  # fmt: skip
+
+
+def test_a_run_folder_of_the_previous_version_replays_or_is_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps(PREVIOUS_ARGS))
+    config = train.parse_config(["--resume", str(run)])
+    expected = {k: v for k, v in PREVIOUS_ARGS.items() if k not in ("pipeline", "out")}
+    assert {k: config[k] for k in expected} == expected
+    # A key this version does not know (a later version's, or a removed flag): refused.
+    (run / "args.json").write_text(json.dumps({**PREVIOUS_ARGS, "warp_speed": 9}))
+    assert train.main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: the run's settings in ") and "'warp_speed'" in err
+    assert str(run / "args.json") in err and "another version" in err and "Traceback" not in err

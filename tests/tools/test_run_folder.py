@@ -167,3 +167,118 @@ def test_the_next_start_cleans_temp_files_everywhere_and_only_ours(run_copy: Pat
     assert all(p.exists() for p in theirs)
     # The copy resumed in place, not in the folder its args.json was written in.
     assert len((run_copy / "metrics.csv").read_text().splitlines()) == 3
+
+
+# ------------------------------------------------ resume: settings that shape the data (issue 24)
+@pytest.fixture(scope="module")
+def trained_unsplit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 1-epoch run on a tree of class folders only (split by seed and fraction)."""
+    base = tmp_path_factory.mktemp("unsplit")
+    root = make_tree(base / "tree", {"cat": 5, "dog": 5}, splits=())
+    out = base / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train.main(["--data", str(root), "--out", str(out), "--epochs", "1", *ARGS]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [(["--seed", "1"], "--seed"), (["--val-fraction", "0.4"], "--val-fraction")],
+    ids=["seed", "val-fraction"],
+)
+def test_resume_refuses_another_split_of_a_tree_of_class_folders(
+    trained_unsplit: Path,
+    tmp_path: Path,
+    flags: list[str],
+    flag: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = Path(shutil.copytree(trained_unsplit, tmp_path / "run"))
+    before = tree_digest(run, mtimes=True)
+    assert train.main(["--resume", str(run), "--epochs", "2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("error:") == 1 and "Traceback" not in err
+    assert f"drop {flag}" in err and "validation images into training" in err
+    assert tree_digest(run, mtimes=True) == before
+
+
+def test_resume_refuses_other_data_with_the_same_class_names(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = make_tree(run_copy.parent / "other", seed=1)  # the same classes, other images
+    before = tree_digest(run_copy, mtimes=True)
+    assert train.main(["--resume", str(run_copy), "--epochs", "2", "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "drop --data" in err and str(other) in err and "Traceback" not in err
+    assert tree_digest(run_copy, mtimes=True) == before
+
+
+def test_a_split_setting_may_change_on_a_split_tree(tmp_path: Path) -> None:
+    """train/ and val/ folders fix the split: another seed changes the sampling only."""
+    from trainer.run_folder import check_resume_settings
+
+    tree = make_tree(tmp_path / "tree", {"a": 1})
+    ckpt = {"args": {"seed": 0, "val_fraction": 0.2, "model": "small_cnn"}}
+    config = {"data": str(tree), "seed": 5, "val_fraction": 0.5, "model": "small_cnn"}
+    check_resume_settings(ckpt, {**config, "img_size": 16, "ema_decay": 0}, tmp_path / "x.pt")
+    unsplit = make_tree(tmp_path / "unsplit", {"a": 1}, splits=())
+    with pytest.raises(ValueError, match="--seed"):
+        check_resume_settings(ckpt, {**config, "data": str(unsplit)}, tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan", "inf", "0"])
+def test_a_learning_rate_that_cannot_train_exits_2_with_one_error_line(
+    lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        train.main(["--out", str(out), "--lr", lr, *ARGS])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--lr" in err and "finite number above 0" in err
+    assert not out.exists()
+    cfg = tmp_path / "exp.yaml"  # the same from a config file
+    cfg.write_text(f"lr: {lr}\n")
+    assert train.main(["--config", str(cfg), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config ") and "'lr'" in err and "finite number" in err
+
+
+# ------------------------------------------------ the same run folder from Python (issue 23)
+def test_a_run_made_from_python_leaves_the_files_of_a_cli_run(
+    trained: Path, tmp_path: Path
+) -> None:
+    from hooks import default_hooks
+    from trainer import Engine, ImageFolderData, build_model
+
+    out = tmp_path / "py"
+    data = ImageFolderData(_data_of(trained), img_size=16, batch_size=8, workers=0)
+    off = {k[5:].replace("-", "_"): False for k in NO_OUTPUTS if k.startswith("--no-")}
+    hooks = default_hooks(out, **{**off, "report": True}, log_every=0, verbosity="quiet")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_model("small_cnn", data.num_classes)
+        Engine(model, data, max_epochs=1, device="cpu", hooks=hooks).fit()
+    finally:
+        torch.set_num_threads(threads)
+
+    def files(run: Path) -> set[str]:
+        return {str(p.relative_to(run)) for p in run.rglob("*")}
+
+    assert files(out) - {"report.html"} == files(trained)
+    args = json.loads((out / "args.json").read_text())
+    assert args["data"] == _data_of(trained) and args["img_size"] == 16 and args["epochs"] == 1
+    replayed = train.parse_config(["--config", str(out / "args.json")])  # it replays
+    assert replayed["img_size"] == 16 and replayed["batch_size"] == 8
+    mapping = json.loads((out / "labels_mapping.json").read_text())
+    assert mapping == json.loads((trained / "labels_mapping.json").read_text())
+    assert json.loads((out / "data_report.json").read_text())["classes"] == data.classes
+    page = (out / "report.html").read_text()
+    assert '<section id="config">' in page and "batch_size" in page
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["args"] == args

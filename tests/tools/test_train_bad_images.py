@@ -14,6 +14,7 @@ from PIL import Image
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 from tests.tools.tiny_run import load_tool
 from tests.trainer.data.malformed import damage, good_bytes
+from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 
 train = load_tool("train")
@@ -76,11 +77,11 @@ def test_max_image_pixels_refuses_larger_images_at_the_start_up_check(tmp_path: 
     Image.new("RGB", (13, 12)).save(big)  # 156 pixels
     config = train.parse_config(["--data", str(root), "--max-image-pixels", "150"])
     assert config["max_image_pixels"] == 150
-    data = train.build_data(config, root)
+    data = train.build_data(TrainConfig.from_dict(config).resolved(), root)
     assert [(p, "13x12 pixels, over the pixel budget of 150" in r) for p, r in data.bad_files] == [
         (big, True)
     ]
     assert train.parse_config(["--data", str(root)])["max_image_pixels"] == 50_000_000
     zero = train.parse_config(["--data", str(root), "--max-image-pixels", "0"])
     with pytest.raises(ConfigError, match="max_image_pixels must be >= 1, got 0"):
-        train.build_data(zero, root)
+        train.build_data(TrainConfig.from_dict(zero).resolved(), root)

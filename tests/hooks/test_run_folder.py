@@ -1,0 +1,29 @@
+"""RunFolderHook: args.json, data_report.json and labels_mapping.json, written once at fit start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hooks.run_folder import RunFolderHook
+from tests.conftest import StandInData, run_fit
+
+
+def test_a_python_run_records_what_its_engine_and_data_know(
+    tmp_path: Path, data: StandInData
+) -> None:
+    engine = run_fit([RunFolderHook(tmp_path)], data, epochs=1, args={})
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert args == engine.args  # also what checkpoints and report.html hold
+    assert args["epochs"] == 1 and args["img_size"] == data.img_size and args["seed"] == 0
+    assert args["device"] == "cpu" and isinstance(args["lr"], float)
+    mapping = json.loads((tmp_path / "labels_mapping.json").read_text())
+    assert mapping == data.labels_mapping()
+
+
+def test_the_settings_given_to_the_engine_are_written_as_they_are(
+    tmp_path: Path, data: StandInData
+) -> None:
+    given = {"model": "small_cnn", "epochs": 1, "pipeline": {"source": "built-in"}}
+    engine = run_fit([RunFolderHook(tmp_path)], data, epochs=1, args=given)
+    assert json.loads((tmp_path / "args.json").read_text()) == given == engine.args
