@@ -412,17 +412,9 @@ class WandbConfig:
 
 # The groups in --help's order; TrainConfig holds all but CommandConfig.
 GROUPS: tuple[type, ...] = (
-    DataConfig,
-    RecipeConfig,
-    AugmentConfig,
-    ModelConfig,
-    OptimConfig,
-    RunConfig,
-    CommandConfig,
-    OutputConfig,
-    MetricsConfig,
-    WandbConfig,
-)
+    DataConfig, RecipeConfig, AugmentConfig, ModelConfig, OptimConfig,
+    RunConfig, CommandConfig, OutputConfig, MetricsConfig, WandbConfig,
+)  # fmt: skip
 
 
 @dataclass
