@@ -42,6 +42,7 @@ from trainer.artifacts import ArtifactWriter
 from trainer.batch import BatchToDevice
 from trainer.checkpoint import check_resumable, checkpoint_file, load_checkpoint, save_checkpoint
 from trainer.data.mix import keep_batch
+from trainer.data.workers import end_workers
 from trainer.device import autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_gather_object,
@@ -303,7 +304,7 @@ class Engine:
             raise
         finally:
             s.phase = "idle"
-            self.artifacts.close()  # every plot a hook asked for exists when fit returns
+            self.close()  # every plot a hook asked for exists, no worker is left, when fit returns
         barrier()  # when fit returns on any rank, rank 0's files are all written
         return s.history
 
@@ -313,7 +314,7 @@ class Engine:
             with self._plan.stage(self, "validate"):
                 return self._eval_loop("val", self._val_loader)
         finally:
-            self.artifacts.close()
+            self.close()
 
     def test(self) -> dict[str, float]:
         """Run the test split (falls back to val when there is none) and return its metrics."""
@@ -325,11 +326,28 @@ class Engine:
             with self._plan.stage(self, "test"):
                 return self._eval_loop("test", loader)
         finally:
-            self.artifacts.close()
+            end_workers(loader)
+            self.close()
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
         """Class probabilities (N, C) on the CPU; see ``trainer.predict.predict``."""
-        return predict(self, source, batch_size)
+        try:
+            return predict(self, source, batch_size)
+        finally:
+            end_workers(source)  # a loader's workers; anything else is left as it is
+
+    def close(self) -> None:
+        """End the workers of the engine's loaders and flush the hooks' plots. Each entry point
+        does it when it returns or raises; the engine stays usable (new workers start)."""
+        end_workers(self._train_loader)
+        end_workers(self._val_loader)
+        self.artifacts.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:
