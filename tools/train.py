@@ -65,7 +65,7 @@ with collector_paused():
         UserError,
     )
     from trainer.export import ExportVerificationError
-    from trainer.io import atomic_write_json, clean_stale_temp_files
+    from trainer.io import atomic_write_json, clean_stale_temp_files, free_space, is_disk_full
     from trainer.metrics import monitor_mode
     from trainer.models import build_model
     from trainer.rng import seed_everything
@@ -345,10 +345,29 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"error: {_disk_full_message(e, config.get('out'))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         print(_interrupted_message(config.get("out"), started), file=sys.stderr)
         return getattr(e, "exit_code", 130)
     return 0
+
+
+def _disk_full_message(error: OSError, out: str | None) -> str:
+    """A full disk met by a hook or a writer during the run (checkpoints have their own)."""
+    where = Path(error.filename).parent if error.filename else Path(out or ".")
+    space = free_space(where)
+    if out and (Path(out) / "checkpoints" / "last.pt").is_file():
+        then = f"continue with --resume --out {out}"
+    else:
+        then = "run again with --overwrite (no epoch finished)"
+    return (
+        f"the disk is full: writing in {where} failed ({error.strerror or error})"
+        f"{'; ' + space if space else ''}. Free some space or pick another --out, then {then}."
+    )
 
 
 def _interrupted_message(out: str | None, started_ns: int) -> str:
