@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_engine
+from tests.conftest import make_engine, make_tree
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.hook import Hook
@@ -24,8 +24,9 @@ def workers() -> set[int]:
 
 
 @pytest.fixture
-def data(tiny_tree: Path) -> ImageFolderData:
-    return ImageFolderData(tiny_tree, img_size=16, batch_size=4, workers=2, verify="none")
+def data(tmp_path: Path) -> ImageFolderData:
+    tree = make_tree(tmp_path / "tree", splits=("train", "val", "test"))
+    return ImageFolderData(tree, img_size=16, batch_size=4, workers=2, verify="none")
 
 
 def test_close_ends_the_workers_and_the_loaders_still_work(data: ImageFolderData) -> None:
@@ -54,7 +55,8 @@ def test_fit_and_test_end_the_workers(data: ImageFolderData) -> None:
     engine.test()  # the engine still works: new workers, ended again
     engine.validate()
     assert workers() - before == set()
-    engine.predict(data.val_loader())
+    loader = data.val_loader()  # held: not ended by its garbage collection
+    engine.predict(loader)
     assert workers() - before == set()
 
 
