@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util  # noqa: F401  (its exit handler must be registered before ours)
+import os
 import weakref
 from typing import Any
 
@@ -26,8 +27,10 @@ from trainer.signals import ignore_stop_signals
 # Seconds to wait for a killed worker; it cannot ignore SIGKILL.
 _KILL_WAIT = 5.0
 
-# Every loader with workers made here, weakly: what the atexit handler ends.
-_OPEN: weakref.WeakSet[DataLoader[Any]] = weakref.WeakSet()
+# Every worker pool started here, weakly: what the atexit handler ends. Pools, not loaders: a
+# pool can outlive its loader (held by a traceback's frames, or in a reference cycle).
+_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+_PID = os.getpid()  # a forked child inherits the set, not the pools
 
 
 def end_workers(loader: Any) -> None:
@@ -38,22 +41,29 @@ def end_workers(loader: Any) -> None:
     """
     for _ in range(4):  # wrappers of wrappers, never a cycle
         if isinstance(loader, DataLoader):
-            _end_pool(loader)
+            _end_pool(_detach_pool(loader))
             return
         loader = getattr(loader, "loader", None)
 
 
-def _end_pool(loader: DataLoader[Any]) -> None:
-    # torch (2.x) has no public way to end a persistent pool: the DataLoader keeps it in the
-    # private ``_iterator`` and ends it with ``_shutdown_workers()``, as the iterator's own
-    # ``__del__`` does. That call sets the workers' done event and joins them. A worker that
-    # still lives after it (stuck in a C call) is killed: it ignores the SIGTERM that
-    # ``_shutdown_workers`` and multiprocessing would send, and a join on it never returns.
-    # The private names are read with getattr, so another torch leaves this a no-op.
+# torch (2.x) has no public way to end a persistent pool: the DataLoader keeps it in the private
+# ``_iterator`` and the pool ends with ``_shutdown_workers()``, as its own ``__del__`` does. The
+# two functions below are the only users of those private names; read with getattr, so another
+# torch makes them no-ops rather than errors.
+def _detach_pool(loader: DataLoader[Any]) -> Any:
+    """Take the persistent pool off ``loader`` (its next iter() starts a new one); or None."""
     pool = loader.__dict__.get("_iterator")
+    if pool is not None:
+        loader._iterator = None
+    return pool
+
+
+def _end_pool(pool: Any) -> None:
+    """``_shutdown_workers()`` sets the workers' done event and joins them. A worker still alive
+    after it (stuck in a C call) is killed: it ignores the SIGTERM that ``_shutdown_workers``
+    and multiprocessing would send, and a join on it would never return."""
     if pool is None:
         return
-    loader._iterator = None  # the next iter() starts a new pool
     shutdown = getattr(pool, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
@@ -63,12 +73,25 @@ def _end_pool(loader: DataLoader[Any]) -> None:
             worker.join(_KILL_WAIT)
 
 
+class _Loader(DataLoader[Any]):
+    """A DataLoader that records each worker pool it starts (its multiprocess iterator)."""
+
+    pools: weakref.WeakSet[Any]
+
+    def __iter__(self) -> Any:
+        pool = super().__iter__()
+        if self.num_workers > 0:
+            self.pools.add(pool)
+            _POOLS.add(pool)
+        return pool
+
+
 class LoaderPools:
     """Makes the DataLoaders of one owner and ends their worker pools on ``close()``.
 
     Loaders with workers keep them between epochs (persistent) and ignore the process group's
-    SIGINT and SIGTERM; they are held weakly here, so a loader dropped by its user ends its
-    pool as torch does, and any pool still open at interpreter exit is ended then.
+    SIGINT and SIGTERM. Loaders and pools are held weakly here: a loader dropped by its user
+    ends its pool as torch does, and any pool still alive at interpreter exit is ended then.
 
     Example:
         >>> pools = LoaderPools()
@@ -78,31 +101,34 @@ class LoaderPools:
 
     def __init__(self) -> None:
         self._loaders: weakref.WeakSet[DataLoader[Any]] = weakref.WeakSet()
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def loader(self, dataset: Dataset[Any], *, num_workers: int, **kwargs: Any) -> DataLoader[Any]:
         """A ``DataLoader(dataset, num_workers=..., **kwargs)`` with persistent workers that
         ignore the group's stop signals (see ``trainer.signals.ignore_stop_signals``)."""
-        loader: DataLoader[Any] = DataLoader(
+        loader = _Loader(
             dataset,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             worker_init_fn=ignore_stop_signals,  # a signal to the group is the trainer's
             **kwargs,
         )
-        if num_workers > 0:
-            self._loaders.add(loader)
-            _OPEN.add(loader)
+        loader.pools = self._pools
+        self._loaders.add(loader)
         return loader
 
     def close(self) -> None:
-        """End the worker processes of every loader made here that is still alive."""
+        """End the worker processes of every loader made here, alive or not."""
         for loader in list(self._loaders):
-            end_workers(loader)
+            _detach_pool(loader)
+        for pool in list(self._pools):
+            _end_pool(pool)
 
 
 def _end_open_pools() -> None:
-    for loader in list(_OPEN):
-        end_workers(loader)
+    if os.getpid() == _PID:
+        for pool in list(_POOLS):
+            _end_pool(pool)
 
 
 # atexit runs its handlers last-registered first. Registered at import, after torch's
