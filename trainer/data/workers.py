@@ -18,6 +18,7 @@ import atexit
 import multiprocessing.util  # noqa: F401  (its exit handler must be registered before ours)
 import os
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
@@ -27,9 +28,12 @@ from trainer.signals import ignore_stop_signals
 # Seconds to wait for a killed worker; it cannot ignore SIGKILL.
 _KILL_WAIT = 5.0
 
-# Every worker pool started here, weakly: what the atexit handler ends. Pools, not loaders: a
-# pool can outlive its loader (held by a traceback's frames, or in a reference cycle).
+# Every worker pool started here, and its worker processes, weakly: what the atexit handler
+# ends. Pools, not loaders: a pool can outlive its loader (held by a traceback's frames). And
+# workers, not only pools: a pool collected in a reference cycle may have lost its queues
+# before torch's ``__del__`` tells its workers to stop, and leave them running.
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
 _PID = os.getpid()  # a forked child inherits the set, not the pools
 
 
@@ -47,9 +51,9 @@ def end_workers(loader: Any) -> None:
 
 
 # torch (2.x) has no public way to end a persistent pool: the DataLoader keeps it in the private
-# ``_iterator`` and the pool ends with ``_shutdown_workers()``, as its own ``__del__`` does. The
-# two functions below are the only users of those private names; read with getattr, so another
-# torch makes them no-ops rather than errors.
+# ``_iterator`` and the pool ends with ``_shutdown_workers()``, as its own ``__del__`` does;
+# the pool's processes are its ``_workers``. The three functions below are the only users of
+# those private names; read with getattr, so another torch makes them no-ops, not errors.
 def _detach_pool(loader: DataLoader[Any]) -> Any:
     """Take the persistent pool off ``loader`` (its next iter() starts a new one); or None."""
     pool = loader.__dict__.get("_iterator")
@@ -59,15 +63,26 @@ def _detach_pool(loader: DataLoader[Any]) -> Any:
 
 
 def _end_pool(pool: Any) -> None:
-    """``_shutdown_workers()`` sets the workers' done event and joins them. A worker still alive
-    after it (stuck in a C call) is killed: it ignores the SIGTERM that ``_shutdown_workers``
-    and multiprocessing would send, and a join on it would never return."""
+    """``_shutdown_workers()`` sets the workers' done event and joins them; a worker still alive
+    after it is killed (see ``_kill``)."""
     if pool is None:
         return
     shutdown = getattr(pool, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
-    for worker in getattr(pool, "_workers", ()):
+    _kill(_workers_of(pool))
+
+
+def _workers_of(pool: Any) -> list[Any]:
+    """The pool's worker processes (``multiprocessing.Process``)."""
+    return list(getattr(pool, "_workers", ()))
+
+
+def _kill(workers: Iterable[Any]) -> None:
+    """Kill the workers still alive: they ignore the SIGTERM that torch and multiprocessing
+    would send, and a join on one of them (stuck in a C call, or never told to stop) would
+    never return."""
+    for worker in workers:
         if worker.is_alive():
             worker.kill()
             worker.join(_KILL_WAIT)
@@ -83,6 +98,7 @@ class _Loader(DataLoader[Any]):
         if self.num_workers > 0:
             self.pools.add(pool)
             _POOLS.add(pool)
+            _WORKERS.update(_workers_of(pool))
         return pool
 
 
@@ -129,6 +145,7 @@ def _end_open_pools() -> None:
     if os.getpid() == _PID:
         for pool in list(_POOLS):
             _end_pool(pool)
+        _kill(list(_WORKERS))
 
 
 # atexit runs its handlers last-registered first. Registered at import, after torch's
