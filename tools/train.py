@@ -45,6 +45,7 @@ with collector_paused():
 
     from hooks import WandbHook, default_hooks
     from hooks.verbosity import Verbosity
+    from hooks.wandb import check_api_key
     from trainer.checkpoint import checkpoint_file, load_checkpoint
     from trainer.data.demo import demo_dataset
     from trainer.data.pipelines import describe_pipelines
@@ -122,6 +123,8 @@ def _train(config: dict[str, Any]) -> Engine:
 def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     # Everything is checked before anything in the run folder is written: a refused or failed
     # start leaves it as it was.
+    if config["wandb"]:
+        check_api_key()  # online without a key: refused now, not at fit start
     if resume is not None and config["lr"] == "auto":
         raise ConfigError(
             "--lr auto picks the learning rate of a new run; a resumed run keeps the one it "
