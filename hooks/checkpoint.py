@@ -244,15 +244,39 @@ class CheckpointHook(Hook):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_value = state.get("best_value")
-        self.best_epoch = state.get("best_epoch")
+        """Restore the bookkeeping. A checkpoint may come from anyone: the top-k list keeps
+        only names this hook writes (``epoch_NNN.pt``, in ``checkpoints/``), since a resume
+        deletes the files that leave it; any other entry is dropped with a warning."""
+        value, epoch = state.get("best_value"), state.get("best_epoch")
+        self.best_value = float(value) if isinstance(value, (int, float)) else None
+        self.best_epoch = epoch if isinstance(epoch, int) and epoch >= 0 else None
         self.best_mid_epoch = bool(state.get("best_mid_epoch", False))
-        self.top = [(float(v), str(n)) for v, n in state.get("top", [])]
+        self.top = []
+        for entry in state.get("top", []):
+            pair = _top_entry(entry)
+            if pair is None:
+                log.warning(
+                    "ignoring %r in the checkpoint's top-k list: not a checkpoint file name "
+                    "of %s (epoch_NNN.pt); nothing outside it is touched", entry, self.dir,
+                )  # fmt: skip
+            else:
+                self.top.append(pair)
 
 
 def remove_file(path: Path) -> None:
     """Delete ``path`` if it exists (one place to stop at, for the crash tests)."""
     path.unlink(missing_ok=True)
+
+
+def _top_entry(entry: Any) -> tuple[float, str] | None:
+    """A top-k entry ``(value, "epoch_NNN.pt")`` read from a checkpoint, or None if it is not
+    one: a path, ``..``, another file's name, or not a (number, name) pair."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        return None
+    value, name = entry
+    if not isinstance(value, (int, float)) or not isinstance(name, str):
+        return None
+    return (float(value), name) if _TOP_K_NAME.fullmatch(name) else None
 
 
 def _epoch_of(name: str) -> int | None:
