@@ -44,6 +44,7 @@ with collector_paused():
     )
 
     from hooks import WandbHook, default_hooks
+    from hooks.checkpoint import check_latest
     from hooks.verbosity import Verbosity
     from hooks.wandb import check_api_key
     from trainer.checkpoint import checkpoint_file, load_checkpoint
@@ -141,6 +142,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if resume is not None:
         ckpt = load_checkpoint(resume)
         check_resume_settings(ckpt, config, checkpoint_file(resume))
+        if continuing:  # an older checkpoint of this run: its later files must survive
+            done = len((ckpt.get("state") or {}).get("history") or [])
+            check_latest(checkpoint_file(resume), out / "checkpoints", done)
 
     if config["decode"] == "gpu" and resolve_device(config["device"]).type != "cuda":
         raise ConfigError(

@@ -1,5 +1,5 @@
 """CheckpointHook on resume: what a checkpoint says never deletes files outside the run's
-checkpoints/ folder."""
+checkpoints/ folder, and a resume from an older checkpoint never deletes later ones."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from hooks.checkpoint import CheckpointHook
 from tests.conftest import make_engine
 from trainer.checkpoint import save_checkpoint
+from trainer.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,25 @@ def test_malformed_top_k_entries_are_dropped(tmp_path: Path) -> None:
         {"best_epoch": "x", "top": [[0.5, "epoch_003.pt"], ["a", "epoch_001.pt"], [1.0], 7]}
     )
     assert hook.top == [(0.5, "epoch_003.pt")] and hook.best_epoch is None
+
+
+@pytest.mark.parametrize("top_k", [3, 0])
+def test_resuming_an_older_checkpoint_of_the_run_deletes_nothing(
+    tmp_path: Path, top_k: int
+) -> None:
+    """With top-k files the older checkpoint is one of them; without, only last.pt tells that
+    the run went on (the older one is a copy kept outside the run)."""
+    run, older = tmp_path / "run", tmp_path / "older.pt"
+    ckpts = run / "checkpoints"
+    make_engine([CheckpointHook(run, top_k=top_k)], max_epochs=1).fit()
+    shutil.copy(ckpts / "last.pt", older)
+    make_engine([CheckpointHook(run, top_k=top_k)], max_epochs=3).fit(resume=run)
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    if top_k:
+        assert {"epoch_000.pt", "epoch_002.pt"} <= set(before)
+        older = ckpts / "epoch_000.pt"
+    engine = make_engine([CheckpointHook(run, top_k=top_k)], max_epochs=2)
+    with pytest.raises(CheckpointError, match="--out NEW_FOLDER") as info:
+        engine.fit(resume=older)
+    assert str(ckpts / "last.pt") in str(info.value)
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
