@@ -18,7 +18,7 @@ from trainer.checkpoint import host_copy, save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
 from trainer.errors import CheckpointError, Interrupted, OutputError
 from trainer.hook import Hook
-from trainer.io import atomic_link, clean_stale_temp_files
+from trainer.io import atomic_link, clean_stale_temp_files, free_space, is_disk_full
 from trainer.metrics import is_better
 
 if TYPE_CHECKING:
@@ -148,8 +148,9 @@ class CheckpointHook(Hook):
             pending.result()
         except OSError as e:
             # A run that cannot checkpoint would lose its work silently: stop it.
+            space = f"; {free_space(self.dir)}" if is_disk_full(e) else ""
             raise OutputError(
-                f"could not write a checkpoint in {self.dir} ({e.strerror or e}). The files "
+                f"could not write a checkpoint in {self.dir} ({e.strerror or e}{space}). The files "
                 "already there are intact (writes are atomic). Free some space or make the "
                 "folder writable, then continue with --resume; or pick another --out."
             ) from e

@@ -191,8 +191,12 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             if finder is not None:
                 write_results(finder, out)
         except OSError as e:
+            if not continuing:  # a rerun would take it for a run and refuse the folder
+                with contextlib.suppress(OSError):
+                    (out / "args.json").unlink(missing_ok=True)
+            space = f"; {free_space(out)}" if is_disk_full(e) else ""
             raise OutputError(
-                f"cannot write to the run folder {out} ({e.strerror or e}); "
+                f"cannot write to the run folder {out} ({e.strerror or e}{space}); "
                 "choose a writable --out with free space"
             ) from e
 
