@@ -1,5 +1,6 @@
 """One `error:` line and exit 2, no traceback: evaluate.py and export.py writing beside a
-read-only checkpoint or on a full disk, and train.py meeting a full disk as it sets the run folder up.
+read-only checkpoint or on a full disk, predict.py given a labels_mapping.json that is not
+UTF-8, and train.py meeting a full disk as it sets the run folder up.
 
 Tests run as root here, which chmod cannot stop: the read-only folder is os.access saying so,
 as it does for a read-only file system (EROFS), for root too.
@@ -12,13 +13,15 @@ import os
 import re
 from pathlib import Path
 
+import onnx
 import pytest
+from PIL import Image
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS
 from tests.tools.tiny_run import load_tool, train_tiny_run
 from trainer.data import ImageFolderData
 
-evaluate, export = load_tool("evaluate"), load_tool("export")
+evaluate, export, predict = load_tool("evaluate"), load_tool("export"), load_tool("predict")
 FREE = re.compile(r"has [\d.]+ [KMGT]?B free")  # trainer.io.free_space, in the message
 
 
@@ -98,6 +101,25 @@ def test_a_full_disk_when_the_results_are_written(
     assert code == 2
     line = _one_error(capsys.readouterr().err)
     assert str(model.parent) in line and FREE.search(line) and "--out" in line
+
+
+def test_a_labels_mapping_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An older export: no mapping inside the model, so it is read from the file beside it.
+    x, y = (
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 3, 8, 8]) for n in "xy"
+    )
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "model.onnx"
+    onnx.save(onnx.helper.make_model(graph), path)
+    sidecar = tmp_path / "labels_mapping.json"
+    sidecar.write_bytes('{"idx_to_class": {"0": "caf\u00e9"}}'.encode("latin-1"))
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert predict.main(["--model", str(path), str(image)]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert str(sidecar) in line and "UTF-8" in line
 
 
 def test_a_full_disk_at_the_start_of_a_run_leaves_nothing_that_blocks_a_rerun(
