@@ -75,7 +75,6 @@ with collector_paused():
 log = logging.getLogger("trainer")
 
 
-
 def run(config: dict[str, Any]) -> Engine:
     """Build data, model, engine and hooks from a parsed config and train.
 

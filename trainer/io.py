@@ -167,8 +167,8 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def free_space(folder: str | os.PathLike[str]) -> str:
-    """"<folder> has 12.3 MB free" for the file system holding ``folder`` (or its nearest
-    existing parent), for error messages; "" when it cannot be told."""
+    """For error messages: "<folder> has 12.3 MB free", for the file system holding ``folder``
+    (or its nearest existing parent); "" when it cannot be told."""
     path = Path(folder).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -181,6 +181,7 @@ def free_space(folder: str | os.PathLike[str]) -> str:
     while size >= 1000 and len(units) > 1:
         size, units = size / 1000, units[1:]
     return f"{folder} has {size:.3g} {units[0]} free"
+
 
 def unwritable(folder: str | os.PathLike[str]) -> str | None:
     """Why files cannot be created in ``folder`` (made if missing), or None when they can.
