@@ -50,11 +50,14 @@ def check_api_key(mode: str | None = None) -> None:
     """
     import wandb
 
+    no_server = ("offline", "dryrun", "disabled")
+    if (mode or os.environ.get("WANDB_MODE")) in no_server:
+        return  # told without W&B's settings, whose reading starts W&B's service process
     try:
         settings = wandb.setup().settings
     except Exception:  # an invalid WANDB_MODE: wandb.init says so itself
         return
-    if (mode or settings.mode) in ("offline", "dryrun", "disabled"):
+    if (mode or settings.mode) in no_server:
         return
     if _key_at_hand(settings.base_url) or wandb.login(verify=False, prompt=False):
         return

@@ -204,3 +204,13 @@ def test_a_key_in_the_environment_or_netrc_is_taken_without_asking_the_server(
             check_api_key()  # no key at hand: W&B's own lookup decides
     finally:
         wandb.teardown()
+
+
+def test_offline_is_told_without_starting_wandbs_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    calls: list[object] = []
+    monkeypatch.setattr(wandb, "setup", lambda *args, **kwargs: calls.append(args))
+    check_api_key()  # WANDB_MODE=offline, as every test here
+    check_api_key("disabled")
+    assert calls == []  # wandb.setup starts W&B's service process
