@@ -16,9 +16,9 @@ import torch
 
 from trainer.checkpoint import host_copy, save_checkpoint
 from trainer.distributed import get_world_size, is_global_zero, rank_zero_only
-from trainer.errors import Interrupted, OutputError
+from trainer.errors import CheckpointError, Interrupted, OutputError
 from trainer.hook import Hook
-from trainer.io import atomic_link, clean_stale_temp_files
+from trainer.io import atomic_link, clean_stale_temp_files, free_space, is_disk_full
 from trainer.metrics import is_better
 from trainer.run_files import BEST_PT, CHECKPOINTS, INTERRUPTED_PT, LAST_PT
 
@@ -47,8 +47,10 @@ class CheckpointHook(Hook):
     ``last.pt`` is written first and holds the bookkeeping (best epoch, top-k list), so a crash
     between it and its links leaves ``best.pt`` or a top-k file behind. On resume they are put
     back in step: relinked to the checkpoint resumed from, ``epoch_XXX.pt`` files outside the
-    top-k removed, a ``best.pt`` of an epoch the resumed run never reached removed too. Under
-    DDP every rank runs the hook (the checkpoint gathers each rank's RNG state); rank 0 writes.
+    top-k removed, a ``best.pt`` of an epoch the resumed run never reached removed too. A
+    resume from a checkpoint older than the folder's latest is refused (``check_latest``):
+    those steps would delete later files. Under DDP every rank runs the hook (the checkpoint
+    gathers each rank's RNG state); rank 0 writes.
 
     Args:
         out_dir: the run folder; files go to ``out_dir/checkpoints``.
@@ -147,8 +149,9 @@ class CheckpointHook(Hook):
             pending.result()
         except OSError as e:
             # A run that cannot checkpoint would lose its work silently: stop it.
+            space = f"; {free_space(self.dir)}" if is_disk_full(e) else ""
             raise OutputError(
-                f"could not write a checkpoint in {self.dir} ({e.strerror or e}). The files "
+                f"could not write a checkpoint in {self.dir} ({e.strerror or e}{space}). The files "
                 "already there are intact (writes are atomic). Free some space or make the "
                 "folder writable, then continue with --resume; or pick another --out."
             ) from e
@@ -195,6 +198,7 @@ class CheckpointHook(Hook):
 
     def _reconcile(self, source: Path, epoch: int) -> None:
         """Make the files agree with the bookkeeping of ``source``, the checkpoint of ``epoch``."""
+        check_latest(source, self.dir, epoch + 1)  # never delete a later epoch's files
         self.dir.mkdir(parents=True, exist_ok=True)
         self.top = self.top[: max(self.top_k, 0)]  # a resume may ask for a smaller k
         for value, name in list(self.top):
@@ -245,15 +249,73 @@ class CheckpointHook(Hook):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_value = state.get("best_value")
-        self.best_epoch = state.get("best_epoch")
+        """Restore the bookkeeping. A checkpoint may come from anyone: the top-k list keeps
+        only names this hook writes (``epoch_NNN.pt``, in ``checkpoints/``), since a resume
+        deletes the files that leave it; any other entry is dropped with a warning."""
+        value, epoch = state.get("best_value"), state.get("best_epoch")
+        self.best_value = float(value) if isinstance(value, (int, float)) else None
+        self.best_epoch = epoch if isinstance(epoch, int) and epoch >= 0 else None
         self.best_mid_epoch = bool(state.get("best_mid_epoch", False))
-        self.top = [(float(v), str(n)) for v, n in state.get("top", [])]
+        self.top = []
+        for entry in state.get("top", []):
+            pair = _top_entry(entry)
+            if pair is None:
+                log.warning(
+                    "ignoring %r in the checkpoint's top-k list: not a checkpoint file name "
+                    "of %s (epoch_NNN.pt); nothing outside it is touched", entry, self.dir,
+                )  # fmt: skip
+            else:
+                self.top.append(pair)
+
+
+def check_latest(source: Path, ckpt_dir: Path, epochs_done: int) -> None:
+    """Raise ``CheckpointError`` when ``ckpt_dir`` holds a checkpoint of more finished epochs
+    than ``epochs_done`` (those of ``source``, the checkpoint resumed from): resuming there
+    would replace or delete it. ``last.pt`` is read (its small pickle only), ``epoch_NNN.pt``
+    go by name; ``best.pt`` and ``interrupted.pt`` may hold part of an unfinished epoch that
+    a resume from ``last.pt`` rightly drops, so they do not count."""
+    last = ckpt_dir / LAST_PT
+    later = [(_finished_epochs(last), last)] if last.is_file() else []
+    later += [
+        (n + 1, p) for p in ckpt_dir.glob("epoch_*.pt") if (n := _epoch_of(p.name)) is not None
+    ]
+    later = [(n, p) for n, p in later if n > epochs_done]
+    if not later:
+        return
+    n, path = max(later)
+    run = ckpt_dir.parent
+    raise CheckpointError(
+        f"{source} holds {epochs_done} finished epoch(s), but the run in {run} went on: {path} "
+        f"holds {n}. Resuming from it there would delete or replace the later checkpoints. "
+        f"To continue from it, branch off into a new run folder: --resume {source} --out "
+        f"NEW_FOLDER (or fit(resume=...) with hooks writing elsewhere); to continue the run, "
+        f"--resume {run}."
+    )
+
+
+def _finished_epochs(path: Path) -> int:
+    """How many epochs the checkpoint at ``path`` finished (mmap: the small pickle only)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return len(ckpt["state"]["history"])
+    except Exception:  # unreadable: it cannot be resumed from either, nor does it count
+        return -1
 
 
 def remove_file(path: Path) -> None:
     """Delete ``path`` if it exists (one place to stop at, for the crash tests)."""
     path.unlink(missing_ok=True)
+
+
+def _top_entry(entry: Any) -> tuple[float, str] | None:
+    """A top-k entry ``(value, "epoch_NNN.pt")`` read from a checkpoint, or None if it is not
+    one: a path, ``..``, another file's name, or not a (number, name) pair."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        return None
+    value, name = entry
+    if not isinstance(value, (int, float)) or not isinstance(name, str):
+        return None
+    return (float(value), name) if _TOP_K_NAME.fullmatch(name) else None
 
 
 def _epoch_of(name: str) -> int | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from trainer.artifacts import guarded
 from trainer.distributed import is_global_zero
@@ -38,6 +40,47 @@ ARTIFACTS = [
 ]
 
 
+def check_api_key(mode: str | None = None) -> None:
+    """Raise ``ConfigError`` when W&B would log online but has no API key, before anything
+    is trained or written (``wandb.init`` would fail, or wait at a prompt, at fit start).
+
+    ``mode`` None follows W&B's own settings (``WANDB_MODE``, ``wandb offline``). The key is
+    looked for where W&B looks (``WANDB_API_KEY``, ``~/.netrc``, its settings files), with no
+    prompt; a key in the environment or in the netrc file is taken without asking W&B, whose
+    ``login`` would fetch the account's name over the network.
+    """
+    import wandb
+
+    no_server = ("offline", "dryrun", "disabled")
+    if (mode or os.environ.get("WANDB_MODE")) in no_server:
+        return  # told without W&B's settings, whose reading starts W&B's service process
+    try:
+        settings = wandb.setup().settings
+    except Exception:  # an invalid WANDB_MODE: wandb.init says so itself
+        return
+    if (mode or settings.mode) in no_server:
+        return
+    if _key_at_hand(settings.base_url) or wandb.login(verify=False, prompt=False):
+        return
+    raise ConfigError(
+        "--wandb (WandbHook) logs to the W&B server, but no W&B API key is set up (none in "
+        "WANDB_API_KEY, ~/.netrc or W&B's settings). Run `wandb login` once, or set "
+        "WANDB_API_KEY; or log offline with WANDB_MODE=offline and upload later with "
+        "`wandb sync`."
+    )
+
+
+def _key_at_hand(base_url: str) -> bool:
+    """Whether the environment or the netrc file holds W&B credentials for ``base_url``."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = os.environ.get("NETRC") or Path.home() / ".netrc"
+    try:
+        return netrc.netrc(path).authenticators(urlparse(base_url).hostname or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbHook(Hook):
     """Logs the run to Weights & Biases, into ``out_dir/wandb`` (and the W&B server if online).
 
@@ -57,7 +100,8 @@ class WandbHook(Hook):
     ``WANDB_MODE`` environment variable. Rank 0 logs; the other ranks do nothing.
 
     Needs the optional ``wandb`` package (``pip install -e '.[wandb]'``); without it the
-    constructor raises ``ConfigError`` saying so, before any training.
+    constructor raises ``ConfigError`` saying so, before any training; so it does when it
+    would log online without a W&B API key (see ``check_api_key``).
 
     Args:
         out_dir: the run folder; W&B's files go to ``out_dir/wandb``.
@@ -89,6 +133,7 @@ class WandbHook(Hook):
     ) -> None:
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError(MISSING)
+        check_api_key(mode)
         self.out_dir = Path(out_dir)
         self.project = project
         self.run_name = name  # not ``name``: Hook.name is the hook's own

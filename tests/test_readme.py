@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import make_tree
@@ -24,7 +26,7 @@ def _python_block(after_heading: str) -> str:
     return match.group(1)
 
 
-def _run_notebook_example(tmp_path: Path) -> dict[str, object]:
+def _notebook_example(tmp_path: Path) -> str:
     tree = make_tree(tmp_path / "flowers")
     code = _python_block("## In a notebook")
     swaps = {
@@ -39,19 +41,10 @@ def _run_notebook_example(tmp_path: Path) -> dict[str, object]:
         code = code.replace(old, new)
     if importlib.util.find_spec("pandas") is None:
         code = "\n".join(line for line in code.splitlines() if "pandas" not in line)
-    scope: dict[str, object] = {}
-    exec(compile(code, "README.md (In a notebook)", "exec"), scope)
-    return scope
+    return code
 
 
-def test_notebook_example_runs(tmp_path: Path) -> None:
-    history = _run_notebook_example(tmp_path)["history"]
-    assert isinstance(history, list) and len(history) == 1
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
-
-
-def test_predict_example_runs_after_the_notebook_one(tmp_path: Path) -> None:
-    scope = _run_notebook_example(tmp_path)
+def _predict_example(tmp_path: Path) -> str:
     code = _python_block("### Predicting from Python")
     val = tmp_path / "flowers" / "val"
     swaps = {
@@ -63,11 +56,29 @@ def test_predict_example_runs_after_the_notebook_one(tmp_path: Path) -> None:
     for old, new in swaps.items():
         assert old in code, old
         code = code.replace(old, new)
-    exec(compile(code, "README.md (Predicting from Python)", "exec"), scope)
-    probs, clf = scope["probs"], scope["clf"]
-    assert getattr(probs, "shape", None) == (15, 3)  # the validation loader's 15 images
-    top = clf.predict(str(val / "cat" / "1.jpg"), top_k=3)  # type: ignore[attr-defined]
-    assert len(top) == 3 and {label for label, _ in top} == {"bird", "cat", "dog"}
+    return code
+
+
+def test_notebook_and_predict_examples_run_as_a_script_that_exits(tmp_path: Path) -> None:
+    """The two examples, one after the other, as `python example.py` rather than exec: the
+    process must also end by itself, with the default loader workers (issue 24: Python's
+    multiprocessing exit handler used to wait on them forever)."""
+    checks = f"""
+print("epochs:", len(history))
+print("probs:", tuple(probs.shape))  # the validation loader's 15 images
+top = clf.predict({str(tmp_path / "flowers" / "val" / "cat" / "1.jpg")!r}, top_k=3)
+print("top:", sorted(label for label, _ in top))
+"""
+    script = tmp_path / "example.py"
+    script.write_text(_notebook_example(tmp_path) + _predict_example(tmp_path) + checks)
+    # Bounded: a hang at exit fails the test (TimeoutExpired) instead of stalling the suite.
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epochs: 1" in proc.stdout and "probs: (15, 3)" in proc.stdout
+    assert "top: ['bird', 'cat', 'dog']" in proc.stdout
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 def test_hook_example_stops_the_fit(tmp_path: Path) -> None:

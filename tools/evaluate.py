@@ -45,7 +45,7 @@ from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
 from trainer.device import resolve_device
 from trainer.errors import UserError
-from trainer.io import atomic_write_json
+from trainer.io import atomic_write_json, free_space, is_disk_full, unwritable
 from trainer.metrics import EvalScore, class_metrics
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
@@ -385,6 +385,9 @@ def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tu
     return json_path, png_path
 
 
+OUT_HINT = "Pass --out FOLDER to write evaluation.json and the plot elsewhere."
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tools/evaluate.py",
@@ -414,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; 0 when done, 2 for a mistake in the arguments or inputs."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a = build_parser().parse_args(argv)
+    out = Path(a.out) if a.out else Path(a.model).parent
+    problem = unwritable(out)  # before the evaluation, not after it
+    if problem:
+        print(f"error: cannot write the results to {out}: {problem}. {OUT_HINT}", file=sys.stderr)
+        return 2
     try:
         result = evaluate(
             a.model,
@@ -433,8 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Interrupted.", file=sys.stderr)
         return 130
     print_report(result)
-    out = Path(a.out) if a.out else Path(a.model).parent
-    json_path, png_path = write_outputs(result, out)
+    try:
+        json_path, png_path = write_outputs(result, out)
+    except OSError as e:
+        space = f"; {free_space(out)}" if is_disk_full(e) else ""
+        print(f"error: cannot write the results to {out} ({e.strerror or e}{space}). {OUT_HINT}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print(f"wrote {json_path} and {png_path}", file=sys.stderr)
     return 0
 

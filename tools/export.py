@@ -29,7 +29,7 @@ from hooks.onnx_export import REPORT_NAME
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
-from trainer.errors import DataError, UserError
+from trainer.errors import DataError, OutputError, UserError
 from trainer.export import (
     MIN_OPSET,
     ExportVerificationError,
@@ -38,6 +38,7 @@ from trainer.export import (
     random_images,
     split_entry,
 )
+from trainer.io import free_space, is_disk_full, unwritable
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
 from trainer.run_files import BEST_PT, CHECKPOINTS, LAST_PT
 
@@ -153,6 +154,13 @@ def export_checkpoint(
     if num_images < 1:
         raise UserError(f"--num-images must be >= 1, got {num_images}.")
     path = resolve_checkpoint(checkpoint)
+    out_path = Path(out) if out is not None else path.with_suffix(".onnx")
+    problem = unwritable(out_path.parent)  # before the export, not after it
+    if problem:
+        raise OutputError(
+            f"cannot write {out_path.name} and its report to {out_path.parent}: {problem}. "
+            "Pass --out FILE.onnx to write them elsewhere."
+        )
     ckpt = load_checkpoint(path)
     model, weights = model_from_checkpoint(ckpt, path, ema=ema, model_name=model_name)
     mapping = labels_mapping_from_checkpoint(ckpt, path, img_size=img_size)
@@ -161,7 +169,6 @@ def export_checkpoint(
     if split is not None:
         mapping = {**mapping, "split": split}  # so tools/evaluate.py scores the run's val images
     images, verified_on, root = verification_images(ckpt, mapping, data=data, num_images=num_images)
-    out_path = Path(out) if out is not None else path.with_suffix(".onnx")
     name = model_name or str(args.get("model", type(model).__name__))
     return export_with_report(
         model,
@@ -227,6 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportVerificationError as e:
         print(f"error: the ONNX export failed verification. {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        where = Path(e.filename).parent if e.filename else Path(a.out or a.checkpoint).parent
+        print(f"error: the disk is full: writing in {where} failed ({e.strerror or e}; "
+              f"{free_space(where)}). Free some space, or pass --out FILE.onnx on another disk.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130

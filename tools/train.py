@@ -28,7 +28,9 @@ with collector_paused():
     from train_config import build_data, build_loss_from_config, parse_config
 
     from hooks import WandbHook, default_hooks
+    from hooks.checkpoint import check_latest
     from hooks.verbosity import Verbosity
+    from hooks.wandb import check_api_key
     from trainer import run_files as files
     from trainer import run_folder as rf
     from trainer.checkpoint import checkpoint_file, load_checkpoint
@@ -48,12 +50,12 @@ with collector_paused():
     from trainer.engine import Engine
     from trainer.errors import ConfigError, NonFiniteLossError, UserError
     from trainer.export import ExportVerificationError
+    from trainer.io import free_space, is_disk_full
     from trainer.models import build_model
     from trainer.rng import seed_everything
 
 log = logging.getLogger("trainer")
 new_run_dir = rf.new_run_dir  # tests name the folder through it
-
 
 def run(config: dict[str, Any]) -> Engine:
     """Build data, model, engine and hooks from a parsed config and train.
@@ -103,6 +105,8 @@ def _train(config: dict[str, Any]) -> Engine:
 def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     # Everything is checked before anything in the run folder is written: a refused or failed
     # start leaves it as it was.
+    if config["wandb"]:
+        check_api_key()  # online without a key: refused now, not at fit start
     if resume is not None:
         rf.check_lr_on_resume(config)
     continuing = resume is not None and rf.same_folder(out, rf.run_dir_of(Path(resume)))
@@ -116,6 +120,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if resume is not None:
         ckpt = load_checkpoint(resume)
         rf.check_resume_settings(ckpt, config, checkpoint_file(resume))
+        if continuing:  # an older checkpoint of this run: its later files must survive
+            done = len((ckpt.get("state") or {}).get("history") or [])
+            check_latest(checkpoint_file(resume), out / files.CHECKPOINTS, done)
     cfg = TrainConfig.from_dict(config)
 
     if cfg.decode == "gpu" and resolve_device(cfg.device).type != "cuda":
@@ -158,7 +165,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             try:
                 write_results(finder, out)
             except OSError as e:
-                raise rf.unwritable(out, e) from e
+                raise rf.write_error(out, e) from e
 
     hooks = default_hooks(out, cfg, verbosity=verbosity_of(config))
     if cfg.wandb:
@@ -274,10 +281,29 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"error: {_disk_full_message(e, config.get('out'))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         print(_interrupted_message(config.get("out"), started), file=sys.stderr)
         return getattr(e, "exit_code", 130)
     return 0
+
+
+def _disk_full_message(error: OSError, out: str | None) -> str:
+    """A full disk met by a hook or a writer during the run (checkpoints have their own)."""
+    where = Path(error.filename).parent if error.filename else Path(out or ".")
+    space = free_space(where)
+    if out and (Path(out) / files.CHECKPOINTS / files.LAST_PT).is_file():
+        then = f"continue with --resume --out {out}"
+    else:
+        then = "run again with --overwrite (no epoch finished)"
+    return (
+        f"the disk is full: writing in {where} failed ({error.strerror or error})"
+        f"{'; ' + space if space else ''}. Free some space or pick another --out, then {then}."
+    )
 
 
 def _interrupted_message(out: str | None, started_ns: int) -> str:

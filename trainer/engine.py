@@ -15,6 +15,7 @@ One fit, top to bottom::
         on_train_end, on_fit_end
 
 Everything the loop knows lives in ``engine.state``; files, plots and the progress bar are hooks.
+Each entry point ends its loaders' workers on its way out (``close()``; a ``with`` block too).
 
 Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the same loop runs in every
 process: the engine joins the process group (and leaves it at exit if it joined it; call
@@ -45,6 +46,7 @@ from trainer.batch import BatchToDevice
 from trainer.checkpoint import checkpoint_file, save_checkpoint
 from trainer.data.mix import keep_batch
 from trainer.data.source import DataSource
+from trainer.data.workers import end_workers
 from trainer.device import autocast, autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_reduce_sum,
@@ -194,15 +196,13 @@ class Engine:
         self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
         self._train_loader = data.train_loader()
         self._val_loader = data.val_loader()
-        steps = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
-        self.steps_per_epoch = steps
+        self.steps_per_epoch = steps = math.ceil(len(self._train_loader) / accumulate)  # type: ignore[arg-type]
         self.scheduler = scheduler or warmup_cosine(
             self.optimizer, round(warmup_epochs * steps), max_epochs * steps
         )
         self._val_check = ValCheck(val_every, self.steps_per_epoch)
         self._amp_dtype = autocast_dtype(self.precision)
-        fp16 = self.precision == "16-mixed"
-        self.scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
 
         self.to_device = BatchToDevice(
             self.device, getattr(data, "mean", None), getattr(data, "std", None), self.channels_last
@@ -297,29 +297,47 @@ class Engine:
         if loader is None:
             log.warning("no test split; testing on the validation split")
             loader = self._val_loader
-        with self._entry("test"):
-            return self._eval_loop("test", loader)
+        try:
+            with self._entry("test"):
+                return self._eval_loop("test", loader)
+        finally:
+            end_workers(loader)
 
     def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, one row per image of ``source`` (a folder,
-        image paths and PIL images, or a loader; see ``trainer.predict``), in order. A file that
-        cannot be decoded is skipped with a warning naming it; its row is NaN, so the rows stay
-        aligned with the images. A missing file or an empty folder raises ``UserError``."""
+        """Class probabilities ``(N, C)`` on the CPU, a row per image of ``source`` (a folder,
+        paths and PIL images, or a loader; see ``trainer.predict``), in order; an undecodable
+        file's row is NaN (a warning names it). A missing file or empty folder: ``UserError``."""
         batches = PredictBatches(self.data, source, batch_size)
-        with self._entry("predict"):
-            self.run_eval("predict", batches, batches.score)
+        try:
+            with self._entry("predict"):
+                self.run_eval("predict", batches, batches.score)
+        finally:
+            end_workers(source)  # a loader's workers; anything else is left as it is
         return batches.result(self.data.num_classes)
+
+    def close(self) -> None:
+        """End the loaders' workers and flush the hooks' plots (every entry point does, on its
+        way out); the engine stays usable."""
+        end_workers(self._train_loader)
+        end_workers(self._val_loader)
+        self.artifacts.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextlib.contextmanager
     def _entry(self, stage: str) -> Iterator[None]:
-        """An entry point's ``setup(stage)`` ... ``teardown(stage)``; after it, also after an
-        error, the phase is idle and every file a hook asked for is written."""
+        """``setup(stage)`` ... ``teardown(stage)``; after it, even after an error, the phase is
+        idle, no loader worker is left and every file a hook asked for is written."""
         try:
             with self._plan.stage(self, stage):
                 yield
         finally:
             self.state.phase = "idle"
-            self.artifacts.close()
+            self.close()
 
     # ------------------------------------------------------------------------- train epoch
     def _train_epoch(self) -> None:

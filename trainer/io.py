@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -157,3 +158,42 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
                 p.unlink()
                 removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- output problems
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk, or the user's quota on it, is full."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space(folder: str | os.PathLike[str]) -> str:
+    """For error messages: "<folder> has 12.3 MB free", for the file system holding ``folder``
+    (or its nearest existing parent); "" when it cannot be told."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return ""
+    units = ["B", "KB", "MB", "GB", "TB"]
+    size = float(free)
+    while size >= 1000 and len(units) > 1:
+        size, units = size / 1000, units[1:]
+    return f"{folder} has {size:.3g} {units[0]} free"
+
+
+def unwritable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be created in ``folder`` (made if missing), or None when they can.
+
+    Checked with ``os.access`` on the folder, or on its nearest existing parent when it is
+    still to be made: that also tells a read-only file system, for root too.
+    """
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable (a read-only folder or file system)"
+    return None

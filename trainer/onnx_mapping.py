@@ -127,6 +127,12 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if sidecar.is_file():
         try:
             raw = json.loads(sidecar.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:  # a ValueError, but not a JSONDecodeError
+            raise OnnxModelError(
+                f"Cannot read labels mapping {sidecar}: it is not UTF-8 text ({exc.reason} at "
+                f"byte {exc.start}). Copy the run's {SIDECAR_NAME} next to the model again, or "
+                "re-export the model, which stores the mapping inside it."
+            ) from exc
         except (OSError, json.JSONDecodeError) as exc:
             raise OnnxModelError(f"Cannot read labels mapping {sidecar}: {exc}") from exc
         return validate_labels_mapping(raw, str(sidecar))

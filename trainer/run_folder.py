@@ -9,6 +9,7 @@ both go through this module, so a run made from Python leaves the same files as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 
 from trainer.checkpoint import check_classes
 from trainer.errors import CheckpointError, ConfigError, OutputError
-from trainer.io import atomic_write_json, clean_stale_temp_files
+from trainer.io import atomic_write_json, clean_stale_temp_files, free_space, is_disk_full
 from trainer.run_files import (
     ARGS_JSON,
     CHECKPOINTS,
@@ -80,7 +81,7 @@ def new_run_dir(base: Path) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise unwritable(path, e) from e
+            raise write_error(path, e) from e
     raise AssertionError("unreachable")
 
 
@@ -119,7 +120,7 @@ def claim(out: Path, overwrite: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale_temp_files(out)  # what a killed run left, anywhere in the folder
     except OSError as e:
-        raise unwritable(out, e) from e
+        raise write_error(out, e) from e
 
 
 def write_run_files(out: Path, args: dict[str, Any], data: Any) -> None:
@@ -129,6 +130,7 @@ def write_run_files(out: Path, args: dict[str, Any], data: Any) -> None:
     Raises:
         OutputError: naming the folder, when one cannot be written.
     """
+    new = not (out / ARGS_JSON).exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / ARGS_JSON, args)
@@ -136,7 +138,10 @@ def write_run_files(out: Path, args: dict[str, Any], data: Any) -> None:
             data.write_report(out / DATA_REPORT_JSON)  # rewritten when images are skipped
         write_labels_mapping(out, data)
     except OSError as e:
-        raise unwritable(out, e) from e
+        if new:  # a rerun would take the half-made folder for a run, and refuse it
+            with contextlib.suppress(OSError):
+                (out / ARGS_JSON).unlink(missing_ok=True)
+        raise write_error(out, e) from e
 
 
 def write_labels_mapping(out: Path, data: Any) -> Path | None:
@@ -148,10 +153,12 @@ def write_labels_mapping(out: Path, data: Any) -> Path | None:
     return path
 
 
-def unwritable(path: Path, e: OSError) -> OutputError:
-    """The error for a run folder that cannot be written, naming it and the fix."""
+def write_error(path: Path, e: OSError) -> OutputError:
+    """The error for a run folder that cannot be written, naming it (and its free space when
+    the disk is full) and the fix."""
+    space = f"; {free_space(path)}" if is_disk_full(e) else ""
     return OutputError(
-        f"cannot write to the run folder {path} ({e.strerror or e}); "
+        f"cannot write to the run folder {path} ({e.strerror or e}{space}); "
         "choose a writable --out with free space"
     )
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -16,6 +17,7 @@ from hooks import (
     StepLogHook,
     WandbHook,
 )
+from hooks.wandb import check_api_key
 from tests.conftest import (
     FAST_CLI,
     NO_OUTPUTS,
@@ -149,3 +151,66 @@ def test_hooks_wandb_does_not_shadow_the_package() -> None:
     assert Path(wandb.__file__).parent.name == "wandb"
     assert Path(wandb.__file__).parent != Path(hooks.wandb.__file__).parent
     assert hasattr(wandb, "init") and hooks.wandb.WandbHook is WandbHook
+
+
+def test_online_without_an_api_key_is_a_clear_error_before_the_run_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb
+
+    from tests.tools.tiny_run import load_tool
+
+    monkeypatch.delenv("WANDB_MODE")  # online, W&B's default
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc either
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    wandb.teardown()  # W&B's settings are read once per process: read them again
+    try:
+        with pytest.raises(ConfigError, match="WANDB_MODE=offline"):
+            WandbHook(tmp_path / "a")
+        out = tmp_path / "run"
+        argv = ["--data", str(make_tree(tmp_path / "data")), "--out", str(out), "--wandb",
+                *FAST_CLI, *NO_OUTPUTS]  # fmt: skip
+        assert load_tool("train").main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "wandb login" in err and "Traceback" not in err
+        assert not out.exists()  # nothing half-made: the same command runs once a key is set
+        WandbHook(tmp_path / "b", mode="offline")  # offline needs no key
+    finally:
+        wandb.teardown()
+
+
+def test_a_key_in_the_environment_or_netrc_is_taken_without_asking_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import wandb
+
+    def no_login(**kwargs: object) -> bool:
+        raise AssertionError("wandb.login fetches the account over the network")
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(wandb, "login", no_login)
+    wandb.teardown()
+    try:
+        monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+        check_api_key()
+        monkeypatch.delenv("WANDB_API_KEY")
+        host = urlparse(wandb.setup().settings.base_url).hostname
+        (tmp_path / "netrc").write_text(f"machine {host} login user password {'b' * 40}\n")
+        monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+        check_api_key()
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+        with pytest.raises(AssertionError, match="network"):
+            check_api_key()  # no key at hand: W&B's own lookup decides
+    finally:
+        wandb.teardown()
+
+
+def test_offline_is_told_without_starting_wandbs_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    calls: list[object] = []
+    monkeypatch.setattr(wandb, "setup", lambda *args, **kwargs: calls.append(args))
+    check_api_key()  # WANDB_MODE=offline, as every test here
+    check_api_key("disabled")
+    assert calls == []  # wandb.setup starts W&B's service process

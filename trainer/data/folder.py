@@ -41,10 +41,10 @@ from trainer.data.transforms import (
     train_transform,
     val_transform,
 )
+from trainer.data.workers import LoaderPools
 from trainer.distributed import get_rank, get_world_size, rank_seed
 from trainer.errors import DataError
 from trainer.io import atomic_write_json
-from trainer.signals import ignore_stop_signals
 
 logger = logging.getLogger("trainer.data")
 
@@ -242,6 +242,7 @@ class ImageFolderData:
             self.test_samples = kept["test"]
             self.bad_files = missing + unusable
         self._cache: dict[str, list[torch.Tensor]] | None = None
+        self._pools = LoaderPools()  # the loaders' worker processes, ended by close()
         if cache == "ram":
             # Called from __init__ itself: its over-budget warning names the caller's line.
             checked = verify_and_cache(
@@ -353,16 +354,13 @@ class ImageFolderData:
         # one: persistent workers draw it at the first iter() only, which a resumed run
         # reaches at another epoch, and the global stream (dropout) must not shift by it.
         kwargs.setdefault("generator", torch.Generator().manual_seed(rank_seed(self.seed)))
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.workers > 0,
-            worker_init_fn=ignore_stop_signals,  # a signal to the group is the trainer's
-            drop_last=False,
-            **kwargs,
-        )
+        pin = torch.cuda.is_available()
+        return self._pools.loader(dataset, batch_size=self.batch_size, num_workers=self.workers,
+                                  pin_memory=pin, **kwargs)  # fmt: skip
+
+    def close(self) -> None:
+        """End the loaders' worker processes (also done at exit); a new iteration restarts them."""
+        self._pools.close()
 
     def train_dataset(self) -> ImageListDataset:
         """The training samples with the training augmentation."""
