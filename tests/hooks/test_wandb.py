@@ -95,11 +95,11 @@ def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
 
 
 def test_cli_flags_reach_the_run(tmp_path: Path) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
     tree = make_tree(tmp_path / "data")
     out = tmp_path / "run"
-    code = load_tool("train").main(
+    code = train.main(
         [
             "--data",
             str(tree),
@@ -128,7 +128,7 @@ def test_cli_flags_reach_the_run(tmp_path: Path) -> None:
 def test_without_the_extra_the_flag_names_the_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -136,7 +136,7 @@ def test_without_the_extra_the_flag_names_the_install(
     )
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[wandb\]'"):
         WandbHook(tmp_path)
-    assert load_tool("train").main(["--wandb", "--print-config"]) == 2
+    assert train.main(["--wandb", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "--wandb" in err and "pip install -e '.[wandb]'" in err and "Traceback" not in err
 
