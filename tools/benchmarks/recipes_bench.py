@@ -80,7 +80,7 @@ def final_val_acc(out: Path) -> tuple[float, float]:
 def run_one(
     data_flags: list[str], preset: list[str], seed: int, scale: float, out: Path
 ) -> dict[str, Any]:
-    import train  # tools/train.py
+    from tools import train
 
     argv = [*data_flags, *COMMON, *preset, "--seed", str(seed), "--out", str(out), "--overwrite"]
     epochs = max(1, round(parse_config(argv)["epochs"] * scale))
