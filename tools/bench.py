@@ -47,11 +47,11 @@ draws the crops; the decoding then counts in the training loop, on the device.
 ``--startup`` times start-up on a generated tree: from launch to the first training step of
 tools/train.py (check cache cold and warm) and of a resume, against importing torch and
 torchvision plus torchvision's ImageFolder scan of the same tree; and the memory of the main
-process and of each loader worker (see bench_startup.py).
+process and of each loader worker (see tools/benchmarks/bench_startup.py).
 
-The modes live in bench_steps.py (the presets), bench_data.py (``--data``), bench_fit.py
-(``--fit``) and bench_startup.py (``--startup``); what they share, in bench_common.py. This
-file is the command line.
+The modes live in tools/benchmarks/: bench_steps.py (the presets), bench_data.py (``--data``),
+bench_fit.py (``--fit``) and bench_startup.py (``--startup``); what they share, in
+bench_common.py. This file is the command line.
 """
 
 from __future__ import annotations
@@ -64,14 +64,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import Workload
-from bench_data import bench_data, print_data
-from bench_fit import bench_fit, print_fit
-from bench_startup import bench_startup, print_startup
-from bench_steps import PRESETS, bench_workload, print_results
-from runtime import steady_malloc
+if not __package__:  # run as a file (python tools/bench.py), not imported as tools.bench
+    # Python put tools/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p).resolve() != _here)]
 
+import torch
+
+from tools.benchmarks.bench_common import Workload
+from tools.benchmarks.bench_data import bench_data, print_data
+from tools.benchmarks.bench_fit import bench_fit, print_fit
+from tools.benchmarks.bench_startup import bench_startup, print_startup
+from tools.benchmarks.bench_steps import PRESETS, bench_workload, print_results
+from tools.runtime import steady_malloc
 from trainer.device import resolve_device, resolve_precision
 from trainer.errors import UserError
 from trainer.io import atomic_write_json
@@ -166,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--startup: launch to first training step, against importing torch and torchvision "
         "plus torchvision's ImageFolder scan, on a generated tree of small JPEGs"
     )
-    g.add_argument("--startup", action="store_true", help="time start-up (bench_startup.py)")
+    g.add_argument(
+        "--startup", action="store_true", help="time start-up (tools/benchmarks/bench_startup.py)"
+    )
     g.add_argument("--classes", type=int, default=1000, help="classes of the generated tree")
     g.add_argument("--train-per-class", type=int, default=10, help="train images per class")
     g.add_argument("--val-per-class", type=int, default=2, help="val images per class")

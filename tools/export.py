@@ -23,6 +23,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file (python tools/export.py), not imported as tools.export
+    # Python put tools/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p).resolve() != _here)]
+
 import torch
 
 from hooks.onnx_export import REPORT_NAME

@@ -61,7 +61,7 @@ wait $TREE
 du -sh /tmp/jpeg/train
 
 if want profile 40; then
-    timeout 90 $PY tools/gpu_profile_step.py --json "$OUT/${TAG}_profile-resnet18.json"
+    timeout 90 $PY tools/benchmarks/gpu_profile_step.py --json "$OUT/${TAG}_profile-resnet18.json"
 fi
 if want r18 150; then
     timeout 240 $PY tools/bench.py --preset gpu --model resnet18 --ema --compile --rounds 3 \

@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+if not __package__:  # run as a file (python tools/lr_find.py), not imported as tools.lr_find
+    # Python put tools/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p).resolve() != _here)]
+
 from rich.console import Console
 from rich.logging import RichHandler
-from train_config import build_data, build_loss_from_config, parse_config
 
 from hooks.render.plots import save_png
+from tools.train_config import build_data, build_loss_from_config, parse_config
 from trainer.config import GROUPS, TrainConfig, setting
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset

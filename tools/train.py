@@ -16,21 +16,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime import collector_paused, steady_malloc
+if not __package__:  # run as a file (python tools/train.py), not imported as tools.train
+    # Python put tools/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p).resolve() != _here)]
+
+from tools.runtime import collector_paused, steady_malloc
 
 # Importing torch, torchvision and the rest makes ~0.5 M objects and hardly any garbage: with
 # the collector on, its full scans of them take ~0.5 s of start-up (tools/runtime.py).
 with collector_paused():
-    from lr_find import range_test, write_results
     from rich.console import Console
     from rich.logging import RichHandler
     from rich.markup import escape
-    from train_config import build_data, build_loss_from_config, parse_config
 
     from hooks import WandbHook, default_hooks
     from hooks.checkpoint import check_latest
     from hooks.verbosity import Verbosity
     from hooks.wandb import check_api_key
+    from tools.lr_find import range_test, write_results
+    from tools.train_config import build_data, build_loss_from_config, parse_config
     from trainer import run_files as files
     from trainer import run_folder as rf
     from trainer.checkpoint import checkpoint_file, load_checkpoint

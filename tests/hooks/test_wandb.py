@@ -97,11 +97,11 @@ def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
 
 
 def test_cli_flags_reach_the_run(tmp_path: Path) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
     tree = make_tree(tmp_path / "data")
     out = tmp_path / "run"
-    code = load_tool("train").main(
+    code = train.main(
         [
             "--data",
             str(tree),
@@ -130,7 +130,7 @@ def test_cli_flags_reach_the_run(tmp_path: Path) -> None:
 def test_without_the_extra_the_flag_names_the_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -138,7 +138,7 @@ def test_without_the_extra_the_flag_names_the_install(
     )
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[wandb\]'"):
         WandbHook(tmp_path)
-    assert load_tool("train").main(["--wandb", "--print-config"]) == 2
+    assert train.main(["--wandb", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "--wandb" in err and "pip install -e '.[wandb]'" in err and "Traceback" not in err
 
@@ -158,7 +158,7 @@ def test_online_without_an_api_key_is_a_clear_error_before_the_run_starts(
 ) -> None:
     import wandb
 
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
     monkeypatch.delenv("WANDB_MODE")  # online, W&B's default
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc either
@@ -170,7 +170,7 @@ def test_online_without_an_api_key_is_a_clear_error_before_the_run_starts(
         out = tmp_path / "run"
         argv = ["--data", str(make_tree(tmp_path / "data")), "--out", str(out), "--wandb",
                 *FAST_CLI, *NO_OUTPUTS]  # fmt: skip
-        assert load_tool("train").main(argv) == 2
+        assert train.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and "wandb login" in err and "Traceback" not in err
         assert not out.exists()  # nothing half-made: the same command runs once a key is set

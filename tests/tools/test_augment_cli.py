@@ -13,9 +13,7 @@ import pytest
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS
 from tests.tools.test_resume import assert_same_run, three_runs
-from tests.tools.tiny_run import load_tool
-
-train = load_tool("train")
+from tools import train
 
 AUGMENT = ["--auto-augment", "trivialaugment", "--random-erasing", "0.5", "--jpeg-quality", "30",
            "--blur", "0.5", "--noise", "0.5", "--downscale", "0.5", "--affine", "0.5",

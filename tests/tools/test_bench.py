@@ -9,26 +9,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
 from tests.conftest import make_tree
-from tests.tools.tiny_run import load_tool
+from tools import bench
+from tools.benchmarks import bench_common
 
 WORKLOAD_KEYS = {"name", "bare_img_s", "engine_img_s", "engine_hooks_img_s", "ratio_hooks"}
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_tool("bench")
-
-
-@pytest.fixture(scope="module")
-def bench_common() -> ModuleType:
-    return load_tool("bench_common")
 
 
 def _positive(value: Any) -> bool:
@@ -36,7 +26,7 @@ def _positive(value: Any) -> bool:
 
 
 def test_tiny_preset_writes_the_documented_json(
-    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.json"
     assert bench.main(["--preset", "tiny", "--device", "cpu", "--ema", "--json", str(out)]) == 0
@@ -66,7 +56,7 @@ def test_tiny_preset_writes_the_documented_json(
 
 
 def test_model_picks_the_presets_workloads(
-    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.json"
     argv = ["--preset", "tiny", "--device", "cpu", "--model", "small_cnn", "--json", str(out)]
@@ -76,7 +66,7 @@ def test_model_picks_the_presets_workloads(
     assert "--preset tiny has no resnet18 workload" in capsys.readouterr().err
 
 
-def test_hooks_run_writes_the_default_artifacts(bench_common: ModuleType, tmp_path: Path) -> None:
+def test_hooks_run_writes_the_default_artifacts(tmp_path: Path) -> None:
     # The "+hooks" run must really run the default hooks, not an empty list.
     w = bench_common.Workload("small_cnn", 16, 4, steps=2, num_classes=3, val_batches=1)
     data = bench_common.DeviceBatches(w, torch.device("cpu"))
@@ -90,7 +80,7 @@ def test_hooks_run_writes_the_default_artifacts(bench_common: ModuleType, tmp_pa
 
 
 def test_lightning_flag_without_lightning_notes_and_goes_on(
-    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # None in sys.modules makes the import fail, as when the package is absent.
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
@@ -103,7 +93,7 @@ def test_lightning_flag_without_lightning_notes_and_goes_on(
     assert "not installed" in w["lightning_note"]
 
 
-def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_path: Path) -> None:
+def test_data_mode_reports_loader_model_and_wait_share(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree", counts={"a": 6, "b": 6})
     out = tmp_path / "data.json"
     argv = [
@@ -135,7 +125,7 @@ def test_data_mode_reports_loader_model_and_wait_share(bench: ModuleType, tmp_pa
 
 
 def test_fit_mode_times_whole_fits_with_and_without_hooks(
-    bench: ModuleType, tmp_path: Path
+    tmp_path: Path
 ) -> None:
     root = make_tree(tmp_path / "tree", counts={"a": 6, "b": 6})
     out = tmp_path / "fit.json"
@@ -150,7 +140,7 @@ def test_fit_mode_times_whole_fits_with_and_without_hooks(
     assert f["fit_end_s_hooks"] > f["fit_end_s_none"]
 
 
-def test_bad_rounds_is_a_usage_error(bench: ModuleType) -> None:
+def test_bad_rounds_is_a_usage_error() -> None:
     assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2
     assert bench.main(["--fit", "--epochs", "0"]) == 2
     assert bench.main(["--preset", "tiny", "--clock", "cpu", "--threads", "2"]) == 2

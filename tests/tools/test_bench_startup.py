@@ -7,11 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from tests.tools.tiny_run import load_tool
+from tools import bench
 
 
 def test_startup_bench_writes_the_documented_json(tmp_path: Path) -> None:
-    bench = load_tool("bench")
     out = tmp_path / "startup.json"
     tree = tmp_path / "tree"
     argv = ["--startup", "--classes", "3", "--train-per-class", "2", "--val-per-class", "1"]

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import FAST_CLI, make_tree, tree_digest
-from tests.tools.tiny_run import load_tool
+from tools import train
 from trainer.data.sampler import TrackingWeightedRandomSampler
-
-train = load_tool("train")
 
 NAMES = {"con": 6, "naïve café": 6, "new\nline": 6, "a$b[c]<i>": 6, "nul.txt": 6}
 

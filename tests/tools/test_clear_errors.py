@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS
-from tests.tools.tiny_run import load_tool, train_tiny_run
+from tests.tools.tiny_run import train_tiny_run
+from tools import evaluate, export, predict, train
 from trainer.data import ImageFolderData
 
-evaluate, export, predict = load_tool("evaluate"), load_tool("export"), load_tool("predict")
 FREE = re.compile(r"has [\d.]+ [KMGT]?B free")  # trainer.io.free_space, in the message
 
 
@@ -132,7 +132,6 @@ def test_a_full_disk_at_the_start_of_a_run_leaves_nothing_that_blocks_a_rerun(
     monkeypatch.setattr(ImageFolderData, "write_report", full)  # after args.json
     out = tmp_path / "run"
     argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST_CLI, *NO_OUTPUTS]
-    train = load_tool("train")
     assert train.main(argv) == 2
     line = _one_error(capsys.readouterr().err)
     assert str(out) in line and FREE.search(line)

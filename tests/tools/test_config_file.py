@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.tools.tiny_run import load_tool
+from tools import train
 from trainer.config_cli import build_parser
 from trainer.models import MODELS
-
-train = load_tool("train")
 
 
 def test_yaml_config_sets_what_args_json_would(tmp_path: Path) -> None:

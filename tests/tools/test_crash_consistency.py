@@ -17,9 +17,7 @@ import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 from tests.tools import crash_child
-from tests.tools.tiny_run import load_tool
-
-train = load_tool("train")
+from tools import train
 
 
 def _start(ctx, out: Path, max_epochs: int):  # type: ignore[no-untyped-def]

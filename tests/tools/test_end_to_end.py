@@ -12,16 +12,12 @@ import torch
 from PIL import Image
 
 from tests.conftest import FAST_CLI, make_tree
-from tests.tools.tiny_run import load_tool
+from tools import evaluate, predict, train
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
-
-train = load_tool("train")
-predict = load_tool("predict")
-evaluate = load_tool("evaluate")
 
 
 @pytest.fixture(scope="module")

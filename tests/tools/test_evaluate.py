@@ -14,15 +14,13 @@ from PIL import Image
 from rich.console import Console
 
 from tests.conftest import console_text, make_tree, quiet_console
-from tests.tools.tiny_run import load_tool, train_tiny_run
+from tests.tools.tiny_run import train_tiny_run
+from tools import evaluate, export
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.models import build_model
 from trainer.restore import model_from_checkpoint
-
-evaluate = load_tool("evaluate")
-export = load_tool("export")
 
 KEYS = {
     "model",

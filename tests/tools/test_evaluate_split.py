@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import make_tree
-from tests.tools.tiny_run import load_tool
+from tools import evaluate, export
 from trainer.checkpoint import save_checkpoint
 from trainer.data import ImageFolderData
 from trainer.models import build_model
-
-evaluate = load_tool("evaluate")
-export = load_tool("export")
 
 SPLIT = {"seed": 7, "val_fraction": 0.5}  # not the defaults (0, 0.2): a fresh split differs
 

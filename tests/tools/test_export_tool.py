@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.tools.tiny_run import TOOLS, load_tool, train_tiny_run
+from tests.tools.tiny_run import train_tiny_run
+from tools import export as tool
 from trainer import export
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import ImageFolderData
@@ -22,7 +23,7 @@ from trainer.export import read_onnx_metadata
 from trainer.models import build_model
 from trainer.restore import normalize
 
-tool = load_tool("export")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def _text_file(tmp_path: Path) -> Path:
 
 def test_script_runs_standalone(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(TOOLS / "export.py"), str(tmp_path / "missing.pt")],
+        [sys.executable, str(ROOT / "tools" / "export.py"), str(tmp_path / "missing.pt")],
         capture_output=True,
         text=True,
         timeout=120,

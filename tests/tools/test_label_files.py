@@ -13,12 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
-from tests.tools.tiny_run import load_tool
 from tests.trainer.data.test_labelfile import tree_rows, write_labels
-
-train = load_tool("train")
-export = load_tool("export")
-evaluate = load_tool("evaluate")
+from tools import evaluate, export, train
 
 
 @pytest.fixture(autouse=True)

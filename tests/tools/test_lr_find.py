@@ -15,13 +15,10 @@ import pytest
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, join_as_rank, png_size, run_ranks
 from tests.tools.test_resume import assert_equal, metric_rows
-from tests.tools.tiny_run import load_tool
 from tests.trainer.data.test_labelfile import tree_rows, write_labels
+from tools import lr_find, train
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import destroy_distributed, init_distributed
-
-lr_find = load_tool("lr_find")
-train = load_tool("train")
 
 # The resume test's settings: balanced sampler, crops, EMA, fp16 with its GradScaler.
 RUN = ["--epochs", "2", "--img-size", "16", "--batch-size", "4", "--workers", "0",

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.tools.tiny_run import load_tool
 from tests.trainer.data.malformed import damage, good_bytes
+from tools import predict
 from trainer import onnx_classifier
 from trainer.data import eval_preprocess, load_image
 from trainer.export import OnnxModelError, export_onnx
@@ -30,7 +30,6 @@ STD = [0.229, 0.224, 0.225]
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "predict.py"
 
 
-predict = load_tool("predict")
 
 
 def tiny_model() -> nn.Module:

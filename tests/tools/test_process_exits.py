@@ -8,6 +8,7 @@ notebook example runs as a script in tests/test_readme.py.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 60  # seconds; a run here takes a few
 
 
@@ -23,8 +24,10 @@ def _run(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess[s
     script = tmp_path / "script.py"
     script.write_text(code, encoding="utf-8")
     # A timeout raises TimeoutExpired (after killing the child): the test fails, the suite goes on.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's packages, tools too
     return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=LIMIT
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=LIMIT,
+        env=env,
     )
 
 
@@ -47,8 +50,7 @@ def test_a_script_that_keeps_its_loaders_exits(tmp_path: Path) -> None:
 # tools/train.py's main() with one more hook, which raises inside fit.
 FAILING_RUN = """
     import errno, sys
-    sys.path.insert(0, {tools!r})
-    import train
+    from tools import train
     from hooks import Hook
 
     class Fails(Hook):
@@ -65,7 +67,7 @@ FAILING_RUN = """
 def _train_failing(tmp_path: Path, error: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     tree = make_tree(tmp_path / "tree")
     out = tmp_path / "run"
-    code = textwrap.dedent(FAILING_RUN.format(tools=str(TOOLS), error=error))
+    code = textwrap.dedent(FAILING_RUN.format(error=error))
     argv = ["--data", str(tree), "--out", str(out), "--epochs", "1", *FAST_CLI, *NO_OUTPUTS,
             "--batch-size", "4", "--workers", "2"]  # fmt: skip
     return _run(tmp_path, code, *argv), out

@@ -1,4 +1,4 @@
-"""tools/recipes_bench.py: one preset, one seed, on the digits set (skipped without
+"""tools/benchmarks/recipes_bench.py: one preset, one seed, on the digits set (skipped without
 scikit-learn, which only the bench needs)."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.tiny_run import load_tool
-
-bench = load_tool("recipes_bench")
+from tools.benchmarks import recipes_bench as bench
 
 
 @pytest.fixture(autouse=True)

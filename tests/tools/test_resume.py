@@ -25,14 +25,12 @@ import pytest
 import torch
 
 from tests.conftest import NO_OUTPUTS, join_as_rank, make_tree, run_ranks
-from tests.tools.tiny_run import load_tool
+from tools import train
 from trainer.checkpoint import load_checkpoint
 from trainer.distributed import destroy_distributed, init_distributed
 from trainer.engine import Engine
 from trainer.errors import CheckpointError
 from trainer.hook import Hook
-
-train = load_tool("train")
 
 EPOCHS, STOP_AFTER = 4, 2
 TIMING = ("epoch_time", "val/time", "train/img_s", "img_s")

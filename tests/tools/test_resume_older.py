@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS
-from tests.tools.tiny_run import load_tool
-
-train = load_tool("train")
+from tools import train
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:

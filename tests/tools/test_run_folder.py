@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree, tree_digest
-from tests.tools.tiny_run import load_tool
+from tools import train
 from trainer.io import temp_path
-
-train = load_tool("train")
 
 ARGS = [*FAST_CLI, *NO_OUTPUTS]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.tiny_run import load_tool
+from tools import runtime
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(
@@ -20,19 +20,16 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
     reason="mallopt is glibc's",
 )
 def test_steady_malloc_applies_on_glibc() -> None:
-    runtime = load_tool("runtime")
     assert runtime.steady_malloc() is True  # glibc took both thresholds
     assert runtime.steady_malloc() is True  # and again: idempotent
 
 
 def test_steady_malloc_changes_nothing_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime = load_tool("runtime")
     monkeypatch.setattr(sys, "platform", "darwin")
     assert runtime.steady_malloc() is False
 
 
 def test_collector_paused_restores_the_collector_as_it_was() -> None:
-    runtime = load_tool("runtime")
     assert gc.isenabled()
     with runtime.collector_paused():
         assert not gc.isenabled()
@@ -51,7 +48,7 @@ def test_collector_paused_restores_the_collector_as_it_was() -> None:
 
 def test_importing_train_leaves_the_collector_on() -> None:
     # train.py imports its modules with the collector paused; it must be on again after.
-    code = "import gc, train; print(gc.isenabled())"
+    code = "import gc, tools.train; print(gc.isenabled())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300, cwd=TOOLS)  # fmt: skip
+                         check=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert out.stdout.strip() == "True"

@@ -1,9 +1,9 @@
 """What the Engine and its default hooks add to a training step, counted in device operations.
 
 On a GPU a small model's step is bound by the host: each extra operation is an extra kernel
-launch, paid on every step (tools/gpu_profile_step.py shows it there). Counting the operations
-of one step, against the bench's hand-written loop, holds that cost down without timing
-anything: a count does not depend on the machine's load.
+launch, paid on every step (tools/benchmarks/gpu_profile_step.py shows it there). Counting
+the operations of one step, against the bench's hand-written loop, holds that cost down without
+timing anything: a count does not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.tools.tiny_run import load_tool
+from tools.benchmarks import bench_common as common
+from tools.benchmarks import bench_steps as steps
 from trainer.engine import Engine
 from trainer.hook import Hook
 
@@ -54,8 +55,6 @@ class _CountSecondStep(Hook):
 
 
 def test_the_engine_and_default_hooks_add_few_operations_per_step() -> None:
-    common = load_tool("bench_common")
-    steps = load_tool("bench_steps")
     w = common.Workload("resnet18", 16, 2, steps=3, num_classes=3, val_batches=1)
     device = torch.device("cpu")
     data = common.DeviceBatches(w, device)

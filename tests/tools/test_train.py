@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
-from tests.tools.tiny_run import load_tool
+from tools import train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
-train = load_tool("train")
 
 
 def test_cli_trains_and_writes_the_run_folder(tiny_tree: Path, tmp_path: Path) -> None:

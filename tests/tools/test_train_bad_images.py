@@ -12,12 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FAST_CLI, NO_OUTPUTS, make_tree
-from tests.tools.tiny_run import load_tool
 from tests.trainer.data.malformed import damage, good_bytes
+from tools import train
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
-
-train = load_tool("train")
 
 
 def _undecodable(path: Path, seed: int = 0) -> None:

@@ -76,8 +76,8 @@ def test_verbose_shows_everything(tmp_path: Path) -> None:
 
 
 def test_quiet_and_verbose_together_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import train
 
-    assert load_tool("train").main(["--quiet", "--verbose", "--print-config"]) == 2
+    assert train.main(["--quiet", "--verbose", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "--quiet" in err and "--verbose" in err and "Traceback" not in err

@@ -11,10 +11,8 @@ import pytest
 from hooks import default_hooks
 from hooks.checkpoint import CheckpointHook
 from tests.conftest import FAST_CLI, NO_OUTPUTS
-from tests.tools.tiny_run import load_tool
+from tools import train
 from trainer.checkpoint import load_checkpoint
-
-train = load_tool("train")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -14,24 +11,6 @@ from tests.conftest import make_tree
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
 from trainer.models import build_model
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str) -> ModuleType:
-    """Load ``tools/<name>.py``; tools/ is a folder of scripts, not a package.
-
-    tools/ goes on ``sys.path``, as when a script runs, so the tools find their shared modules.
-    """
-    if str(TOOLS) not in sys.path:
-        sys.path.insert(0, str(TOOLS))
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: dataclasses look their module up in sys.modules while it executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_tiny_run(base: Path, *, ema_decay: float = 0.9, test_split: bool = True) -> Path:

@@ -265,7 +265,7 @@ def test_unreachable_opset_is_an_error_not_a_silent_upgrade(tmp_path: Path) -> N
 def test_malformed_sidecar_is_a_clear_error(
     exported: tuple[Path, TinyNet, float], tmp_path: Path, capsys, change, problem: str
 ) -> None:
-    from tests.tools.tiny_run import load_tool
+    from tools import predict
 
     path, _, _ = exported
     proto = onnx.load(path)
@@ -280,7 +280,7 @@ def test_malformed_sidecar_is_a_clear_error(
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(image)
-    assert load_tool("predict").main(["--model", str(bare), str(image)]) == 2
+    assert predict.main(["--model", str(bare), str(image)]) == 2
     err = capsys.readouterr().err
     assert "malformed" in err and str(sidecar) in err and "Traceback" not in err
 

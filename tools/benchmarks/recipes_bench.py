@@ -2,8 +2,8 @@
 and on a small real dataset: scikit-learn's handwritten digits (1,797 8x8 scans shipped with
 the package, ``pip install scikit-learn``), written once as an ImageFolder tree of 32 px PNGs.
 
-python tools/recipes_bench.py                      # 3 seeds, both datasets, the full epochs
-python tools/recipes_bench.py --epoch-scale 0.2    # each preset's epochs x 0.2 (ratios kept)
+python tools/benchmarks/recipes_bench.py                    # 3 seeds, both datasets, full epochs
+python tools/benchmarks/recipes_bench.py --epoch-scale 0.2  # each preset's epochs x 0.2
 
 Every preset trains small_cnn, so the presets differ only in what the recipe sets. finetune's
 point is pretrained weights, which small_cnn does not have (and which cannot be downloaded
@@ -24,10 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file (python tools/benchmarks/recipes_bench.py), not as a module
+    # Python put tools/benchmarks/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/benchmarks/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parents[1]), *(p for p in sys.path if Path(p).resolve() != _here)]
+
 import torch
 from PIL import Image
-from train_config import parse_config
 
+from tools.train_config import parse_config
 from trainer.data.demo import demo_dataset
 from trainer.errors import ConfigError
 
@@ -74,7 +80,7 @@ def final_val_acc(out: Path) -> tuple[float, float]:
 def run_one(
     data_flags: list[str], preset: list[str], seed: int, scale: float, out: Path
 ) -> dict[str, Any]:
-    import train  # tools/train.py
+    from tools import train
 
     argv = [*data_flags, *COMMON, *preset, "--seed", str(seed), "--out", str(out), "--overwrite"]
     epochs = max(1, round(parse_config(argv)["epochs"] * scale))

@@ -13,8 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from bench_common import DeviceBatches, EngineRun, EpochTime, Workload, data_settings, interleave
 
+from tools.benchmarks.bench_common import (
+    DeviceBatches,
+    EngineRun,
+    EpochTime,
+    Workload,
+    data_settings,
+    interleave,
+)
 from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import data_settings, hooks_for_bench, quiet
 
 from hooks import CheckpointHook
+from tools.benchmarks.bench_common import data_settings, hooks_for_bench, quiet
 from trainer.data import ImageFolderData
 from trainer.data.demo import DATA_DEFAULTS, DEMO_DEFAULTS, demo_dataset
 from trainer.engine import Engine

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import (
+from torch import nn
+
+from tools.benchmarks.bench_common import (
     LABEL_SMOOTHING,
     LR,
     WARMUP_EPOCHS,
@@ -37,8 +39,6 @@ from bench_common import (
     speed,
     sync,
 )
-from torch import nn
-
 from trainer.device import autocast_dtype
 from trainer.models import build_model
 from trainer.optim import default_optimizer, warmup_cosine

@@ -1,6 +1,6 @@
 """Where a training step's time goes on a GPU: the bare loop against the Engine with hooks.
 
-python tools/gpu_profile_step.py --json profile.json      # resnet18 at 32 px, batch 512
+python tools/benchmarks/gpu_profile_step.py --json profile.json      # resnet18 at 32 px, batch 512
 
 For each run, one epoch of ``--steps`` steps under ``torch.profiler``: kernels launched per
 step, the GPU's busy time per step (sum of kernel times) and the wall time per step. When wall
@@ -18,10 +18,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file (python tools/benchmarks/gpu_profile_step.py), not as a module
+    # Python put tools/benchmarks/ first on sys.path: the repository root takes its place, so
+    # the tools import as the tools package and no file in tools/benchmarks/ shadows a package.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parents[1]), *(p for p in sys.path if Path(p).resolve() != _here)]
+
 import torch
-from bench_common import DeviceBatches, EngineRun, Workload, hooks_for_bench, sync
-from bench_steps import BareLoop
 from torch.profiler import ProfilerActivity, profile
+
+from tools.benchmarks.bench_common import DeviceBatches, EngineRun, Workload, hooks_for_bench, sync
+from tools.benchmarks.bench_steps import BareLoop
 
 
 def _profiled(run: Any, device: torch.device, steps: int) -> dict[str, float]:

@@ -36,8 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
+ROOT = Path(__file__).resolve().parents[2]
 CACHE_ENV = "IMGTRAINER_CHECK_CACHE"
 OPTIONAL_OUTPUTS = ("confusion-matrix", "dataset-stats", "model-info", "history-plots",
                     "sampler-stats", "samples", "report")  # fmt: skip
@@ -109,9 +108,7 @@ def child_main(argv: list[str]) -> None:
     ``argv``: ``exit_at_first_step`` ("1" or "0"), then train.py's arguments.
     """
     exit_early = argv[0] == "1"
-    sys.path.insert(0, str(TOOLS))
-    import train  # the real CLI module, flags and all
-
+    import tools.train as train  # the real CLI module, flags and all
     from trainer.hook import Hook
 
     class _Report(Hook):
@@ -167,11 +164,11 @@ def bench_startup(args: argparse.Namespace) -> dict[str, Any]:
     print(f"tree {tree}: {n_files} files ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="imgtrainer_startup_"))
     cache = work / "check_cache"
-    env = {**os.environ, CACHE_ENV: str(cache), "PYTHONPATH": f"{ROOT}:{TOOLS}"}
+    env = {**os.environ, CACHE_ENV: str(cache), "PYTHONPATH": str(ROOT)}
     flags = ["--data", str(tree), "--workers", str(args.workers), "--quiet", "--device", "cpu"]
     flags += ["--model", args.model, "--img-size", str(args.img_size), "--no-export"]
     flags += ["--batch-size", str(args.batch_size)]
-    me = [sys.executable, str(Path(__file__).resolve()), "child"]
+    me = [sys.executable, "-m", "tools.benchmarks.bench_startup", "child"]
     try:
         first = work / "first"
         print("first epoch (cold cache), for the resume ...", file=sys.stderr, flush=True)
