@@ -22,8 +22,11 @@ ARGS = [*FAST_CLI, *NO_OUTPUTS]
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished 1-epoch run; tests work on copies of it (copy2 keeps the mtimes)."""
     base = tmp_path_factory.mktemp("run_folder")
-    root = make_tree(base / "tree")
-    out = base / "run"
+    return _one_epoch(make_tree(base / "tree"), base / "run")
+
+
+def _one_epoch(root: Path, out: Path) -> Path:
+    """Train ``root`` for one epoch into ``out`` (one thread: tiny batches gain nothing)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -172,15 +175,7 @@ def test_the_next_start_cleans_temp_files_everywhere_and_only_ours(run_copy: Pat
 def trained_unsplit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished 1-epoch run on a tree of class folders only (split by seed and fraction)."""
     base = tmp_path_factory.mktemp("unsplit")
-    root = make_tree(base / "tree", {"cat": 5, "dog": 5}, splits=())
-    out = base / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert train.main(["--data", str(root), "--out", str(out), "--epochs", "1", *ARGS]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return _one_epoch(make_tree(base / "tree", {"cat": 5, "dog": 5}, splits=()), base / "run")
 
 
 @pytest.mark.parametrize(
