@@ -14,6 +14,7 @@ from hooks.dataset_statistics import DatasetStatisticsHook
 from hooks.early_stopping import EarlyStoppingHook
 from hooks.metrics_logger import MetricsLogger
 from hooks.model_info import ModelInfoHook
+from hooks.most_confused import MostConfusedHook
 from hooks.onnx_export import OnnxExportHook
 from hooks.per_class_metrics import PerClassMetricsHook
 from hooks.progress_bar import ProgressBarHook
@@ -23,6 +24,7 @@ from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.step_log import StepLogHook
 from hooks.tensorboard import TensorBoardHook
+from hooks.top_losses import TopLossesHook
 from hooks.training_history import TrainingHistoryHook
 from hooks.verbosity import Verbosity, check_verbosity
 from hooks.wandb import WandbHook
@@ -39,6 +41,7 @@ __all__ = [
     "Hook",
     "MetricsLogger",
     "ModelInfoHook",
+    "MostConfusedHook",
     "OnnxExportHook",
     "PerClassMetricsHook",
     "ProgressBarHook",
@@ -48,6 +51,7 @@ __all__ = [
     "SamplerDistributionHook",
     "StepLogHook",
     "TensorBoardHook",
+    "TopLossesHook",
     "TrainingHistoryHook",
     "WandbHook",
     "default_hooks",
@@ -67,9 +71,9 @@ def default_hooks(
     The settings are ``trainer.config.TrainConfig``'s (its defaults unless ``config`` is
     given; keyword arguments replace single ones): ``monitor``, ``top_k``, ``early_stopping``,
     ``min_delta``, the outputs (``confusion_matrix``, ``dataset_stats``, ``model_info``,
-    ``history_plots``, ``sampler_stats``, ``samples``, ``export``, ``report``,
-    ``tensorboard``), ``per_class``, ``calibration`` and ``log_every``; ``tools/train.py
-    --help`` and docs/cli.md say what each does.
+    ``history_plots``, ``sampler_stats``, ``samples``, ``most_confused``, ``top_losses``,
+    ``export``, ``report``, ``tensorboard``), ``per_class``, ``calibration`` and
+    ``log_every``; ``tools/train.py --help`` and docs/cli.md say what each does.
 
     Order is by each hook's ``order``: the run folder's files first (``RunFolderHook``:
     args.json, data_report.json, labels_mapping.json), metric writers, then plots and
@@ -116,6 +120,10 @@ def default_hooks(
         hooks.append(CalibrationHook(out))
     if cfg.samples:
         hooks.append(SampleVisualizationHook(out))
+    if cfg.most_confused:
+        hooks.append(MostConfusedHook(out))
+    if cfg.top_losses:
+        hooks.append(TopLossesHook(out))
     if progress:
         hooks.append(ProgressBarHook(disable=True if verbosity == "quiet" else None))
     if cfg.early_stopping > 0:

@@ -174,7 +174,7 @@ class SampleVisualizationHook(Hook):
             path = stem.parent / f"{stem.name}_mistakes.png"
             images: list[torch.Tensor | None] = []
             with guarded(path):  # the dataset is read here, not on the writer thread
-                images = _read_val_images(data, [m["index"] for m in self.mistakes])
+                images = read_val_images(data, [m["index"] for m in self.mistakes])
                 self._draw(
                     engine,
                     "mistakes_figure",
@@ -236,13 +236,13 @@ def _records(
     ]
 
 
-def _read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]:
+def read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]:
     """The validation images at ``indices``, re-read with the validation preprocessing."""
     if not indices:
         return []
     make = getattr(data, "val_dataset", None)
     dataset = make() if callable(make) else getattr(data.val_loader(), "dataset", None)
     if dataset is None:
-        log.info("SampleVisualizationHook: no indexable validation dataset; mistakes unshown")
+        log.info("no indexable validation dataset: the images are not drawn")
         return [None] * len(indices)
     return [dataset[i][0] for i in indices]

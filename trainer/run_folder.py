@@ -33,12 +33,14 @@ from trainer.run_files import (
     METRICS_CSV,
     MODEL_INFO_JSON,
     MODEL_ONNX,
+    MOST_CONFUSED_CSV,
     PER_CLASS_CSV,
     PLOTS,
     REPORT_HTML,
     SAMPLER_DISTRIBUTION_CSV,
     STEPS_CSV,
     TENSORBOARD,
+    TOP_LOSSES_CSV,
 )
 
 # A folder with one of these holds a run: a new run there would overwrite its checkpoints.
@@ -48,7 +50,7 @@ RUN_OUTPUTS = (
     CHECKPOINTS, PLOTS, TENSORBOARD, ARGS_JSON, DATA_REPORT_JSON, LABELS_MAPPING_JSON,
     METRICS_CSV, MODEL_ONNX, EXPORT_REPORT_JSON, REPORT_HTML, MODEL_INFO_JSON,
     DATASET_STATS_JSON, CLASS_DISTRIBUTION_CSV, SAMPLER_DISTRIBUTION_CSV, LR_FIND_CSV,
-    LR_FIND_PNG, PER_CLASS_CSV, STEPS_CSV,
+    LR_FIND_PNG, PER_CLASS_CSV, STEPS_CSV, MOST_CONFUSED_CSV, TOP_LOSSES_CSV,
 )  # fmt: skip
 # Settings that shape the weights a checkpoint holds: a resume must not change them.
 MODEL_SETTINGS = ("model", "img_size", "ema_decay")

@@ -360,7 +360,8 @@ def plot_grid(
 
     Args:
         images: CHW tensors (None draws a grey tile).
-        records: per image, a dict with ``index``, ``true``, ``pred``, ``prob``, ``correct``.
+        records: per image, a dict with ``index``, ``true``, ``pred``, ``prob``, ``correct``,
+            and optionally ``loss`` (shown instead of the index).
         classes: class names by index.
         mean: the normalisation of float images, to undo for display.
         std: likewise.
@@ -383,7 +384,9 @@ def plot_grid(
         y = _TITLE + _GAP + (k // cols) * (_CAPTION + TILE + _GAP)
         colour = _GREEN if rec["correct"] else _RED
         pred = f"pred: {classes[rec['pred']]} ({rec['prob']:.2f})"
-        true = f"true: {classes[rec['true']]}  #{rec['index']}"
+        # Top losses show the loss where the others show the image's index.
+        tail = f"loss {rec['loss']:.2f}" if "loss" in rec else f"#{rec['index']}"
+        true = f"true: {classes[rec['true']]}  {tail}"
         draw.text((x + 1, y + 2), _fit_text(draw, pred, TILE - 2, font), fill=colour, font=font)
         draw.text((x + 1, y + 15), _fit_text(draw, true, TILE - 2, font), fill=colour, font=font)
         top = y + _CAPTION

@@ -41,6 +41,8 @@ _FILES = [
     rf.EXPORT_REPORT_JSON,
     rf.METRICS_CSV,
     rf.PER_CLASS_CSV,
+    rf.MOST_CONFUSED_CSV,
+    rf.TOP_LOSSES_CSV,
     rf.STEPS_CSV,
     rf.ARGS_JSON,
     rf.MODEL_INFO_JSON,
@@ -97,8 +99,10 @@ def render_report(out_dir: str | os.PathLike[str], run: RunFacts) -> str:
         ("curves", "Curves", _images(out, ["plots/loss.png", "plots/accuracy.png", "plots/lr.png"])),
         ("confusion", "Confusion matrix", _confusion(out)),
         ("per-class", "Per class, worst first", _per_class(out)),
+        ("most-confused", "Most confused pairs", _most_confused(out)),
         ("calibration", "Calibration", _images(out, ["plots/reliability.png"], "latest validation")),
         ("samples", "Samples", _samples(out)),
+        ("top-losses", "Top losses", _top_losses(out)),
         ("data", "Data", _data(out)),
         ("model", "Model", _rows(_read_json(out / rf.MODEL_INFO_JSON))),
         ("export", "ONNX export", _export(out)),
@@ -291,6 +295,48 @@ def _per_class(out: Path) -> Section:
         "epoch": int(last[0]["epoch"]) + 1,
         "step": last[0]["step"],
         "shown": f"the {MAX_ROWS} lowest of {len(last)} " if len(last) > MAX_ROWS else "",
+    }
+
+
+def _read_csv(path: Path) -> list[dict[str, str]] | None:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, ValueError):
+        return None  # not written (its hook is off), or being replaced
+
+
+def _most_confused(out: Path) -> Section:
+    """``most_confused.csv``: the latest validation's most confused class pairs."""
+    rows = _read_csv(out / rf.MOST_CONFUSED_CSV)
+    if rows is None:
+        return None
+    try:
+        pairs = [
+            {"true": r["true"], "predicted": r["predicted"], "count": int(r["count"]),
+             "share": f"{float(r['share']):.1%}"}
+            for r in rows[:MAX_ROWS]
+        ]  # fmt: skip
+    except (LookupError, ValueError):
+        return None
+    return {"rows": pairs, "csv": rf.MOST_CONFUSED_CSV}
+
+
+def _top_losses(out: Path) -> Section:
+    """``top_losses.csv`` and its grid: the latest validation's highest-loss images."""
+    rows = _read_csv(out / rf.TOP_LOSSES_CSV)
+    if rows is None:
+        return None
+    keys = ("path", "given", "predicted", "loss", "prob")
+    try:
+        table = [[r[k] for k in keys] for r in rows[:MAX_ROWS]]
+    except LookupError:
+        return None
+    return {
+        "figure": _figure(out, f"{rf.PLOTS}/top_losses.png", "highest loss first"),
+        "columns": keys,
+        "rows": table,
+        "csv": rf.TOP_LOSSES_CSV,
     }
 
 
