@@ -128,7 +128,7 @@ class TopLossesHook(Hook):
         )
         records = [
             {"index": r["index"], "true": r["given_index"], "pred": r["predicted_index"],
-             "prob": r["prob"], "loss": r["loss"], "correct": r["given_index"] == r["predicted_index"]}
+             "prob": r["prob"], "loss": r["loss"], "correct": r["given"] == r["predicted"]}
             for r in self.losses
         ]  # fmt: skip
         with guarded(self.png_path):  # the dataset is read here, not on the writer thread

@@ -354,14 +354,8 @@ class OutputConfig:
     history_plots: bool = setting(True, "loss/accuracy/lr curves", to=(HOOKS,))
     sampler_stats: bool = setting(True, "per-epoch sampler class counts", to=(HOOKS,))
     samples: bool = setting(True, "predicted-vs-true image grids", to=(HOOKS,))
-    most_confused: bool = setting(
-        True, "most_confused.csv: the class pairs most often mistaken for each other", to=(HOOKS,)
-    )
-    top_losses: bool = setting(
-        True,
-        "top_losses.csv and plots/top_losses.png: the validation images with the highest loss",
-        to=(HOOKS,),
-    )
+    most_confused: bool = setting(True, "most_confused.csv: most confused class pairs", to=(HOOKS,))
+    top_losses: bool = setting(True, "top_losses.csv + grid: highest-loss val images", to=(HOOKS,))
     export: bool = setting(True, "ONNX export at the end, verified with onnxruntime", to=(HOOKS,))
     report: bool = setting(
         True, "report.html: the whole run on one page, rewritten each epoch", to=(HOOKS,)

@@ -95,11 +95,12 @@ def test_sections_and_links_resolve_on_disk(run: Run) -> None:
     parser = _Links()
     parser.feed(page)
     for section in ("summary", "metrics", "curves", "confusion", "per-class", "calibration",
-                    "samples", "data", "model"):  # fmt: skip
+                    "samples", "top-losses", "data", "model"):  # fmt: skip
         assert section in parser.ids
     assert {"export", "files", "config"} <= set(parser.ids)
-    # 3 curves, 1 confusion matrix, 1 reliability diagram, 2 sample grids, 2 distributions.
-    assert len(parser.images) == 9
+    # 3 curves, 1 confusion matrix, 1 reliability diagram, 2 sample grids, the top losses'
+    # grid, 2 distributions.
+    assert len(parser.images) == 10
     for ref in parser.images + parser.links:
         if ref.startswith("#"):
             assert ref[1:] in parser.ids
@@ -114,6 +115,9 @@ def test_sections_and_links_resolve_on_disk(run: Run) -> None:
         "labels_mapping.json",
         "per_class.csv",
         "steps.csv",
+        "top_losses.csv",
+        "most_confused.csv",
+        "plots/top_losses.png",
         "plots/confusion_matrix/epoch_000.png",  # every epoch's matrix is linked
         "plots/confusion_matrix/epoch_001.png",
     ):
@@ -165,7 +169,7 @@ def test_report_in_headless_chromium(run: Run, tmp_path: Path) -> None:
         )
     shot = tmp_path / "report.png"
     check = check_page(run.hook.path.resolve().as_uri(), screenshot=shot)
-    assert len(check.images) == 9  # the reliability diagram too
+    assert len(check.images) == 10  # the reliability diagram and the top losses too
     assert check.broken_images == []
     assert check.errors == []
     assert all(url.startswith("file://") for url in check.requests), check.requests

@@ -6,8 +6,11 @@ import html
 import json
 from pathlib import Path
 
+from hooks.most_confused import HEADER as CONFUSED_HEADER
 from hooks.render.report_page import RunFacts, render_report
 from hooks.render.tables import MAX_ROWS
+from hooks.top_losses import HEADER as LOSSES_HEADER
+from trainer.io import atomic_write_csv
 
 
 def test_render_escapes_everything_from_data(tmp_path: Path) -> None:
@@ -77,3 +80,30 @@ def test_a_class_named_script_prints_as_text_in_every_table(tmp_path: Path) -> N
     text = html.escape(evil, quote=False)
     # title and heading, per-class row, data row, few-images note, leakage path, args.json row
     assert page.count(text) == 7
+
+
+def test_most_confused_and_top_losses_sections_escape_class_names_and_paths(
+    tmp_path: Path,
+) -> None:
+    evil = "<script>alert(1)</script>"
+    pairs = [[1, 8, 2, evil, 1, "dog", 6, 0.8571], [1, 8, 0, "cat", 1, "dog", 3, 0.375]]
+    atomic_write_csv(tmp_path / "most_confused.csv", CONFUSED_HEADER, pairs)
+    atomic_write_csv(tmp_path / "top_losses.csv", LOSSES_HEADER,
+                     [[f"val/{evil}.png", evil, "dog", 4.5, 0.97, 7, 1, 8]])  # fmt: skip
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "top_losses.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = render_report(tmp_path, RunFacts("r", "finished", 2, 2, [], best=None, monitor="x"))
+    assert "<script" not in page
+    start = page.index('id="most-confused"')
+    confused = page[start : page.index("</section>", start)]
+    losses = page[page.index('id="top-losses"') :]
+    text = html.escape(evil, quote=False)
+    assert confused.index(text) < confused.index(">cat<")  # largest first, as in the file
+    assert "85.7%" in confused and confused.count("<tr>") == 1 + 2
+    assert f"val/{text}.png" in losses and ">4.5<" in losses and ">0.97<" in losses
+    assert 'src="plots/top_losses.png"' in losses
+    assert 'href="most_confused.csv"' in page and 'href="top_losses.csv"' in page
+    # A perfect validation: the section says so rather than showing an empty table.
+    atomic_write_csv(tmp_path / "most_confused.csv", CONFUSED_HEADER, [])
+    page = render_report(tmp_path, RunFacts("r", "finished", 2, 2, [], best=None, monitor="x"))
+    assert "no validation image was mistaken for another class" in page
