@@ -24,6 +24,7 @@ def test_every_plotting_hook_keeps_its_latest_figure(tmp_path: Path) -> None:
         "DatasetStatisticsHook",
         "SampleVisualizationHook",
         "SamplerDistributionHook",
+        "TopLossesHook",
         "TrainingHistoryHook",
     }
     for hook in plotting:
