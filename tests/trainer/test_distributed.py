@@ -26,6 +26,7 @@ from hooks import default_hooks
 from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
+from hooks.top_losses import TopLossesHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from tests.conftest import KillAfterEpoch, join_as_rank, make_tree, run_ranks
 from trainer.checkpoint import load_checkpoint
@@ -171,6 +172,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         val = engine.validate()
         cm_hook = next(h for h in hooks if isinstance(h, ConfusionMatrixHook))
         vis = next(h for h in hooks if isinstance(h, SampleVisualizationHook))
+        top = next(h for h in hooks if isinstance(h, TopLossesHook))
         sd = next(h for h in hooks if isinstance(h, SamplerDistributionHook))
 
         # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
@@ -191,6 +193,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "draws": draws.draws,
                 "confusion": cm_hook.matrix,
                 "mistakes": vis.mistakes,
+                "top_losses": top.losses,
                 "fixed": vis.fixed_indices,
                 "sampler_rows": sd.rows,
                 "resumed_model": resumed.model.state_dict(),
@@ -305,6 +308,20 @@ def test_sample_grids_map_rank_zero_shard_to_dataset_indices(ddp: dict[str, Any]
     for m in r0["mistakes"]:
         assert m["index"] % 2 == 0
         assert m["true"] == data.val_samples[m["index"]][1]
+
+
+def test_top_losses_map_rank_zero_shard_to_dataset_paths(ddp: dict[str, Any]) -> None:
+    data = FixedData(ddp["root"], img_size=16, batch_size=8, workers=0)
+    r0, r1 = ddp["ranks"]
+    assert r1["top_losses"] == []  # rank 0 lists its shard; rank 1 collects nothing
+    assert len(r0["top_losses"]) == (sum(VAL_COUNTS.values()) + 1) // 2  # rank 0: 0, 2, ... 12
+    for t in r0["top_losses"]:
+        path, label = data.val_samples[t["index"]]
+        assert t["index"] % 2 == 0 and t["path"] == str(path)
+        assert t["given"] == Path(path).parent.name == data.classes[label]
+    losses = [t["loss"] for t in r0["top_losses"]]
+    assert losses == sorted(losses, reverse=True)
+    assert (ddp["tmp"] / "straight" / "top_losses.csv").is_file()
 
 
 def test_resume_under_ddp_continues_exactly(ddp: dict[str, Any]) -> None:
