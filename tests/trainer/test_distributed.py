@@ -26,8 +26,8 @@ from hooks import default_hooks
 from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
-from hooks.top_losses import TopLossesHook
 from hooks.sampler_distribution import SamplerDistributionHook
+from hooks.top_losses import TopLossesHook
 from tests.conftest import KillAfterEpoch, join_as_rank, make_tree, run_ranks
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData, ImageListDataset, val_transform
