@@ -36,7 +36,8 @@ FAST_CLI = ["--img-size", "16", "--batch-size", "8", "--workers", "0", "--model"
 # Every optional output off: for tests about the loop, not the artefacts.
 NO_OUTPUTS = ["--no-confusion-matrix", "--no-dataset-stats", "--no-model-info",
               "--no-history-plots", "--no-sampler-stats", "--no-samples", "--no-export",
-              "--no-report", "--no-per-class", "--no-calibration", "--log-every", "0"]  # fmt: skip
+              "--no-report", "--no-per-class", "--no-calibration", "--no-most-confused",
+              "--no-top-losses", "--log-every", "0"]  # fmt: skip
 
 
 def tree_digest(root: Path, *, mtimes: bool = False) -> str:

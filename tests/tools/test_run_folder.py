@@ -73,11 +73,14 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(run_copy: Path) -> Non
     torch.save({"model": {}}, ckpts / "epoch_007.pt")  # left by the earlier, longer run
     # Left by an earlier run with the dataset statistics on (this one has them off).
     (run_copy / "class_distribution.csv").write_text("class_idx,class_name,train\n")
+    for name in ("top_losses.csv", "most_confused.csv"):  # likewise
+        (run_copy / name).write_text("epoch\n")
     (run_copy / "notes.txt").write_text("mine")
     argv = ["--data", _data_of(run_copy), "--out", str(run_copy), "--epochs", "1", *ARGS]
     assert train.main([*argv, "--overwrite"]) == 0
     assert not (ckpts / "epoch_007.pt").exists()
-    assert not (run_copy / "class_distribution.csv").exists()
+    for name in ("class_distribution.csv", "top_losses.csv", "most_confused.csv"):
+        assert not (run_copy / name).exists(), name
     assert (run_copy / "notes.txt").read_text() == "mine"
     assert "overwrite" not in json.loads((run_copy / "args.json").read_text())
     assert train.main(["--resume", str(run_copy), "--overwrite"]) == 2
