@@ -134,7 +134,7 @@ class TopLossesHook(Hook):
         with guarded(self.png_path):  # the dataset is read here, not on the writer thread
             images = read_val_images(data, [r["index"] for r in self.losses])
             mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-            title = f"Top losses (given / predicted), epoch {s.epoch + 1}"
+            title = f"Highest validation losses, epoch {s.epoch + 1}"
             png = self.png_path
 
             def draw() -> None:
