@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,20 @@ def test_image_folder_data_decode_gpu_trains(tmp_path: Path) -> None:
     assert math.isfinite(first["train/loss"]) and math.isfinite(last["train/loss"])
     assert 0 <= last["train/acc"] <= 1 and last["train/img_s"] > 0
     assert engine.state.step == 6  # 12 images in batches of 4, twice
+
+
+def test_decode_gpu_with_loader_workers_delivers_batches(tmp_path: Path) -> None:
+    # The workers send the files' bytes back: a tensor read by torchvision.io.read_file could
+    # not cross to the main process (its storage failed to share), and the loader hung.
+    root = make_tree(tmp_path / "tree", counts={"a": 4, "b": 4}, size=(30, 26))
+    data = ImageFolderData(root, img_size=16, batch_size=4, workers=1, decode="gpu")
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(next(iter(data.train_loader()))))
+    thread.daemon = True  # a hang fails the test below, and does not keep pytest alive
+    thread.start()
+    thread.join(timeout=30)
+    data.close()
+    assert got and isinstance(got[0], EncodedBatch) and len(got[0].images) == 4
 
 
 def test_decode_gpu_settings_are_checked(tmp_path: Path) -> None:
