@@ -18,6 +18,7 @@ from hooks.most_confused import MostConfusedHook
 from hooks.onnx_export import OnnxExportHook
 from hooks.per_class_metrics import PerClassMetricsHook
 from hooks.progress_bar import ProgressBarHook
+from hooks.render.verbosity import Verbosity, check_verbosity
 from hooks.report import ReportHook
 from hooks.run_folder import RunFolderHook
 from hooks.sample_visualization import SampleVisualizationHook
@@ -26,7 +27,6 @@ from hooks.step_log import StepLogHook
 from hooks.tensorboard import TensorBoardHook
 from hooks.top_losses import TopLossesHook
 from hooks.training_history import TrainingHistoryHook
-from hooks.verbosity import Verbosity, check_verbosity
 from hooks.wandb import WandbHook
 from trainer.config import TrainConfig
 from trainer.hook import Hook
@@ -84,7 +84,7 @@ def default_hooks(
         config: the run's settings; those of ``hooks`` (``TrainConfig.hook_kwargs``) are used.
         progress: tqdm bars and per-epoch lines.
         verbosity: what the console hooks print, "quiet", "normal" or "verbose"
-            (``hooks.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
+            (``hooks.render.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
             Default: from the settings ``quiet`` and ``verbose``.
         **settings: single settings by name, e.g. ``early_stopping=5``, ``export=False``.
 

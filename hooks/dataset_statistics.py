@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hooks.render.plots import plot_class_distribution, save_png
 from hooks.render.tables import MAX_NAMED_FEW, MAX_ROWS, class_distribution_table
-from hooks.verbosity import Verbosity, check_verbosity
+from hooks.render.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -48,7 +48,7 @@ class DatasetStatisticsHook(Hook):
         few_threshold: a class with fewer training images than this is flagged.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
         max_rows: the table shows at most this many classes.
-        verbosity: "quiet" leaves the table out (the warnings stay); see ``hooks.verbosity``.
+        verbosity: "quiet" leaves the table out (the warnings stay); see ``hooks.render.verbosity``.
 
     Attributes:
         stats: the dict written to ``dataset_stats.json``.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from hooks.render.tables import model_line, model_table
-from hooks.verbosity import Verbosity, check_verbosity
+from hooks.render.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
@@ -35,7 +35,7 @@ class ModelInfoHook(Hook):
         model_name: shown name; defaults to ``engine.args["model"]``, else the model's class.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
         verbosity: "verbose" prints the table, "normal" one line, "quiet" nothing
-            (``hooks.verbosity``).
+            (``hooks.render.verbosity``).
 
     Attributes:
         info: the dict written to ``model_info.json``.

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hooks.csv_log import CsvLog
+from hooks.render.csv_log import CsvLog
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import class_metrics

@@ -11,7 +11,7 @@ import torch
 
 from hooks.render.plots import plot_shares, save_png
 from hooks.render.tables import MAX_ROWS, sampler_table
-from hooks.verbosity import Verbosity, check_verbosity
+from hooks.render.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
 from trainer.distributed import all_reduce_sum, is_global_zero
 from trainer.hook import Hook
@@ -53,7 +53,7 @@ class SamplerDistributionHook(Hook):
         out_dir: the run folder.
         console: where the table goes; a fresh ``rich.console.Console()`` (stdout) by default.
         max_rows: the table shows at most this many classes, those furthest from expected.
-        verbosity: "quiet", "normal" or "verbose" (``hooks.verbosity``).
+        verbosity: "quiet", "normal" or "verbose" (``hooks.render.verbosity``).
 
     Attributes:
         rows: every CSV row so far; kept in checkpoints so a resumed run continues the file.

@@ -33,7 +33,7 @@ with collector_paused():
 
     from hooks import WandbHook, default_hooks
     from hooks.checkpoint import check_latest
-    from hooks.verbosity import Verbosity
+    from hooks.render.verbosity import Verbosity
     from hooks.wandb import check_api_key
     from tools.lr_find import range_test, write_results
     from tools.train_config import build_data, build_loss_from_config, parse_config
@@ -206,7 +206,7 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
 
 
 def verbosity_of(config: dict[str, Any]) -> Verbosity:
-    """--quiet / --verbose as a ``hooks.verbosity`` level (a replayed config may hold neither)."""
+    """--quiet / --verbose as a ``hooks.render.verbosity`` level (a replayed config may hold neither)."""
     if config.get("quiet"):
         return "quiet"
     return "verbose" if config.get("verbose") else "normal"

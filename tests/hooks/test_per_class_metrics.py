@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hooks.checkpoint import CheckpointHook
-from hooks.csv_log import CsvLog
 from hooks.per_class_metrics import HEADER, PerClassMetricsHook
+from hooks.render.csv_log import CsvLog
 from tests.conftest import (
     KillAfterEpoch,
     StandInData,

@@ -226,6 +226,24 @@ def test_a_split_setting_may_change_on_a_split_tree(tmp_path: Path) -> None:
         check_resume_settings(ckpt, {**config, "data": str(unsplit)}, tmp_path / "x.pt")
 
 
+def test_a_label_file_is_split_by_seed_and_fraction_like_a_tree_of_class_folders(
+    tmp_path: Path,
+) -> None:
+    """Rows without a split are split by --seed and --val-fraction: another value on resume
+    would move validation images into training, as on a tree of class folders."""
+    from trainer.run_folder import check_resume_settings
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,a\n", encoding="utf-8")
+    ckpt = {"args": {"seed": 0, "val_fraction": 0.2, "model": "small_cnn"}}
+    config = {"data": str(labels), "seed": 0, "val_fraction": 0.2, "model": "small_cnn"}
+    check_resume_settings(ckpt, config, tmp_path / "x.pt")  # the same split: resumes
+    for key, value in (("seed", 5), ("val_fraction", 0.4)):
+        flag = "--" + key.replace("_", "-")
+        with pytest.raises(ValueError, match=f"validation images into training; drop {flag}"):
+            check_resume_settings(ckpt, {**config, key: value}, tmp_path / "x.pt")
+
+
 @pytest.mark.parametrize("lr", ["-1", "nan", "inf", "0"])
 def test_a_learning_rate_that_cannot_train_exits_2_with_one_error_line(
     lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

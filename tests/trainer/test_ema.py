@@ -59,7 +59,7 @@ def _val_loss(engine: Any, model: nn.Module) -> float:
     return total / seen
 
 
-def test_the_engine_updates_ema_each_step_and_validates_on_it() -> None:
+def test_the_engine_updates_ema_each_step_and_validates_and_tests_on_it() -> None:
     engine = make_engine(ema_decay=0.9, max_epochs=1, sanity_steps=0)
     assert engine.ema is not None
     start = copy.deepcopy(engine.ema.module.state_dict())
@@ -70,6 +70,8 @@ def test_the_engine_updates_ema_each_step_and_validates_on_it() -> None:
     ema_loss, raw_loss = _val_loss(engine, engine.ema.module), _val_loss(engine, engine.model)
     assert engine.state.metrics["val/loss"] == pytest.approx(ema_loss, rel=1e-5)
     assert raw_loss != pytest.approx(ema_loss, rel=1e-5)  # the two really differ
+    # test() runs the same evaluation loop, on the same weights (no test split: val's images)
+    assert engine.test()["test/loss"] == pytest.approx(ema_loss, rel=1e-5)
 
 
 def test_a_skipped_update_keeps_the_average_bitwise_and_an_applied_one_is_the_lerp() -> None:

@@ -123,7 +123,9 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         index, seed = split_key(key)
         path, target = self.samples[index]
         try:
-            data = read_file(str(path))
+            # A copy: read_file's own tensor failed to cross from a loader worker (its queue
+            # feeder hit EBADF pickling it, torch 2.14) and the loader waited forever.
+            data = read_file(str(path)).clone()
             header = _jpeg_header(data) if on_device else None
             if header is None:  # not for nvjpeg: decoded here, like the CPU path
                 img = self.load(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 from torchvision.io import decode_jpeg
 
 from tests.conftest import make_tree
+from tests.trainer.data.malformed import damage, good_bytes
 from trainer.data import ImageFolderData, gpu_decode, load_image, train_transform
 from trainer.data.gpu_decode import EncodedBatch, EncodedImageDataset, collate_encoded, decode_batch
 from trainer.data.skipping import BadImages, Skipped
@@ -125,6 +127,20 @@ def test_image_folder_data_decode_gpu_trains(tmp_path: Path) -> None:
     assert math.isfinite(first["train/loss"]) and math.isfinite(last["train/loss"])
     assert 0 <= last["train/acc"] <= 1 and last["train/img_s"] > 0
     assert engine.state.step == 6  # 12 images in batches of 4, twice
+
+
+def test_decode_gpu_with_loader_workers_delivers_batches(tmp_path: Path) -> None:
+    # The workers send the files' bytes back: a tensor read by torchvision.io.read_file could
+    # not cross to the main process (its storage failed to share), and the loader hung.
+    root = make_tree(tmp_path / "tree", counts={"a": 4, "b": 4}, size=(30, 26))
+    data = ImageFolderData(root, img_size=16, batch_size=4, workers=1, decode="gpu")
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(next(iter(data.train_loader()))))
+    thread.daemon = True  # a hang fails the test below, and does not keep pytest alive
+    thread.start()
+    thread.join(timeout=30)
+    data.close()
+    assert got and isinstance(got[0], EncodedBatch) and len(got[0].images) == 4
 
 
 def test_decode_gpu_settings_are_checked(tmp_path: Path) -> None:
@@ -257,6 +273,32 @@ def test_decode_gpu_skips_and_reports_bad_files_and_keeps_every_step(tmp_path: P
     assert data.bad_images.events == 4  # each drawn once per epoch
     written = json.loads(report.read_text())
     assert {s["path"] for s in written["skipped_in_training"]} == {str(bad), str(gone)}
+
+
+def test_decode_gpu_a_png_damaged_after_the_check_is_skipped_with_pillow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the device does not decode (PNG), the loader decodes itself, with Pillow only as the
+    # CPU path does: a PNG damaged after the check (here one that segfaults torchvision's
+    # native decoder) is named and skipped, never handed to a native decoder.
+    root = make_tree(tmp_path / "tree", counts={"a": 3, "b": 3}, size=(30, 26))
+    victim = root / "train" / "a" / "0.png"
+    data = ImageFolderData(
+        root, img_size=16, batch_size=8, workers=0, decode="gpu", max_bad_fraction=0.3
+    )
+    assert data.bad_files == []
+    victim.write_bytes(damage("png", "corrupt_data", good_bytes("png")))
+    native: list[bytes] = []  # files offered to torchvision's decoders: none may be
+
+    def spy(raw: bytes) -> None:
+        native.append(raw[:8])
+        return None  # Pillow decodes it all the same: a mutation fails here, not by a crash
+
+    monkeypatch.setattr("trainer.data.decode._torchvision_mode", spy)
+    for _ in data.train_loader():
+        pass
+    assert list(data.bad_images.skipped) == [str(victim)]
+    assert native == []
 
 
 def test_decode_gpu_failures_count_toward_max_bad_fraction(tmp_path: Path) -> None:

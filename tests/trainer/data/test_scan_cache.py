@@ -167,6 +167,29 @@ def test_an_update_extracted_with_normalised_mtimes_is_seen(tmp_path: Path) -> N
     assert (tree / "train" / "cat" / "new.png", 1) in scan.train
 
 
+def test_a_symlinked_folder_pointed_elsewhere_under_the_same_names_is_seen(
+    tmp_path: Path,
+) -> None:
+    # train/cat/more links to a folder of extra cat images named as dog's are (0.png, ...);
+    # re-pointed at train/dog, the listing through the link is the same names: only the
+    # link's target tells the change, and dog's images must not become cats.
+    tree, cache = _aged_tree(tmp_path), tmp_path / "cache"
+    dog = tree / "train" / "dog"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for image in dog.iterdir():
+        _png(extra / image.name)
+    link = tree / "train" / "cat" / "more"
+    link.symlink_to(extra, target_is_directory=True)
+    before = _scan(tree, cache)
+    assert any("/cat/more/" in str(p) for p, _ in before.train)
+    link.unlink()
+    link.symlink_to(dog, target_is_directory=True)
+    after = _scan(tree, cache)
+    assert not any("/cat/more/" in str(p) for p, _ in after.train)
+    assert [p for p, _ in after.skipped_links] == [link]
+
+
 def test_a_change_made_while_the_tree_is_scanned_is_seen_next_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
