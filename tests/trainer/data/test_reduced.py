@@ -81,9 +81,7 @@ def _scale(transform: Any, path: Path, seed: int) -> int:
         return dec.plan(w, h)[1]
 
 
-@pytest.mark.parametrize(
-    ("name", "size"), [("large", 224), *[(f"o{o}", 64) for o in range(1, 9)]]
-)
+@pytest.mark.parametrize(("name", "size"), [("large", 224), *[(f"o{o}", 64) for o in range(1, 9)]])
 def test_a_reduced_decode_gives_the_full_decodes_crop_within_tolerance(
     photos: dict[str, Path], name: str, size: int
 ) -> None:
@@ -164,7 +162,10 @@ def test_a_jpeg_the_reduced_decode_refuses_is_decoded_at_full_size(
     for transform in (train_transform(64), val_transform(64)):
         for seed in range(4):
             assert _scale(transform, photos["o6"], seed) > 1  # a reduced decode was due
-            ours, ref = _ours(transform, photos["o6"], seed), _reference(transform, photos["o6"], seed)
+            ours, ref = (
+                _ours(transform, photos["o6"], seed),
+                _reference(transform, photos["o6"], seed),
+            )
             assert torch.equal(ours, ref)
 
 
