@@ -83,16 +83,29 @@ def _scale(transform: Any, path: Path, seed: int) -> int:
 
 @pytest.mark.parametrize(("name", "size"), [("large", 224), *[(f"o{o}", 64) for o in range(1, 9)]])
 def test_a_reduced_decode_gives_the_full_decodes_crop_within_tolerance(
-    photos: dict[str, Path], name: str, size: int
+    photos: dict[str, Path], name: str, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    decoded: list[int] = []  # the reduction of each reduced decode
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recording_draft(self: Any, mode: Any, size: Any) -> Any:
+        result = draft(self, mode, size)
+        decoded.append(round(self.decoderconfig[0]) if result else 1)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
     path, scales = photos[name], set()
     for transform in (train_transform(size), val_transform(size)):
         for seed in range(8):
-            ref, ours = _reference(transform, path, seed), _ours(transform, path, seed)
+            ref = _reference(transform, path, seed)
+            decoded.clear()
+            ours = _ours(transform, path, seed)
+            scale = _scale(transform, path, seed)
+            assert decoded == ([scale] if scale > 1 else [])  # decoded at the planned size
             assert ours.dtype == torch.uint8 and ours.shape == ref.shape == (3, size, size)
             diff = (ours.float() - ref.float()).abs()
             assert diff.mean() < MEAN_TOLERANCE and diff.max() <= MAX_TOLERANCE, (seed, transform)
-            scales.add(_scale(transform, path, seed))
+            scales.add(scale)
     # The photos are reduced, at more than one factor (a flip or box out of place, or a wrong
     # EXIF mapping, would differ by tens of levels).
     assert len(scales - {1}) >= 2, scales
@@ -193,3 +206,28 @@ def test_only_the_built_in_pipelines_and_disk_reads_decode_reduced(tmp_path: Pat
     # A loader over a tree of JPEGs and PNGs still yields the output size.
     images, _ = next(iter(data.train_loader()))
     assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.uint8
+
+
+def test_reduced_batches_are_a_function_of_the_seed_alone(tmp_path: Path) -> None:
+    # What exact resume rests on: a new loader, with other workers, draws the same pixels.
+    root = tmp_path / "photos"
+    for i in range(6):
+        (root / "train" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        _save(_photo(256, 192, seed=i), root / "train" / "ab"[i % 2] / f"{i}.jpg", 1 + i % 8)
+    make_tree(root, {"a": 1, "b": 1}, splits=("val",))
+    epochs = []
+    for workers in (0, 2):
+        data = small_data(root, img_size=32, batch_size=3, workers=workers)
+        assert data.train_dataset().reduced is not None
+        epochs.append([images for images, _ in data.train_loader()])
+        data.close()
+    assert len(epochs[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(*epochs, strict=True))
+    # A crop of 256x192 spans 2 x 32 px at the default scale: the batch went through reductions.
+    dec = data.train_dataset().reduced
+    assert dec is not None
+    scales = set()
+    for seed in range(20):
+        with torch_seeded(seed):
+            scales.add(dec.plan(256, 192)[1])
+    assert scales >= {2, 4}
