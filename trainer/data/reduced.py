@@ -21,6 +21,7 @@ decode refuses are decoded at full size and go through the step exactly as befor
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from trainer.data.decode import decode_bytes, image_to_tensor
+from trainer.data.transforms import val_transform
 
 REDUCTIONS = (8, 4, 2)  # what libjpeg's DCT scaling offers, largest first
 _ORIENTATION = 0x0112
@@ -183,3 +185,22 @@ class ReducedDecode:
         if method is not None:
             out = out.transpose(method)
         return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _val_decoder(img_size: int) -> ReducedDecode:
+    decoder = ReducedDecode.of(val_transform(img_size))
+    assert decoder is not None
+    return decoder
+
+
+def load_preprocessed(path: str | os.PathLike[str], img_size: int) -> torch.Tensor:
+    """A file's validation preprocessing (``eval_preprocess``) as the validation loader
+    computes it: a large JPEG is decoded at reduced size, so prediction sees the pixels
+    validation saw, as fast.
+
+    Raises:
+        what ``load_image(path, native=False)`` raises for a file it cannot decode.
+    """
+    decoder = _val_decoder(img_size)
+    return decoder.rest(decoder(path))

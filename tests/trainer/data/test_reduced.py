@@ -231,3 +231,22 @@ def test_reduced_batches_are_a_function_of_the_seed_alone(tmp_path: Path) -> Non
         with torch_seeded(seed):
             scales.add(dec.plan(256, 192)[1])
     assert scales >= {2, 4}
+
+
+def test_prediction_preprocesses_a_file_as_validation_does(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    from trainer.data import load_preprocessed
+    from trainer.predict import PredictBatches
+
+    root = make_tree(tmp_path / "tree", {"a": 2, "b": 2}, size=(40, 32))
+    for name in ("o1", "o6"):
+        (root / "val" / "a" / f"{name}.jpg").write_bytes(photos[name].read_bytes())
+    data = small_data(root, img_size=64)
+    val = data.val_dataset()
+    assert val.reduced is not None
+    files = [Path(val.samples.path(i)) for i in range(len(val))]
+    expected = torch.stack([val[i][0] for i in range(len(val))])
+    assert torch.equal(torch.stack([load_preprocessed(f, 64) for f in files]), expected)
+    batches = PredictBatches(data, files, batch_size=len(files))
+    assert torch.equal(next(iter(batches)), expected)
