@@ -3,8 +3,9 @@
 The labels mapping (class names, image size, mean/std) comes from the model's metadata, or from
 the ``labels_mapping.json`` beside it; images go through exactly the validation preprocessing
 (``trainer.data.eval_preprocess``, then ``(x / 255 - mean) / std``). Files are decoded with
-Pillow, which raises on a malformed file where torchvision's native decoders have crashed the
-process; ``predict_batch`` skips such a file with a warning naming it.
+Pillow (``trainer.data.load_preprocessed``: large JPEGs at reduced size, as validation), which
+raises on a malformed file where torchvision's native decoders have crashed the process;
+``predict_batch`` skips such a file with a warning naming it.
 
 It is the one ONNX loader: ``tools/predict.py``, ``tools/evaluate.py`` and the export check
 (``trainer.export.verify_onnx``) all run models through it.
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trainer.data import eval_preprocess, image_to_tensor, load_image
+from trainer.data import eval_preprocess, image_to_tensor, load_preprocessed
 from trainer.errors import DataError
 from trainer.onnx_mapping import (
     INPUT_NAME,
@@ -97,8 +98,11 @@ class OnnxClassifier:
             DataError: a file that cannot be decoded (the decoder's error is its cause).
             ValueError: a numpy array of another dtype or shape.
         """
-        pixels = _decode(image) if isinstance(image, (str, os.PathLike)) else image_to_tensor(image)
-        x = eval_preprocess(pixels, self.image_size).numpy().astype(np.float32) / 255.0
+        if isinstance(image, (str, os.PathLike)):
+            pixels = _decode(image, self.image_size)
+        else:
+            pixels = eval_preprocess(image_to_tensor(image), self.image_size)
+        x = pixels.numpy().astype(np.float32) / 255.0
         return (x - self._mean) / self._std
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -155,10 +159,11 @@ class OnnxClassifier:
         return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images)"
 
 
-def _decode(path: str | os.PathLike[str]) -> Any:
-    """A file's uint8 pixels, decoded with Pillow (see the module docstring)."""
+def _decode(path: str | os.PathLike[str], image_size: int) -> Any:
+    """A file's uint8 pixels, decoded with Pillow and preprocessed as validation does (large
+    JPEGs at reduced size, see ``trainer.data.reduced``)."""
     try:
-        return load_image(path, native=False)
+        return load_preprocessed(path, image_size)
     except Exception as e:  # any decoder failure means "not a readable image"
         raise DataError(
             f"{path}: cannot decode it ({type(e).__name__}: {e}); remove it or replace it "

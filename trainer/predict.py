@@ -4,7 +4,8 @@ Images from files or PIL go through the validation transform (``trainer.data.eva
 at the data's ``img_size``, as uint8 batches; ``Engine.predict`` then runs them through the
 engine's evaluation loop (``Engine.run_eval``), which normalises them on the device.
 
-Files are decoded with Pillow (``load_image(native=False)``), as the training loaders do:
+Files are decoded with Pillow (``trainer.data.load_preprocessed``), as the loaders do, large
+JPEGs at reduced size as validation decodes them:
 torchvision's native decoders have crashed the whole process (a segfault) on malformed files,
 where Pillow raises. A file that cannot be decoded is skipped with a warning naming it, and
 its row of the result is NaN (see :meth:`PredictBatches.rows`).
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from trainer.data import IMG_EXTENSIONS, eval_preprocess, image_to_tensor, load_image
+from trainer.data import IMG_EXTENSIONS, eval_preprocess, image_to_tensor, load_preprocessed
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -107,20 +108,21 @@ class PredictBatches:
             for row in range(start, min(start + self.batch_size, len(self.items))):
                 pixels = self._decode(row, self.items[row])
                 if pixels is not None:
-                    images.append(eval_preprocess(pixels, self.img_size))
+                    images.append(pixels)
             if images:
                 yield torch.stack(images)
 
     def _decode(self, row: int, item: Any) -> torch.Tensor | None:
-        """The item's uint8 pixels; None (logged, and listed in ``skipped``) for a file that
-        cannot be decoded."""
+        """The item's uint8 pixels, preprocessed as validation does; None (logged, and listed
+        in ``skipped``) for a file that cannot be decoded."""
         if not isinstance(item, (str, os.PathLike)):
-            return image_to_tensor(item)
+            return eval_preprocess(image_to_tensor(item), self.img_size)
         path = Path(item)
         if not path.is_file():
             raise UserError(f"image not found: {path}. Pass existing image files or a folder.")
         try:
-            return load_image(path, native=False)  # Pillow: raises where a native decoder crashes
+            # Pillow (raises where a native decoder crashes), at reduced size as validation.
+            return load_preprocessed(path, self.img_size)
         except Exception as e:  # any decoder failure means "not a readable image"
             reason = f"cannot decode it ({type(e).__name__}: {e})".strip()
             log.warning("predict skipped %s: %s; its row is NaN", path, reason)

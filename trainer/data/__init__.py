@@ -28,6 +28,7 @@ from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import BACKGROUND, IMG_EXTENSIONS, image_to_tensor, load_image
 from trainer.data.folder import ImageFolderData
 from trainer.data.mix import BatchMix
+from trainer.data.reduced import load_preprocessed
 from trainer.data.scan import VAL_DIR_NAMES, Sample
 from trainer.data.transforms import (
     CROP_PCT,
@@ -56,6 +57,7 @@ __all__ = [
     "image_to_tensor",
     "jitter_transform",
     "load_image",
+    "load_preprocessed",
     "resize_size",
     "train_transform",
     "val_transform",

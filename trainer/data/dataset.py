@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from trainer.data.decode import load_image
+from trainer.data.reduced import ReducedDecode
 from trainer.data.samples import SampleArray
 from trainer.data.scan import Sample
 from trainer.data.skipping import Skipped
@@ -40,6 +42,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         skip_bad: return a ``Skipped`` marker for an image that cannot be decoded (for a
             loader with ``collate_skipping``) instead of raising DataError.
         native: decode with torchvision.io where it applies (see ``load_image``).
+        reduced: decode JPEGs at reduced size where the transform's first step allows (see
+            ``trainer.data.reduced``; with Pillow, whatever ``native``). Images from ``cache``
+            are used as they are.
     """
 
     def __init__(
@@ -50,12 +55,14 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         *,
         skip_bad: bool = False,
         native: bool = True,
+        reduced: bool = False,
     ) -> None:
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
         self.cache = cache
         self.skip_bad = skip_bad
         self.native = native
+        self.reduced = ReducedDecode.of(transform) if reduced and cache is None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,11 +70,10 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
         index, seed = split_key(key)
         path, target = self.samples.path(index), int(self.samples.targets[index])
-        if self.cache is not None:
-            img = self.cache[index]
-        else:
+        # The decode runs on the seeded generator too: a reduced decode draws the crop box.
+        with contextlib.nullcontext() if seed is None else torch_seeded(seed):
             try:
-                img = load_image(path, native=self.native)
+                img, transform = self._load(index, path)
             except Exception as e:
                 if self.skip_bad:
                     reason = f"{type(e).__name__}: {e}".strip()
@@ -76,10 +82,17 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                     f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
                     "the file, or construct the data with verify=True to skip unreadable files."
                 ) from e
-        if seed is None:
-            return self.transform(img), target
-        with torch_seeded(seed):
-            return self.transform(img), target
+            return transform(img), target
+
+    def _load(
+        self, index: int, path: str
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The image, and what remains of the transform to apply to it."""
+        if self.cache is not None:
+            return self.cache[index], self.transform
+        if self.reduced is not None:
+            return self.reduced(path), self.reduced.rest
+        return load_image(path, native=self.native), self.transform
 
     @property
     def targets(self) -> list[int]:

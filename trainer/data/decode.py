@@ -102,6 +102,12 @@ def image_to_tensor(image: Any) -> torch.Tensor:
     return _to_rgb_uint8(arr.permute(2, 0, 1))
 
 
+def decode_bytes(raw: bytes) -> torch.Tensor:
+    """What ``load_image(path, native=False)`` returns, from the file's bytes."""
+    _refuse_bombs(raw)
+    return _load_with_pil(raw)
+
+
 def _refuse_bombs(raw: bytes) -> None:
     """Refuse images over twice PIL's decompression-bomb limit (about 179 million pixels).
 
@@ -147,10 +153,10 @@ def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Te
     """
     data = read_file(os.fspath(path))
     raw = data.numpy().tobytes()
-    _refuse_bombs(raw)
     mode = _torchvision_mode(raw) if native else None
     if mode is None:
-        return _load_with_pil(raw)
+        return decode_bytes(raw)
+    _refuse_bombs(raw)
     try:
         img = decode_image(data, mode=mode, apply_exif_orientation=True)
     except Exception:

@@ -328,9 +328,11 @@ class ImageFolderData:
     ) -> ImageListDataset:
         cache = None if self._cache is None else self._cache[split]
         samples = self._splits()[split]
-        # Pillow raises on a malformed file (skipped, counted) where a native decoder can crash
-        # the worker; a file that passed a full check can be damaged since (bit rot).
-        return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False)
+        # Pillow raises on a malformed file (skipped) where a native decoder can crash the
+        # worker. Reduced JPEG decoding: built-in pipelines only (a user's sees the full image).
+        own = self.train_transform if split == "train" else self.val_transform
+        return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
+                                reduced=own is None)  # fmt: skip
 
     def _skipping_loader(
         self,
