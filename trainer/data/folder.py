@@ -344,9 +344,11 @@ class ImageFolderData:
         """A loader that skips (and records in ``bad_images``) images it cannot decode;
         ``replace_empty``: see ``SkippingLoader``."""
         dataset.skip_bad = True
+        if isinstance(dataset, ImageListDataset):  # training batches name their samples
+            dataset.with_index = replace_empty  # (``SkippingLoader.indices``)
         collate_fn = functools.partial(collate_skipping, collate=collate)
         loader = self._loader(dataset, collate_fn=collate_fn, **kwargs)
-        return SkippingLoader(loader, self.bad_images, replace_empty)
+        return SkippingLoader(loader, self.bad_images, replace_empty, indexed=replace_empty)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         if self.workers > 0:
