@@ -169,7 +169,8 @@ class LabelIssuesHook(Hook):
                 "margins": [None if math.isnan(m) else round(m, 4) for m in per_epoch[i].tolist()],
             }  # fmt: skip
             self.issues.append(row)
-            table.append([*(row[k] for k in HEADER), *("" if m is None else m for m in row["margins"])])
+            cells = ["" if m is None else m for m in row["margins"]]
+            table.append([*(row[k] for k in HEADER), *cells])
         header = HEADER + [f"margin_{e + 1}" for e in range(per_epoch.shape[1])]
         csv_path = self.csv_path
         engine.artifacts.submit(
@@ -186,7 +187,8 @@ class LabelIssuesHook(Hook):
             for r in top
         ]  # fmt: skip
         with guarded(self.png_path):  # the images are read here, not on the writer thread
-            samples, pipeline = getattr(data, "train_samples", None), getattr(data, "val_pipeline", None)
+            samples = getattr(data, "train_samples", None)
+            pipeline = getattr(data, "val_pipeline", None)
             if samples is None or pipeline is None or any(r["true"] < 0 for r in records):
                 return
             dataset = ImageListDataset(samples, pipeline())
