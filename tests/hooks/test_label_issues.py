@@ -185,3 +185,19 @@ def test_resume_keeps_the_record(run: Run, tmp_path: Path) -> None:
     for epoch in range(3):  # the same draws and margins as the straight run's first epochs
         assert torch.equal(resumed.epoch_counts[epoch], straight.epoch_counts[epoch])
         assert torch.allclose(resumed.epoch_sums[epoch], straight.epoch_sums[epoch], atol=1e-4)
+
+
+def test_report_section_escapes_paths_and_class_names(tmp_path: Path) -> None:
+    from hooks.label_issues import HEADER
+    from hooks.render.report_page import RunFacts, render_report
+    from trainer.io import atomic_write_csv
+
+    evil = "<script>alert(1)</script>"
+    atomic_write_csv(tmp_path / "label_issues.csv", [*HEADER, "margin_1"],
+                     [[f"train/{evil}.png", evil, "dog", -2.5, 0.9, 3, -2.5]])  # fmt: skip
+    page = render_report(tmp_path, RunFacts("r", "finished", 2, 2, [], best=None, monitor="x"))
+    assert "<script" not in page
+    section = page[page.index('id="label-issues"') :]
+    text = html.escape(evil, quote=False)
+    assert f"train/{text}.png" in section and ">-2.5<" in section and ">dog<" in section
+    assert 'href="label_issues.csv"' in section
