@@ -210,15 +210,16 @@ def test_under_ddp_a_rank_whose_batch_all_failed_steps_with_the_others(tmp_path:
     assert str(bad) in {p for r in ranks for p in r["skipped"]}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_training_batches_name_their_samples_when_shuffled_with_skips_and_replacements(
-    tmp_path: Path,
+    tmp_path: Path, workers: int
 ) -> None:
     # Flat images: each batch's grey levels say which files it holds; the loader's indices
     # must name the same files, in batch order, past a skipped image and a replaced batch.
     root = tmp_path / "t"
     levels = _solid_tree(root, {"a": 2, "b": 1, "c": 3})
     bad = {str(_undecodable(root / "a" / f"zz{i}.png", seed=i)) for i in range(2)}
-    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5)
+    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5, workers=workers)
     loader = data.train_loader()
     shrunk = replaced = 0
     for epoch in range(60):  # until a draw puts the two bad images in one batch
