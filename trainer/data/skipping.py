@@ -122,8 +122,9 @@ class SkippingLoader:
         replace_empty: a batch whose images all failed is replaced (``replace``) rather than
             left out, so the loader yields ``len(loader)`` batches (training, where DDP ranks
             must step together); evaluation leaves it out.
-        indexed: the dataset's items carry the sample's index third
-            (``ImageListDataset(with_index=True)``); each batch is yielded without it.
+        indexed: name each batch's samples in ``indices``: a dataset with a ``with_index``
+            attribute (``ImageListDataset``) is set to return each sample's index third,
+            which is stripped from the batch; an ``EncodedBatch`` names them in its keys.
 
     Attributes:
         indices: with ``indexed``, the dataset indices (a CPU int64 tensor) of the samples of
@@ -144,6 +145,8 @@ class SkippingLoader:
         self.replace_empty = replace_empty
         self.indexed = indexed
         self.indices: torch.Tensor | None = None
+        if indexed and hasattr(loader.dataset, "with_index"):  # before any worker starts
+            loader.dataset.with_index = True
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -212,6 +215,8 @@ class SkippingLoader:
             index = [k[0] if isinstance(k, (tuple, list)) else k for k in keys]
             self.indices = torch.as_tensor(index, dtype=torch.int64)
             return batch
+        if not getattr(self.loader.dataset, "with_index", False):
+            return batch  # nothing names the samples: ``indices`` stays None
         *batch, index = batch
         self.indices = torch.as_tensor(index, dtype=torch.int64)
         return batch
