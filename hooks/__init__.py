@@ -12,6 +12,7 @@ from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.dataset_statistics import DatasetStatisticsHook
 from hooks.early_stopping import EarlyStoppingHook
+from hooks.label_issues import LabelIssuesHook
 from hooks.metrics_logger import MetricsLogger
 from hooks.model_info import ModelInfoHook
 from hooks.most_confused import MostConfusedHook
@@ -39,6 +40,7 @@ __all__ = [
     "DatasetStatisticsHook",
     "EarlyStoppingHook",
     "Hook",
+    "LabelIssuesHook",
     "MetricsLogger",
     "ModelInfoHook",
     "MostConfusedHook",
@@ -72,7 +74,7 @@ def default_hooks(
     given; keyword arguments replace single ones): ``monitor``, ``top_k``, ``early_stopping``,
     ``min_delta``, the outputs (``confusion_matrix``, ``dataset_stats``, ``model_info``,
     ``history_plots``, ``sampler_stats``, ``samples``, ``most_confused``, ``top_losses``,
-    ``export``, ``report``, ``tensorboard``), ``per_class``, ``calibration`` and
+    ``find_label_issues``, ``export``, ``report``, ``tensorboard``), ``per_class``, ``calibration`` and
     ``log_every``; ``tools/train.py --help`` and docs/cli.md say what each does.
 
     Order is by each hook's ``order``: the run folder's files first (``RunFolderHook``:
@@ -124,6 +126,8 @@ def default_hooks(
         hooks.append(MostConfusedHook(out))
     if cfg.top_losses:
         hooks.append(TopLossesHook(out))
+    if cfg.find_label_issues:
+        hooks.append(LabelIssuesHook(out))
     if progress:
         hooks.append(ProgressBarHook(disable=True if verbosity == "quiet" else None))
     if cfg.early_stopping > 0:

@@ -8,6 +8,7 @@ METRICS_CSV = "metrics.csv"
 PER_CLASS_CSV = "per_class.csv"
 MOST_CONFUSED_CSV = "most_confused.csv"  # the latest validation's most confused class pairs
 TOP_LOSSES_CSV = "top_losses.csv"  # the latest validation's highest-loss images
+LABEL_ISSUES_CSV = "label_issues.csv"  # training images by area under the margin, lowest first
 STEPS_CSV = "steps.csv"
 CHECKPOINTS = "checkpoints"
 LAST_PT = "last.pt"

@@ -27,6 +27,7 @@ from trainer.run_files import (
     DATA_REPORT_JSON,
     DATASET_STATS_JSON,
     EXPORT_REPORT_JSON,
+    LABEL_ISSUES_CSV,
     LABELS_MAPPING_JSON,
     LR_FIND_CSV,
     LR_FIND_PNG,
@@ -51,6 +52,7 @@ RUN_OUTPUTS = (
     METRICS_CSV, MODEL_ONNX, EXPORT_REPORT_JSON, REPORT_HTML, MODEL_INFO_JSON,
     DATASET_STATS_JSON, CLASS_DISTRIBUTION_CSV, SAMPLER_DISTRIBUTION_CSV, LR_FIND_CSV,
     LR_FIND_PNG, PER_CLASS_CSV, STEPS_CSV, MOST_CONFUSED_CSV, TOP_LOSSES_CSV,
+    LABEL_ISSUES_CSV,
 )  # fmt: skip
 # Settings that shape the weights a checkpoint holds: a resume must not change them.
 MODEL_SETTINGS = ("model", "img_size", "ema_decay")

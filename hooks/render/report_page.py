@@ -43,6 +43,7 @@ _FILES = [
     rf.PER_CLASS_CSV,
     rf.MOST_CONFUSED_CSV,
     rf.TOP_LOSSES_CSV,
+    rf.LABEL_ISSUES_CSV,
     rf.STEPS_CSV,
     rf.ARGS_JSON,
     rf.MODEL_INFO_JSON,
@@ -103,6 +104,7 @@ def render_report(out_dir: str | os.PathLike[str], run: RunFacts) -> str:
         ("calibration", "Calibration", _images(out, ["plots/reliability.png"], "latest validation")),
         ("samples", "Samples", _samples(out)),
         ("top-losses", "Top losses", _top_losses(out)),
+        ("label-issues", "Likely wrong labels", _label_issues(out)),
         ("data", "Data", _data(out)),
         ("model", "Model", _rows(_read_json(out / rf.MODEL_INFO_JSON))),
         ("export", "ONNX export", _export(out)),
@@ -337,6 +339,24 @@ def _top_losses(out: Path) -> Section:
         "columns": keys,
         "rows": table,
         "csv": rf.TOP_LOSSES_CSV,
+    }
+
+
+def _label_issues(out: Path) -> Section:
+    """``label_issues.csv`` and its grid: training images by area under the margin."""
+    rows = _read_csv(out / rf.LABEL_ISSUES_CSV)
+    if rows is None:
+        return None
+    keys = ("path", "given", "suggested", "score")
+    try:
+        table = [[r[k] for k in keys] for r in rows[:MAX_ROWS]]
+    except LookupError:
+        return None
+    return {
+        "figure": _figure(out, f"{rf.PLOTS}/label_issues.png", "lowest score first"),
+        "columns": keys,
+        "rows": table,
+        "csv": rf.LABEL_ISSUES_CSV,
     }
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DistributedSampler
 from hooks import default_hooks
 from hooks.checkpoint import CheckpointHook
 from hooks.confusion_matrix import ConfusionMatrixHook
+from hooks.label_issues import LabelIssuesHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.sampler_distribution import SamplerDistributionHook
 from hooks.top_losses import TopLossesHook
@@ -166,7 +167,9 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         # A straight run with every default hook but export (the ONNX hook checks rank itself).
         out = tmp / "straight"
         draws = RecordDraws()
-        hooks = [*default_hooks(out, progress=False, export=False, log_every=3), draws]
+        hooks = default_hooks(out, progress=False, export=False, log_every=3,
+                              find_label_issues=True)  # fmt: skip
+        hooks = [*hooks, draws]
         engine = make_engine(root, BATCH, hooks)
         engine.fit()
         val = engine.validate()
@@ -174,6 +177,7 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         vis = next(h for h in hooks if isinstance(h, SampleVisualizationHook))
         top = next(h for h in hooks if isinstance(h, TopLossesHook))
         sd = next(h for h in hooks if isinstance(h, SamplerDistributionHook))
+        issues = next(h for h in hooks if isinstance(h, LabelIssuesHook))
 
         # Killed after epoch 0 (checkpoint written), then resumed to the end, under DDP.
         with pytest.raises(KeyboardInterrupt):
@@ -194,6 +198,8 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "confusion": cm_hook.matrix,
                 "mistakes": vis.mistakes,
                 "top_losses": top.losses,
+                "aum": issues.scores(),
+                "label_issues": issues.issues,
                 "fixed": vis.fixed_indices,
                 "sampler_rows": sd.rows,
                 "resumed_model": resumed.model.state_dict(),
@@ -243,9 +249,16 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(ddp: dict[str, Any]) -> None:
-    single = make_engine(ddp["root"], 2 * BATCH, [])
+    issues = LabelIssuesHook(ddp["tmp"] / "single")
+    single = make_engine(ddp["root"], 2 * BATCH, [issues])
     single.fit()
     r0, r1 = ddp["ranks"]
+    # Label issues: each rank records its own draws, summed over the ranks each epoch, so
+    # every rank holds the single process's scores; rank 0 alone lists them.
+    for got in (r0["aum"], r1["aum"]):
+        assert torch.equal(got[1], issues.scores()[1])  # draws per sample
+        assert torch.allclose(got[0], issues.scores()[0], rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert len(r0["label_issues"]) == len(issues.issues) and r1["label_issues"] == []
     for key in ("train/loss", "val/loss", "val/acc", "train/acc"):
         one = [row[key] for row in single.state.history]
         two = [row[key] for row in r0["history"]]

@@ -45,6 +45,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         reduced: decode JPEGs at reduced size where the transform's first step allows (see
             ``trainer.data.reduced``; with Pillow, whatever ``native``). Images from ``cache``
             are used as they are.
+        with_index: return ``(image, target, index)``, the sample's index in ``samples``
+            third, so a batch names its samples (the training loader: ``SkippingLoader``
+            strips it into ``indices``).
     """
 
     def __init__(
@@ -56,12 +59,14 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         skip_bad: bool = False,
         native: bool = True,
         reduced: bool = False,
+        with_index: bool = False,
     ) -> None:
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
         self.cache = cache
         self.skip_bad = skip_bad
         self.native = native
+        self.with_index = with_index
         self.reduced = ReducedDecode.of(transform) if reduced and cache is None else None
 
     def __len__(self) -> int:
@@ -82,7 +87,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                     f"Cannot decode image {path} ({type(e).__name__}: {e}). Remove or replace "
                     "the file, or construct the data with verify=True to skip unreadable files."
                 ) from e
-            return transform(img), target
+            image = transform(img)
+        return (image, target, index) if self.with_index else (image, target)  # type: ignore[return-value]
 
     def _load(
         self, index: int, path: str

@@ -11,6 +11,10 @@ the same number of steps, or the others would wait for it in the gradient all-re
 training loader draws replacements instead (``SkippingLoader.replace``): for each failed
 image, the next sample in dataset order that decodes, under the failed draw's seed, so a
 resumed run draws the same ones.
+
+An ``indexed`` loader (training) also says which samples each batch holds: its dataset
+appends each sample's index to the item, and the loader strips it from the batch into
+``indices`` before yielding, so the skipped images and the replacements are accounted for.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, default_collate
 
 from trainer.errors import DataError
@@ -117,12 +122,31 @@ class SkippingLoader:
         replace_empty: a batch whose images all failed is replaced (``replace``) rather than
             left out, so the loader yields ``len(loader)`` batches (training, where DDP ranks
             must step together); evaluation leaves it out.
+        indexed: name each batch's samples in ``indices``: a dataset with a ``with_index``
+            attribute (``ImageListDataset``) is set to return each sample's index third,
+            which is stripped from the batch; an ``EncodedBatch`` names them in its keys.
+
+    Attributes:
+        indices: with ``indexed``, the dataset indices (a CPU int64 tensor) of the samples of
+            the batch last yielded, in batch order (for an ``EncodedBatch``: from its keys,
+            as the loader made it; the device may still drop images that fail there, which
+            shortens the batch). None before the first batch or without ``indexed``.
     """
 
-    def __init__(self, loader: DataLoader[Any], bad: BadImages, replace_empty: bool = False) -> None:
+    def __init__(
+        self,
+        loader: DataLoader[Any],
+        bad: BadImages,
+        replace_empty: bool = False,
+        indexed: bool = False,
+    ) -> None:
         self.loader = loader
         self.bad = bad
         self.replace_empty = replace_empty
+        self.indexed = indexed
+        self.indices: torch.Tensor | None = None
+        if indexed and hasattr(loader.dataset, "with_index"):  # before any worker starts
+            loader.dataset.with_index = True
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -137,7 +161,9 @@ class SkippingLoader:
             if skipped:
                 self.bad.record(skipped)
             if batch is None and self.replace_empty:
-                batch = self.replace(skipped)
+                batch = self.replace(skipped)  # indices set there
+            elif batch is not None:
+                batch = self._take_indices(batch)
             if batch is None:  # every image of the batch failed: nothing to evaluate
                 continue
             bind = getattr(batch, "bind", None)
@@ -178,4 +204,19 @@ class SkippingLoader:
             )
         logger.info("Replaced %d image(s) of a batch whose images all failed.", len(items))
         batch, _ = self.loader.collate_fn(items)
+        return self._take_indices(batch)
+
+    def _take_indices(self, batch: Any) -> Any:
+        """``batch`` as the engine takes it, its samples' indices kept in ``indices``."""
+        if not self.indexed:
+            return batch
+        keys = getattr(batch, "keys", None)
+        if hasattr(batch, "bind") and keys is not None:  # an EncodedBatch: its keys name them
+            index = [k[0] if isinstance(k, (tuple, list)) else k for k in keys]
+            self.indices = torch.as_tensor(index, dtype=torch.int64)
+            return batch
+        if not getattr(self.loader.dataset, "with_index", False):
+            return batch  # nothing names the samples: ``indices`` stays None
+        *batch, index = batch
+        self.indices = torch.as_tensor(index, dtype=torch.int64)
         return batch

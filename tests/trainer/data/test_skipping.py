@@ -161,11 +161,11 @@ def test_replacements_are_the_next_good_samples_under_the_failed_draws_seed(
     assert isinstance(loader, SkippingLoader)
     ds = loader.dataset
     bad = next(i for i in range(len(ds)) if ds.samples.path(i).endswith("zz.png"))
-    (x, y), (x2, y2) = loader.replace([Skipped("zz.png", "bad", (bad, 7))]), ds[(bad + 1) % 7, 7]
+    (x, y), (x2, y2, _) = loader.replace([Skipped("zz.png", "bad", (bad, 7))]), ds[(bad + 1) % 7, 7]
     assert torch.equal(x[0], x2) and y.tolist() == [y2]  # the next sample, the same seed
     last = len(ds) - 1  # wraps around; a failing one on the way is skipped and recorded
     _undecodable(Path(ds.samples.path(0)))
-    (x, _), (x3, _) = loader.replace([Skipped("p", "bad", (last, 3))]), ds[1, 3]
+    (x, _), (x3, *_) = loader.replace([Skipped("p", "bad", (last, 3))]), ds[1, 3]
     assert torch.equal(x[0], x3) and str(ds.samples.path(0)) in data.bad_images.skipped
 
 
@@ -208,3 +208,34 @@ def test_under_ddp_a_rank_whose_batch_all_failed_steps_with_the_others(tmp_path:
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["step"] for r in ranks] == [10, 10]
     assert str(bad) in {p for r in ranks for p in r["skipped"]}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_name_their_samples_when_shuffled_with_skips_and_replacements(
+    tmp_path: Path, workers: int
+) -> None:
+    # Flat images: each batch's grey levels say which files it holds; the loader's indices
+    # must name the same files, in batch order, past a skipped image and a replaced batch.
+    root = tmp_path / "t"
+    levels = _solid_tree(root, {"a": 2, "b": 1, "c": 3})
+    bad = {str(_undecodable(root / "a" / f"zz{i}.png", seed=i)) for i in range(2)}
+    data = small_data(root, batch_size=2, val_fraction=0.0, max_bad_fraction=0.5, workers=workers)
+    loader = data.train_loader()
+    shrunk = replaced = 0
+    for epoch in range(60):  # until a draw puts the two bad images in one batch
+        if shrunk and replaced:
+            break
+        data.sampler.set_epoch(epoch)
+        drawn = [str(data.train_samples[k][0]) for k in data.sampler.last_indices.tolist()]
+        for b, (x, y) in enumerate(loader):
+            assert loader.indices is not None
+            names = [str(data.train_samples[i][0]) for i in loader.indices.tolist()]
+            grey = x.float().mean(dim=(1, 2, 3)).round().int().tolist()
+            assert grey == [levels[n] for n in names]
+            assert y.tolist() == [data.train_samples[i][1] for i in loader.indices.tolist()]
+            pair = set(drawn[2 * b : 2 * b + 2])
+            shrunk += len(pair & bad) == 1
+            replaced += pair == bad
+    assert shrunk and replaced, "no draw met both cases: pick other epochs"
+    val = data.val_loader()  # evaluation batches are left as they were
+    assert getattr(val, "indices", None) is None
