@@ -357,11 +357,9 @@ class OutputConfig:
     most_confused: bool = setting(True, "most_confused.csv: most confused class pairs", to=(HOOKS,))
     top_losses: bool = setting(True, "top_losses.csv + grid: highest-loss val images", to=(HOOKS,))
     find_label_issues: bool = setting(
-        False,
-        "label_issues.csv + grid: training images ranked by area under the margin (each "
-        "draw's given-label logit minus the largest other), likely wrong labels first",
-        to=(HOOKS,),
-    )
+        False, "label_issues.csv + grid: training images ranked by area under the margin (each "
+        "draw's given-label logit minus the largest other), likely wrong labels first", to=(HOOKS,),
+    )  # fmt: skip
     export: bool = setting(True, "ONNX export at the end, verified with onnxruntime", to=(HOOKS,))
     report: bool = setting(
         True, "report.html: the whole run on one page, rewritten each epoch", to=(HOOKS,)
