@@ -15,6 +15,7 @@ from hooks.render.plots import plot_grid, save_image
 from trainer.artifacts import guarded
 from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
+from trainer.metrics import keep_top
 from trainer.run_files import PLOTS
 
 if TYPE_CHECKING:
@@ -129,10 +130,7 @@ class SampleVisualizationHook(Hook):
         index = torch.arange(start, start + len(targets), device=logits.device)
         index = self._rank + self._world * index  # dataset indices of this rank's shard
         new: tuple[torch.Tensor, ...] = (score, index, pred, targets)
-        if self._top is not None:
-            new = tuple(torch.cat([old, cur]) for old, cur in zip(self._top, new, strict=True))
-        _, keep = torch.topk(new[0], min(self.num_images, len(new[0])))
-        self._top = tuple(t[keep] for t in new)
+        self._top = keep_top(self._top, new, self.num_images)
 
     @rank_zero_only
     def on_validation_epoch_end(self, engine: Engine) -> None:

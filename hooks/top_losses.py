@@ -15,6 +15,7 @@ from trainer.artifacts import guarded
 from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
+from trainer.metrics import keep_top
 from trainer.run_files import PLOTS, TOP_LOSSES_CSV
 
 if TYPE_CHECKING:
@@ -96,10 +97,7 @@ class TopLossesHook(Hook):
         index = torch.arange(start, start + size, device=logits.device)
         index = get_rank() + get_world_size() * index  # dataset indices of this rank's shard
         new: tuple[torch.Tensor, ...] = (loss, index, pred, prob, given)
-        if self._top is not None:
-            new = tuple(torch.cat([old, cur]) for old, cur in zip(self._top, new, strict=True))
-        _, keep = torch.topk(new[0], min(self.num_images, len(new[0])))
-        self._top = tuple(t[keep] for t in new)
+        self._top = keep_top(self._top, new, self.num_images)
 
     @rank_zero_only
     def on_validation_epoch_end(self, engine: Engine) -> None:

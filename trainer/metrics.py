@@ -317,6 +317,18 @@ class EvalScore:
         self.metrics = self.counts.record(self.state, prefix, self.classes, seconds)
 
 
+def keep_top(
+    top: tuple[torch.Tensor, ...] | None, new: tuple[torch.Tensor, ...], k: int
+) -> tuple[torch.Tensor, ...]:
+    """The ``k`` rows of ``top`` and ``new`` together (tuples of aligned 1-D tensors, ``top``
+    None at first) with the largest first tensor, largest first; on the device, no host read.
+    A running top-k over a validation's batches."""
+    if top is not None:
+        new = tuple(torch.cat([old, cur]) for old, cur in zip(top, new, strict=True))
+    _, keep = torch.topk(new[0], min(k, len(new[0])))
+    return tuple(t[keep] for t in new)
+
+
 def class_metrics(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-class accuracy, precision, recall, F1 and support from a confusion matrix.
 
