@@ -326,37 +326,30 @@ def _most_confused(out: Path) -> Section:
 
 def _top_losses(out: Path) -> Section:
     """``top_losses.csv`` and its grid: the latest validation's highest-loss images."""
-    rows = _read_csv(out / rf.TOP_LOSSES_CSV)
-    if rows is None:
-        return None
     keys = ("path", "given", "predicted", "loss", "prob")
-    try:
-        table = [[r[k] for k in keys] for r in rows[:MAX_ROWS]]
-    except LookupError:
-        return None
-    return {
-        "figure": _figure(out, f"{rf.PLOTS}/top_losses.png", "highest loss first"),
-        "columns": keys,
-        "rows": table,
-        "csv": rf.TOP_LOSSES_CSV,
-    }
+    return _image_table(out, rf.TOP_LOSSES_CSV, "top_losses.png", keys, "highest loss first")
 
 
 def _label_issues(out: Path) -> Section:
     """``label_issues.csv`` and its grid: training images by area under the margin."""
-    rows = _read_csv(out / rf.LABEL_ISSUES_CSV)
+    keys = ("path", "given", "suggested", "score")
+    return _image_table(out, rf.LABEL_ISSUES_CSV, "label_issues.png", keys, "lowest score first")
+
+
+def _image_table(out: Path, csv: str, png: str, keys: tuple[str, ...], caption: str) -> Section:
+    """A CSV of images (its first rows, ``keys`` columns) with their grid in ``plots/``."""
+    rows = _read_csv(out / csv)
     if rows is None:
         return None
-    keys = ("path", "given", "suggested", "score")
     try:
         table = [[r[k] for k in keys] for r in rows[:MAX_ROWS]]
     except LookupError:
         return None
     return {
-        "figure": _figure(out, f"{rf.PLOTS}/label_issues.png", "lowest score first"),
+        "figure": _figure(out, f"{rf.PLOTS}/{png}", caption),
         "columns": keys,
         "rows": table,
-        "csv": rf.LABEL_ISSUES_CSV,
+        "csv": csv,
     }
 
 

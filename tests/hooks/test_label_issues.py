@@ -168,7 +168,9 @@ def test_grid_and_report_section(run: Run) -> None:
     assert 'id="label-issues"' in page and "plots/label_issues.png" in page
     for path in run.moved:
         assert html.escape(path) in page
-    assert "label_issues.csv" in page
+    start = page.index('id="label-issues"')
+    section = page[start : page.find("<section", start)]  # to the next section
+    assert '<a href="label_issues.csv">label_issues.csv</a>' in section
 
 
 def test_resume_keeps_the_record(run: Run, tmp_path: Path) -> None:
