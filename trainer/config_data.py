@@ -1,0 +1,113 @@
+"""The data group of a run's settings (``trainer.config`` holds the others and ``TrainConfig``):
+where the images come from and how they are loaded. Each field is one ``setting()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from trainer.config_fields import DATA, none_for_none, parse_class_weights, setting
+from trainer.data.preflight import VERIFY_MODES
+from trainer.data.sampler import SAMPLER_MODES
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are loaded."""
+
+    group: ClassVar[str] = "data"
+
+    data: str | None = setting(
+        None,
+        "ImageFolder root, or a .csv/.jsonl label file (see --image-key); omitted: the "
+        "built-in demo dataset of drawn shapes",
+    )
+    img_size: int | None = setting(None, "square input side", to=(DATA,), demo=True)
+    batch_size: int | None = setting(None, "images per batch", to=(DATA,), demo=True)
+    workers: int | None = setting(
+        None, "data-loading processes; default min(8, CPU count)", to=(DATA,)
+    )
+    val_fraction: float = setting(
+        0.2, "share held out for val when DIR has only class folders", to=(DATA,)
+    )
+    crop_scale: float | None = setting(
+        None,
+        "smallest area share kept by RandomResizedCrop",
+        to=(DATA,),
+        demo=True,
+        metavar="LOW",
+    )
+    hflip: bool = setting(
+        True, "random horizontal flips (switch off for digits and text)", to=(DATA,)
+    )
+    color_jitter: float = setting(
+        0.0,
+        "brightness/contrast/saturation jitter; 0 is off",
+        to=(DATA,),
+        metavar="STRENGTH",
+    )
+    sampler: str = setting(
+        "none",
+        "balanced draws each class equally often; manual uses --class-weights",
+        to=(DATA,),
+        choices=SAMPLER_MODES,
+    )
+    class_weights: str | None = setting(
+        None,
+        "per-class sampling weights by class name (implies --sampler manual)",
+        to=(DATA,),
+        metavar="NAME=W,...",
+        convert=parse_class_weights,
+    )
+    cache: str = setting(
+        "none",
+        "ram keeps decoded, pre-resized images in memory when they fit",
+        to=(DATA,),
+        choices=("none", "ram"),
+        convert=none_for_none,
+    )
+    decode: str = setting(
+        "cpu",
+        "gpu: training JPEGs decoded in batches by nvjpeg and cropped, resized and flipped on "
+        "the GPU (CUDA only; other formats still decode on the CPU)",
+        to=(DATA,),
+        choices=("cpu", "gpu"),
+    )
+    max_bad_fraction: float = setting(
+        0.05, "abort when more than this share of the images cannot be read", to=(DATA,)
+    )
+    max_image_pixels: int = setting(
+        50_000_000,
+        "the start-up check refuses (skips and reports) an image whose header declares more "
+        "pixels than this; decoding one would take seconds and gigabytes",
+        to=(DATA,),
+        metavar="N",
+    )
+    image_key: str = setting(
+        "path",
+        "label file: the CSV column or JSONL key holding the image path (relative to the "
+        "label file's folder)",
+        to=(DATA,),
+        metavar="KEY",
+    )
+    label_key: str = setting(
+        "label",
+        "label file: the CSV column or JSONL key holding the label",
+        to=(DATA,),
+        metavar="KEY",
+    )
+    check_leakage: bool = setting(
+        False,
+        "find images that are in more than one split (identical files, by content hash); "
+        "listed in data_report.json",
+        to=(DATA,),
+        switch=True,
+    )
+    verify: str = setting(
+        "header",
+        "start-up check of every image, cached by path, size, mtime, inode and ctime: header "
+        "reads headers only; full decodes every image (in child processes a crash cannot end "
+        "the run); none skips it. Images that fail later are skipped and counted either way",
+        to=(DATA,),
+        choices=VERIFY_MODES,
+    )
