@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from tests.tools.tiny_run import train_tiny_run
+from tools import benchmark
 from tools import export as tool
 from trainer import export, export_check
 from trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -300,3 +302,96 @@ def test_openvino_without_its_package_names_the_install_command(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and 'pip install "imgtrainer[openvino]"' in err
     assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def _doc_blocks() -> list[str]:
+    """docs/deployment.md's Python blocks, in order: preprocessing, ONNX Runtime, OpenVINO."""
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_deployment_snippets_need_only_their_runtime(exported: Path) -> None:
+    """docs/deployment.md's loaders, run as a script on the exported formats: each gives what
+    the model gives, on the trainer's own preprocessing, without importing torch or trainer."""
+    run = exported.parent
+    (run / "labels_mapping.json").write_text(
+        json.dumps(read_onnx_metadata(exported)), encoding="utf-8"
+    )  # a tools/train.py run has it; the tiny run of these tests does not
+    photo = run.parent / "tree" / "val" / "cat" / "0.png"
+    prep, onnx_block, openvino_block = (
+        b.replace("runs/demo/", f"{run}/").replace('"photo.jpg"', repr(str(photo)))
+        for b in _doc_blocks()
+    )
+    script = [prep, "results = {}"]
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        assert "model.int8.onnx" in onnx_block  # what this test swaps
+        script += [onnx_block.replace("model.int8.onnx", name), f"results[{name!r}] = probs"]
+    script += [openvino_block, "results['openvino'] = probs"]
+    script += [
+        f"results['x'] = preprocess({str(photo)!r})",
+        "import sys",
+        "assert not {'torch', 'trainer'} & set(sys.modules), 'a snippet imported the trainer'",
+        "print(json.dumps({k: v.tolist() for k, v in results.items()}))",
+    ]
+    path = run.parent / "deploy.py"
+    path.write_text("\n".join(script))
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {k: np.asarray(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+    # The snippet's preprocessing is the trainer's, up to a grey level of resampling.
+    clf = OnnxClassifier(exported)
+    np.testing.assert_allclose(got["x"], clf.preprocess(photo)[None], atol=3 / 255 / 0.224)
+    # Each runtime computes its model's probabilities on that input.
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        expected = OnnxClassifier(run / name).probabilities(got["x"])[0]
+        np.testing.assert_allclose(got[name], expected, atol=1e-5)
+    expected = clf.probabilities(got["x"])[0]
+    np.testing.assert_allclose(got["openvino"], expected, atol=1e-4)
+
+
+def test_benchmark_has_a_row_for_pytorch_and_each_format(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = exported.parent
+    argv = [str(run), "--runs", "3", "--batches", "1", "--num-images", "8", "--threads", "1"]
+    assert benchmark.main(argv) == 0
+    result = json.loads((run / "benchmark.json").read_text())
+    rows = {r["format"]: r for r in result["rows"]}
+    assert list(rows) == ["pytorch", *ALL_FORMATS]
+    assert result["machine"]["threads"] == 1 and result["n_images"] == 8
+    for fmt, row in rows.items():
+        assert row["size_bytes"] > 0 and 0 < row["latency_ms_p50"] <= row["latency_ms_p95"], fmt
+        assert row["throughput_ips"] > 0 and 0 <= row["accuracy"] <= 1 and not row["failed"]
+    # The float formats agree with PyTorch on these 8 images, and score as it does.
+    for fmt in ("onnx", "onnx-fp16", "openvino"):
+        assert rows[fmt]["top1_agreement"] == 1.0
+        assert rows[fmt]["accuracy"] == rows["pytorch"]["accuracy"]
+    assert rows["pytorch"]["top1_agreement"] == 1.0
+    assert result["int8_vs_fp32"]["size"] == pytest.approx(
+        rows["onnx-int8"]["size_bytes"] / rows["onnx"]["size_bytes"]
+    )
+    out = capsys.readouterr().out
+    assert all(fmt in out for fmt in rows) and "1 threads per runtime" in out
+    assert "INT8 vs fp32 ONNX" in out
+
+
+@pytest.mark.parametrize(
+    ("make_args", "expected"),
+    [
+        (lambda tmp, run: [str(tmp)], "tools/export.py"),  # nothing exported there
+        (lambda tmp, run: [str(run), "--data", str(tmp / "nope")], "does not exist"),
+        (lambda tmp, run: [str(run), "--threads", "0"], "--threads"),
+    ],
+    ids=["no-export", "bad-data", "no-threads"],
+)
+def test_benchmark_mistakes_exit_2(
+    exported: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_args: Any,
+    expected: str,
+) -> None:
+    assert benchmark.main(make_args(tmp_path, exported.parent)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
