@@ -278,6 +278,13 @@ def test_a_format_below_its_bar_is_kept_as_failed_and_named(
     assert not (tmp_path / "model.int8.onnx").exists() and (tmp_path / "model.fp16.onnx").is_file()
     entry = json.loads((tmp_path / "export_report.json").read_text())["formats"]["onnx-int8"]
     assert entry["passed"] is False and entry["path"].endswith("model.int8.FAILED.onnx")
+    # The benchmark finds it under that name, and says so.
+    argv = [str(tmp_path), "--runs", "1", "--batches", "1", "--num-images", "4"]
+    assert benchmark.main(argv) == 0
+    rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
+    assert [(r["format"], r["failed"]) for r in rows] == [
+        ("pytorch", False), ("onnx", False), ("onnx-fp16", False), ("onnx-int8", True)
+    ]  # fmt: skip
 
     # Once it passes, it takes its name and the failed one goes (a loose bar: see `exported`).
     loose = export_check.Bar(min_agreement=0.5)

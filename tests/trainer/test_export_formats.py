@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.export_check import check_logits
+from trainer.data.samples import SampleArray
+from trainer.errors import DataError
+from trainer.export_check import check_logits, sample_images
 from trainer.export_formats import FormatError, failed_path, format_path, parse_formats
 
 
@@ -81,3 +83,30 @@ def test_fp32_formats_keep_todays_logit_tolerance(fmt: str) -> None:
     assert check_logits(fmt, logits + 5e-4, reference, labels)["passed"]
     entry = check_logits(fmt, logits + 2e-3, reference, labels)
     assert not entry["passed"] and "logit" in entry["failures"][0]
+
+
+class _Classifier:
+    """What sample_images uses of an OnnxClassifier: a file's row is its index, as pixels."""
+
+    image_size = 2
+
+    def preprocess(self, path: object) -> np.ndarray:
+        if str(path) == "bad.png":
+            raise DataError("bad.png: cannot decode it")
+        return np.full((3, 2, 2), float(Path(str(path)).stem), np.float32)
+
+
+def test_sample_images_is_a_seeded_draw_across_the_classes_skipping_bad_files() -> None:
+    samples = SampleArray([(f"{i}.png", i // 50) for i in range(200)])  # 4 classes, in order
+    images, labels = sample_images(_Classifier(), samples, 20, seed=3)  # type: ignore[arg-type]
+    again, _ = sample_images(_Classifier(), samples, 20, seed=3)  # type: ignore[arg-type]
+    other, _ = sample_images(_Classifier(), samples, 20, seed=4)  # type: ignore[arg-type]
+    drawn = images[:, 0, 0, 0].astype(int)
+    assert len(drawn) == 20 and np.array_equal(images, again) and not np.array_equal(images, other)
+    assert set(labels.tolist()) == {0, 1, 2, 3}  # not the first 20 files: one class
+    assert labels.tolist() == (drawn // 50).tolist()  # each image keeps its label
+    everything, _ = sample_images(_Classifier(), samples, 500)  # type: ignore[arg-type]
+    assert everything[:, 0, 0, 0].tolist() == list(range(200))
+    with_bad = SampleArray([("1.png", 0), ("bad.png", 1), ("2.png", 2)])
+    images, labels = sample_images(_Classifier(), with_bad, 3)  # type: ignore[arg-type]
+    assert images[:, 0, 0, 0].tolist() == [1, 2] and labels.tolist() == [0, 2]
