@@ -98,22 +98,14 @@ def failed_path(path: str | os.PathLike[str], fmt: str) -> Path:
     return path.with_name(f"{path.stem}.FAILED{path.suffix}")
 
 
-def _copy_metadata(src: Any, dst: Any) -> None:
-    """The labels mapping and the rest of ``src``'s metadata on ``dst`` (converters drop some)."""
-    import onnx
-
-    onnx.helper.set_model_props(dst, {p.key: p.value for p in src.metadata_props})
-
-
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """``src`` with float16 weights and arithmetic; input and output stay float32, so the
-    preprocessing and the labels mapping are the same as the fp32 model's."""
+    preprocessing and the labels mapping are the same as the fp32 model's (whose metadata,
+    the mapping among it, the converter keeps)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    fp32 = onnx.load(str(src))
-    fp16 = convert_float_to_float16(fp32, keep_io_types=True, disable_shape_infer=False)
-    _copy_metadata(fp32, fp16)
+    fp16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     atomic_write_bytes(dst, fp16.SerializeToString())
     return Path(dst)
 
@@ -164,8 +156,7 @@ def to_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-        proto = onnx.load(str(quantized))
-    _copy_metadata(onnx.load(str(src), load_external_data=False), proto)
+        proto = onnx.load(str(quantized))  # the metadata, the mapping among it, kept
     atomic_write_bytes(dst, proto.SerializeToString())
     return Path(dst)
 
