@@ -38,12 +38,17 @@ from trainer.onnx_mapping import INPUT_NAME, OUTPUT_NAME, SIDECAR_NAME
 
 __all__ = [
     "FORMATS",
+    "OPENVINO_INSTALL",
     "FormatError",
     "Runner",
     "failed_path",
     "format_path",
+    "import_openvino",
+    "keep",
+    "model_size",
     "open_runner",
     "parse_formats",
+    "staged",
     "to_fp16",
     "to_int8",
     "to_openvino",
