@@ -26,6 +26,8 @@ def check_options(
     decode: str,
     verify: str,
     max_image_pixels: int = 1,
+    cache_short_side: int | None = None,
+    cache_disk_max_gb: float = 1.0,
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -45,8 +47,12 @@ def check_options(
         problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
     if sampler == "manual" and not class_weights:
         problems.append("sampler='manual' needs class_weights (class name -> weight)")
-    if cache not in (None, "ram"):
-        problems.append(f"cache must be None or 'ram', got {cache!r}")
+    if cache not in (None, "ram", "disk"):
+        problems.append(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+    if cache_short_side is not None and cache_short_side < img_size:
+        problems.append(f"cache_short_side must be >= img_size ({img_size}), got {cache_short_side}")
+    if not cache_disk_max_gb > 0:
+        problems.append(f"cache_disk_max_gb must be > 0, got {cache_disk_max_gb}")
     if not 0 <= max_bad_fraction <= 1:
         problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
     if max_image_pixels < 1:
@@ -55,10 +61,10 @@ def check_options(
         problems.append(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     if decode not in ("cpu", "gpu"):
         problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
-    if decode == "gpu" and cache == "ram":
+    if decode == "gpu" and cache in ("ram", "disk"):
         problems.append(
-            "decode='gpu' reads JPEG files for the device to decode, while cache='ram' "
-            "keeps images decoded in memory: use one or the other"
+            f"decode='gpu' reads the original JPEG files for the device to decode, while "
+            f"cache={cache!r} serves images decoded in the loader: use one or the other"
         )
     if problems:
         raise ConfigError("; ".join(problems) + ".")
