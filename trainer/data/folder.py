@@ -408,8 +408,7 @@ class ImageFolderData:
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
                 # With Pillow only, as the CPU path (see _dataset).
-                load=functools.partial(load_image, native=False),
-            )
+                load=functools.partial(load_image, native=False), disk=self._disk)  # fmt: skip
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)

@@ -61,10 +61,10 @@ def check_options(
         problems.append(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     if decode not in ("cpu", "gpu"):
         problems.append(f"decode must be 'cpu' or 'gpu', got {decode!r}")
-    if decode == "gpu" and cache in ("ram", "disk"):
+    if decode == "gpu" and cache == "ram":
         problems.append(
-            f"decode='gpu' reads the original JPEG files for the device to decode, while "
-            f"cache={cache!r} serves images decoded in the loader: use one or the other"
+            "decode='gpu' reads JPEG files for the device to decode, while cache='ram' "
+            "keeps images decoded in memory: use one or the other"
         )
     if problems:
         raise ConfigError("; ".join(problems) + ".")

@@ -6,6 +6,7 @@ Tiny trees: images of 48x40 trained at 16 px, whose copies (short side 29 at cro
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from tools import train
 from trainer.config import TrainConfig
 from trainer.data import ImageFolderData
 from trainer.data.disk_cache import DiskCache, default_short_side
+from trainer.data.gpu_decode import collate_encoded, decode_batch
 from trainer.errors import ConfigError
 
 SIZE = (48, 40)
@@ -246,8 +248,29 @@ def test_settings_reach_the_data_and_bad_ones_are_refused(tree: Path) -> None:
     assert (kw["cache"], kw["cache_short_side"], kw["cache_disk_max_gb"]) == ("disk", 40, 2.0)
     with pytest.raises(ConfigError, match="cache_short_side must be >= img_size"):
         make_data(tree, None, cache="disk", cache_short_side=8)
-    with pytest.raises(ConfigError, match="decode='gpu'.*cache='disk'"):
-        make_data(tree, None, cache="disk", decode="gpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a writable folder: no warning
         make_data(tree, None, cache="disk", cache_short_side=40)
+
+
+def test_decode_gpu_sends_the_device_the_copies(tree: Path, tmp_path: Path) -> None:
+    """--decode gpu --cache disk: the workers read the copies, the device decodes them (here
+    the CPU stands in for it, as in test_gpu_decode.py)."""
+    folder = tmp_path / "cache"
+
+    def items() -> list[Any]:
+        data = make_data(tree, folder, decode="gpu")
+        ds = data.train_loader().loader.dataset  # type: ignore[union-attr]
+        return [ds[(i, 100 + i)] for i in range(len(ds))]
+
+    first = items()
+    assert len(copies(folder)) == 6
+    for data, *_ in first:  # the copy's bytes, the box drawn on the copy
+        assert min(Image.open(io.BytesIO(data.numpy().tobytes())).size) == SIDE
+    for p in copies(folder):  # cut short: made again
+        p.write_bytes(p.read_bytes()[:-50])
+    again = items()
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    images, targets = decode_batch(collate_encoded(again, 16), torch.device("cpu"))
+    assert images.shape == (6, 3, 16, 16) and len(targets) == 6
