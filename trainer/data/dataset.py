@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from trainer.data.decode import decode_bytes, load_image
-from trainer.data.disk_cache import DiskCache
+from trainer.data.decode import load_image
+from trainer.data.disk_cache import DiskCache, decode_copy
 from trainer.data.reduced import ReducedDecode
 from trainer.data.samples import SampleArray
 from trainer.data.scan import Sample
@@ -50,7 +50,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
             third, so a batch names its samples (the training loader: ``SkippingLoader``
             strips it into ``indices``).
         disk: read large images from their resized copies there (``--cache disk``, see
-            ``trainer.data.disk_cache``), decoded as the originals would be.
+            ``trainer.data.disk_cache``), then the whole transform, as from ``cache``.
     """
 
     def __init__(
@@ -112,9 +112,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     def _from_bytes(
         self, raw: bytes
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        if self.reduced is not None:
-            return self.reduced.from_bytes(raw), self.reduced.rest
-        return decode_bytes(raw), self.transform
+        return decode_copy(raw), self.transform
 
     @property
     def targets(self) -> list[int]:
