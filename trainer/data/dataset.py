@@ -112,7 +112,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
     def _from_bytes(
         self, raw: bytes
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        return decode_copy(raw), self.transform
+        return decode_copy(raw), self.transform  # decoded whole before the transform draws
 
     @property
     def targets(self) -> list[int]:

@@ -144,9 +144,9 @@ class DiskCache:
         """``use(the copy's JPEG bytes)``, the copy made first if missing or unreadable; or
         None when the original is to be read instead (small, the cache full or off).
 
-        ``use`` decodes the bytes (drawing from torch's generator, as a loader does); when it
-        fails on a damaged copy, the generator is put back before the copy is made again, so
-        the draws are those of an intact copy.
+        ``use`` decodes the bytes, and must fail (raise) on a damaged copy before it draws
+        anything from torch's generator: the copy is then made again and ``use`` called on
+        it, so the draws are those of an intact copy.
 
         Raises:
             what the original's decode raises (the caller skips the image as without a cache).
@@ -165,11 +165,9 @@ class DiskCache:
             self._turn_off(f"cannot read {self.folder} ({e})")
             return None
         if raw is not None:
-            state = torch.get_rng_state()
             try:
                 return use(raw)
             except Exception as e:
-                torch.set_rng_state(state)
                 logger.debug("disk cache copy %s of %s is damaged (%s); making it again",
                              entry, path, e)  # fmt: skip
         if self.shared.full.value:
