@@ -152,10 +152,10 @@ def test_loader_mode_times_torchvision_and_ours_on_the_same_tree(
     tree = make_tree(tmp_path / "tree", {"a": 4, "b": 4}, size=(24, 20))
     out = tmp_path / "loader.json"
     argv = ["--loader", str(tree), "--img-size", "16", "--batch-size", "4", "--workers", "0",
-            "--rounds", "2", "--json", str(out)]  # fmt: skip
+            "--rounds", "2", "--cache", "disk", "--json", str(out)]  # fmt: skip
     assert bench.main(argv) == 0
     doc = json.loads(out.read_text())["loader"]
-    assert list(doc["runs"]) == ["torchvision", "ours"]
+    assert list(doc["runs"]) == ["torchvision", "ours", "ours, --cache disk"]
     assert doc["images_per_epoch"] == 8 and doc["rounds"] == 2
     for run in doc["runs"].values():
         assert len(run["per_round_img_s"]) == 2
