@@ -8,7 +8,7 @@ loaders read the copy instead. Images no larger than that are read as they are.
 
 - **Where**: ``$IMGTRAINER_IMAGE_CACHE``, else ``$IMGTRAINER_CACHE/images``, else
   ``~/.cache/imgtrainer/images``, one file per copy (``<2 hex>/<32 hex>.jpg``); never in the
-  user's data.
+  user's data. An image no larger than its copy would be gets a marker entry instead.
 - **Key**: a hash of the file's absolute path, size, mtime, inode and ctime (what the start-up
   check keys on, see ``trainer.data.check_cache``) and the short side: a changed file gets a
   new copy. The old copy stays until the folder is removed.
@@ -57,6 +57,10 @@ RESERVE = 2 * 1024**3  # free bytes the cache never takes: the disk is shared
 # of the 12-MP photo trees measured 0.16 (792 px short side) to 0.29 (256 px) bytes per pixel.
 BYTES_PER_PIXEL = 0.3
 _VERSION = 1  # part of every key: bump it when a copy's content changes
+# The entry of an image read as it is (no larger than a copy): later reads then skip the
+# original's header, which telling it apart costs. Not empty, which is what a write cut
+# short by a crash can leave: such an entry is made again.
+ORIGINAL = b"original"
 
 
 def default_cache_dir() -> Path:
@@ -164,6 +168,8 @@ class DiskCache:
         except OSError as e:
             self._turn_off(f"cannot read {self.folder} ({e})")
             return None
+        if raw == ORIGINAL:
+            return None
         if raw is not None:
             try:
                 return use(raw)
@@ -173,13 +179,12 @@ class DiskCache:
         if self.shared.full.value:
             return None
         raw = self._make(path)
-        if raw is None:
-            return None
         self._store(entry, raw)
-        return use(raw)
+        return None if raw == ORIGINAL else use(raw)
 
-    def _make(self, path: str) -> bytes | None:
-        """The copy's JPEG bytes, or None for an image no larger than the copy would be."""
+    def _make(self, path: str) -> bytes:
+        """The copy's JPEG bytes, or ``ORIGINAL`` for an image no larger than the copy would
+        be, or whose header the cache cannot read (its decode reports it)."""
         from PIL import Image
 
         with open(path, "rb") as f:
@@ -188,9 +193,9 @@ class DiskCache:
             with Image.open(io.BytesIO(source)) as img:
                 small = min(img.size) <= self.short_side
         except Exception:
-            return None  # not for the cache to judge: the original's decode reports it
+            return ORIGINAL  # not for the cache to judge: the original's decode reports it
         if small:
-            return None
+            return ORIGINAL
         img = self._shrink.from_bytes(source)
         buf = io.BytesIO()
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=QUALITY)
