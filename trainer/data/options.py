@@ -50,7 +50,9 @@ def check_options(
     if cache not in (None, "ram", "disk"):
         problems.append(f"cache must be None, 'ram' or 'disk', got {cache!r}")
     if cache_short_side is not None and cache_short_side < img_size:
-        problems.append(f"cache_short_side must be >= img_size ({img_size}), got {cache_short_side}")
+        problems.append(
+            f"cache_short_side must be >= img_size ({img_size}), got {cache_short_side}"
+        )
     if not cache_disk_max_gb > 0:
         problems.append(f"cache_disk_max_gb must be > 0, got {cache_disk_max_gb}")
     if not 0 <= max_bad_fraction <= 1:
