@@ -236,10 +236,10 @@ class DiskCache:
 def decode_copy(raw: bytes) -> torch.Tensor:
     """A copy's pixels: uint8 ``(3, H, W)``, a channels-last view of Pillow's decode.
 
-    Not through ``ReducedDecode``: the copies are small (a 224 px crop of a 512 px copy is
-    rarely halved), and torchvision's uint8 antialiased resize has its fast path for this
-    layout: decode and crop of a 512 px copy measured 7.5 ms so, 11 ms through
-    ``ReducedDecode`` (which hands the crop a contiguous tensor).
+    Decoded whole, before the transform draws anything: a damaged copy fails here, and is
+    made again with the generator untouched (``ReducedDecode`` draws the crop box first). The
+    copies are small (a 224 px crop of a 512 px copy is rarely halved), so a reduced decode
+    would gain little; torch's uint8 antialiased resize has its fast kernel for this layout.
 
     Raises:
         what Pillow raises for bytes that are not a whole JPEG.
