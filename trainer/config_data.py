@@ -61,10 +61,26 @@ class DataConfig:
     )
     cache: str = setting(
         "none",
-        "ram keeps decoded, pre-resized images in memory when they fit",
+        "ram keeps decoded, pre-resized images in memory when they fit; disk stores a resized "
+        "JPEG copy of each large image in $IMGTRAINER_CACHE/images in the first epoch and "
+        "reads the copies after",
         to=(DATA,),
-        choices=("none", "ram"),
+        choices=("none", "ram", "disk"),
         convert=none_for_none,
+    )
+    cache_short_side: int | None = setting(
+        None,
+        "--cache disk: short side of the training copies; default img_size / sqrt(crop "
+        "scale), between 8/7 and 16/7 of img_size (512 for 224 at crop scale 0.08)",
+        to=(DATA,),
+        metavar="PX",
+    )
+    cache_disk_max_gb: float = setting(
+        50.0,
+        "--cache disk: GiB of copies written per run at most (never the disk's last 2 GiB); "
+        "past it, the images without a copy are read from the originals",
+        to=(DATA,),
+        metavar="GB",
     )
     decode: str = setting(
         "cpu",

@@ -22,6 +22,7 @@ from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import import_decoders, load_image
+from trainer.data.disk_cache import default_short_side, open_disk_cache
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
@@ -96,7 +97,11 @@ class ImageFolderData:
         cache: "ram" keeps decoded images, pre-resized to the validation resize size, in memory
             (up to ``cache_max_bytes``; beyond that it warns and reads from disk); None reads
             from disk every epoch. Training crops are then taken from the pre-resized image.
+            "disk" stores a resized JPEG copy of each large image the first time it is read,
+            and reads the copies after (``trainer.data.disk_cache``).
         cache_max_bytes: memory the RAM cache may use.
+        cache_short_side, cache_disk_max_gb, disk_cache_dir: the disk cache's training copies'
+            short side, GiB it writes per run at most, folder (None: defaults, see there).
         max_bad_fraction: largest share of unreadable images tolerated.
         verify: "header" checks every header up front, "full" decodes every image too (in
             child processes, which a decoder crash cannot take the run with), "none" nothing.
@@ -161,25 +166,16 @@ class ImageFolderData:
         val_transform: Transform | None = None,
         check_cache_dir: str | os.PathLike[str] | None = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_short_side: int | None = None,
+        cache_disk_max_gb: float = 50.0,
+        disk_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
             verify = "header" if verify else "none"
-        check_options(
-            img_size,
-            batch_size,
-            workers,
-            val_fraction,
-            crop_scale,
-            color_jitter,
-            sampler,
-            class_weights,
-            cache,
-            max_bad_fraction,
-            decode,
-            verify,
-            max_image_pixels,
-        )
+        check_options(img_size, batch_size, workers, val_fraction, crop_scale, color_jitter,
+                      sampler, class_weights, cache, max_bad_fraction, decode, verify,
+                      max_image_pixels, cache_short_side, cache_disk_max_gb)  # fmt: skip
         check_augment(self.augment, decode, train_transform)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
@@ -261,6 +257,9 @@ class ImageFolderData:
             self.test_samples = as_sample_array(checked.samples["test"])
             self.bad_files += checked.bad_files
             self._cache = checked.images
+        side = cache_short_side or default_short_side(img_size, crop_scale)
+        self._disk = None if cache != "disk" else open_disk_cache(
+            disk_cache_dir, side, cache_disk_max_gb, self._splits(), self.root)  # fmt: skip
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
         self._check_counts()
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
@@ -331,8 +330,9 @@ class ImageFolderData:
         # Pillow raises on a malformed file (skipped) where a native decoder can crash the
         # worker. Reduced JPEG decoding: built-in pipelines only (a user's sees the full image).
         own = self.train_transform if split == "train" else self.val_transform
+        disk = None if self._disk is None else self._disk.for_split(split, self.img_size)
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
-                                reduced=own is None)  # fmt: skip
+                                reduced=own is None, disk=disk)  # fmt: skip
 
     def _skipping_loader(
         self,
@@ -408,8 +408,7 @@ class ImageFolderData:
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
                 # With Pillow only, as the CPU path (see _dataset).
-                load=functools.partial(load_image, native=False),
-            )
+                load=functools.partial(load_image, native=False), disk=self._disk)  # fmt: skip
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)

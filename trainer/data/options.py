@@ -26,6 +26,8 @@ def check_options(
     decode: str,
     verify: str,
     max_image_pixels: int = 1,
+    cache_short_side: int | None = None,
+    cache_disk_max_gb: float = 1.0,
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -45,8 +47,14 @@ def check_options(
         problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
     if sampler == "manual" and not class_weights:
         problems.append("sampler='manual' needs class_weights (class name -> weight)")
-    if cache not in (None, "ram"):
-        problems.append(f"cache must be None or 'ram', got {cache!r}")
+    if cache not in (None, "ram", "disk"):
+        problems.append(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+    if cache_short_side is not None and cache_short_side < img_size:
+        problems.append(
+            f"cache_short_side must be >= img_size ({img_size}), got {cache_short_side}"
+        )
+    if not cache_disk_max_gb > 0:
+        problems.append(f"cache_disk_max_gb must be > 0, got {cache_disk_max_gb}")
     if not 0 <= max_bad_fraction <= 1:
         problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
     if max_image_pixels < 1:

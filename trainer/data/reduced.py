@@ -108,7 +108,10 @@ class ReducedDecode:
             what ``load_image(path, native=False)`` raises for a file it cannot decode.
         """
         with open(path, "rb") as f:
-            raw = f.read()
+            return self.from_bytes(f.read())
+
+    def from_bytes(self, raw: bytes) -> torch.Tensor:
+        """What ``self(path)`` returns, from the file's bytes."""
         if raw[:2] != b"\xff\xd8":  # not a JPEG
             return self.first(decode_bytes(raw))
         from PIL import Image
