@@ -152,10 +152,9 @@ def _difference(outputs: list[torch.Tensor], resize: EvalResize) -> float:
 
 
 def _recipe(resize: EvalResize) -> str:
-    if resize.mode == "squash" and resize.crop_pct == 1:
+    if resize.mode == "squash":
         return f"the whole image resized to {resize.img_size}x{resize.img_size}, bilinear"
-    side = "both sides" if resize.mode == "squash" else "the short side"
-    return f"{side} resized to {resize.resize_size}, centre crop {resize.img_size}, bilinear"
+    return f"the short side resized to {resize.resize_size}, centre crop {resize.img_size}, bilinear"
 
 
 def _described_by(transform: Transform, img_size: int) -> EvalResize | None:

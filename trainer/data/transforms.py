@@ -49,15 +49,14 @@ class EvalResize:
 
     - ``crop``: the short side resized to ``int(img_size / crop_pct)``, then the centre
       ``img_size`` square cropped (timm's ``crop_pct``).
-    - ``squash``: both sides resized to ``int(img_size / crop_pct)``, the aspect ratio not
-      kept, then centre-cropped (timm's "squash"). The trainer writes it with crop_pct 1.0:
-      the whole image squashed to ``img_size`` square, for documents and full-frame objects.
+    - ``squash``: the whole image resized to ``img_size`` square, the aspect ratio not kept,
+      no crop (documents, full-frame objects); its crop_pct is 1.0 (timm's "squash" at 1.0).
 
     ``labels_mapping.json`` records it (:meth:`mapping`); everything that preprocesses from a
     mapping reads it back through :meth:`from_mapping`.
 
     Raises:
-        ConfigError: a crop_pct outside (0, 1], or an unknown mode.
+        ConfigError: a crop_pct outside (0, 1] (or other than 1.0 for squash), an unknown mode.
 
     Example:
         >>> EvalResize(224).resize_size, EvalResize.of(224, 0.9, "squash").crop_pct
@@ -70,6 +69,8 @@ class EvalResize:
 
     def __post_init__(self) -> None:
         problems = resize_problems(self.crop_pct, self.mode)
+        if self.mode == "squash" and self.crop_pct != 1:
+            problems.append(f"squash keeps the whole image: its crop_pct is 1.0, not {self.crop_pct}")
         if problems:
             raise ConfigError("; ".join(problems) + ".")
 
@@ -85,10 +86,11 @@ class EvalResize:
         return int(self.img_size / self.crop_pct)
 
     def transform(self) -> v2.Compose:
-        """The resize and the centre crop, as a v2 pipeline on uint8 tensors."""
-        side = self.resize_size
-        size = [side] if self.mode == "crop" else [side, side]
-        return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(self.img_size)])
+        """The resize (and crop's centre crop), as a v2 pipeline on uint8 tensors."""
+        if self.mode == "squash":
+            return v2.Compose([v2.Resize([self.img_size, self.img_size], antialias=True)])
+        resize = v2.Resize(self.resize_size, antialias=True)
+        return v2.Compose([resize, v2.CenterCrop(self.img_size)])
 
     def mapping(self) -> dict[str, Any]:
         """The fields ``labels_mapping.json`` records of it."""
@@ -122,14 +124,14 @@ class EvalResize:
                 "validation did. Use the trainer version that exported the model, or set "
                 f"{field} to the preprocessing the model was trained with"
             )
-        crop_pct = mapping.get("crop_pct", CROP_PCT)
-        problems = resize_problems(crop_pct, mode)
-        if problems:
-            raise ValueError(f"has {problems[0]}; re-export the model, or fix crop_pct")
+        crop_pct = mapping.get("crop_pct", CROP_PCT if mode == "crop" else 1.0)
         size = mapping.get("image_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"has image_size {size!r}, not a positive integer; re-export it")
-        resize = cls(size, float(crop_pct), mode)
+        try:
+            resize = cls(size, crop_pct, mode)
+        except ConfigError as e:
+            raise ValueError(f"is malformed: {e} Re-export the model, or fix crop_pct") from e
         stated = mapping.get("resize_size", resize.resize_size)
         if stated != resize.resize_size:
             raise ValueError(
@@ -138,6 +140,20 @@ class EvalResize:
                 "share the centre crop keeps), or re-export the model"
             )
         return resize
+
+
+# Test-time augmentation: "flip" averages the probabilities of an image and its mirror.
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of ``TTA_MODES``, else a ConfigError naming them."""
+    if tta not in TTA_MODES:
+        raise ConfigError(
+            f"tta must be one of {', '.join(TTA_MODES)} (--tta), got {tta!r}: flip averages "
+            "the probabilities of each image and its horizontal mirror, none runs it alone."
+        )
+    return tta
 
 
 def as_resize(size: int | EvalResize) -> EvalResize:
