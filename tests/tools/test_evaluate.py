@@ -206,3 +206,48 @@ def test_a_thousand_classes_print_the_worst_and_best_only(tmp_path: Path) -> Non
     assert len(names) == 30 and names[0] == "class321" and names[-1] == "class654"
     assert len(text.splitlines()) <= 45 and "macro avg" in text
     assert "970 more classes in evaluation.json" in " ".join(text.split())
+
+
+def _onnx_with(run: dict[str, Path], folder: Path, **fields: Any) -> Path:
+    """The run's ONNX model with its mapping in a sidecar, ``fields`` changed."""
+    import onnx
+
+    proto = onnx.load(run["onnx"])
+    mapping = json.loads({p.key: p.value for p in proto.metadata_props}["labels_mapping"])
+    del proto.metadata_props[:]
+    folder.mkdir()
+    onnx.save(proto, folder / "model.onnx")
+    (folder / "labels_mapping.json").write_text(json.dumps({**mapping, **fields}))
+    return folder / "model.onnx"
+
+
+def test_tta_reports_both_figures_and_the_mappings_resize_is_used(
+    run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from trainer import OnnxClassifier
+
+    model = _onnx_with(run, tmp_path / "m", crop_pct=1.0, resize_size=16)
+    built: list[dict[str, Any]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> ImageFolderData:
+        built.append(kwargs)
+        return ImageFolderData(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "ImageFolderData", spy)
+    result = _eval(model, run["tree"], tmp_path / "out", "--tta", "flip")
+    assert (built[0]["img_size"], built[0]["crop_pct"], built[0]["val_resize"]) == (16, 1.0, "crop")
+    assert set(result) == KEYS | {"tta", "without_tta"} and result["tta"] == "flip"
+    # The same numbers as OnnxClassifier, with and without TTA, on the same images.
+    tree = ImageFolderData(run["tree"], img_size=16, crop_pct=1.0, workers=0)
+    paths, targets = tree.test_samples.paths(), tree.test_samples.targets.tolist()
+    for tta, top1 in (("flip", result["top1"]), ("none", result["without_tta"]["top1"])):
+        predicted = [top[0][0] for top in OnnxClassifier(model, tta=tta).predict_batch(paths, 1)]
+        hits = [tree.classes.index(p) == t for p, t in zip(predicted, targets, strict=True)]
+        assert top1 == pytest.approx(sum(hits) / len(hits))
+    assert result["metrics"]["test/ece"] != result["without_tta"]["metrics"]["test/ece"]
+    out = capsys.readouterr().out
+    assert "with --tta flip; without: top-1" in re.sub(r"\s+", " ", out)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(model), "--data", str(run["tree"]), "--tta", "flop"])
+    assert e.value.code == 2

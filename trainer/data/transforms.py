@@ -102,6 +102,11 @@ class EvalResize:
             "interpolation": INTERPOLATION,
         }
 
+    def data_kwargs(self) -> dict[str, Any]:
+        """``ImageFolderData``'s arguments for this resize (``img_size``, ``crop_pct``,
+        ``val_resize``), so a tree is read as the mapping says."""
+        return {"img_size": self.img_size, "crop_pct": self.crop_pct, "val_resize": self.mode}
+
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> EvalResize:
         """The resize a labels mapping describes; a mapping written before ``crop_pct`` and
@@ -132,8 +137,9 @@ class EvalResize:
             resize = cls(size, crop_pct, mode)
         except ConfigError as e:
             raise ValueError(f"is malformed: {e} Re-export the model, or fix crop_pct") from e
-        stated = mapping.get("resize_size", resize.resize_size)
-        if stated != resize.resize_size:
+        # Files before crop_pct: resize_size was informational, and nothing read it.
+        stated = mapping.get("resize_size", resize.resize_size) if "crop_pct" in mapping else None
+        if stated not in (None, resize.resize_size):
             raise ValueError(
                 f"has resize_size {stated!r}, but image_size {size} / crop_pct {crop_pct} "
                 f"gives {resize.resize_size}; set crop_pct to image_size / resize_size (the "
