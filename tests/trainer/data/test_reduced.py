@@ -151,6 +151,12 @@ def test_the_reduction_is_the_largest_at_which_the_box_covers_the_output() -> No
     assert [val.plan(w, h) for w, h in sizes] == [
         (None, 8), (None, 8), (None, 4), (None, 2), (None, 1), (None, 1)
     ]  # fmt: skip
+    squash = ReducedDecode.of(val_transform(EvalResize.of(224, val_resize="squash")))
+    assert squash is not None  # both sides to 224: the short side must stay >= 224
+    sizes = ((4032, 1800), (1800, 4032), (4032, 1791), (1791, 4032), (600, 448), (600, 447))
+    assert [squash.plan(w, h) for w, h in sizes] == [
+        (None, 8), (None, 8), (None, 4), (None, 4), (None, 2), (None, 1)
+    ]  # fmt: skip
 
 
 def test_no_reduction_and_other_formats_give_the_plain_pipelines_pixels(tmp_path: Path) -> None:
