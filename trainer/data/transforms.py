@@ -115,20 +115,19 @@ class EvalResize:
         Raises:
             ValueError: a field this version does not know how to honour, named with the fix
                 (a mapping is refused rather than guessed: a guess feeds the model other
-                pixels than validation did).
+                pixels than validation did). The message goes on from "the labels mapping
+                in FILE " (``trainer.onnx_mapping.validate_labels_mapping`` adds it).
         """
         mode = mapping.get("resize_mode", "crop")
-        interpolation = mapping.get("interpolation", INTERPOLATION)
-        if mode not in RESIZE_MODES or interpolation != INTERPOLATION:
-            field, value = ("resize_mode", mode) if mode not in RESIZE_MODES else (
-                "interpolation", interpolation)  # fmt: skip
-            known = ", ".join(RESIZE_MODES) if field == "resize_mode" else INTERPOLATION
-            raise ValueError(
-                f"asks for {field} {value!r}, which this version of the trainer does not know "
-                f"(it knows {known}); guessing would feed the model other pixels than its "
-                "validation did. Use the trainer version that exported the model, or set "
-                f"{field} to the preprocessing the model was trained with"
-            )
+        for field, known in (("resize_mode", RESIZE_MODES), ("interpolation", (INTERPOLATION,))):
+            value = mapping.get(field, known[0])
+            if value not in known:
+                raise ValueError(
+                    f"asks for {field} {value!r}, which this version of the trainer does not "
+                    f"know (it knows {', '.join(known)}); guessing would feed the model other "
+                    "pixels than its validation did. Use the trainer version that exported the "
+                    f"model, or set {field} to the preprocessing the model was trained with"
+                )
         crop_pct = mapping.get("crop_pct", CROP_PCT if mode == "crop" else 1.0)
         size = mapping.get("image_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
