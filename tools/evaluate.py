@@ -13,12 +13,12 @@ scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macr
 ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
 preprocessing (the model's ``crop_pct`` and resize mode, from its labels mapping). ``--tta flip``
 also scores the mean of each image's and its mirror's probabilities: the report is then the
-TTA one, with the figures without TTA beside it (``without_tta``). The split is ``test`` when the tree has one, else ``val``. The model's classes
-must be the data's. A tree of class folders only is split as the run split it: with the seed
-and val_fraction recorded in the checkpoint, in the ONNX model's labels mapping or in the
-run's args.json beside the model (``--seed``/``--val-fraction`` override them); when none
-records them, evaluation refuses, since another split would score training images as
-validation.
+TTA one, with the figures without TTA beside it (``without_tta``). The split is ``test`` when
+the tree has one, else ``val``. The model's classes must be the data's. A tree of class
+folders only is split as the run split it: with the seed and val_fraction recorded in the
+checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
+(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
+since another split would score training images as validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 
