@@ -129,10 +129,16 @@ class OnnxClassifier:
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``;
         with ``tta="flip"``, the mean of each row's and its mirror's."""
-        if self.tta == "flip":
-            both = softmax(self.logits(np.concatenate([inputs, inputs[..., ::-1]])))
+        if self.tta == "flip":  # one call: the rows, then their mirrors
+            both = self._probs(self.logits(np.concatenate([inputs, inputs[..., ::-1]])))
             return (both[: len(inputs)] + both[len(inputs) :]) / 2
-        return softmax(self.logits(inputs))
+        return self._probs(self.logits(inputs))
+
+    def _probs(self, logits: np.ndarray) -> np.ndarray:
+        """Logits ``(N, C)`` to probabilities: the row-wise softmax, in float64."""
+        logits = logits.astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most likely ``(label, probability)`` pairs of each row of ``probs``, most
@@ -175,13 +181,6 @@ class OnnxClassifier:
         n, size = len(self.classes), self.image_size
         tta = f", tta={self.tta!r}" if self.tta != "none" else ""
         return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images{tta})"
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(N, C)`` logits, in float64."""
-    logits = logits.astype(np.float64)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _decode(path: str | os.PathLike[str], resize: EvalResize) -> Any:

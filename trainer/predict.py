@@ -94,6 +94,8 @@ class PredictBatches:
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.tta, self.engine = check_tta(tta), engine
+        if tta == "flip" and engine is None:
+            raise ValueError("tta='flip' needs the engine that runs the mirrored batches")
         self.skipped: list[tuple[int, Path, str]] = []
         self.probs: list[torch.Tensor] = []
         self.items: list[Any] | None = None  # None: a loader
@@ -153,13 +155,17 @@ class PredictBatches:
     def score(self, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
         """Keep a batch's probabilities (with ``tta="flip"``, averaged with the mirrored
         batch's); the outputs ``on_predict_batch_end`` gets."""
-        probs = logits.softmax(1)
+        probs = self._probs(logits)
         if self.tta == "flip":
             with self.engine.autocast():
                 mirrored = self.engine.eval_model(batch[0].flip(-1))
-            probs = (probs + mirrored.float().softmax(1)) / 2
+            probs = (probs + self._probs(mirrored.float())) / 2
         self.probs.append(probs)
         return {"logits": logits, "probs": self.probs[-1]}
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """A batch's logits to probabilities (softmax)."""
+        return logits.softmax(1)
 
     def result(self, num_classes: int) -> torch.Tensor:
         """The probabilities kept, as one ``(N, C)`` CPU tensor, one row per image of the
