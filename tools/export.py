@@ -35,6 +35,7 @@ from hooks.onnx_export import REPORT_NAME
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
+from trainer.data.transforms import EvalResize
 from trainer.errors import DataError, OutputError, UserError
 from trainer.export import (
     MIN_OPSET,
@@ -101,7 +102,7 @@ def verification_images(
         try:
             tree = ImageFolderData(
                 root,
-                img_size=size,
+                **EvalResize.from_mapping(mapping).data_kwargs(),  # crop_pct, resize_mode too
                 batch_size=min(num_images, 64),
                 workers=0,
                 val_fraction=float(args.get("val_fraction", 0.2)),

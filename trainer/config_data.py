@@ -9,6 +9,12 @@ from typing import ClassVar
 from trainer.config_fields import DATA, none_for_none, parse_class_weights, setting
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
+from trainer.data.transforms import CROP_PCT, RESIZE_MODES, resize_problems
+
+
+def crop_pct_problem(value: object) -> str | None:
+    problems = resize_problems(value, "crop")
+    return f"--crop-pct: {problems[0]}" if problems else None
 
 
 @dataclass
@@ -36,6 +42,23 @@ class DataConfig:
         to=(DATA,),
         demo=True,
         metavar="LOW",
+    )
+    crop_pct: float = setting(
+        CROP_PCT,
+        "validation, test and prediction resize to img_size / crop_pct, then centre-crop "
+        "img_size (timm's name; 0.875 turns 224 into 256, 1.0 crops nothing); recorded in "
+        "labels_mapping.json",
+        to=(DATA,),
+        check=crop_pct_problem,
+        metavar="SHARE",
+    )
+    val_resize: str = setting(
+        "crop",
+        "crop resizes the short side and centre-crops (--crop-pct); squash resizes the whole "
+        "image to img_size x img_size, no crop (documents, full-frame objects); recorded in "
+        "labels_mapping.json",
+        to=(DATA,),
+        choices=RESIZE_MODES,
     )
     hflip: bool = setting(
         True, "random horizontal flips (switch off for digits and text)", to=(DATA,)

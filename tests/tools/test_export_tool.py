@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.conftest import make_tree
 from tests.tools.tiny_run import train_tiny_run
 from tools import export as tool
 from trainer import export
@@ -161,3 +162,16 @@ def test_one_line_per_export(
     captured = capsys.readouterr()
     assert captured.out.count("\n") == 1 and captured.out.startswith(f"exported {out} ")
     assert "unused" not in captured.err and "rewrite rules" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("fields", [{"crop_pct": 1.0}, {"val_resize": "squash"}])
+def test_the_verification_images_get_the_mappings_crop_pct_and_resize_mode(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    tree = make_tree(tmp_path / "tree", {"a": 3, "b": 2}, size=(24, 16))
+    data = ImageFolderData(tree, img_size=16, batch_size=8, workers=0, **fields)
+    images, verified_on, _ = tool.verification_images({}, data.labels_mapping(), data=tree)
+    expected = normalize(torch.cat([x for x, _ in data.val_loader()]), data.mean, data.std)
+    default = ImageFolderData(tree, img_size=16, batch_size=8, workers=0).val_loader()
+    assert verified_on == "val" and torch.equal(images, expected)
+    assert not torch.equal(images, normalize(next(iter(default))[0], data.mean, data.std))

@@ -127,12 +127,13 @@ class DiskCache:
         assert shrink is not None
         self._shrink = shrink
 
-    def for_split(self, split: str, img_size: int) -> DiskCache:
-        """This cache for training; for validation and test, the one of copies at the
-        validation resize size, which validation's resize leaves as they are."""
+    def for_split(self, split: str, eval_side: int) -> DiskCache:
+        """This cache for training; for validation and test, the one of copies at
+        ``eval_side``, the short side validation resizes to (``EvalResize.resize_size``), so
+        that its resize leaves them as they are."""
         if split == "train":
             return self
-        return DiskCache(self.folder, resize_size(img_size), self.shared)
+        return DiskCache(self.folder, eval_side, self.shared)
 
     def entry(self, path: str) -> Path:
         """Where the copy of the current version of ``path`` lives."""

@@ -35,12 +35,12 @@ from trainer.data.samples import SampleArray
 from trainer.data.scan_cache import as_sample_array
 from trainer.data.skipping import BadImages, SkippingLoader, collate_skipping
 from trainer.data.transforms import (
+    CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EvalResize,
     jitter_transform,
-    resize_size,
     train_transform,
-    val_transform,
 )
 from trainer.data.workers import LoaderPools
 from trainer.distributed import get_rank, get_world_size, rank_seed
@@ -88,6 +88,10 @@ class ImageFolderData:
         val_fraction: share of each class held out for val when the root is not split.
         seed: seeds the split, the sampler and each image's augmentation (see ``SeededDraw``).
         crop_scale: smallest area share RandomResizedCrop keeps.
+        crop_pct: validation and test resize the short side to ``int(img_size / crop_pct)``,
+            then centre-crop ``img_size`` (timm's name); with ``val_resize="squash"``, ignored.
+        val_resize: "crop" (as ``crop_pct`` says) or "squash": the whole image resized to
+            ``img_size`` square, no crop. Both are in ``eval_resize`` and ``labels_mapping()``.
         hflip: random horizontal flips in training.
         color_jitter: brightness/contrast/saturation strength (hue is ``min(0.1, s/4)``); 0 = off.
         sampler: "none" (plain shuffling), "balanced" (classes drawn equally often) or "manual"
@@ -127,9 +131,8 @@ class ImageFolderData:
             from a uint8 ``(3, H, W)`` image to a uint8 ``(3, img_size, img_size)`` one,
             drawing its randomness from torch's generator (it runs under each image's seed).
         val_transform: your own validation/test pipeline. It must compute what
-            ``labels_mapping.json`` describes (resize the short side to ``resize_size``,
-            centre-crop ``img_size``), since exported models are preprocessed from that file;
-            it is checked on probe images and refused (ConfigError) otherwise.
+            ``labels_mapping.json`` describes (``crop_pct`` and ``val_resize``), which is all
+            exported models are preprocessed from: checked on probe images, else ConfigError.
 
     Example:
         >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
@@ -149,6 +152,8 @@ class ImageFolderData:
         val_fraction: float = 0.2,
         seed: int = 0,
         crop_scale: float = 0.08,
+        crop_pct: float = CROP_PCT,
+        val_resize: str = "crop",
         hflip: bool = True,
         color_jitter: float = 0.0,
         sampler: str = "none",
@@ -173,14 +178,18 @@ class ImageFolderData:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
             verify = "header" if verify else "none"
-        check_options(img_size, batch_size, workers, val_fraction, crop_scale, color_jitter,
-                      sampler, class_weights, cache, max_bad_fraction, decode, verify,
-                      max_image_pixels, cache_short_side, cache_disk_max_gb)  # fmt: skip
+        check_options(
+            img_size, batch_size, workers, val_fraction, crop_scale, color_jitter, sampler,
+            class_weights, cache, max_bad_fraction, decode, verify, max_image_pixels,
+            cache_short_side, cache_disk_max_gb, crop_pct=crop_pct, val_resize=val_resize,
+        )  # fmt: skip
         check_augment(self.augment, decode, train_transform)
+        # How validation, test and prediction resize (labels_mapping.json records it).
+        self.eval_resize = EvalResize.of(img_size, crop_pct, val_resize)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
         if val_transform is not None:
-            check_val_transform(val_transform, img_size)
+            check_val_transform(val_transform, self.eval_resize)
         self.train_transform, self.val_transform = train_transform, val_transform
         self.root = Path(root).expanduser()
         self.img_size = img_size
@@ -244,7 +253,7 @@ class ImageFolderData:
             checked = verify_and_cache(
                 self._splits(),
                 root=self.root,
-                img_size=img_size,
+                img_size=self.eval_resize,
                 keep=cache == "ram",
                 cache_max_bytes=cache_max_bytes,
                 max_bad_fraction=max_bad_fraction,
@@ -330,7 +339,7 @@ class ImageFolderData:
         # Pillow raises on a malformed file (skipped) where a native decoder can crash the
         # worker. Reduced JPEG decoding: built-in pipelines only (a user's sees the full image).
         own = self.train_transform if split == "train" else self.val_transform
-        disk = None if self._disk is None else self._disk.for_split(split, self.img_size)
+        disk = None if self._disk is None else self._disk.for_split(split, self.eval_resize.resize_size)
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
                                 reduced=own is None, disk=disk)  # fmt: skip
 
@@ -384,7 +393,7 @@ class ImageFolderData:
         """The validation/test transform: ``val_transform`` if given, else the built-in."""
         if self.val_transform is not None:
             return self.val_transform
-        return val_transform(self.img_size)
+        return self.eval_resize.transform()
 
     def train_loader(self) -> DataLoader[Any] | SkippingLoader:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
@@ -445,9 +454,7 @@ class ImageFolderData:
             "class_to_idx": dict(self.class_to_idx),
             "idx_to_class": {str(i): c for i, c in self.idx_to_class.items()},
             "num_classes": self.num_classes,
-            "image_size": self.img_size,
-            "resize_size": resize_size(self.img_size),
-            "interpolation": "bilinear",
+            **self.eval_resize.mapping(),  # image_size, crop_pct, resize_mode, ...
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
         }
 

@@ -9,6 +9,7 @@ from trainer.data.augment import Augment
 from trainer.data.pipelines import Transform
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
+from trainer.data.transforms import CROP_PCT, resize_problems
 from trainer.errors import ConfigError, DataError
 
 
@@ -28,6 +29,9 @@ def check_options(
     max_image_pixels: int = 1,
     cache_short_side: int | None = None,
     cache_disk_max_gb: float = 1.0,
+    *,
+    crop_pct: float = CROP_PCT,
+    val_resize: str = "crop",
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -41,6 +45,7 @@ def check_options(
         problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not 0 < crop_scale <= 1:
         problems.append(f"crop_scale must be in (0, 1], got {crop_scale}")
+    problems += resize_problems(crop_pct, val_resize)
     if color_jitter < 0:
         problems.append(f"color_jitter must be >= 0, got {color_jitter}")
     if sampler not in SAMPLER_MODES:

@@ -279,3 +279,13 @@ def test_decode_gpu_sends_the_device_the_copies(tree: Path, tmp_path: Path) -> N
         assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
     images, targets = decode_batch(collate_encoded(again, 16), torch.device("cpu"))
     assert images.shape == (6, 3, 16, 16) and len(targets) == 6
+
+
+def test_validation_copies_follow_crop_pct(tree: Path, tmp_path: Path) -> None:
+    # --crop-pct 0.5 resizes validation's short side to 32 for img_size 16: its copies are
+    # made at that side, which validation's resize then leaves as it is.
+    folder = tmp_path / "cache"
+    data = make_data(tree, folder, crop_pct=0.5)
+    assert data.eval_resize.resize_size == 32
+    draws(data, "val")
+    assert sorted({min(Image.open(p).size) for p in copies(folder)}) == [32]
