@@ -91,6 +91,8 @@ def _check_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     # The image checks' cache (trainer/data/check_cache.py) of the test trees stays out of
     # ~/.cache; set in the environment, so CLI subprocesses and spawned ranks use it too.
     os.environ["IMGTRAINER_CHECK_CACHE"] = str(tmp_path_factory.mktemp("check_cache"))
+    # And the copies of --cache disk (trainer/data/disk_cache.py).
+    os.environ["IMGTRAINER_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
 
 
 @pytest.fixture(autouse=True)

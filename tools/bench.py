@@ -5,6 +5,7 @@ python tools/bench.py --preset cpu --threads 1 --clock cpu   # steadier on a sha
 python tools/bench.py --preset gpu --ema --lightning --json bench.json
 python tools/bench.py --preset gpu --compile  # compile time apart from steady-state speed
 python tools/bench.py --data DIR --model resnet18 --img-size 224 --batch-size 64 [--decode gpu]
+python tools/bench.py --loader DIR [--cache disk]  # our training loader vs torchvision's
 python tools/bench.py --fit --epochs 15       # the default hooks' share of epoch time, on the demo
 python tools/bench.py --startup --classes 1000 --train-per-class 10 --val-per-class 2
                                               # launch to first step (and resume) vs the reference
@@ -44,6 +45,12 @@ alone (device batches of the same shape), both together, and the share of the tr
 spent waiting for the next batch. With ``--decode gpu`` the loader only reads the files and
 draws the crops; the decoding then counts in the training loop, on the device.
 
+``--loader DIR`` times the training loaders alone, no model: torchvision's ImageFolder pipeline
+(PILToTensor, RandomResizedCrop, RandomHorizontalFlip) against ours, interleaved, with the
+same batch size and workers (default 2), and prints img/s and the ratio; ``--cache disk``
+adds ours reading through a fresh disk cache (filled in its warm-up epoch). Trees of camera-
+sized photos: tools/benchmarks/photo_tree.py (see tools/benchmarks/bench_loader.py).
+
 ``--startup`` times start-up on a generated tree: from launch to the first training step of
 tools/train.py (check cache cold and warm) and of a resume, against importing torch and
 torchvision plus torchvision's ImageFolder scan of the same tree; and the memory of the main
@@ -75,6 +82,7 @@ import torch
 from tools.benchmarks.bench_common import Workload
 from tools.benchmarks.bench_data import bench_data, print_data
 from tools.benchmarks.bench_fit import bench_fit, print_fit
+from tools.benchmarks.bench_loader import bench_loader, print_loader
 from tools.benchmarks.bench_startup import bench_startup, print_startup
 from tools.benchmarks.bench_steps import PRESETS, bench_workload, print_results
 from tools.runtime import steady_malloc
@@ -169,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --data: gpu decodes the training JPEGs on the GPU (as train.py --decode)",
     )
     g = p.add_argument_group(
+        "--loader: our training loader against torchvision's, alone (img size, batch size and "
+        "workers default to 224, 64 and 2)"
+    )
+    g.add_argument("--loader", type=Path, default=None, help="the tree's root")
+    g.add_argument(
+        "--cache",
+        choices=("none", "disk"),
+        default="none",
+        help="disk: also time ours with --cache disk (in a fresh cache folder), after the "
+        "epoch that fills it",
+    )
+    g = p.add_argument_group(
         "--startup: launch to first training step, against importing torch and torchvision "
         "plus torchvision's ImageFolder scan, on a generated tree of small JPEGs"
     )
@@ -229,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_fit(f, device)
             if args.json is not None:
                 atomic_write_json(args.json, {"workloads": [], "fit": f, **meta})
+            return 0
+        if args.loader is not None:
+            ld = bench_loader(args, args.rounds or 3)
+            print_loader(ld)
+            if args.json is not None:
+                atomic_write_json(args.json, {"workloads": [], "loader": ld, **meta})
             return 0
         if args.data is not None:
             d = bench_data(args, device, precision, args.rounds or 3)

@@ -3,6 +3,7 @@
 Usage:
     python tools/evaluate.py runs/demo/checkpoints/best.pt --data DIR
     python tools/evaluate.py runs/demo/model.onnx --data DIR --split val --out eval/
+    python tools/evaluate.py runs/demo/model.onnx --data DIR --tta flip
 
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
 as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
@@ -10,12 +11,14 @@ default: beside the model). The numbers are counted by the engine's own evaluati
 (``trainer.metrics.EvalScore``), so a checkpoint scores here what its run's validation or test
 scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macro_f1``, ...).
 ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
-preprocessing. The split is ``test`` when the tree has one, else ``val``. The model's classes
-must be the data's. A tree of class folders only is split as the run split it: with the seed
-and val_fraction recorded in the checkpoint, in the ONNX model's labels mapping or in the
-run's args.json beside the model (``--seed``/``--val-fraction`` override them); when none
-records them, evaluation refuses, since another split would score training images as
-validation.
+preprocessing (the model's ``crop_pct`` and resize mode, from its labels mapping). ``--tta flip``
+also scores the mean of each image's and its mirror's probabilities: the report is then the
+TTA one, with the figures without TTA beside it (``without_tta``). The split is ``test`` when
+the tree has one, else ``val``. The model's classes must be the data's. A tree of class
+folders only is split as the run split it: with the seed and val_fraction recorded in the
+checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
+(``--seed``/``--val-fraction`` override them); when none records them, evaluation refuses,
+since another split would score training images as validation.
 Exit status: 0 done, 2 for a mistake in the arguments or inputs.
 """
 
@@ -49,6 +52,7 @@ from hooks.render.tables import MAX_ROWS, extreme_rows, more_caption
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
+from trainer.data.transforms import TTA_MODES, EvalResize, check_tta
 from trainer.device import resolve_device
 from trainer.errors import UserError
 from trainer.io import atomic_write_json, free_space, is_disk_full, unwritable
@@ -80,6 +84,7 @@ class LoadedModel:
         split_args: ``val_fraction`` and ``seed`` the run split an unsplit tree with (and, for
             a label file, the ``image_key`` and ``label_key`` it was read with).
         split_source: where ``split_args`` came from, for messages.
+        resize: how its images are resized (its mapping's crop_pct and resize mode).
     """
 
     path: Path
@@ -92,6 +97,7 @@ class LoadedModel:
     weights: str | None = None
     split_args: dict[str, Any] = field(default_factory=dict)
     split_source: str = ""
+    resize: EvalResize | None = None
 
 
 def load_model(
@@ -134,6 +140,7 @@ def load_model(
             k: args[k] for k in ("val_fraction", "seed", "image_key", "label_key") if k in args
         },
         split_source=f"the args of {path}",
+        resize=EvalResize.from_mapping(mapping),
     )
 
 
@@ -155,6 +162,7 @@ def _load_onnx(path: Path) -> LoadedModel:
         logits=logits,
         split_args=split_args,
         split_source=split_source,
+        resize=onnx.resize,
     )
 
 
@@ -247,6 +255,7 @@ def evaluate(
     img_size: int | None = None,
     seed: int | None = None,
     val_fraction: float | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Score a model on one split of an ImageFolder tree.
 
@@ -260,12 +269,15 @@ def evaluate(
         img_size: input size, for checkpoints that do not record it.
         seed: the run's split seed, for a tree of class folders; None: the one recorded.
         val_fraction: the run's val fraction, likewise.
+        tta: "flip" scores the mean of each image's and its mirror's probabilities too.
 
     Returns:
         ``{"model", "format", "weights", "data", "split", "n_images", "classes", "top1",
         "top5", "macro", "per_class": {"precision", "recall", "f1", "support"},
         "confusion_matrix", "metrics"}``; ``top5`` is None below 5 classes; ``metrics`` has the
         engine's ``<split>/acc``, ``acc_top5``, ``macro_f1``, ``balanced_acc`` and ``ece``.
+        With ``tta="flip"`` these are TTA's, plus ``"tta"`` and ``"without_tta"``: ``{"top1",
+        "top5", "metrics"}`` of the images alone.
 
     Raises:
         UserError: the model, the data or the split cannot be used (the message says why).
@@ -274,10 +286,11 @@ def evaluate(
         raise UserError(f"--split must be test or val, got {split!r}.")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
+    check_tta(tta)
     model = load_model(model_path, device=device, img_size=img_size)
     tree = ImageFolderData(
         data,
-        img_size=model.image_size,
+        **(model.resize or EvalResize(model.image_size)).data_kwargs(),
         batch_size=batch_size,
         workers=workers,
         verify=False,  # every image is decoded once below anyway
@@ -294,11 +307,24 @@ def evaluate(
             f"--split {'val' if split == 'test' else 'test'}."
         )
     # The engine's scoring: the same counts, hence the same numbers, as its validation.
-    scorer = EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))
+    scorer, flip = (
+        EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))
+        for _ in range(2)
+    )
     for images, targets in loader:
-        scorer.score(model.logits(normalize(images, model.mean, model.std)), (images, targets))
+        x = normalize(images, model.mean, model.std)
+        logits = model.logits(x)
+        scorer.score(logits, (images, targets))
+        if tta == "flip":  # log of the mean probabilities: softmax gives them back
+            probs = (logits.softmax(1) + model.logits(x.flip(-1)).softmax(1)) / 2
+            flip.score(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), (images, targets))
     scorer.end()
-    return _result(model, tree, split, scorer)
+    if tta == "none":
+        return _result(model, tree, split, scorer)
+    flip.end()
+    plain = _result(model, tree, split, scorer)
+    without = {k: plain[k] for k in ("top1", "top5", "metrics")}
+    return {**_result(model, tree, split, flip), "tta": tta, "without_tta": without}
 
 
 def _result(
@@ -345,6 +371,10 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         f"top-1 {result['top1']:.4f}"
         + (f", top-5 {result['top5']:.4f}" if result["top5"] is not None else "")
     )
+    if "without_tta" in result:  # both figures: with TTA (the table's) and without
+        plain = result["without_tta"]
+        title += f" with --tta {result['tta']}; without: top-1 {plain['top1']:.4f}" + (
+            f", top-5 {plain['top5']:.4f}" if plain["top5"] is not None else "")  # fmt: skip
     # Class names and file names are data, not rich markup: "[red]" and "[/]" print as is.
     table = Table(title=escape(title))
     table.add_column("class", overflow="fold")
@@ -416,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-fraction", type=float, default=None, help="the run's val fraction (likewise)"
     )
+    p.add_argument(
+        "--tta", choices=TTA_MODES, default="none",
+        help="flip: also score the mean of each image's and its mirror's probabilities",
+    )  # fmt: skip
     return p
 
 
@@ -439,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             img_size=a.img_size,
             seed=a.seed,
             val_fraction=a.val_fraction,
+            tta=a.tta,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -44,6 +44,7 @@ from trainer import export_formats as ef
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
+from trainer.data.transforms import EvalResize
 from trainer.errors import DataError, OutputError, UserError
 from trainer.export import (
     MIN_OPSET,
@@ -111,7 +112,7 @@ def run_data(
     try:
         tree = ImageFolderData(
             root,
-            img_size=int(mapping["image_size"]),
+            **EvalResize.from_mapping(mapping).data_kwargs(),  # crop_pct, resize_mode too
             batch_size=64,
             workers=0,
             val_fraction=float(args.get("val_fraction", 0.2)),

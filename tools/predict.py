@@ -4,9 +4,11 @@ Usage:
     python tools/predict.py --model runs/demo/model.onnx photos/ extra/*.jpg
     python tools/predict.py --model model.onnx photos/ --top-k 3 --output preds.csv
     python tools/predict.py --model model.onnx photos/ --output preds.jsonl
+    python tools/predict.py --model model.onnx photos/ --tta flip
 
-Only the ``.onnx`` file is needed: the labels mapping (class names, image size, mean/std) is
-read from its metadata, or from a ``labels_mapping.json`` beside it. PATHs may be image files,
+Only the ``.onnx`` file is needed: the labels mapping (class names, image size, crop_pct and
+resize mode, mean/std) is read from its metadata, or from a ``labels_mapping.json`` beside it.
+``--tta flip`` averages the probabilities of each image and its mirror. PATHs may be image files,
 folders (searched recursively) or glob patterns.
 
 Images are decoded with Pillow (``OnnxClassifier.preprocess``), which raises on a malformed file
@@ -35,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainer.data import IMG_EXTENSIONS
+from trainer.data.transforms import TTA_MODES
 from trainer.errors import DataError, UserError
 from trainer.export import OnnxClassifier
 from trainer.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -117,6 +120,7 @@ def predict_paths(
     *,
     on_skip: Callable[[Path, str], None] = _print_skip,
     progress: bool | None = None,
+    tta: str = "none",
 ) -> list[dict[str, Any]]:
     """Classify every image found at ``paths`` with the ONNX model at ``model_path``.
 
@@ -131,6 +135,7 @@ def predict_paths(
         batch_size: Images per onnxruntime call.
         on_skip: Called with the path and reason for each file that cannot be decoded.
         progress: Show a tqdm bar; None shows it only on a terminal.
+        tta: "flip" averages the probabilities of each image and its mirror.
 
     Returns:
         One dict per image, in input order: ``{"path", "label", "prob", "topk": [{"label",
@@ -142,7 +147,7 @@ def predict_paths(
     """
     if top_k < 1 or batch_size < 1:
         raise UserError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}.")
-    classifier = OnnxClassifier(model_path)
+    classifier = OnnxClassifier(model_path, tta=tta)
     images = collect_images(paths)
     results: list[dict[str, Any]] = []
     show = sys.stderr.isatty() if progress is None else progress
@@ -230,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image")
     parser.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call")
     parser.add_argument(
+        "--tta", choices=TTA_MODES, default="none",
+        help="flip: average the probabilities of each image and its horizontal mirror",
+    )  # fmt: skip
+    parser.add_argument(
         "--output",
         type=Path,
         default=None,
@@ -247,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--output {args.output} has an unknown format; use a .csv, .json or .jsonl "
                 "file name."
             )
-        rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size)
+        rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size, tta=args.tta)
         skipped = sum("skipped" in r for r in rows)
         if skipped == len(rows):
             raise UserError(

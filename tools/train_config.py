@@ -16,6 +16,7 @@ from trainer.config import TrainConfig
 from trainer.config_cli import parse_config as parse_settings
 from trainer.data import ImageFolderData
 from trainer.data.pipelines import load_transforms_file
+from trainer.data.transforms import EvalResize
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
 
@@ -31,7 +32,8 @@ def parse_config(argv: Sequence[str] | None = None, **options: Any) -> dict[str,
 
 def build_data(cfg: TrainConfig, root: Path) -> ImageFolderData:
     """The run's data: the tree or label file at ``root``, with ``--transforms``'s pipelines."""
-    pipelines = load_transforms_file(cfg.transforms, int(cfg.img_size or 0)) if cfg.transforms else None
+    resize = EvalResize.of(int(cfg.img_size or 0), cfg.crop_pct, cfg.val_resize)
+    pipelines = load_transforms_file(cfg.transforms, resize) if cfg.transforms else None
     return ImageFolderData(
         root,
         **cfg.data_kwargs(),

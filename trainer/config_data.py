@@ -9,6 +9,12 @@ from typing import ClassVar
 from trainer.config_fields import DATA, none_for_none, parse_class_weights, setting
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
+from trainer.data.transforms import CROP_PCT, RESIZE_MODES, resize_problems
+
+
+def crop_pct_problem(value: object) -> str | None:
+    problems = resize_problems(value, "crop")
+    return f"--crop-pct: {problems[0]}" if problems else None
 
 
 @dataclass
@@ -37,6 +43,23 @@ class DataConfig:
         demo=True,
         metavar="LOW",
     )
+    crop_pct: float = setting(
+        CROP_PCT,
+        "validation, test and prediction resize to img_size / crop_pct, then centre-crop "
+        "img_size (timm's name; 0.875 turns 224 into 256, 1.0 crops nothing); recorded in "
+        "labels_mapping.json",
+        to=(DATA,),
+        check=crop_pct_problem,
+        metavar="SHARE",
+    )
+    val_resize: str = setting(
+        "crop",
+        "crop resizes the short side and centre-crops (--crop-pct); squash resizes the whole "
+        "image to img_size x img_size, no crop (documents, full-frame objects); recorded in "
+        "labels_mapping.json",
+        to=(DATA,),
+        choices=RESIZE_MODES,
+    )
     hflip: bool = setting(
         True, "random horizontal flips (switch off for digits and text)", to=(DATA,)
     )
@@ -61,10 +84,26 @@ class DataConfig:
     )
     cache: str = setting(
         "none",
-        "ram keeps decoded, pre-resized images in memory when they fit",
+        "ram keeps decoded, pre-resized images in memory when they fit; disk stores a resized "
+        "JPEG copy of each large image in $IMGTRAINER_CACHE/images in the first epoch and "
+        "reads the copies after",
         to=(DATA,),
-        choices=("none", "ram"),
+        choices=("none", "ram", "disk"),
         convert=none_for_none,
+    )
+    cache_short_side: int | None = setting(
+        None,
+        "--cache disk: short side of the training copies; default img_size / sqrt(crop "
+        "scale), between 8/7 and 16/7 of img_size (512 for 224 at crop scale 0.08)",
+        to=(DATA,),
+        metavar="PX",
+    )
+    cache_disk_max_gb: float = setting(
+        50.0,
+        "--cache disk: GiB of copies written per run at most (never the disk's last 2 GiB); "
+        "past it, the images without a copy are read from the originals",
+        to=(DATA,),
+        metavar="GB",
     )
     decode: str = setting(
         "cpu",

@@ -303,11 +303,11 @@ class Engine:
         finally:
             end_workers(loader)
 
-    def predict(self, source: PredictSource, batch_size: int | None = None) -> torch.Tensor:
+    def predict(self, source: PredictSource, batch_size: int | None = None, tta: str = "none") -> torch.Tensor:
         """Class probabilities ``(N, C)`` on the CPU, a row per image of ``source`` (a folder,
-        paths and PIL images, or a loader; see ``trainer.predict``), in order; an undecodable
-        file's row is NaN (a warning names it). A missing file or empty folder: ``UserError``."""
-        batches = PredictBatches(self.data, source, batch_size)
+        paths and PIL images, or a loader; see ``trainer.predict``, also for ``tta="flip"``), in
+        order; an undecodable file's row is NaN (a warning names it). Missing file or empty folder: ``UserError``."""
+        batches = PredictBatches(self.data, source, batch_size, tta=tta, engine=self)
         try:
             with self._entry("predict"):
                 self.run_eval("predict", batches, batches.score)

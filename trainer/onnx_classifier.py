@@ -1,8 +1,10 @@
 """OnnxClassifier: an exported ``model.onnx`` that classifies images with ONNX Runtime alone.
 
-The labels mapping (class names, image size, mean/std) comes from the model's metadata, or from
-the ``labels_mapping.json`` beside it; images go through exactly the validation preprocessing
-(``trainer.data.eval_preprocess``, then ``(x / 255 - mean) / std``). Files are decoded with
+The labels mapping (class names, image size, crop_pct and resize mode, mean/std) comes from the
+model's metadata, or from the ``labels_mapping.json`` beside it; images go through exactly the
+validation preprocessing (``trainer.data.eval_preprocess`` with the mapping's
+``EvalResize.from_mapping``, then ``(x / 255 - mean) / std``). ``tta="flip"`` averages each
+image's probabilities with its mirror's. Files are decoded with
 Pillow (``trainer.data.load_preprocessed``: large JPEGs at reduced size, as validation), which
 raises on a malformed file where torchvision's native decoders have crashed the process;
 ``predict_batch`` skips such a file with a warning naming it.
@@ -29,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.data import eval_preprocess, image_to_tensor, load_preprocessed
+from trainer.data.transforms import EvalResize, check_tta
 from trainer.errors import DataError
 from trainer.onnx_mapping import (
     INPUT_NAME,
@@ -52,16 +55,21 @@ class OnnxClassifier:
     Args:
         path: the ``model.onnx`` of a run folder, or one written by ``tools/export.py``.
         providers: ONNX Runtime execution providers; default the CPU one.
+        tta: "flip" averages the probabilities of each image and its horizontal mirror (one
+            call, twice the rows); "none" (the default) runs the image alone.
 
     Attributes:
         path: the model file.
         mapping: its labels mapping, validated (``num_classes`` filled in for older files).
         classes: class names, by output index.
         image_size: the side of the square images the model takes.
+        resize: how images are resized to it (the mapping's ``crop_pct`` and ``resize_mode``).
 
     Raises:
         OnnxModelError: the file is missing, a PyTorch checkpoint, not loadable by ONNX Runtime,
-            or has no labels mapping, or one that does not fit the graph.
+            or has no labels mapping, or one that does not fit the graph, or asks for a
+            preprocessing this version does not know (an unknown ``resize_mode``).
+        ConfigError: an unknown ``tta``.
 
     Example:
         >>> clf = OnnxClassifier("runs/demo/model.onnx")
@@ -69,7 +77,13 @@ class OnnxClassifier:
         [[('cat', 0.97)], [('dog', 0.88)]]
     """
 
-    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: Sequence[str] | None = None,
+        tta: str = "none",
+    ):
+        self.tta = check_tta(tta)
         self.path = Path(path)
         if not self.path.is_file():
             raise OnnxModelError(
@@ -85,6 +99,7 @@ class OnnxClassifier:
         idx_to_class = self.mapping["idx_to_class"]
         self.classes: list[str] = [str(idx_to_class[str(i)]) for i in range(len(idx_to_class))]
         self.image_size = int(self.mapping["image_size"])
+        self.resize = EvalResize.from_mapping(self.mapping)
         norm = self.mapping["normalization"]
         self._mean = np.asarray(norm["mean"], dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(norm["std"], dtype=np.float32).reshape(3, 1, 1)
@@ -99,9 +114,9 @@ class OnnxClassifier:
             ValueError: a numpy array of another dtype or shape.
         """
         if isinstance(image, (str, os.PathLike)):
-            pixels = _decode(image, self.image_size)
+            pixels = _decode(image, self.resize)
         else:
-            pixels = eval_preprocess(image_to_tensor(image), self.image_size)
+            pixels = eval_preprocess(image_to_tensor(image), self.resize)
         x = pixels.numpy().astype(np.float32) / 255.0
         return (x - self._mean) / self._std
 
@@ -112,8 +127,16 @@ class OnnxClassifier:
         return np.asarray(logits)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``."""
-        logits = self.logits(inputs).astype(np.float64)
+        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``;
+        with ``tta="flip"``, the mean of each row's and its mirror's."""
+        if self.tta == "flip":  # one call: the rows, then their mirrors
+            both = self._probs(self.logits(np.concatenate([inputs, inputs[..., ::-1]])))
+            return (both[: len(inputs)] + both[len(inputs) :]) / 2
+        return self._probs(self.logits(inputs))
+
+    def _probs(self, logits: np.ndarray) -> np.ndarray:
+        """Logits ``(N, C)`` to probabilities: the row-wise softmax, in float64."""
+        logits = logits.astype(np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -156,14 +179,15 @@ class OnnxClassifier:
 
     def __repr__(self) -> str:
         n, size = len(self.classes), self.image_size
-        return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images)"
+        tta = f", tta={self.tta!r}" if self.tta != "none" else ""
+        return f"OnnxClassifier({str(self.path)!r}, {n} classes, {size}x{size} images{tta})"
 
 
-def _decode(path: str | os.PathLike[str], image_size: int) -> Any:
+def _decode(path: str | os.PathLike[str], resize: EvalResize) -> Any:
     """A file's uint8 pixels, decoded with Pillow and preprocessed as validation does (large
     JPEGs at reduced size, see ``trainer.data.reduced``)."""
     try:
-        return load_preprocessed(path, image_size)
+        return load_preprocessed(path, resize)
     except Exception as e:  # any decoder failure means "not a readable image"
         raise DataError(
             f"{path}: cannot decode it ({type(e).__name__}: {e}); remove it or replace it "

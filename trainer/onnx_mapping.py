@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.data.transforms import EvalResize
 from trainer.errors import UserError
 from trainer.run_files import LABELS_MAPPING_JSON
 
@@ -70,6 +71,10 @@ def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
     size = mapping.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise bad(f"'image_size' must be a positive integer, found {size!r}")
+    try:  # crop_pct, resize_mode: refused when this version cannot honour them
+        EvalResize.from_mapping(mapping)
+    except ValueError as e:
+        raise OnnxModelError(f"the labels mapping in {source} {e}.") from e
     norm = mapping.get("normalization")
     ok = isinstance(norm, dict) and all(
         isinstance(norm.get(k), list)

@@ -1,8 +1,13 @@
 """What ``Engine.predict`` runs: batches from a loader, a folder, or image paths and PIL images.
 
 Images from files or PIL go through the validation transform (``trainer.data.eval_preprocess``)
-at the data's ``img_size``, as uint8 batches; ``Engine.predict`` then runs them through the
-engine's evaluation loop (``Engine.run_eval``), which normalises them on the device.
+of the data's ``eval_resize`` (its ``img_size``, ``crop_pct`` and resize mode), as uint8
+batches; ``Engine.predict`` then runs them through the engine's evaluation loop
+(``Engine.run_eval``), which normalises them on the device.
+
+Test-time augmentation: with ``tta="flip"`` each batch also goes through the model mirrored
+(flipped left-right, under the same autocast), and each row is the mean of the two
+probabilities; the batch-end hooks get that mean as ``probs`` and the plain ``logits``.
 
 Files are decoded with Pillow (``trainer.data.load_preprocessed``), as the loaders do, large
 JPEGs at reduced size as validation decodes them:
@@ -14,6 +19,7 @@ Example:
     >>> probs = engine.predict("photos/")            # (N, C), rows in predict_paths order
     >>> probs = engine.predict([Image.open("a.jpg"), "b.png"])
     >>> probs = engine.predict(data.val_loader())    # batches of (images, targets) or images
+    >>> probs = engine.predict("photos/", tta="flip")  # each image and its mirror, averaged
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import torch
 
 from trainer.data import IMG_EXTENSIONS, eval_preprocess, image_to_tensor, load_preprocessed
+from trainer.data.transforms import EvalResize, check_tta
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -62,6 +69,9 @@ class PredictBatches:
         source: a folder (see :func:`predict_paths`), an image path, a list of image paths and
             PIL images, or an iterable of batches (``images`` or ``(images, targets, ...)``).
         batch_size: images per batch for paths and PIL images; default the data's, else 32.
+        tta: "flip" averages each image's probabilities with its mirror's; "none" (default).
+        engine: the engine whose ``eval_model`` (under its ``autocast``) scores the mirrored
+            batches; needed for ``tta="flip"``.
 
     Attributes:
         skipped: ``(row, path, reason)`` of each image that could not be decoded, once iterated.
@@ -69,12 +79,23 @@ class PredictBatches:
 
     Raises:
         UserError: a path that does not exist, a folder with no image, a ``batch_size`` below
-            1, or paths with data that has no ``img_size``.
+            1, paths with data that has no ``img_size``, or an unknown ``tta``.
     """
 
-    def __init__(self, data: Any, source: PredictSource, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        source: PredictSource,
+        batch_size: int | None = None,
+        *,
+        tta: str = "none",
+        engine: Any = None,
+    ) -> None:
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.tta, self.engine = check_tta(tta), engine
+        if tta == "flip" and engine is None:
+            raise ValueError("tta='flip' needs the engine that runs the mirrored batches")
         self.skipped: list[tuple[int, Path, str]] = []
         self.probs: list[torch.Tensor] = []
         self.items: list[Any] | None = None  # None: a loader
@@ -90,6 +111,8 @@ class PredictBatches:
                 "has no img_size; pass a loader of preprocessed batches instead."
             )
         self.img_size = img_size
+        # ImageFolderData's crop_pct and resize mode; other data: the default recipe.
+        self.resize: EvalResize = getattr(data, "eval_resize", None) or EvalResize(img_size)
         self.batch_size = int(batch_size or getattr(data, "batch_size", None) or DEFAULT_BATCH_SIZE)
 
     def __len__(self) -> int:
@@ -116,13 +139,13 @@ class PredictBatches:
         """The item's uint8 pixels, preprocessed as validation does; None (logged, and listed
         in ``skipped``) for a file that cannot be decoded."""
         if not isinstance(item, (str, os.PathLike)):
-            return eval_preprocess(image_to_tensor(item), self.img_size)
+            return eval_preprocess(image_to_tensor(item), self.resize)
         path = Path(item)
         if not path.is_file():
             raise UserError(f"image not found: {path}. Pass existing image files or a folder.")
         try:
             # Pillow (raises where a native decoder crashes), at reduced size as validation.
-            return load_preprocessed(path, self.img_size)
+            return load_preprocessed(path, self.resize)
         except Exception as e:  # any decoder failure means "not a readable image"
             reason = f"cannot decode it ({type(e).__name__}: {e})".strip()
             log.warning("predict skipped %s: %s; its row is NaN", path, reason)
@@ -130,9 +153,19 @@ class PredictBatches:
             return None
 
     def score(self, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        """Keep a batch's probabilities; the outputs ``on_predict_batch_end`` gets."""
-        self.probs.append(logits.softmax(1))
+        """Keep a batch's probabilities (with ``tta="flip"``, averaged with the mirrored
+        batch's); the outputs ``on_predict_batch_end`` gets."""
+        probs = self._probs(logits)
+        if self.tta == "flip":
+            with self.engine.autocast():
+                mirrored = self.engine.eval_model(batch[0].flip(-1))
+            probs = (probs + self._probs(mirrored.float())) / 2
+        self.probs.append(probs)
         return {"logits": logits, "probs": self.probs[-1]}
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """A batch's logits to probabilities (softmax)."""
+        return logits.softmax(1)
 
     def result(self, num_classes: int) -> torch.Tensor:
         """The probabilities kept, as one ``(N, C)`` CPU tensor, one row per image of the

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from trainer.data import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.transforms import EvalResize
 from trainer.errors import CheckpointError
 from trainer.models import build_model
 from trainer.onnx_mapping import validate_labels_mapping
@@ -134,7 +135,8 @@ def labels_mapping_from_checkpoint(
 
     The run folder's ``labels_mapping.json`` is used when its classes are the checkpoint's;
     otherwise the mapping is rebuilt from the checkpoint: its classes, ``args["img_size"]``
-    (or ``img_size``) and ImageNet mean/std, which is what ``ImageFolderData`` normalises with.
+    (or ``img_size``), ``args["crop_pct"]`` and ``args["val_resize"]`` (runs before them: the
+    default recipe) and ImageNet mean/std, which is what ``ImageFolderData`` normalises with.
 
     Raises:
         CheckpointError: the image size is nowhere to be found.
@@ -152,19 +154,20 @@ def labels_mapping_from_checkpoint(
         except (OSError, ValueError, KeyError, TypeError) as e:  # OnnxModelError is a ValueError
             # Unreadable, malformed or foreign: the checkpoint itself is the authority.
             log.warning("ignoring %s (%s); using the checkpoint's classes and args", saved, e)
-    size = img_size or (ckpt.get("args") or {}).get("img_size")
+    args = ckpt.get("args") or {}
+    size = img_size or args.get("img_size")
     if not size:
         raise CheckpointError(
             f"{path} does not record the image size (no args['img_size']) and there is no "
             f"matching {saved}; pass the size the model was trained at, e.g. --img-size 224."
         )
-    size = int(size)
+    resize = EvalResize.of(
+        int(size), args.get("crop_pct", CROP_PCT), args.get("val_resize", "crop")
+    )
     return {
         "class_to_idx": {c: i for i, c in enumerate(classes)},
         "idx_to_class": {str(i): c for i, c in enumerate(classes)},
         "num_classes": len(classes),
-        "image_size": size,
-        "resize_size": resize_size(size),
-        "interpolation": "bilinear",
+        **resize.mapping(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     }

@@ -59,10 +59,14 @@ def test_augmentation_flags_reach_the_run_and_args_json_records_the_pipeline(
 
 def test_a_transforms_file_is_used_and_recorded(tiny_tree: Path, tmp_path: Path) -> None:
     f = tmp_path / "aug.py"
-    f.write_text(TRANSFORMS)
-    pipeline = fit(tiny_tree, tmp_path / "run", "--transforms", str(f))["pipeline"]
+    # Resize(img_size) + CenterCrop(img_size): what --crop-pct 1.0 describes.
+    f.write_text(TRANSFORMS.replace("int(img_size / 0.875)", "img_size"))
+    args = fit(tiny_tree, tmp_path / "run", "--transforms", str(f), "--crop-pct", "1.0")
+    pipeline = args["pipeline"]
     assert pipeline["source"] == str(f) and "RandomGrayscale" in pipeline["train"]
     assert pipeline["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    mapping = json.loads((tmp_path / "run" / "labels_mapping.json").read_text())
+    assert args["crop_pct"] == mapping["crop_pct"] == 1.0 and mapping["resize_mode"] == "crop"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +75,7 @@ def test_a_transforms_file_is_used_and_recorded(tiny_tree: Path, tmp_path: Path)
         (["--jpeg-quality", "101"], "--jpeg-quality"),
         (["--random-erasing", "2"], "--random-erasing"),
         (["--transforms", "missing_tf.py"], "missing_tf.py"),
-        (["--transforms", "TF_BAD_VAL"], "labels_mapping.json"),
+        (["--transforms", "TF_BAD_VAL"], "set those fields with --val-resize crop --crop-pct 1.0"),
     ],
 )
 def test_bad_augmentation_input_exits_2_with_the_flag_named(

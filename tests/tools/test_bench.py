@@ -144,3 +144,22 @@ def test_bad_rounds_is_a_usage_error() -> None:
     assert bench.main(["--preset", "tiny", "--rounds", "0"]) == 2
     assert bench.main(["--fit", "--epochs", "0"]) == 2
     assert bench.main(["--preset", "tiny", "--clock", "cpu", "--threads", "2"]) == 2
+
+
+def test_loader_mode_times_torchvision_and_ours_on_the_same_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = make_tree(tmp_path / "tree", {"a": 4, "b": 4}, size=(24, 20))
+    out = tmp_path / "loader.json"
+    argv = ["--loader", str(tree), "--img-size", "16", "--batch-size", "4", "--workers", "0",
+            "--rounds", "2", "--cache", "disk", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    doc = json.loads(out.read_text())["loader"]
+    assert list(doc["runs"]) == ["torchvision", "ours", "ours, --cache disk"]
+    assert doc["images_per_epoch"] == 8 and doc["rounds"] == 2
+    for run in doc["runs"].values():
+        assert len(run["per_round_img_s"]) == 2
+        assert all(_positive(v) for v in (run["img_s"], run["ratio"], run["first_epoch_img_s"]))
+    assert doc["runs"]["torchvision"]["ratio"] == 1.0
+    printed = capsys.readouterr().out
+    assert "torchvision" in printed and "x torchvision" in printed

@@ -16,6 +16,7 @@ from tools import evaluate, predict, train
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.engine import Engine
+from trainer.export import read_onnx_metadata
 from trainer.hook import Hook
 from trainer.models import build_model
 
@@ -38,6 +39,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "0.9",
         "--sampler",
         "balanced",
+        "--crop-pct",
+        "0.95",
     ]
     assert train.main(argv) == 0
     return {"data": data_dir, "out": out}
@@ -67,6 +70,11 @@ def test_run_leaves_all_six_outputs_and_a_verified_onnx(run: dict[str, Any]) -> 
             assert img.width > 50 and img.height > 50
     report = json.loads((out / "export_report.json").read_text())
     assert report["top1_agreement"] >= 0.995 and report["n_images"] > 0
+    # --crop-pct travels to the mapping beside the model and inside it.
+    fields = {"crop_pct": 0.95, "resize_mode": "crop", "resize_size": 16}
+    for mapping in (json.loads((out / "labels_mapping.json").read_text()),
+                    read_onnx_metadata(out / "model.onnx")):  # fmt: skip
+        assert {k: mapping[k] for k in fields} == fields
     rows = list(csv.DictReader((out / "sampler_distribution.csv").open()))
     assert len(rows) == 3 * 5
 
@@ -74,7 +82,7 @@ def test_run_leaves_all_six_outputs_and_a_verified_onnx(run: dict[str, Any]) -> 
 def _engine_val_predictions(run: dict[str, Any]) -> dict[str, int]:
     """Predictions of the exported (best, EMA) weights through the engine's own val loop."""
     ckpt = load_checkpoint(run["out"] / "checkpoints" / "best.pt")
-    data = ImageFolderData(run["data"], img_size=16, batch_size=8, workers=0)
+    data = ImageFolderData(run["data"], img_size=16, batch_size=8, workers=0, crop_pct=0.95)
     model = build_model("small_cnn", data.num_classes)
     model.load_state_dict(ckpt["ema"]["module"])
     preds: list[int] = []

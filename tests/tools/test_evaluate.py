@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -206,3 +207,66 @@ def test_a_thousand_classes_print_the_worst_and_best_only(tmp_path: Path) -> Non
     assert len(names) == 30 and names[0] == "class321" and names[-1] == "class654"
     assert len(text.splitlines()) <= 45 and "macro avg" in text
     assert "970 more classes in evaluation.json" in " ".join(text.split())
+
+
+def _linear_onnx(path: Path, mapping: dict[str, Any]) -> Path:
+    """A seeded linear classifier of 16x16 images as an ONNX file (built directly: no export
+    needed), with ``mapping`` in its metadata. Nothing pools, so a mirror changes its output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 0.05, (3 * 16 * 16, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {"labels_mapping": json.dumps(mapping)})
+    onnx.save(model, path)
+    return path
+
+
+def test_tta_reports_both_figures_and_the_mappings_resize_is_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.nn import functional as F
+
+    from trainer import OnnxClassifier
+    from trainer.metrics import EvalScore
+    from trainer.state import EngineState
+
+    tree = make_tree(tmp_path / "tree", {"bird": 3, "cat": 3, "dog": 2}, size=(24, 16),
+                     splits=("train", "val", "test"))  # fmt: skip
+    data = ImageFolderData(tree, img_size=16, crop_pct=1.0, workers=0)
+    model = _linear_onnx(tmp_path / "model.onnx", data.labels_mapping())
+    built: list[dict[str, Any]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> ImageFolderData:
+        built.append(kwargs)
+        return ImageFolderData(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "ImageFolderData", spy)
+    result = _eval(model, tree, tmp_path / "out", "--tta", "flip")
+    assert (built[0]["img_size"], built[0]["crop_pct"], built[0]["val_resize"]) == (16, 1.0, "crop")
+    assert set(result) == KEYS | {"tta", "without_tta"} and result["tta"] == "flip"
+    # OnnxClassifier's probabilities, with and without TTA, on the same images, scored by the
+    # engine's scorer, give the same numbers (ECE and all).
+    paths, targets = data.test_samples.paths(), torch.from_numpy(data.test_samples.targets)
+    for tta, metrics in (("flip", result["metrics"]), ("none", result["without_tta"]["metrics"])):
+        clf = OnnxClassifier(model, tta=tta)
+        probs = torch.from_numpy(clf.probabilities(np.stack([clf.preprocess(p) for p in paths])))
+        scorer = EvalScore(EngineState(), "test", data.classes, F.cross_entropy, torch.device("cpu"))
+        scorer.score(probs.float().log(), (targets, targets))
+        scorer.end()
+        assert metrics == pytest.approx({k: scorer.metrics[k] for k in metrics}, abs=1e-6)
+    # The mirror moves the ECE well beyond that tolerance: the check tells the two apart.
+    assert abs(result["metrics"]["test/ece"] - result["without_tta"]["metrics"]["test/ece"]) > 1e-3
+    out = capsys.readouterr().out
+    assert "with --tta flip; without: top-1" in re.sub(r"\s+", " ", out)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(model), "--data", str(tree), "--tta", "flop"])
+    assert e.value.code == 2

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.conftest import make_tree
 from tests.tools.tiny_run import train_tiny_run
 from tools import benchmark
 from tools import export as tool
@@ -402,3 +403,17 @@ def test_benchmark_mistakes_exit_2(
     assert benchmark.main(make_args(tmp_path, exported.parent)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("fields", [{"crop_pct": 1.0}, {"val_resize": "squash"}])
+def test_the_verification_images_get_the_mappings_crop_pct_and_resize_mode(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    tree = make_tree(tmp_path / "tree", {"a": 3, "b": 2}, size=(24, 16))
+    data = ImageFolderData(tree, img_size=16, batch_size=8, workers=0, **fields)
+    opened, _ = tool.run_data({}, data.labels_mapping(), data=tree)
+    images, verified_on = tool.verification_images(opened, data.labels_mapping(), 64)
+    expected = normalize(torch.cat([x for x, _ in data.val_loader()]), data.mean, data.std)
+    default = ImageFolderData(tree, img_size=16, batch_size=8, workers=0).val_loader()
+    assert verified_on == "val" and torch.equal(images, expected)
+    assert not torch.equal(images, normalize(next(iter(default))[0], data.mean, data.std))

@@ -20,6 +20,7 @@ from tests.trainer.data.malformed import damage, good_bytes
 from tools import predict
 from trainer import onnx_classifier
 from trainer.data import eval_preprocess, load_image
+from trainer.data.transforms import EvalResize
 from trainer.export import OnnxModelError, export_onnx
 
 IMG = 16
@@ -342,3 +343,28 @@ def test_brackets_in_names_and_paths_print_literally(
     assert str(image) in out
     for name in names:
         assert name in out
+
+
+def test_tta_flip_and_the_mappings_resize_mode(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _relabelled(setup["onnx"], tmp_path / "squash.onnx", resize_mode="squash",
+                        crop_pct=1.0, resize_size=IMG)  # fmt: skip
+    out = tmp_path / "preds.json"
+    argv = ["--model", str(model), str(setup["photos"]), "--tta", "flip", "--output", str(out)]
+    assert predict.main(argv) == 0
+    squash = EvalResize(IMG, 1.0, "squash")
+    for row in json.loads(out.read_text()):
+        img = eval_preprocess(load_image(Path(row["path"])), squash).float() / 255.0
+        x = (img - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        with torch.no_grad():
+            probs = setup["model"](torch.stack([x, x.flip(-1)])).softmax(1).mean(0)
+        assert row["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+        assert row["label"] == CLASSES[int(probs.argmax())]
+    with pytest.raises(SystemExit):
+        predict.main(["--model", str(model), str(setup["photos"]), "--tta", "both"])
+    assert "invalid choice: 'both'" in capsys.readouterr().err
+    # A resize mode this version does not know: refused, not guessed.
+    odd = _relabelled(setup["onnx"], tmp_path / "odd.onnx", resize_mode="letterbox")
+    assert predict.main(["--model", str(odd), str(setup["photos"])]) == 2
+    assert "resize_mode 'letterbox'" in capsys.readouterr().err

@@ -126,6 +126,17 @@ def test_bad_flag_values_are_clear_errors(tiny_tree: Path, tmp_path: Path, capsy
     assert "--decode gpu" in err and "--device cuda" in err and "Traceback" not in err
 
 
+def test_bad_crop_pct_and_val_resize_exit_2(tiny_tree: Path, tmp_path: Path, capsys) -> None:
+    base = ["--data", str(tiny_tree), "--out", str(tmp_path / "run"), *FAST_CLI]
+    assert train.main([*base, "--crop-pct", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --crop-pct") and "(0, 1]" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        train.main([*base, "--val-resize", "letterbox"])
+    assert e.value.code == 2 and "invalid choice: 'letterbox'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_print_config_prints_what_args_json_would_hold(
     tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,6 +25,7 @@ from trainer.config import (
     setting,
 )
 from trainer.config_cli import build_parser, check_config_values, markdown_reference, parse_config
+from trainer.data import ImageFolderData
 from trainer.data.augment import Augment
 from trainer.errors import ConfigError
 
@@ -112,6 +113,14 @@ def test_other_checks_run_for_every_source() -> None:
         TrainConfig(model="resnet19")
     with pytest.raises(ConfigError, match="--log-every must be >= 0"):
         parse_config(["--log-every", "-2"])
+
+
+@pytest.mark.parametrize("crop_pct", [0, -0.5, 1.5, math.nan, True, "0.9"])
+def test_crop_pct_outside_0_1_is_refused(crop_pct: object) -> None:
+    with pytest.raises(ConfigError, match=r"--crop-pct: crop_pct must be a number in \(0, 1\]"):
+        TrainConfig(crop_pct=crop_pct)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"crop_pct must be a number in \(0, 1\]"):
+        ImageFolderData("unused", crop_pct=crop_pct)  # type: ignore[arg-type]
 
 
 def test_default_hooks_takes_a_config_and_single_settings(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 from trainer import OnnxClassifier
-from trainer.data import eval_preprocess, load_image
-from trainer.errors import DataError
+from trainer.data import eval_preprocess, load_image, load_preprocessed
+from trainer.data.transforms import EvalResize
+from trainer.errors import ConfigError, DataError
 from trainer.export import OnnxModelError, export_onnx
 
 IMG = 16
@@ -138,3 +139,69 @@ def test_an_unreadable_file_is_an_error_alone_and_skipped_in_a_batch(
     assert _same_top(batch[1], clf.predict(good, top_k=2))
     assert caplog.text.count("broken.png") == 2
     assert clf.predict_batch([broken]) == [[]]
+
+
+def _with_mapping(exported: dict[str, Any], folder: Path, **fields: Any) -> Path:
+    """The exported model, its mapping in a sidecar with ``fields`` changed."""
+    proto = onnx.load(exported["path"])
+    del proto.metadata_props[:]
+    folder.mkdir(exist_ok=True)
+    onnx.save(proto, folder / "model.onnx")
+    (folder / "labels_mapping.json").write_text(json.dumps({**_mapping(), **fields}))
+    return folder / "model.onnx"
+
+
+def _normalised(pixels: torch.Tensor) -> np.ndarray:
+    x = pixels.float() / 255
+    return ((x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)).numpy()
+
+
+@pytest.mark.parametrize(
+    "fields", [{"crop_pct": 1.0}, {"crop_pct": 0.5, "resize_size": 32}, {"resize_mode": "squash"}]
+)
+def test_crop_pct_and_resize_mode_of_the_mapping_are_honoured(
+    exported: dict[str, Any], tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    clf = OnnxClassifier(_with_mapping(exported, tmp_path / "m", **fields))
+    resize = EvalResize(IMG, fields.get("crop_pct", 1.0), fields.get("resize_mode", "crop"))
+    assert clf.resize == resize
+    for path in exported["images"][:2]:  # landscape and portrait
+        ours, default = (_normalised(load_preprocessed(path, r)) for r in (resize, IMG))
+        assert np.array_equal(clf.preprocess(path), ours) and not np.allclose(ours, default)
+        with Image.open(path) as pil:
+            assert np.abs(clf.preprocess(pil) - ours).max() < 0.1  # full decode, not reduced
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"resize_mode": "letterbox"}, r"resize_mode 'letterbox'.*does not know \(it knows crop, "
+                                       r"squash\)"),
+        ({"interpolation": "bicubic"}, "interpolation 'bicubic'.*does not know"),
+        ({"crop_pct": 0}, r"crop_pct must be a number in \(0, 1\]"),
+        ({"crop_pct": 1.5}, r"crop_pct must be a number in \(0, 1\]"),
+        ({"crop_pct": "0.9"}, r"crop_pct must be a number in \(0, 1\]"),
+        ({"resize_mode": "squash", "crop_pct": 0.9}, "squash keeps the whole image"),
+        ({"crop_pct": 0.5, "resize_size": 18}, r"resize_size 18, but .* gives 32"),
+    ],
+)  # fmt: skip
+def test_a_mapping_asking_for_what_this_version_cannot_honour_is_refused(
+    exported: dict[str, Any], tmp_path: Path, fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(OnnxModelError, match=message) as e:
+        OnnxClassifier(_with_mapping(exported, tmp_path / "m", **fields))
+    assert "labels_mapping.json" in str(e.value)  # names the file
+
+
+def test_tta_flip_averages_the_image_and_its_mirror(exported: dict[str, Any]) -> None:
+    clf = OnnxClassifier(exported["path"], tta="flip")
+    plain = OnnxClassifier(exported["path"])
+    assert "tta='flip'" in repr(clf)
+    rows = np.stack([plain.preprocess(p) for p in exported["images"]])
+    expected = (plain.probabilities(rows) + plain.probabilities(rows[..., ::-1].copy())) / 2
+    assert np.allclose(clf.probabilities(rows), expected, atol=1e-7)
+    assert not np.allclose(expected, plain.probabilities(rows), atol=1e-3)
+    top = clf.predict_batch(exported["images"], top_k=4)
+    assert np.allclose([[p for _, p in t] for t in top], np.sort(expected)[:, ::-1])
+    with pytest.raises(ConfigError, match=r"tta must be one of none, flip.*'flop'"):
+        OnnxClassifier(exported["path"], tta="flop")

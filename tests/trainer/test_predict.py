@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.conftest import StandInData, make_engine, make_tree, tree_digest
 from trainer.data import eval_preprocess, load_image
+from trainer.data.transforms import EvalResize
 from trainer.engine import Engine
 from trainer.errors import UserError
 from trainer.hook import Hook
@@ -153,3 +154,28 @@ def test_paths_need_the_image_size() -> None:
     del data.img_size  # a data source with loaders only
     with pytest.raises(UserError, match="img_size"):
         engine.predict([Image.fromarray(np.zeros((16, 16, 3), np.uint8))])
+
+
+def test_tta_flip_averages_each_image_and_its_mirror(trained: Engine) -> None:
+    data: Any = trained.data
+    probs = trained.predict(data.val_loader(), tta="flip")
+    plain = _expected(trained, data.val_x)
+    expected = (plain + _expected(trained, data.val_x.flip(-1))) / 2
+    assert torch.allclose(probs, expected, atol=1e-5) and not torch.allclose(probs, plain, atol=1e-3)
+    # Images alone (the path that files and PIL images take too).
+    assert torch.allclose(trained.predict([data.val_x[:3]], tta="flip"), expected[:3], atol=1e-5)
+    with pytest.raises(UserError, match=r"tta must be one of none, flip.*'mirror'"):
+        trained.predict(data.val_loader(), tta="mirror")
+
+
+@pytest.mark.parametrize("resize", [EvalResize(16, 1.0), EvalResize(16, 1.0, "squash")])
+def test_paths_and_pil_images_get_the_datas_crop_pct_and_resize_mode(
+    trained: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resize: EvalResize
+) -> None:
+    monkeypatch.setattr(trained.data, "eval_resize", resize, raising=False)
+    paths = predict_paths(make_tree(tmp_path / "imgs", {"a": 2}, size=(24, 16), splits=()))
+    expected = _expected(trained, torch.stack([eval_preprocess(load_image(p), resize) for p in paths]))
+    default = _expected(trained, torch.stack([eval_preprocess(load_image(p), 16) for p in paths]))
+    assert torch.allclose(trained.predict(paths), expected, atol=1e-5)
+    assert torch.allclose(trained.predict([Image.open(p) for p in paths]), expected, atol=1e-5)
+    assert not torch.allclose(expected, default, atol=1e-3)

@@ -31,3 +31,19 @@ def test_unreadable_run_mapping_falls_back(tmp_path: Path, content: str) -> None
         {"model": {}, "classes": ["x", "y"], "args": {"img_size": 8}}, ckpt_path
     )
     assert mapping["class_to_idx"] == {"x": 0, "y": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "fields"),
+    [
+        ({}, {"crop_pct": 0.875, "resize_mode": "crop", "resize_size": 36}),  # older runs
+        ({"crop_pct": 1.0}, {"crop_pct": 1.0, "resize_mode": "crop", "resize_size": 32}),
+        ({"val_resize": "squash"}, {"crop_pct": 1.0, "resize_mode": "squash", "resize_size": 32}),
+    ],
+)
+def test_a_mapping_rebuilt_from_the_args_has_the_runs_resize(
+    tmp_path: Path, args: dict[str, object], fields: dict[str, object]
+) -> None:
+    ckpt = {"model": {}, "classes": ["a", "b"], "args": {"img_size": 32, **args}}
+    mapping = labels_mapping_from_checkpoint(ckpt, tmp_path / "checkpoints" / "best.pt")
+    assert {k: mapping[k] for k in fields} == fields

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from hooks import ProgressBarHook, default_hooks
-from trainer.data import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.transforms import EvalResize
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.io import atomic_write_json
@@ -166,9 +167,7 @@ class DeviceBatches:
         return {
             "class_to_idx": {c: i for i, c in enumerate(self.classes)},
             "idx_to_class": {str(i): c for i, c in enumerate(self.classes)},
-            "image_size": self.img_size,
-            "resize_size": resize_size(self.img_size),
-            "interpolation": "bilinear",
+            **EvalResize(self.img_size).mapping(),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
         }
 

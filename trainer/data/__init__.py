@@ -2,7 +2,8 @@
 
 Modules:
     decode      image files to uint8 RGB tensors (torchvision.io, PIL fallback), the bomb guard
-    transforms  the validation recipe and the training augmentation, on uint8 tensors
+    transforms  the validation recipe (EvalResize: crop_pct, crop or squash), test-time
+                augmentation modes and the training augmentation, on uint8 tensors
     augment     the extra augmentation (policies, erasing, degradations, MixUp/CutMix settings)
     mix         MixUp/CutMix on the device, with soft targets
     pipelines   your own train/val transforms (a --transforms file), checked against the mapping
@@ -34,6 +35,7 @@ from trainer.data.transforms import (
     CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EvalResize,
     eval_preprocess,
     jitter_transform,
     resize_size,
@@ -50,6 +52,7 @@ __all__ = [
     "VAL_DIR_NAMES",
     "Augment",
     "BatchMix",
+    "EvalResize",
     "ImageFolderData",
     "ImageListDataset",
     "Sample",

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from trainer.data.decode import load_image
 from trainer.data.preflight import progress_bar
 from trainer.data.scan import Sample
-from trainer.data.transforms import resize_size
+from trainer.data.transforms import EvalResize, as_resize
 from trainer.errors import DataError
 
 logger = logging.getLogger("trainer.data")
@@ -54,7 +54,7 @@ def verify_and_cache(
     splits: Mapping[str, Sequence[Sample]],
     *,
     root: Path,
-    img_size: int,
+    img_size: int | EvalResize,
     keep: bool,
     cache_max_bytes: int,
     max_bad_fraction: float,
@@ -64,14 +64,15 @@ def verify_and_cache(
 ) -> CheckedSamples:
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
 
-    Kept images are pre-resized to the validation resize size (``resize_size(img_size)``) when
+    Kept images are pre-resized to the validation resize size (``EvalResize.resize_size``) when
     larger. If they need more than ``cache_max_bytes``, nothing is kept: decoding stops there,
     it warns, and the data reads from disk (where an unreadable image is skipped in training).
 
     Args:
         splits: split name -> samples.
         root: the tree's root, for the messages.
-        img_size: side of the square images the model sees.
+        img_size: how validation resizes (an ``EvalResize``; an int: the default one at that
+            size).
         keep: keep the decoded images (``cache="ram"``).
         cache_max_bytes: memory the kept images may use.
         max_bad_fraction: largest share of unusable images tolerated.
@@ -84,7 +85,7 @@ def verify_and_cache(
         DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
     total = sum(len(s) for s in splits.values())
-    short_side = resize_size(img_size)
+    short_side = as_resize(img_size).resize_size
     resize = v2.Resize(short_side, antialias=True)
     budget = cache_max_bytes if keep else 0
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer.data.decode import load_image
+from trainer.data.disk_cache import DiskCache, decode_copy
 from trainer.data.reduced import ReducedDecode
 from trainer.data.samples import SampleArray
 from trainer.data.scan import Sample
@@ -48,6 +49,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         with_index: return ``(image, target, index)``, the sample's index in ``samples``
             third, so a batch names its samples (the training loader: ``SkippingLoader``
             strips it into ``indices``).
+        disk: read large images from their resized copies there (``--cache disk``, see
+            ``trainer.data.disk_cache``), then the whole transform, as from ``cache``.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         native: bool = True,
         reduced: bool = False,
         with_index: bool = False,
+        disk: DiskCache | None = None,
     ) -> None:
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
@@ -67,6 +71,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         self.skip_bad = skip_bad
         self.native = native
         self.with_index = with_index
+        self.disk = disk if cache is None else None
         self.reduced = ReducedDecode.of(transform) if reduced and cache is None else None
 
     def __len__(self) -> int:
@@ -96,9 +101,18 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         """The image, and what remains of the transform to apply to it."""
         if self.cache is not None:
             return self.cache[index], self.transform
+        if self.disk is not None:
+            copy = self.disk.read(path, self._from_bytes)
+            if copy is not None:
+                return copy
         if self.reduced is not None:
             return self.reduced(path), self.reduced.rest
         return load_image(path, native=self.native), self.transform
+
+    def _from_bytes(
+        self, raw: bytes
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        return decode_copy(raw), self.transform  # decoded whole before the transform draws
 
     @property
     def targets(self) -> list[int]:

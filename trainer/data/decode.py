@@ -25,10 +25,15 @@ IMG_EXTENSIONS: frozenset[str] = frozenset(
 # Alpha is composited over white: most transparent images (logos, cut-outs) are meant for a
 # light page, and a fixed colour keeps training and prediction identical.
 BACKGROUND = 255
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Bring a decoded CHW tensor with 1-4 channels, uint8 or uint16, to uint8 RGB."""
+    """Bring a decoded CHW tensor with 1-4 channels, uint8 or uint16, to uint8 RGB, in the
+    memory layout it came in: a permuted HWC buffer (Pillow's) stays one. Copying it to CHW
+    order would cost more than decoding a 500x375 JPEG, and torch's antialiased uint8 resize
+    has a fast kernel for exactly that (channels-last) layout, the one torchvision's
+    ``PILToTensor`` gives it."""
     if img.ndim == 4:  # animated GIF / multi-frame: the first frame stands for the file
         img = img[0]
     if img.dtype == torch.uint16:
@@ -46,10 +51,10 @@ def _to_rgb_uint8(img: torch.Tensor) -> torch.Tensor:
             img = ((mixed + 127) // 255).to(torch.uint8)
         channels -= 1
     if channels == 1:
-        img = img.expand(3, -1, -1)
+        img = img.expand(3, -1, -1).contiguous()  # three channels, not a view of one
     elif channels != 3:
         raise ValueError(f"unsupported channel count {channels}")
-    return img.contiguous()
+    return img
 
 
 def _load_with_pil(data: bytes) -> torch.Tensor:
@@ -90,15 +95,16 @@ def image_to_tensor(image: Any) -> torch.Tensor:
         return _to_rgb_uint8(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
     from PIL import ImageOps
 
-    pil = ImageOps.exif_transpose(image)
+    # exif_transpose and convert copy the image even when there is nothing to do.
+    pil = image if image.getexif().get(_ORIENTATION, 1) == 1 else ImageOps.exif_transpose(image)
     assert pil is not None
     if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 32-bit "I" images are read as 16-bit data, the common case (16-bit TIFF/PNG).
         arr = torch.from_numpy(np.asarray(pil, dtype=np.int64).copy())
         return _to_rgb_uint8(arr.clamp(0, 65535).to(torch.uint16)[None])
     has_alpha = pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info
-    pil = pil.convert("RGBA" if has_alpha else "RGB")
-    arr = torch.from_numpy(np.asarray(pil).copy())
+    mode = "RGBA" if has_alpha else "RGB"
+    arr = torch.from_numpy(np.array(pil if pil.mode == mode else pil.convert(mode)))
     return _to_rgb_uint8(arr.permute(2, 0, 1))
 
 

@@ -22,6 +22,7 @@ from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import import_decoders, load_image
+from trainer.data.disk_cache import default_short_side, open_disk_cache
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
@@ -34,12 +35,12 @@ from trainer.data.samples import SampleArray
 from trainer.data.scan_cache import as_sample_array
 from trainer.data.skipping import BadImages, SkippingLoader, collate_skipping
 from trainer.data.transforms import (
+    CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EvalResize,
     jitter_transform,
-    resize_size,
     train_transform,
-    val_transform,
 )
 from trainer.data.workers import LoaderPools
 from trainer.distributed import get_rank, get_world_size, rank_seed
@@ -87,6 +88,10 @@ class ImageFolderData:
         val_fraction: share of each class held out for val when the root is not split.
         seed: seeds the split, the sampler and each image's augmentation (see ``SeededDraw``).
         crop_scale: smallest area share RandomResizedCrop keeps.
+        crop_pct: validation and test resize the short side to ``int(img_size / crop_pct)``,
+            then centre-crop ``img_size`` (timm's name); with ``val_resize="squash"``, ignored.
+        val_resize: "crop" (as ``crop_pct`` says) or "squash": the whole image resized to
+            ``img_size`` square, no crop. Both are in ``eval_resize`` and ``labels_mapping()``.
         hflip: random horizontal flips in training.
         color_jitter: brightness/contrast/saturation strength (hue is ``min(0.1, s/4)``); 0 = off.
         sampler: "none" (plain shuffling), "balanced" (classes drawn equally often) or "manual"
@@ -96,7 +101,11 @@ class ImageFolderData:
         cache: "ram" keeps decoded images, pre-resized to the validation resize size, in memory
             (up to ``cache_max_bytes``; beyond that it warns and reads from disk); None reads
             from disk every epoch. Training crops are then taken from the pre-resized image.
+            "disk" stores a resized JPEG copy of each large image the first time it is read,
+            and reads the copies after (``trainer.data.disk_cache``).
         cache_max_bytes: memory the RAM cache may use.
+        cache_short_side, cache_disk_max_gb, disk_cache_dir: the disk cache's training copies'
+            short side, GiB it writes per run at most, folder (None: defaults, see there).
         max_bad_fraction: largest share of unreadable images tolerated.
         verify: "header" checks every header up front, "full" decodes every image too (in
             child processes, which a decoder crash cannot take the run with), "none" nothing.
@@ -122,9 +131,8 @@ class ImageFolderData:
             from a uint8 ``(3, H, W)`` image to a uint8 ``(3, img_size, img_size)`` one,
             drawing its randomness from torch's generator (it runs under each image's seed).
         val_transform: your own validation/test pipeline. It must compute what
-            ``labels_mapping.json`` describes (resize the short side to ``resize_size``,
-            centre-crop ``img_size``), since exported models are preprocessed from that file;
-            it is checked on probe images and refused (ConfigError) otherwise.
+            ``labels_mapping.json`` describes (``crop_pct`` and ``val_resize``), which is all
+            exported models are preprocessed from: checked on probe images, else ConfigError.
 
     Example:
         >>> data = ImageFolderData("flowers", img_size=128, batch_size=32)  # doctest: +SKIP
@@ -144,6 +152,8 @@ class ImageFolderData:
         val_fraction: float = 0.2,
         seed: int = 0,
         crop_scale: float = 0.08,
+        crop_pct: float = CROP_PCT,
+        val_resize: str = "crop",
         hflip: bool = True,
         color_jitter: float = 0.0,
         sampler: str = "none",
@@ -161,30 +171,25 @@ class ImageFolderData:
         val_transform: Transform | None = None,
         check_cache_dir: str | os.PathLike[str] | None = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_short_side: int | None = None,
+        cache_disk_max_gb: float = 50.0,
+        disk_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
             verify = "header" if verify else "none"
         check_options(
-            img_size,
-            batch_size,
-            workers,
-            val_fraction,
-            crop_scale,
-            color_jitter,
-            sampler,
-            class_weights,
-            cache,
-            max_bad_fraction,
-            decode,
-            verify,
-            max_image_pixels,
-        )
+            img_size, batch_size, workers, val_fraction, crop_scale, color_jitter, sampler,
+            class_weights, cache, max_bad_fraction, decode, verify, max_image_pixels,
+            cache_short_side, cache_disk_max_gb, crop_pct=crop_pct, val_resize=val_resize,
+        )  # fmt: skip
         check_augment(self.augment, decode, train_transform)
+        # How validation, test and prediction resize (labels_mapping.json records it).
+        self.eval_resize = EvalResize.of(img_size, crop_pct, val_resize)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
         if val_transform is not None:
-            check_val_transform(val_transform, img_size)
+            check_val_transform(val_transform, self.eval_resize)
         self.train_transform, self.val_transform = train_transform, val_transform
         self.root = Path(root).expanduser()
         self.img_size = img_size
@@ -248,7 +253,7 @@ class ImageFolderData:
             checked = verify_and_cache(
                 self._splits(),
                 root=self.root,
-                img_size=img_size,
+                img_size=self.eval_resize,
                 keep=cache == "ram",
                 cache_max_bytes=cache_max_bytes,
                 max_bad_fraction=max_bad_fraction,
@@ -261,6 +266,9 @@ class ImageFolderData:
             self.test_samples = as_sample_array(checked.samples["test"])
             self.bad_files += checked.bad_files
             self._cache = checked.images
+        side = cache_short_side or default_short_side(img_size, crop_scale)
+        self._disk = None if cache != "disk" else open_disk_cache(
+            disk_cache_dir, side, cache_disk_max_gb, self._splits(), self.root)  # fmt: skip
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
         self._check_counts()
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
@@ -331,8 +339,9 @@ class ImageFolderData:
         # Pillow raises on a malformed file (skipped) where a native decoder can crash the
         # worker. Reduced JPEG decoding: built-in pipelines only (a user's sees the full image).
         own = self.train_transform if split == "train" else self.val_transform
+        disk = None if self._disk is None else self._disk.for_split(split, self.eval_resize.resize_size)
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
-                                reduced=own is None)  # fmt: skip
+                                reduced=own is None, disk=disk)  # fmt: skip
 
     def _skipping_loader(
         self,
@@ -384,7 +393,7 @@ class ImageFolderData:
         """The validation/test transform: ``val_transform`` if given, else the built-in."""
         if self.val_transform is not None:
             return self.val_transform
-        return val_transform(self.img_size)
+        return self.eval_resize.transform()
 
     def train_loader(self) -> DataLoader[Any] | SkippingLoader:
         """Shuffled (or sampler-driven) training batches: uint8 images, int64 targets.
@@ -408,8 +417,7 @@ class ImageFolderData:
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
                 # With Pillow only, as the CPU path (see _dataset).
-                load=functools.partial(load_image, native=False),
-            )
+                load=functools.partial(load_image, native=False), disk=self._disk)  # fmt: skip
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)
@@ -446,9 +454,7 @@ class ImageFolderData:
             "class_to_idx": dict(self.class_to_idx),
             "idx_to_class": {str(i): c for i, c in self.idx_to_class.items()},
             "num_classes": self.num_classes,
-            "image_size": self.img_size,
-            "resize_size": resize_size(self.img_size),
-            "interpolation": "bilinear",
+            **self.eval_resize.mapping(),  # image_size, crop_pct, resize_mode, ...
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
         }
 

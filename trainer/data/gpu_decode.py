@@ -40,6 +40,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from trainer.data.dataset import SampleKey, split_key
+from trainer.data.decode import decode_bytes
+from trainer.data.disk_cache import DiskCache
 from trainer.data.skipping import Skipped
 from trainer.errors import DataError
 from trainer.rng import torch_seeded
@@ -86,6 +88,10 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         crop_scale: smallest area share the random resized crop keeps.
         hflip: random horizontal flips.
         load: decodes a file the way the CPU path does (for files nvjpeg does not get).
+        disk: send the device the resized copy of a large image from this disk cache
+            (``--cache disk``) instead of the original: nvjpeg cannot decode at reduced size,
+            so a 12-MP photo's copy is a tenth of the pixels to decode. The crop box is drawn
+            on the copy, as the CPU path with the cache draws it.
 
     Attributes:
         skip_bad: return a ``Skipped`` marker for a file that cannot be read or decoded (for
@@ -100,12 +106,14 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         crop_scale: float,
         hflip: bool,
         load: Callable[[Path], torch.Tensor],
+        disk: DiskCache | None = None,
     ) -> None:
         self.samples = list(samples)
         self.img_size = img_size
         self.crop = v2.RandomResizedCrop(img_size, scale=(crop_scale, 1.0), antialias=True)
         self.hflip = hflip
         self.load = load
+        self.disk = disk
         self.skip_bad = False
 
     def __len__(self) -> int:
@@ -123,12 +131,16 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         index, seed = split_key(key)
         path, target = self.samples[index]
         try:
-            # A copy: read_file's own tensor failed to cross from a loader worker (its queue
-            # feeder hit EBADF pickling it, torch 2.14) and the loader waited forever.
-            data = read_file(str(path)).clone()
+            copy = None if self.disk is None else self.disk.read(str(path), _whole_jpeg)
+            if copy is not None:
+                data = torch.frombuffer(bytearray(copy), dtype=torch.uint8)
+            else:
+                # A copy: read_file's own tensor failed to cross from a loader worker (its
+                # queue feeder hit EBADF pickling it, torch 2.14) and the loader waited forever.
+                data = read_file(str(path)).clone()
             header = _jpeg_header(data) if on_device else None
             if header is None:  # not for nvjpeg: decoded here, like the CPU path
-                img = self.load(path)
+                img = self.load(path) if copy is None else decode_bytes(copy)
                 size, orientation = (int(img.shape[1]), int(img.shape[2])), 1
             else:
                 size, orientation = header
@@ -176,6 +188,14 @@ def collate_encoded(
         [item[3] for item in items],
         [item[4] for item in items],
     )
+
+
+def _whole_jpeg(raw: bytes) -> bytes:
+    """``raw`` if it looks like a whole JPEG (the disk cache's copies end with their end
+    marker); else ValueError, and the cache makes the copy again."""
+    if raw[:2] != b"\xff\xd8" or raw[-2:] != b"\xff\xd9":
+        raise ValueError("not a whole JPEG")
+    return raw
 
 
 def _jpeg_header(data: torch.Tensor) -> tuple[tuple[int, int], int] | None:

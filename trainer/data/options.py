@@ -9,6 +9,7 @@ from trainer.data.augment import Augment
 from trainer.data.pipelines import Transform
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
+from trainer.data.transforms import CROP_PCT, resize_problems
 from trainer.errors import ConfigError, DataError
 
 
@@ -26,6 +27,11 @@ def check_options(
     decode: str,
     verify: str,
     max_image_pixels: int = 1,
+    cache_short_side: int | None = None,
+    cache_disk_max_gb: float = 1.0,
+    *,
+    crop_pct: float = CROP_PCT,
+    val_resize: str = "crop",
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -39,14 +45,21 @@ def check_options(
         problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not 0 < crop_scale <= 1:
         problems.append(f"crop_scale must be in (0, 1], got {crop_scale}")
+    problems += resize_problems(crop_pct, val_resize)
     if color_jitter < 0:
         problems.append(f"color_jitter must be >= 0, got {color_jitter}")
     if sampler not in SAMPLER_MODES:
         problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
     if sampler == "manual" and not class_weights:
         problems.append("sampler='manual' needs class_weights (class name -> weight)")
-    if cache not in (None, "ram"):
-        problems.append(f"cache must be None or 'ram', got {cache!r}")
+    if cache not in (None, "ram", "disk"):
+        problems.append(f"cache must be None, 'ram' or 'disk', got {cache!r}")
+    if cache_short_side is not None and cache_short_side < img_size:
+        problems.append(
+            f"cache_short_side must be >= img_size ({img_size}), got {cache_short_side}"
+        )
+    if not cache_disk_max_gb > 0:
+        problems.append(f"cache_disk_max_gb must be > 0, got {cache_disk_max_gb}")
     if not 0 <= max_bad_fraction <= 1:
         problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
     if max_image_pixels < 1:

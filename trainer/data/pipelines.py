@@ -12,23 +12,27 @@ A transforms file defines two functions of the image size that return v2 transfo
         return v2.Compose([v2.Resize(int(img_size / 0.875), antialias=True), v2.CenterCrop(img_size)])
 
 Both take and return uint8 ``(3, H, W)`` tensors (the engine normalises on the device). The
-validation pipeline must compute what ``labels_mapping.json`` describes, because that file is
-all an exported model's preprocessing (``tools/predict.py``, the ONNX predictor) knows: it is
-run on probe images next to ``eval_preprocess`` and refused when the two differ.
+validation pipeline must compute what ``labels_mapping.json`` describes (``crop_pct`` and
+``resize_mode``, from ``--crop-pct`` and ``--val-resize``), because that file is all an
+exported model's preprocessing (``tools/predict.py``, the ONNX predictor) knows: it is run on
+probe images next to the recipe those fields describe and refused when the two differ, with
+the values of the fields that would describe it when there are such values.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.transforms import v2
 
-from trainer.data.transforms import eval_preprocess, resize_size
+from trainer.data.transforms import EvalResize, as_resize, eval_preprocess
 from trainer.errors import ConfigError
 from trainer.rng import torch_seeded
 
@@ -89,9 +93,15 @@ def check_train_transform(
             _run(transform, img, img_size, what)
 
 
-def check_val_transform(transform: Transform, img_size: int, what: str = "val_transform") -> None:
+def check_val_transform(
+    transform: Transform, size: int | EvalResize, what: str = "val_transform"
+) -> None:
     """Refuse (ConfigError) a validation pipeline that is random, or that computes something
-    else than ``labels_mapping.json`` can express (``eval_preprocess``) on the probe images."""
+    else on the probe images than the resize ``size`` describes (an ``EvalResize``, what
+    ``labels_mapping.json`` records; an int: the default one at that size)."""
+    resize = as_resize(size)
+    img_size = resize.img_size
+    outputs = []
     for img in probe_images(img_size):
         with torch_seeded(1):
             out = _run(transform, img, img_size, what).float()
@@ -102,22 +112,77 @@ def check_val_transform(transform: Transform, img_size: int, what: str = "val_tr
                 f"{what} is random (two runs on the same image differ); validation must be "
                 "deterministic: move random operations to the training pipeline"
             )
-        diff = (out - eval_preprocess(img, img_size).float()).abs().mean().item()
-        if diff > VAL_TOLERANCE:
-            raise ConfigError(
-                f"{what} does not compute what labels_mapping.json describes (resize the short "
-                f"side to {resize_size(img_size)}, centre-crop {img_size}, bilinear): on a probe "
-                f"image it differs by {diff:.1f} levels on average. Exported models and "
-                "tools/predict.py preprocess from that file only, so they would see other "
-                "inputs than validation did. Use v2.Resize(int(img_size / 0.875), "
-                "antialias=True) and v2.CenterCrop(img_size), or leave val_transforms out"
-            )
+        outputs.append(out)
+    diff = _difference(outputs, resize)
+    if diff <= VAL_TOLERANCE:
+        return
+    asked = f"crop_pct {resize.crop_pct}, resize_mode {resize.mode}"
+    problem = (
+        f"{what} does not compute what labels_mapping.json describes ({asked}: "
+        f"{_recipe(resize)}): on a probe image it differs by {diff:.1f} levels on average. "
+        "Exported models and tools/predict.py preprocess from that file only, so they would see "
+        "other inputs than validation did."
+    )
+    found = _described_by(transform, img_size)
+    if found is not None and _difference(outputs, found) <= VAL_TOLERANCE:
+        flags = f"--val-resize {found.mode}"
+        flags += f" --crop-pct {found.crop_pct}" if found.mode == "crop" else ""
+        raise ConfigError(
+            f"{problem} It computes what crop_pct {found.crop_pct}, resize_mode {found.mode} "
+            f"describe ({_recipe(found)}): set those fields with {flags} (in Python: "
+            f"ImageFolderData(crop_pct={found.crop_pct}, val_resize={found.mode!r}))"
+        )
+    raise ConfigError(
+        f"{problem} labels_mapping.json describes two recipes, set by --crop-pct and "
+        "--val-resize (ImageFolderData's crop_pct and val_resize): crop (v2.Resize(int(img_size "
+        "/ crop_pct), antialias=True), v2.CenterCrop(img_size)) and squash (v2.Resize((img_size, "
+        "img_size), antialias=True)). Make val_transforms one of them and set the two fields to "
+        "match, or leave val_transforms out"
+    )
 
 
-def load_transforms_file(path: str | Path, img_size: int) -> tuple[Transform, Transform]:
+def _difference(outputs: list[torch.Tensor], resize: EvalResize) -> float:
+    """The largest mean absolute difference between ``outputs`` and the recipe's on the
+    probe images (uint8 levels)."""
+    probes = probe_images(resize.img_size)
+    return max(
+        (out - eval_preprocess(img, resize).float()).abs().mean().item()
+        for out, img in zip(outputs, probes, strict=True)
+    )
+
+
+def _recipe(resize: EvalResize) -> str:
+    if resize.mode == "squash":
+        return f"the whole image resized to {resize.img_size}x{resize.img_size}, bilinear"
+    return f"the short side resized to {resize.resize_size}, centre crop {resize.img_size}, bilinear"
+
+
+def _described_by(transform: Transform, img_size: int) -> EvalResize | None:
+    """The resize the first ``v2.Resize`` of ``transform`` suggests (a short side: crop; a
+    square of ``img_size``: squash), or None; the caller checks it on the probes."""
+    steps = transform.transforms if isinstance(transform, v2.Compose) else [transform]
+    first: Any = next((t for t in steps if type(t) is v2.Resize), None)
+    size = list(first.size) if first is not None and first.size is not None else []
+    if len(size) == 2 and size == [img_size, img_size]:
+        return EvalResize(img_size, 1.0, "squash")
+    if len(size) != 1 or size[0] < img_size:
+        return None
+    # The shortest crop_pct that gives this side back (int(img_size / crop_pct) == side).
+    for digits in range(2, 10):
+        crop_pct = math.floor(img_size / size[0] * 10**digits) / 10**digits
+        if crop_pct > 0 and int(img_size / crop_pct) == size[0]:
+            return EvalResize(img_size, crop_pct, "crop")
+    return None
+
+
+def load_transforms_file(
+    path: str | Path, size: int | EvalResize
+) -> tuple[Transform, Transform]:
     """``(train, val)`` pipelines from a Python file defining ``train_transforms(img_size)`` and
-    ``val_transforms(img_size)``; each is checked (``check_*_transform``)."""
-    path = Path(path)
+    ``val_transforms(img_size)``; each is checked (``check_*_transform``), the validation one
+    against the resize ``size`` (an ``EvalResize``; an int: the default one at that size)."""
+    path, resize = Path(path), as_resize(size)
+    img_size = resize.img_size
     flag = f"--transforms {path}"
     if not path.is_file():
         raise ConfigError(
@@ -148,7 +213,7 @@ def load_transforms_file(path: str | Path, img_size: int) -> tuple[Transform, Tr
             raise ConfigError(f"{flag}: {fn}({img_size}) raised {type(e).__name__}: {e}") from e
     train, val = pipelines
     check_train_transform(train, img_size, f"{flag}: train_transforms({img_size})")
-    check_val_transform(val, img_size, f"{flag}: val_transforms({img_size})")
+    check_val_transform(val, resize, f"{flag}: val_transforms({img_size})")
     return train, val
 
 

@@ -12,7 +12,8 @@ JPEG decoded at the largest reduction that still leaves it at least the pixels i
   at which the box still spans the output size; the box, scaled to the reduced image, is then
   resized at sub-pixel precision (Pillow's ``resize(box=...)``, antialiased bilinear as
   torchvision's).
-- validation: the largest reduction whose short side stays at or above the resize size.
+- validation: the largest reduction whose short side stays at or above the resize size (for
+  a squash, ``Resize((h, w))``: whose sides stay at or above ``h`` and ``w``).
 
 EXIF orientation: the box is mapped to the stored orientation, resized there, and the small
 result is transposed. Other formats, a box too small to reduce, and a JPEG that the reduced
@@ -33,7 +34,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from trainer.data.decode import decode_bytes, image_to_tensor
-from trainer.data.transforms import val_transform
+from trainer.data.transforms import EvalResize, as_resize, val_transform
 
 REDUCTIONS = (8, 4, 2)  # what libjpeg's DCT scaling offers, largest first
 _ORIENTATION = 0x0112
@@ -79,7 +80,8 @@ class ReducedDecode:
     where the step allows (see the module docstring); ``rest`` is what remains to apply.
 
     Build it with ``ReducedDecode.of(transform)``, which returns None for a pipeline whose
-    first step is not a bilinear, antialiased ``RandomResizedCrop`` or ``Resize(int)``.
+    first step is not a bilinear, antialiased ``RandomResizedCrop``, ``Resize(int)`` or
+    ``Resize((h, w))``.
     Call it under the generator the pipeline would draw from.
     """
 
@@ -93,7 +95,7 @@ class ReducedDecode:
         if not isinstance(transform, v2.Compose) or not transform.transforms:
             return None
         first, *rest = transform.transforms
-        resize = type(first) is v2.Resize and len(first.size) == 1 and first.max_size is None
+        resize = type(first) is v2.Resize and len(first.size) in (1, 2) and first.max_size is None
         if not (resize or type(first) is v2.RandomResizedCrop):
             return None
         bilinear = first.interpolation in ("bilinear", InterpolationMode.BILINEAR)
@@ -108,7 +110,10 @@ class ReducedDecode:
             what ``load_image(path, native=False)`` raises for a file it cannot decode.
         """
         with open(path, "rb") as f:
-            raw = f.read()
+            return self.from_bytes(f.read())
+
+    def from_bytes(self, raw: bytes) -> torch.Tensor:
+        """What ``self(path)`` returns, from the file's bytes."""
         if raw[:2] != b"\xff\xd8":  # not a JPEG
             return self.first(decode_bytes(raw))
         from PIL import Image
@@ -140,6 +145,9 @@ class ReducedDecode:
                 if params["height"] / s >= out_h and params["width"] / s >= out_w:
                     return params, s
             return params, 1
+        if len(self.first.size) == 2:  # squash: both sides to a fixed size
+            out_h, out_w = self.first.size
+            return None, next((s for s in REDUCTIONS if height / s >= out_h and width / s >= out_w), 1)
         short = self.first.size[0]
         return None, next((s for s in REDUCTIONS if min(width, height) / s >= short), 1)
 
@@ -164,7 +172,10 @@ class ReducedDecode:
         if drafted is None or drafted[1][2] != w / scale:
             raise ValueError("the JPEG decoder refused the reduced size")
         if params is None:  # Resize: the whole image
-            out_h, out_w = resized_size(shown[1], shown[0], self.first.size[0])
+            if len(self.first.size) == 2:
+                out_h, out_w = self.first.size
+            else:
+                out_h, out_w = resized_size(shown[1], shown[0], self.first.size[0])
             box = (0.0, 0.0, w, h)
         else:
             out_h, out_w = self.first.size
@@ -188,19 +199,20 @@ class ReducedDecode:
 
 
 @functools.lru_cache(maxsize=8)
-def _val_decoder(img_size: int) -> ReducedDecode:
-    decoder = ReducedDecode.of(val_transform(img_size))
+def _val_decoder(resize: EvalResize) -> ReducedDecode:
+    decoder = ReducedDecode.of(val_transform(resize))
     assert decoder is not None
     return decoder
 
 
-def load_preprocessed(path: str | os.PathLike[str], img_size: int) -> torch.Tensor:
-    """A file's validation preprocessing (``eval_preprocess``) as the validation loader
-    computes it: a large JPEG is decoded at reduced size, so prediction sees the pixels
-    validation saw, as fast.
+def load_preprocessed(path: str | os.PathLike[str], size: int | EvalResize) -> torch.Tensor:
+    """A file's validation preprocessing (``eval_preprocess`` with ``size``: an
+    ``EvalResize``, or an image size for the default one) as the validation loader computes
+    it: a large JPEG is decoded at reduced size, so prediction sees the pixels validation
+    saw, as fast.
 
     Raises:
         what ``load_image(path, native=False)`` raises for a file it cannot decode.
     """
-    decoder = _val_decoder(img_size)
+    decoder = _val_decoder(as_resize(size))
     return decoder.rest(decoder(path))

@@ -53,9 +53,10 @@ def test_truncated_jpeg_is_skipped(tiny_tree: Path) -> None:
     assert src.read_bytes() == whole
 
 
-def test_ram_cache_gives_the_same_val_batches(tiny_tree: Path) -> None:
-    disk = small_data(tiny_tree, img_size=8)
-    ram = small_data(tiny_tree, img_size=8, cache="ram")
+@pytest.mark.parametrize("crop_pct", [0.875, 0.6])  # resize to 9, 13: pre-resized to that
+def test_ram_cache_gives_the_same_val_batches(tiny_tree: Path, crop_pct: float) -> None:
+    disk = small_data(tiny_tree, img_size=8, crop_pct=crop_pct)
+    ram = small_data(tiny_tree, img_size=8, cache="ram", crop_pct=crop_pct)
     assert ram.cached and not disk.cached
     for (a, ta), (b, tb) in zip(disk.val_loader(), ram.val_loader(), strict=True):
         assert torch.equal(a, b) and torch.equal(ta, tb)

@@ -120,3 +120,21 @@ def test_decompression_bomb_is_skipped_with_a_reason(tmp_path: Path, monkeypatch
     assert tiny.shape == (3, 1, 1) and tiny[:, 0, 0].tolist() == [10, 200, 30]
     images, _ = next(iter(data.train_loader()))
     assert images.shape[1:] == (3, data.img_size, data.img_size)
+
+
+def test_pillow_decodes_keep_the_hwc_layout_and_leave_the_callers_image_alone() -> None:
+    # The uint8 antialiased resize that every training and validation image goes through has
+    # a fast kernel for a permuted HWC buffer (what torchvision's PILToTensor gives it); a
+    # copy to CHW order would cost more than a 500x375 decode, and slow the resize down.
+    from trainer.data import image_to_tensor
+
+    img = Image.fromarray(RGB)
+    before = np.asarray(img).copy()
+    out = image_to_tensor(img)
+    assert out.shape == (3, 12, 10) and out.stride() == (1, 10 * 3, 3)
+    out[:] = 0  # the tensor owns its pixels: writing to it leaves the image as it was
+    assert np.array_equal(np.asarray(img), before)
+    batch = out[None].float()
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    gray = image_to_tensor(np.ascontiguousarray(RGB[..., 0]))  # (H, W): one channel
+    assert gray.shape == (3, 12, 10) and 0 not in gray.stride()  # three channels, not a view

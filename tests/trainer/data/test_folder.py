@@ -73,10 +73,19 @@ def test_labels_mapping_contract(tiny_tree: Path, tmp_path: Path) -> None:
         "num_classes": 3,
         "image_size": 224,
         "resize_size": 256,
+        "crop_pct": 0.875,
+        "resize_mode": "crop",
         "interpolation": "bilinear",
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     }
     assert resize_size(224) == 256
+    # Squash keeps the whole image: crop_pct 1.0 whatever crop_pct says, no crop.
+    squash = small_data(tiny_tree, img_size=224, crop_pct=0.5, val_resize="squash")
+    assert squash.labels_mapping() | {"crop_pct": 0.875} == mapping | {
+        "resize_size": 224, "resize_mode": "squash"}  # fmt: skip
+    assert squash.labels_mapping()["crop_pct"] == 1.0
+    custom = small_data(tiny_tree, img_size=224, crop_pct=0.95).labels_mapping()
+    assert (custom["crop_pct"], custom["resize_size"]) == (0.95, 235)
 
 
 def test_eval_preprocess_matches_the_val_loader(tiny_tree: Path) -> None:

@@ -4,6 +4,7 @@ API or a --transforms file; a val pipeline the labels mapping cannot express is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from torchvision.transforms import v2
 
 from tests.trainer.data.conftest import small_data
 from trainer.data import eval_preprocess, resize_size
-from trainer.data.pipelines import load_transforms_file
+from trainer.data.pipelines import check_val_transform, load_transforms_file
+from trainer.data.transforms import EvalResize
 from trainer.errors import ConfigError
 
 GOOD_FILE = """
@@ -66,6 +68,48 @@ def test_a_val_pipeline_the_mapping_cannot_express_is_refused(
     with pytest.raises(ConfigError, match=message) as e:
         small_data(tiny_tree, val_transform=val(16))  # type: ignore[operator]
     assert "val_transform" in str(e.value)
+
+
+# Pipelines users write, the crop_pct / val_resize that describe each, and their flags.
+@pytest.mark.parametrize(
+    ("val", "fields", "flags"),
+    [
+        (lambda s: v2.Compose([v2.Resize(s, antialias=True), v2.CenterCrop(s)]),
+         {"crop_pct": 1.0}, "--val-resize crop --crop-pct 1.0"),
+        (lambda s: v2.Resize((s, s), antialias=True),
+         {"val_resize": "squash"}, "--val-resize squash"),
+        (lambda s: v2.Compose([v2.Resize(int(s / 0.5), antialias=True), v2.CenterCrop(s)]),
+         {"crop_pct": 0.5}, "--val-resize crop --crop-pct 0.5"),
+    ],
+)  # fmt: skip
+def test_every_val_pipeline_the_fields_describe_is_accepted_and_the_error_names_them(
+    tiny_tree: Path, val: Any, fields: dict[str, Any], flags: str
+) -> None:
+    data = small_data(tiny_tree, val_transform=val(16), **fields)
+    assert data.labels_mapping()["resize_mode"] == fields.get("val_resize", "crop")
+    # The built-in pipeline of those fields computes the same pixels (and the mapping says so).
+    assert torch.equal(torch.cat([x for x, _ in data.val_loader()]),
+                       torch.cat([x for x, _ in small_data(tiny_tree, **fields).val_loader()]))
+    # With the default fields it is refused, and the message says which fields to set.
+    with pytest.raises(ConfigError, match="labels_mapping") as e:
+        check_val_transform(val(16), 16, "val_transform")
+    assert flags in str(e.value) and "ImageFolderData(crop_pct=" in str(e.value)
+
+
+def test_a_val_pipeline_no_field_describes_names_both_recipes_and_fields(tiny_tree: Path) -> None:
+    gray = v2.Compose([v2.Resize((16, 16), antialias=True), v2.Grayscale(3)])
+    with pytest.raises(ConfigError, match=r"crop_pct 1.0, resize_mode squash.*--crop-pct and "
+                                          r"--val-resize") as e:  # fmt: skip
+        small_data(tiny_tree, val_transform=gray, val_resize="squash")
+    assert "It computes" not in str(e.value)
+
+
+def test_a_transforms_file_is_checked_against_the_fields(tmp_path: Path) -> None:
+    f = tmp_path / "tf.py"
+    f.write_text(GOOD_FILE.replace("int(img_size / 0.875)", "img_size"))
+    load_transforms_file(f, EvalResize(16, 1.0))  # as --crop-pct 1.0 describes it
+    with pytest.raises(ConfigError, match="--crop-pct 1.0"):
+        load_transforms_file(f, 16)
 
 
 def test_a_train_pipeline_must_return_uint8_images_of_img_size(tiny_tree: Path) -> None:

@@ -17,7 +17,7 @@ from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import load_image
 from trainer.data.reduced import ReducedDecode
 from trainer.data.skipping import Skipped
-from trainer.data.transforms import train_transform, val_transform
+from trainer.data.transforms import EvalResize, train_transform, val_transform
 from trainer.errors import DataError
 from trainer.rng import torch_seeded
 
@@ -95,8 +95,9 @@ def test_a_reduced_decode_gives_the_full_decodes_crop_within_tolerance(
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
     path, scales = photos[name], set()
-    for transform in (train_transform(size), val_transform(size)):
-        for seed in range(8):
+    train, squash = train_transform(size), val_transform(EvalResize.of(size, val_resize="squash"))
+    for transform in (train, val_transform(size), squash):
+        for seed in range(8) if transform is train else range(1):  # validation: deterministic
             ref = _reference(transform, path, seed)
             decoded.clear()
             ours = _ours(transform, path, seed)
@@ -149,6 +150,12 @@ def test_the_reduction_is_the_largest_at_which_the_box_covers_the_output() -> No
     sizes = ((4032, 3024), (3024, 4032), (2048, 1536), (600, 512), (600, 511), (500, 375))
     assert [val.plan(w, h) for w, h in sizes] == [
         (None, 8), (None, 8), (None, 4), (None, 2), (None, 1), (None, 1)
+    ]  # fmt: skip
+    squash = ReducedDecode.of(val_transform(EvalResize.of(224, val_resize="squash")))
+    assert squash is not None  # both sides to 224: the short side must stay >= 224
+    sizes = ((4032, 1800), (1800, 4032), (4032, 1791), (1791, 4032), (600, 448), (600, 447))
+    assert [squash.plan(w, h) for w, h in sizes] == [
+        (None, 8), (None, 8), (None, 4), (None, 4), (None, 2), (None, 1)
     ]  # fmt: skip
 
 
