@@ -1,16 +1,24 @@
-"""Export a training checkpoint to ONNX and verify it against PyTorch with onnxruntime.
+"""Export a training checkpoint to ONNX (and fp16, INT8, OpenVINO) and verify each format
+against PyTorch in its own runtime.
 
 Usage:
+    python tools/export.py runs/demo                                 # -> runs/demo/model.onnx
+    python tools/export.py runs/demo --formats onnx,onnx-fp16,onnx-int8,openvino
     python tools/export.py runs/demo/checkpoints/best.pt            # -> checkpoints/best.onnx
     python tools/export.py runs/demo/checkpoints/last.pt --out last.onnx --no-ema
-    python tools/export.py best.pt --data DIR --num-images 256
+    python tools/export.py best.pt --data DIR --num-images 512 --calib-images 128
 
 The architecture, classes and image size come from the checkpoint (and the run's
-``labels_mapping.json`` when it sits in the run folder). The export is compared with PyTorch
-on validation images from ``--data`` (default: the data the run was trained on); when none can
-be read it is compared on random images, and the report says so (``"verified_on": "random"``).
-The report goes to ``export_report.json`` beside the model. Exit status: 0 when the export
-matches, 1 when it does not, 2 for a mistake in the arguments or inputs.
+``labels_mapping.json`` when it sits in the run folder). The fp32 ONNX model is always written
+(the other formats are converted from it) and compared with PyTorch on validation images from
+``--data`` (default: the data the run was trained on); when none can be read it is compared on
+random images, and the report says so (``"verified_on": "random"``); the other formats need
+real validation images. ``onnx-int8`` is calibrated on a seeded sample of training images.
+Each format is written beside the ONNX model (``model.fp16.onnx``, ``model.int8.onnx``,
+``openvino/model.xml``); one that misses its bar is kept under a ``FAILED`` name. The report,
+one entry per format under ``"formats"``, goes to ``export_report.json`` beside the model.
+Exit status: 0 when every format passes, 1 when one does not, 2 for a mistake in the arguments
+or inputs.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ if not __package__:  # run as a file (python tools/export.py), not imported as t
 import torch
 
 from hooks.onnx_export import REPORT_NAME
+from trainer import export_formats as ef
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
@@ -45,9 +54,11 @@ from trainer.export import (
     random_images,
     split_entry,
 )
-from trainer.io import free_space, is_disk_full, unwritable
+from trainer.export_check import export_formats, sample_images
+from trainer.io import atomic_write_json, free_space, is_disk_full, unwritable
+from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
-from trainer.run_files import BEST_PT, CHECKPOINTS, LAST_PT
+from trainer.run_files import BEST_PT, CHECKPOINTS, LAST_PT, MODEL_ONNX
 
 log = logging.getLogger("trainer")
 
@@ -73,56 +84,64 @@ def _data_root(args: Mapping[str, Any], data: str | os.PathLike[str] | None) -> 
     return None
 
 
-def verification_images(
+def run_data(
     ckpt: Mapping[str, Any],
     mapping: Mapping[str, Any],
     *,
     data: str | os.PathLike[str] | None = None,
-    num_images: int = 64,
-) -> tuple[torch.Tensor, str, Path | None]:
-    """Validation images to compare the export on, normalised as the model expects.
+) -> tuple[ImageFolderData | None, Path | None]:
+    """The data to check (and calibrate) an export with, split as the run split it.
 
     Args:
         ckpt: the checkpoint (its ``args`` give the data folder, split fraction and seed).
-        mapping: the labels mapping (image size, mean/std).
-        data: an ImageFolder tree; None uses the one the run was trained on.
-        num_images: how many images to take.
+        mapping: the labels mapping (image size).
+        data: an ImageFolder tree or label file; None uses the one the run was trained on.
 
     Returns:
-        The images, ``"val"`` or ``"random"``, and the data folder used (None for random).
+        The data and its folder; ``(None, None)``, with a warning, when the run's data is
+        unknown or cannot be read.
 
     Raises:
         DataError: ``data`` was given explicitly and cannot be read.
     """
     args = ckpt.get("args") or {}
     root = _data_root(args, data)
+    if root is None:
+        log.warning("no data folder known for this checkpoint")
+        return None, None
+    try:
+        tree = ImageFolderData(
+            root,
+            **EvalResize.from_mapping(mapping).data_kwargs(),  # crop_pct, resize_mode too
+            batch_size=64,
+            workers=0,
+            val_fraction=float(args.get("val_fraction", 0.2)),
+            seed=int(args.get("seed", 0)),
+            verify=False,
+            image_key=str(args.get("image_key", "path")),  # a label file's, as trained
+            label_key=str(args.get("label_key", "label")),
+        )
+    except DataError:
+        if data is not None:
+            raise
+        log.warning("the run's data at %s cannot be read", root)
+        return None, None
+    return tree, root
+
+
+def verification_images(
+    tree: ImageFolderData | None, mapping: Mapping[str, Any], num_images: int
+) -> tuple[torch.Tensor, str]:
+    """Up to ``num_images`` validation images of ``tree``, normalised as the model expects, and
+    ``"val"``; random images and ``"random"`` when there are none (a warning says so)."""
     norm = mapping["normalization"]
-    size = int(mapping["image_size"])
-    if root is not None:
-        try:
-            tree = ImageFolderData(
-                root,
-                **EvalResize.from_mapping(mapping).data_kwargs(),  # crop_pct, resize_mode too
-                batch_size=min(num_images, 64),
-                workers=0,
-                val_fraction=float(args.get("val_fraction", 0.2)),
-                seed=int(args.get("seed", 0)),
-                verify=False,
-                image_key=str(args.get("image_key", "path")),  # a label file's, as trained
-                label_key=str(args.get("label_key", "label")),
-            )
-            images = first_images(tree.val_loader(), num_images, norm["mean"], norm["std"])
-        except DataError:
-            if data is not None:
-                raise
-            log.warning("the run's data at %s cannot be read; verifying on random images", root)
-        else:
-            if images is not None:
-                return images, "val", root
-            log.warning("%s has no validation images; verifying on random images", root)
-    else:
-        log.warning("no data folder known for this checkpoint; verifying on random images")
-    return random_images(size, num_images), "random", None
+    if tree is not None:
+        images = first_images(tree.val_loader(), num_images, norm["mean"], norm["std"])
+        if images is not None:
+            return images, "val"
+        log.warning("%s has no validation images", tree.root)
+    log.warning("verifying the ONNX export on random images")
+    return random_images(int(mapping["image_size"]), num_images), "random"
 
 
 def export_checkpoint(
@@ -132,36 +151,56 @@ def export_checkpoint(
     data: str | os.PathLike[str] | None = None,
     ema: bool = True,
     opset: int = 18,
-    num_images: int = 64,
+    num_images: int = 256,
     model_name: str | None = None,
     img_size: int | None = None,
+    formats: str | Sequence[str] = "onnx",
+    calib_images: int = 256,
 ) -> dict[str, Any]:
-    """Rebuild the model in ``checkpoint``, export it to ONNX and verify it.
+    """Rebuild the model in ``checkpoint``, export it to ONNX and the other ``formats``, and
+    verify each one.
 
     Args:
         checkpoint: a ``.pt`` file written by the trainer, or a run folder (its best.pt).
-        out: the ``.onnx`` file; defaults to the checkpoint's name with ``.onnx``.
+        out: the ``.onnx`` file; defaults to ``model.onnx`` in a run folder given as
+            ``checkpoint``, else to the checkpoint's name with ``.onnx``. The other formats go
+            beside it (``trainer.export_formats.format_path``).
         data: ImageFolder tree whose validation images the check uses; None: the run's.
         ema: export the EMA weights when the checkpoint has them.
         opset: ONNX opset version.
-        num_images: images to compare PyTorch and onnxruntime on.
+        num_images: validation images to compare PyTorch and each format on.
         model_name: architecture, when the checkpoint's ``args`` do not name it.
         img_size: input size, when neither the run's mapping nor ``args`` give it; also
             overrides them.
+        formats: a comma list or sequence of ``trainer.export_formats.FORMATS``.
+        calib_images: training images to calibrate ``onnx-int8`` on (a seeded sample).
 
     Returns:
-        The verification report, as written to ``export_report.json`` beside ``out``.
+        The verification report, as written to ``export_report.json`` beside ``out``: the
+        fp32 ONNX check's fields, and ``"formats"``, one entry per format (its ``"passed"``
+        says whether it met its bar).
 
     Raises:
-        UserError: the checkpoint or data cannot be used (the message says why).
-        ExportVerificationError: onnxruntime disagrees with PyTorch; the report is written.
+        UserError: the checkpoint, data or formats cannot be used (the message says why).
+        ExportVerificationError: the fp32 ONNX model disagrees with PyTorch; the report is
+            written and no other format is.
     """
     if opset < MIN_OPSET:
         raise UserError(f"--opset must be >= {MIN_OPSET}, got {opset}; use 18.")
     if num_images < 1:
         raise UserError(f"--num-images must be >= 1, got {num_images}.")
+    if calib_images < 1:
+        raise UserError(f"--calib-images must be >= 1, got {calib_images}.")
+    wanted = ef.parse_formats(formats)
+    if "openvino" in wanted:
+        ef.import_openvino()  # before any work: the message says how to install it
     path = resolve_checkpoint(checkpoint)
-    out_path = Path(out) if out is not None else path.with_suffix(".onnx")
+    if out is not None:
+        out_path = Path(out)
+    elif Path(checkpoint).is_dir():
+        out_path = Path(checkpoint) / MODEL_ONNX
+    else:
+        out_path = path.with_suffix(".onnx")
     problem = unwritable(out_path.parent)  # before the export, not after it
     if problem:
         raise OutputError(
@@ -175,9 +214,17 @@ def export_checkpoint(
     split = split_entry(args.get("seed"), args.get("val_fraction"))
     if split is not None:
         mapping = {**mapping, "split": split}  # so tools/evaluate.py scores the run's val images
-    images, verified_on, root = verification_images(ckpt, mapping, data=data, num_images=num_images)
+    tree, root = run_data(ckpt, mapping, data=data)
+    images, verified_on = verification_images(tree, mapping, num_images)
+    if verified_on == "random" and wanted != ["onnx"]:
+        raise DataError(
+            f"cannot check the {', '.join(wanted[1:])} export(s) of {path}: no validation "
+            f"images {f'in {root}' if root else 'are known for this run'}, and a format is "
+            "only kept once it is checked on real ones. Pass --data DIR (a tree with a val/ "
+            "split, or a label file) to check on, or export --formats onnx alone."
+        )
     name = model_name or str(args.get("model", type(model).__name__))
-    return export_with_report(
+    report = export_with_report(
         model,
         out_path,
         labels_mapping=mapping,
@@ -192,6 +239,56 @@ def export_checkpoint(
             "checkpoint": str(path),
         },
     )
+    if tree is None or verified_on == "random":
+        entries = {"onnx": _random_entry(report)}
+    else:
+        entries = check_formats(
+            out_path, model, wanted, tree, num_images=num_images, calib_images=calib_images,
+            seed=int(args.get("seed", 0)),
+        )  # fmt: skip
+    report = {**report, "formats": entries}
+    atomic_write_json(out_path.parent / REPORT_NAME, report)
+    return report
+
+
+def check_formats(
+    onnx_path: Path,
+    model: torch.nn.Module,
+    formats: Sequence[str],
+    tree: ImageFolderData,
+    *,
+    num_images: int,
+    calib_images: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Each format converted from ``onnx_path`` and checked on a seeded sample of ``tree``'s
+    validation images, preprocessed by the model's own labels mapping (``OnnxClassifier``);
+    ``onnx-int8`` calibrated on a seeded sample of its training images."""
+    classifier = OnnxClassifier(onnx_path)
+    images, labels = sample_images(classifier, tree.val_samples, num_images, seed=seed)
+    calibration = None
+    if "onnx-int8" in formats:
+        calibration, _ = sample_images(classifier, tree.train_samples, calib_images, seed=seed)
+    entries = export_formats(
+        onnx_path, model, formats, images=images, labels=labels, calibration=calibration,
+        mapping=classifier.mapping,
+    )  # fmt: skip
+    for entry in entries.values():
+        entry["verified_on"] = "val"
+    return entries
+
+
+def _random_entry(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The fp32 ONNX entry of a check on random images: no labels, so no accuracies."""
+    keys = ("top1_agreement", "max_abs_diff", "tolerance", "n_images", "passed")
+    return {
+        "format": "onnx",
+        "path": report["path"],
+        **{k: report.get(k) for k in keys},
+        "accuracy": None,
+        "torch_accuracy": None,
+        "verified_on": "random",
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a .pt checkpoint of the trainer, or a run folder")
-    p.add_argument("--out", default=None, help="the .onnx file; default: CHECKPOINT with .onnx")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the .onnx file (other formats go beside it); default: RUN/model.onnx for a run "
+        "folder, CHECKPOINT with .onnx for a checkpoint",
+    )
+    p.add_argument(
+        "--formats",
+        default="onnx",
+        help=f"comma list of {', '.join(ef.FORMATS)}; onnx is always written",
+    )
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=256,
+        help="training images (a seeded sample) to calibrate onnx-int8 on",
+    )
     p.add_argument(
         "--data", default=None, help="ImageFolder tree to verify on; default: the run's data"
     )
@@ -212,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="export the EMA weights when the checkpoint has them",
     )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
-    p.add_argument("--num-images", type=int, default=64, help="images to verify on")
+    p.add_argument(
+        "--num-images", type=int, default=256, help="validation images to verify each format on"
+    )
     p.add_argument("--model", default=None, help="architecture, for checkpoints whose args lack it")
     p.add_argument(
         "--img-size", type=int, default=None, help="input size, for checkpoints that lack it"
@@ -221,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; 0: exported and verified, 1: verification failed, 2: bad input."""
+    """Run the CLI; 0: exported and verified, 1: a format failed its check, 2: bad input."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a = build_parser().parse_args(argv)
     try:
@@ -234,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_images=a.num_images,
             model_name=a.model,
             img_size=a.img_size,
+            formats=a.formats,
+            calib_images=a.calib_images,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -259,6 +376,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"max |logit diff| {report['max_abs_diff']:.2g}; report: "
         f"{Path(report['path']).parent / REPORT_NAME}"
     )
+    failed = []
+    for fmt, entry in report["formats"].items():
+        if fmt == "onnx":
+            continue  # the line above
+        summary = (
+            f"top-1 agreement {entry['top1_agreement']:.4f}, accuracy {entry['accuracy']:.4f} "
+            f"(PyTorch {entry['torch_accuracy']:.4f}) on {entry['n_images']} val images"
+        )
+        if entry["passed"]:
+            print(f"exported {fmt} {entry['path']}: {summary}")
+        else:
+            failed.append(f"{fmt} ({'; '.join(entry['failures'])}; kept as {entry['path']})")
+    if failed:
+        print(
+            f"error: {len(failed)} format(s) failed the check against PyTorch: "
+            f"{', '.join(failed)}. Report: {Path(report['path']).parent / REPORT_NAME}. Leave "
+            "them out of --formats, or see docs/deployment.md for what to try.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every optional extra the suite tests. One list: add a new extra here. (parity: the
 # Lightning hook-order comparison; bench: scikit-learn for tools/benchmarks/recipes_bench.py,
-# scikit-image for tools/benchmarks/photo_tree.py.)
-TEST_EXTRAS="dev,timm,tensorboard,wandb,parity,bench"
+# scikit-image for tools/benchmarks/photo_tree.py; openvino: tools/export.py --formats openvino.)
+TEST_EXTRAS="dev,timm,tensorboard,wandb,parity,bench,openvino"
 
 have_chromium() {
     local name
