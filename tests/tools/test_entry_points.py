@@ -22,6 +22,7 @@ SCRIPTS = {
     "imgtrainer-evaluate": "tools.evaluate:main",
     "imgtrainer-export": "tools.export:main",
     "imgtrainer-lr-find": "tools.lr_find:main",
+    "imgtrainer-label-issues": "tools.label_issues:main",
 }
 
 
