@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ema", action="store_true", help="also time the Engine with ema_decay=0.999")
     p.add_argument(
+        "--label-issues",
+        action="store_true",
+        help="also time the default hooks with --find-label-issues's hook, against without",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="also time the Engine with torch.compile; compile time shown apart",

@@ -137,8 +137,9 @@ class DataConfig:
     )
     check_leakage: bool = setting(
         False,
-        "find images that are in more than one split (identical files, by content hash); "
-        "listed in data_report.json",
+        "find images that are in more than one split: identical files (content hash), and "
+        "the same picture resized, re-encoded or slightly cropped (perceptual hash, cached "
+        "with the image checks); listed in data_report.json",
         to=(DATA,),
         switch=True,
     )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import jinja2
 
 TEMPLATE = "report.html.j2"
+MAX_NEAR_ROWS = 50  # near-duplicate pairs shown in the Data section; all in data_report.json
 # Files worth a link, in the order a user looks for them; missing ones are left out.
 _FILES = [
     rf.MODEL_ONNX,
@@ -377,6 +378,7 @@ def _data(out: Path) -> Section:
         "figures": [f for f in figures if f is not None],
         "sampler_csv": (out / rf.SAMPLER_DISTRIBUTION_CSV).is_file(),
         "leakage": _leakage(out),  # [] when the check ran and found nothing: said so
+        "near": _near_duplicates(out),
     }
     shown = section["counts"] or section["figures"] or section["sampler_csv"]
     return section if shown or section["leakage"] is not None else None
@@ -419,6 +421,21 @@ def _leakage(out: Path) -> list[dict[str, Any]] | None:
          "files": [f"{f['split']}: {f['path']}" for f in leak["files"]]}
         for leak in report["leakage"]
     ]  # fmt: skip
+
+
+def _near_duplicates(out: Path) -> dict[str, Any] | None:
+    """The near-duplicate pairs --check-leakage found, the closest first (at most
+    ``MAX_NEAR_ROWS``; all in ``data_report.json``); None when it did not look for them."""
+    report = _read_json(out / rf.DATA_REPORT_JSON)
+    if not isinstance(report, dict) or not isinstance(report.get("near_duplicates"), list):
+        return None
+    pairs = report["near_duplicates"]
+    rows = [
+        {"distance": p["distance"], "similarity": p["similarity"],
+         "files": [f"{f['split']}: {f['path']}" for f in p["files"]]}
+        for p in pairs[:MAX_NEAR_ROWS]
+    ]  # fmt: skip
+    return {"rows": rows, "total": len(pairs), "more": max(0, len(pairs) - MAX_NEAR_ROWS)}
 
 
 def _export(out: Path) -> Section:

@@ -163,3 +163,15 @@ def test_loader_mode_times_torchvision_and_ours_on_the_same_tree(
     assert doc["runs"]["torchvision"]["ratio"] == 1.0
     printed = capsys.readouterr().out
     assert "torchvision" in printed and "x torchvision" in printed
+
+
+def test_label_issues_run_records_every_training_sample(tmp_path: Path) -> None:
+    # --label-issues times LabelIssuesHook at work: the batches must name their samples.
+    from hooks.label_issues import LabelIssuesHook
+    from tools.benchmarks.bench_steps import IndexedData
+
+    w = bench_common.Workload("small_cnn", 16, 4, steps=3, num_classes=3, val_batches=1)
+    data = IndexedData(bench_common.DeviceBatches(w, torch.device("cpu")), w.batch_size)
+    hook = LabelIssuesHook(tmp_path)
+    bench_common.EngineRun("labels", w, data, torch.device("cpu"), "32", 1, [hook]).run_epoch()
+    assert hook.epoch_counts[0].tolist() == [1.0] * 12

@@ -23,6 +23,7 @@ SCRIPTS = {
     "imgtrainer-export": "tools.export:main",
     "imgtrainer-lr-find": "tools.lr_find:main",
     "imgtrainer-benchmark": "tools.benchmark:main",
+    "imgtrainer-label-issues": "tools.label_issues:main",
 }
 
 

@@ -30,3 +30,5 @@ def test_make_moves_a_share_to_other_classes_and_score_counts_the_top_k(tmp_path
         for p in [moved[0], others[0], moved[1], moved[2], moved[3]]:  # 3 of the top 4
             w.writerow([p, 0])
     assert score(copy, run) == 0.75
+    (run / "label_issues.csv").rename(run / "label_issues_cv.csv")  # tools/label_issues.py's
+    assert score(copy, run, "label_issues_cv.csv") == 0.75

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hooks.label_issues import LabelIssuesHook
 from tools.benchmarks.bench_common import (
     LABEL_SMOOTHING,
     LR,
@@ -262,6 +263,15 @@ def bench_workload(
             runs.append(
                 EngineRun("ema", w, data, device, precision, epochs, clock=clock, ema_decay=0.999)
             )
+        if getattr(args, "label_issues", False):
+            # Both on batches that name their samples, so LabelIssuesHook records: the one
+            # without it is the baseline, and beside the plain "hooks" run, the noise.
+            named = IndexedData(data, w.batch_size)
+            runs.append(EngineRun("indexed", w, named, device, precision, epochs,
+                                  hooks_for_bench(Path(tmp, "i")), clock=clock))  # fmt: skip
+            with_issues = [*hooks_for_bench(Path(tmp, "l")), LabelIssuesHook(Path(tmp, "l"))]
+            runs.append(EngineRun("labels", w, named, device, precision, epochs, with_issues,
+                                  clock=clock))  # fmt: skip
         if args.compile:
             runs.append(
                 EngineRun("compile", w, data, device, precision, epochs, clock=clock, compile=True)
@@ -299,6 +309,14 @@ def bench_workload(
         result["ema_img_s"] = times["ema"].img_s()
         # EMA's share of step time: 1 - speed with EMA / speed without, same round.
         result["ema_cost"] = 1.0 - paired_ratio(times["ema"], engine)
+    if "labels" in times:
+        labels, indexed = times["labels"], times["indexed"]
+        result["labels_img_s"] = labels.img_s()
+        # Step speed with --find-label-issues over the same hooks without it, same round; and
+        # the same for two runs that differ in nothing that matters: the noise.
+        result["ratio_labels"] = paired_ratio(labels, indexed)
+        result["ratio_labels_range"] = _ratio_range(labels, indexed)
+        result["ratio_noise_range"] = _ratio_range(indexed, hooks)
     if "compile" in times:
         c = times["compile"]
         result["compile_img_s"] = c.img_s()
@@ -322,6 +340,45 @@ def bench_workload(
             result["lightning_img_s"] = lt.img_s()
             result["ratio_lightning"] = lt.img_s() / bare.img_s()
     return result
+
+
+def _ratio_range(a: Any, b: Any) -> tuple[float, float]:
+    """The smallest and largest per-round step-speed ratio of ``a`` to ``b``."""
+    ratios = [speed(x, False) / speed(y, False) for x, y in zip(a.epochs, b.epochs, strict=True)]
+    return min(ratios), max(ratios)
+
+
+class IndexedBatches:
+    """Training batches that name their samples, as ``SkippingLoader.indices`` does (batch
+    ``i`` holds samples ``i * batch_size ...``), for LabelIssuesHook to record."""
+
+    def __init__(self, batches: list[Any], batch_size: int) -> None:
+        self.batches = batches
+        self.dataset = range(len(batches) * batch_size)
+        self._index = [torch.arange(i * batch_size, (i + 1) * batch_size) for i in range(len(batches))]
+        self.indices: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch, index in zip(self.batches, self._index, strict=True):
+            self.indices = index
+            yield batch
+
+
+class IndexedData:
+    """``DeviceBatches`` whose training loader is ``IndexedBatches``."""
+
+    def __init__(self, data: Any, batch_size: int) -> None:
+        self._data = data
+        self._loader = IndexedBatches(data.train, batch_size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def train_loader(self) -> IndexedBatches:
+        return self._loader
 
 
 # ---------------------------------------------------------------------------------- output
@@ -370,6 +427,14 @@ def print_results(results: list[dict[str, Any]], device: torch.device, precision
                 f"bare, {r['ratio_compile_engine']:.3f}x the eager Engine), first epoch "
                 f"+{r['compile_s']:.1f} s; bare loop compiled: {r['bare_compile_img_s']:.0f} "
                 f"img/s ({r['ratio_bare_compile']:.3f}x bare)"
+            )
+        if "ratio_labels" in r:
+            lo, hi = r["ratio_labels_range"]
+            nlo, nhi = r["ratio_noise_range"]
+            extra.append(
+                f"--find-label-issues: {r['labels_img_s']:.0f} img/s, step speed "
+                f"{r['ratio_labels']:.3f}x without it (rounds {lo:.3f}-{hi:.3f}; two runs "
+                f"without it: {nlo:.3f}-{nhi:.3f})"
             )
         if "lightning_img_s" in r:
             extra.append(

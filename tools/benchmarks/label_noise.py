@@ -3,6 +3,8 @@
     python tools/benchmarks/label_noise.py make SRC COPY --fraction 0.03 --seed 0
     python tools/train.py --data COPY --out RUN --find-label-issues ...
     python tools/benchmarks/label_noise.py score COPY RUN
+    python tools/label_issues.py RUN --folds 3    # the K-fold method, label_issues_cv.csv
+    python tools/benchmarks/label_noise.py score COPY RUN --csv label_issues_cv.csv
 
 ``make`` copies ``SRC`` (an ImageFolder tree with ``train/``) to ``COPY`` and moves
 ``fraction`` of the training images, drawn at random, each into another class folder drawn
@@ -42,10 +44,10 @@ def make(src: Path, copy: Path, fraction: float, seed: int) -> list[str]:
     return moved
 
 
-def score(copy: Path, run: Path) -> float:
-    """Precision at k of ``run/label_issues.csv`` against ``copy/moved.json``."""
+def score(copy: Path, run: Path, csv_name: str = "label_issues.csv") -> float:
+    """Precision at k of ``run/<csv_name>`` against ``copy/moved.json``."""
     moved = set(json.loads((copy / MOVED_JSON).read_text(encoding="utf-8")))
-    with open(run / "label_issues.csv", newline="", encoding="utf-8") as f:
+    with open(run / csv_name, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     top = [str(Path(r["path"]).resolve()) for r in rows[: len(moved)]]
     return sum(p in moved for p in top) / max(len(moved), 1)
@@ -62,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="precision at k of a run's label_issues.csv")
     s.add_argument("copy", type=Path)
     s.add_argument("run", type=Path)
+    s.add_argument("--csv", default="label_issues.csv",
+                   help="the run's file to score (label_issues_cv.csv: tools/label_issues.py)")
     args = parser.parse_args(argv)
     if args.cmd == "make":
         print(f"moved {len(make(args.src, args.copy, args.fraction, args.seed))} training images")
     else:
-        print(f"precision at k: {score(args.copy, args.run):.3f}")
+        print(f"precision at k: {score(args.copy, args.run, args.csv):.3f}")
     return 0
 
 

@@ -52,13 +52,20 @@ def write(
 
 
 def read(
-    path: Path, kind: str, version: int, dtypes: Mapping[str, str]
+    path: Path,
+    kind: str,
+    version: int,
+    dtypes: Mapping[str, str],
+    optional: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], Any] | None:
     """The arrays named in ``dtypes`` and the metadata stored at ``path``, or None.
 
     ``dtypes`` maps each array's name to its numpy dtype (e.g. ``"int64"``); an array
-    missing, not 1-D, or of another dtype is a miss.
+    missing, not 1-D, or of another dtype is a miss. ``optional`` names arrays that a file
+    of the same version may lack (added later, or only written on demand): those present are
+    returned and checked like the others; a missing one is simply not in the result.
     """
+    optional = optional or {}
     try:
         with open(path, "rb") as f:
             on_disk = os.fstat(f.fileno()).st_size
@@ -76,12 +83,15 @@ def read(
                 if header.get("kind") != kind or header.get("version") != version:
                     return None
                 arrays = {name: z[name] for name in dtypes}
+                arrays.update({name: z[name] for name in optional if name in z.files})
     except FileNotFoundError:
         return None
     except Exception as e:  # anything a damaged or crafted file can raise: a miss
         logger.debug("ignoring the %s cache %s: %s", kind, path, e)
         return None
-    for name, want in dtypes.items():
+    for name, want in {**dtypes, **optional}.items():
+        if name not in arrays:
+            continue
         got = arrays[name]
         if got.ndim != 1 or got.dtype != np.dtype(want):
             logger.debug("ignoring the %s cache %s: %s is %s %s", kind, path, name, got.dtype,

@@ -42,6 +42,11 @@ _KIND, _VERSION = "checks", 2  # bump the version when the layout changes
 _KEY_FIELDS = ("size", "mtime", "ino", "ctime")
 _DTYPES = {"paths": "uint8", **dict.fromkeys(_KEY_FIELDS, "int64"), "level": "int8",
            "reason": "int32"}  # fmt: skip
+# The perceptual hashes (--check-leakage), stored only once computed: a cache written without
+# them (by a run without the flag, or before they existed) is still read, as "not hashed".
+_OPTIONAL = {"phash": "uint64", "hashed": "int8"}
+# ``hashed`` per file: not yet, done (``phash`` holds it), or failed (the file does not decode).
+NOT_HASHED, HASHED, HASH_FAILED = 0, 1, 2
 
 
 def default_cache_dir() -> Path:
@@ -111,17 +116,22 @@ class CheckTable:
         level: 0 not checked, ``HEADER`` or ``FULL``.
         reason: index into ``reasons`` of why the file is unusable, -1 when it is fine.
         reasons: the distinct failure messages.
+        phash: each file's perceptual hash (``trainer.data.phash``), where ``hashed`` says so.
+        hashed: ``NOT_HASHED``, ``HASHED`` or ``HASH_FAILED``.
     """
 
     stats: FileStats
     level: np.ndarray
     reason: np.ndarray
     reasons: list[str]
+    phash: np.ndarray
+    hashed: np.ndarray
 
     @classmethod
     def empty(cls, stats: FileStats) -> CheckTable:
         n = len(stats.size)
-        return cls(stats, np.zeros(n, np.int8), np.full(n, -1, np.int32), [])
+        return cls(stats, np.zeros(n, np.int8), np.full(n, -1, np.int32), [],
+                   np.zeros(n, np.uint64), np.zeros(n, np.int8))  # fmt: skip
 
     def set_reason(self, i: int, text: str | None) -> None:
         if text is None:
@@ -142,7 +152,7 @@ def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> Che
     missing, unreadable or inconsistent cache file is simply a miss.
     """
     table = CheckTable.empty(stats)
-    stored = cache_store.read(path, _KIND, _VERSION, _DTYPES)
+    stored = cache_store.read(path, _KIND, _VERSION, _DTYPES, _OPTIONAL)
     if stored is None:
         return table
     z, reasons = stored
@@ -153,6 +163,9 @@ def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> Che
         or any(len(z[k]) != n for k in _DTYPES if k != "paths")
         or ((z["level"] < 0) | (z["level"] > FULL)).any()
         or ((z["reason"] < -1) | (z["reason"] >= len(reasons))).any()
+        or (("phash" in z) != ("hashed" in z))
+        or any(len(z[k]) != n for k in _OPTIONAL if k in z)
+        or ("hashed" in z and ((z["hashed"] < NOT_HASHED) | (z["hashed"] > HASH_FAILED)).any())
     ):
         logger.debug("ignoring the check cache %s: inconsistent arrays", path)
         return table
@@ -175,6 +188,9 @@ def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> Che
     table.level[pos] = z["level"][src]
     table.reason[pos] = z["reason"][src]
     table.reasons = list(reasons)
+    if "hashed" in z:
+        table.phash[pos] = z["phash"][src]
+        table.hashed[pos] = z["hashed"][src]
     return table
 
 
@@ -183,4 +199,6 @@ def save(path: Path, blob: bytes, table: CheckTable) -> bool:
     the cache folder is not writable (the check then simply runs again next time)."""
     arrays = dict(zip(_KEY_FIELDS, table.stats.fields(), strict=True))
     arrays.update(paths=np.frombuffer(blob, np.uint8), level=table.level, reason=table.reason)
+    if table.hashed.any():  # a cache of a run without --check-leakage stays as small as before
+        arrays.update(phash=table.phash, hashed=table.hashed)
     return cache_store.write(path, _KIND, _VERSION, arrays, table.reasons)

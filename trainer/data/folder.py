@@ -25,7 +25,7 @@ from trainer.data.decode import import_decoders, load_image
 from trainer.data.disk_cache import default_short_side, open_disk_cache
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
 from trainer.data.labelfile import scan_source
-from trainer.data.leakage import find_leaks
+from trainer.data.leakage import check_leakage as find_leakage
 from trainer.data.mix import BatchMix
 from trainer.data.options import check_augment, check_options, class_weights_by_index
 from trainer.data.pipelines import Transform, check_train_transform, check_val_transform
@@ -121,8 +121,9 @@ class ImageFolderData:
             decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
         image_key: a label file's column (CSV) or key (JSONL) holding the image path.
         label_key: a label file's column or key holding the label.
-        check_leakage: look for images in more than one split (byte-identical files, by
-            SHA-256); found ones are in ``leaks`` and the report, and logged.
+        check_leakage: look for images in more than one split: identical files in ``leaks``,
+            the same picture resized, re-encoded or cropped in ``near_duplicates`` (see
+            ``trainer.data.leakage``); both in the report, and logged.
         augment: more training augmentation (``trainer.data.augment.Augment``): policies,
             random erasing, degradations, and MixUp/CutMix, which ``batch_mix`` hands the
             engine to apply on the device.
@@ -230,8 +231,9 @@ class ImageFolderData:
         self.batch_mix: BatchMix | None = self.augment.batch_mix(self.num_classes, seed)
 
         total = sum(map(len, self._splits().values())) + len(missing)
+        hashes = None  # with check_leakage: the perceptual hashes of the start-up check
         if verify != "none":
-            kept, unusable = check_splits(
+            kept, unusable, hashes = check_splits(
                 self._splits(),
                 mode=verify,
                 # The loaders are not running yet: the check may use every core.
@@ -242,6 +244,7 @@ class ImageFolderData:
                 root=self.root,
                 known_bad=missing,
                 max_pixels=max_image_pixels,
+                phash=check_leakage,
             )
             self.train_samples, self.val_samples = kept["train"], kept["val"]
             self.test_samples = kept["test"]
@@ -272,14 +275,9 @@ class ImageFolderData:
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
         self._check_counts()
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
+        self.near_duplicates: list[dict[str, Any]] | None = None
         if check_leakage:
-            self.leaks = find_leaks(self._splits(), workers=max(1, self.workers))
-            if self.leaks:
-                shown = "; ".join(", ".join(f["path"] for f in g["files"]) for g in self.leaks[:5])
-                logger.warning(
-                    "%d image(s) are in more than one split (identical files): %s%s",
-                    len(self.leaks), shown, " ..." if len(self.leaks) > 5 else "",
-                )  # fmt: skip
+            self.leaks, self.near_duplicates = find_leakage(self._splits(), hashes, self.workers)
         self.class_counts: dict[str, list[int]] = {
             split: self._count(samples) for split, samples in self._splits().items()
         }
@@ -477,6 +475,7 @@ class ImageFolderData:
             "ignored_files": [str(p) for p in self.ignored_files],
             "skipped_links": [{"path": str(p), "reason": r} for p, r in self.skipped_links],
             **({} if self.leaks is None else {"leakage": self.leaks}),
+            **({} if self.near_duplicates is None else {"near_duplicates": self.near_duplicates}),
         }
 
     def write_report(self, path: str | os.PathLike[str]) -> None:
@@ -498,9 +497,9 @@ class ImageFolderData:
             lines.append(f"  skipped {len(self.bad_files)} unreadable file(s)")
         if self.ignored_files:
             lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
-        if self.leaks:
+        if self.leaks or self.near_duplicates:
             lines.append(
-                f"  leakage: {len(self.leaks)} image(s) in more than one split "
-                "(listed in data_report.json)"
+                f"  leakage: {len(self.leaks or [])} image(s) in more than one split, "
+                f"{len(self.near_duplicates or [])} near-duplicate pair(s) (data_report.json)"
             )
         return "\n".join(lines)

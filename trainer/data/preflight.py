@@ -12,6 +12,9 @@ native decoder that crashes on a malformed file takes down one checking process,
 run: the chunk it was in is checked again in a fresh process, halved until the one file that
 crashes it is found, and that file is reported like any other unreadable image.
 
+With ``phash=True`` (``--check-leakage``) each usable file's perceptual hash
+(``trainer.data.phash``) is computed by the same processes, and cached with the verdict.
+
 Results are cached by path and file version (``trainer.data.check_cache``): a second run on the
 same files, a resume, and the other ranks of a DDP run read them instead of checking again.
 Under torch.distributed, local rank 0 checks while the other ranks wait, then they read.
@@ -41,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from trainer.data import check_cache
-from trainer.data.check_cache import FULL, HEADER
+from trainer.data.check_cache import FULL, HASH_FAILED, HASHED, HEADER, NOT_HASHED
+from trainer.data.phash import phash as perceptual_hash
 from trainer.data.samples import SampleArray
 from trainer.data.scan import NOT_REGULAR
 from trainer.distributed import barrier, get_local_rank, is_distributed
@@ -70,12 +74,15 @@ class PreflightResult:
         checked: files checked by this call.
         cached: files whose result came from the cache.
         seconds: wall time of the call.
+        phashes: with ``phash=True``, ``index into paths -> perceptual hash`` of each usable
+            file that decodes; None otherwise.
     """
 
     bad: list[tuple[int, str]] = field(default_factory=list)
     checked: int = 0
     cached: int = 0
     seconds: float = 0.0
+    phashes: dict[int, int] | None = None
 
 
 def header_problem(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -133,15 +140,32 @@ def check_chunk(
     return [(i, r) for i, p in enumerate(paths) if (r := check(p, max_pixels)) is not None]
 
 
+# What a chunk's check returns: ``(position, reason)`` of the unusable files, and with
+# ``Check.phash`` each file's perceptual hash (None: unusable, or it does not decode).
+ChunkResult = tuple[list[tuple[int, str]], list[int | None]]
+
+
 @dataclass(frozen=True)
 class Check:
     """``check_chunk`` with its settings bound: what a checking process is sent."""
 
     full: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
+    phash: bool = False
 
-    def __call__(self, paths: Sequence[str]) -> list[tuple[int, str]]:
-        return check_chunk(paths, self.full, self.max_pixels)
+    def __call__(self, paths: Sequence[str]) -> ChunkResult:
+        bad = check_chunk(paths, self.full, self.max_pixels)
+        if not self.phash:
+            return bad, []
+        unusable = {i for i, _ in bad}
+        return bad, [None if i in unusable else _phash_or_none(p) for i, p in enumerate(paths)]
+
+
+def _phash_or_none(path: str) -> int | None:
+    try:
+        return perceptual_hash(path)
+    except Exception:  # a header check passes some files that do not decode: no hash, no crash
+        return None
 
 
 def preflight(
@@ -152,6 +176,7 @@ def preflight(
     cache_key: str | None = None,
     cache_dir: Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    phash: bool = False,
 ) -> PreflightResult:
     """Check ``paths`` (see the module docstring); returns the unusable ones with why.
 
@@ -163,13 +188,14 @@ def preflight(
         cache_key: names the cache file (e.g. the data root); None: no cache.
         cache_dir: where the cache lives; default ``check_cache.default_cache_dir()``.
         max_pixels: the pixel budget: an image whose header declares more is unusable.
+        phash: also compute (or read from the cache) each usable file's perceptual hash.
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
     if mode == "none" or not paths:
-        return PreflightResult()
+        return PreflightResult(phashes={} if phash else None)
     strs = [os.fspath(p) for p in paths]
-    check = Check(mode == "full", max_pixels)
+    check = Check(mode == "full", max_pixels, phash)
     if cache_key is not None:  # a verdict holds for one budget
         cache_key = f"{cache_key}\0max_pixels={max_pixels}"
     if not is_distributed():
@@ -193,9 +219,11 @@ def check_splits(
     root: Path,
     known_bad: Sequence[tuple[Path, str]] = (),
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[dict[str, SampleArray], list[tuple[Path, str]]]:
-    """``preflight`` over every split's samples: the splits without the unusable files, and
-    ``(path, reason)`` of those.
+    phash: bool = False,
+) -> tuple[dict[str, SampleArray], list[tuple[Path, str]], dict[str, int] | None]:
+    """``preflight`` over every split's samples: the splits without the unusable files,
+    ``(path, reason)`` of those, and with ``phash`` the perceptual hash of each file that has
+    one (``path -> hash``; None without ``phash``).
 
     ``known_bad`` are images already left out of ``splits`` (a label file's missing ones): they
     count with the unusable ones against ``max_bad_fraction``.
@@ -204,17 +232,20 @@ def check_splits(
         DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
     paths = [p for samples in splits.values() for p in samples.paths()]
-    found = preflight(
+    result = preflight(
         paths,
         mode=mode,
         processes=processes,
         cache_key=cache_key,
         cache_dir=cache_dir,
         max_pixels=max_pixels,
-    ).bad
+        phash=phash,
+    )
+    found = result.bad
+    hashes = None if result.phashes is None else {paths[i]: h for i, h in result.phashes.items()}
     bad_files = [(Path(paths[i]), r) for i, r in found]
     if not bad_files:
-        return dict(splits), []
+        return dict(splits), [], hashes
     shown = "; ".join(f"{p} ({r})" for p, r in [*known_bad, *bad_files][:5])
     n_bad, n_all = len(bad_files) + len(known_bad), len(paths) + len(known_bad)
     fraction = n_bad / n_all
@@ -238,7 +269,7 @@ def check_splits(
     for name, samples in splits.items():
         kept[name] = samples.select(keep[start : start + len(samples)])
         start += len(samples)
-    return kept, bad_files
+    return kept, bad_files, hashes
 
 
 def available_cpus() -> int:
@@ -266,20 +297,33 @@ def _preflight(
         table = check_cache.load(where, paths, blob, stats)
     else:
         table = check_cache.CheckTable.empty(stats)
-    todo = np.flatnonzero(table.level < level)
+    redo = table.level < level
+    if check.phash:  # a usable file not hashed yet is checked again, and hashed
+        redo |= (table.hashed == NOT_HASHED) & (table.reason < 0)
+    todo = np.flatnonzero(redo)
     for i in todo[stats.size[todo] == check_cache.MISSING]:
         table.set_reason(int(i), "cannot be read: the file vanished or is not accessible")
     for i in todo[stats.size[todo] == check_cache.NOT_REGULAR]:
         table.set_reason(int(i), NOT_REGULAR)
     todo = todo[stats.size[todo] >= 0]
     table.reason[todo] = -1
-    for i, reason in _run_checks(paths, todo, check, processes):
-        table.set_reason(i, reason)
+    for idx, (bad, hashes) in _run_checks(paths, todo, check, processes):
+        for j, reason in bad:
+            table.set_reason(int(idx[j]), reason)
+        for i, h in zip(idx, hashes, strict=False):  # no hashes without check.phash
+            table.hashed[i] = HASH_FAILED if h is None else HASHED
+            table.phash[i] = 0 if h is None else h
     table.level[np.flatnonzero(table.level < level)] = level
     if where is not None and len(todo):
         check_cache.save(where, blob, table)
     bad = [(int(i), table.reasons[table.reason[i]]) for i in np.flatnonzero(table.reason >= 0)]
-    result = PreflightResult(bad, len(todo), len(paths) - len(todo), time.perf_counter() - t0)
+    phashes = None
+    if check.phash:
+        ok = np.flatnonzero((table.hashed == HASHED) & (table.reason < 0))
+        phashes = dict(zip(ok.tolist(), table.phash[ok].tolist(), strict=True))
+    result = PreflightResult(
+        bad, len(todo), len(paths) - len(todo), time.perf_counter() - t0, phashes
+    )
     logger.info(
         "checked %d image %s in %.1f s (%d from the cache), %d unusable",
         result.checked,
@@ -306,14 +350,13 @@ def progress_bar(total: int, desc: str) -> Any:
 
 def _run_checks(
     paths: list[str], todo: np.ndarray, check: Check, processes: int
-) -> Iterator[tuple[int, str]]:
-    """``(index, reason)`` of each unusable file among ``paths[todo]``."""
+) -> Iterator[tuple[np.ndarray, ChunkResult]]:
+    """The chunks of ``todo`` (indices into ``paths``), each with its ``ChunkResult``."""
     with progress_bar(len(todo), "checking images") as bar:
         if processes <= 0 and not check.full:
             for start in range(0, len(todo), CHUNK):
                 idx = todo[start : start + CHUNK]
-                for j, reason in check([paths[i] for i in idx]):
-                    yield int(idx[j]), reason
+                yield idx, check([paths[i] for i in idx])
                 bar.update(len(idx))
             return
         yield from _pooled(paths, todo, check, max(1, processes), bar)
@@ -347,10 +390,10 @@ def _context() -> Any:
 
 def _pooled(
     paths: list[str], todo: np.ndarray, check: Check, processes: int, bar: Any
-) -> Iterator[tuple[int, str]]:
+) -> Iterator[tuple[np.ndarray, ChunkResult]]:
     """The chunks of ``todo`` checked by a process pool, two chunks per process in flight."""
     starts = iter(range(0, len(todo), CHUNK))
-    pending: dict[Future[list[tuple[int, str]]], np.ndarray] = {}
+    pending: dict[Future[ChunkResult], np.ndarray] = {}
     crashed: list[np.ndarray] = []
     pool = _new_pool(processes)
     try:
@@ -372,8 +415,7 @@ def _pooled(
                     except BrokenProcessPool:
                         crashed.append(idx)  # this chunk, or one beside it, crashed a checker
                         continue
-                    for j, reason in found:
-                        yield int(idx[j]), reason
+                    yield idx, found
                     bar.update(len(idx))
             if crashed and not pending:
                 pool.shutdown(wait=True)
@@ -386,16 +428,18 @@ def _pooled(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _isolate(paths: list[str], idx: np.ndarray, check: Check) -> Iterator[tuple[int, str]]:
+def _isolate(
+    paths: list[str], idx: np.ndarray, check: Check
+) -> Iterator[tuple[np.ndarray, ChunkResult]]:
     """Check ``paths[idx]`` in one fresh process; on a crash, halve until the culprit is alone."""
     found, exitcode = _in_child([paths[i] for i in idx], check)
     if found is not None:
-        for j, reason in found:
-            yield int(idx[j]), reason
+        yield idx, found
     elif len(idx) == 1:
         how = f"signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}"
         logger.warning("%s crashed the image decoder (%s); skipping it", paths[idx[0]], how)
-        yield int(idx[0]), f"crashed the image decoder ({how}): the file is malformed"
+        reason = f"crashed the image decoder ({how}): the file is malformed"
+        yield idx, ([(0, reason)], [None] if check.phash else [])
     else:
         half = len(idx) // 2
         yield from _isolate(paths, idx[:half], check)
@@ -408,7 +452,7 @@ def _child(conn: Connection, paths: list[str], check: Check) -> None:
     conn.close()
 
 
-def _in_child(paths: list[str], check: Check) -> tuple[list[tuple[int, str]] | None, int]:
+def _in_child(paths: list[str], check: Check) -> tuple[ChunkResult | None, int]:
     """``check(paths)`` in a child process: its result, or None and the exit code."""
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
@@ -416,7 +460,7 @@ def _in_child(paths: list[str], check: Check) -> tuple[list[tuple[int, str]] | N
     proc.start()
     send.close()
     try:
-        found: list[tuple[int, str]] | None = receive.recv()
+        found: ChunkResult | None = receive.recv()
     except EOFError:
         found = None
     finally:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from hooks.most_confused import HEADER as CONFUSED_HEADER
-from hooks.render.report_page import RunFacts, render_report
+from hooks.render.report_page import MAX_NEAR_ROWS, RunFacts, render_report
 from hooks.render.tables import MAX_ROWS
 from hooks.top_losses import HEADER as LOSSES_HEADER
 from trainer.io import atomic_write_csv
@@ -107,3 +107,19 @@ def test_most_confused_and_top_losses_sections_escape_class_names_and_paths(
     atomic_write_csv(tmp_path / "most_confused.csv", CONFUSED_HEADER, [])
     page = render_report(tmp_path, RunFacts("r", "finished", 2, 2, [], best=None, monitor="x"))
     assert "no validation image was mistaken for another class" in page
+
+
+def test_data_section_lists_near_duplicate_pairs_escaped_and_capped(tmp_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    pair = {"distance": 4, "similarity": 0.9987,
+            "files": [{"split": "train", "path": f"t/{evil}.png"}, {"split": "val", "path": "v.png"}]}
+    report = {"leakage": [], "near_duplicates": [pair] * (MAX_NEAR_ROWS + 3)}
+    (tmp_path / "data_report.json").write_text(json.dumps(report), encoding="utf-8")
+    page = render_report(tmp_path, RunFacts("r", "finished", 1, 1, [], best=None, monitor="x"))
+    assert "<script" not in page
+    assert f"{MAX_NEAR_ROWS + 3} pair(s) of images in two splits" in page
+    assert page.count(f"train: t/{html.escape(evil, quote=False)}.png") == MAX_NEAR_ROWS
+    assert "3 more pair(s) in data_report.json" in page and ">0.9987<" in page
+    (tmp_path / "data_report.json").write_text(json.dumps({"leakage": [], "near_duplicates": []}))
+    page = render_report(tmp_path, RunFacts("r", "finished", 1, 1, [], best=None, monitor="x"))
+    assert "near-duplicate check: no picture is in two splits" in page
