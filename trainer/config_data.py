@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainer.config_fields import DATA, none_for_none, parse_class_weights, setting
+from trainer.data.labelfile import TASKS
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
 
@@ -95,6 +96,20 @@ class DataConfig:
         "label file: the CSV column or JSONL key holding the label",
         to=(DATA,),
         metavar="KEY",
+    )
+    task: str = setting(
+        "auto",
+        "auto: multi-label when a label file's labels are lists (JSONL) or --label-sep splits "
+        "them, else multiclass; multilabel: every image carries a set of labels",
+        to=(DATA,),
+        choices=TASKS,
+    )
+    label_sep: str | None = setting(
+        None,
+        "CSV label file: split the label column into a set of labels at SEP (multi-label); "
+        "an empty field is an image with none of the classes",
+        to=(DATA,),
+        metavar="SEP",
     )
     check_leakage: bool = setting(
         False,

@@ -48,6 +48,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         with_index: return ``(image, target, index)``, the sample's index in ``samples``
             third, so a batch names its samples (the training loader: ``SkippingLoader``
             strips it into ``indices``).
+        label_table: multi-label data: the target is row ``target`` of this ``(K, C)`` table
+            (``trainer.data.label_sets``), a multi-hot float vector.
     """
 
     def __init__(
@@ -60,7 +62,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         native: bool = True,
         reduced: bool = False,
         with_index: bool = False,
+        label_table: torch.Tensor | None = None,
     ) -> None:
+        self.label_table = label_table
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
         self.cache = cache
@@ -88,6 +92,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                     "the file, or construct the data with verify=True to skip unreadable files."
                 ) from e
             image = transform(img)
+        if self.label_table is not None:
+            target = self.label_table[target]  # type: ignore[assignment]
         return (image, target, index) if self.with_index else (image, target)  # type: ignore[return-value]
 
     def _load(

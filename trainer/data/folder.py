@@ -23,6 +23,7 @@ from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import import_decoders, load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
+from trainer.data.label_sets import label_counts, label_table_of, tracking_sampler
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
 from trainer.data.mix import BatchMix
@@ -112,6 +113,10 @@ class ImageFolderData:
             decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
         image_key: a label file's column (CSV) or key (JSONL) holding the image path.
         label_key: a label file's column or key holding the label.
+        task: "auto", "multiclass" or "multilabel": a label file whose labels are lists (or
+            split by ``label_sep``) is multi-label under "auto" (``trainer.data.label_sets``):
+            targets are then multi-hot float rows ``(C,)``, ``task`` says which.
+        label_sep: splits a CSV label file's label column into a label set, e.g. ";".
         check_leakage: look for images in more than one split (byte-identical files, by
             SHA-256); found ones are in ``leaks`` and the report, and logged.
         augment: more training augmentation (``trainer.data.augment.Augment``): policies,
@@ -161,25 +166,15 @@ class ImageFolderData:
         val_transform: Transform | None = None,
         check_cache_dir: str | os.PathLike[str] | None = None,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        task: str = "auto",
+        label_sep: str | None = None,
     ) -> None:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
             verify = "header" if verify else "none"
-        check_options(
-            img_size,
-            batch_size,
-            workers,
-            val_fraction,
-            crop_scale,
-            color_jitter,
-            sampler,
-            class_weights,
-            cache,
-            max_bad_fraction,
-            decode,
-            verify,
-            max_image_pixels,
-        )
+        check_options(img_size, batch_size, workers, val_fraction, crop_scale, color_jitter,
+                      sampler, class_weights, cache, max_bad_fraction, decode, verify,
+                      max_image_pixels)  # fmt: skip
         check_augment(self.augment, decode, train_transform)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
@@ -208,8 +203,12 @@ class ImageFolderData:
             label_key=label_key,
             max_bad_fraction=max_bad_fraction,
             cache_dir=None if check_cache_dir is None else Path(check_cache_dir),
+            task=task,
+            label_sep=label_sep,
         )
         self.classes: list[str] = scan.classes
+        # Multi-label: targets index these (K, C) multi-hot rows (trainer.data.label_sets).
+        self.label_table, self.task = label_table_of(scan, decode)
         # No Python object per sample: see SampleArray.
         self.train_samples: SampleArray = as_sample_array(scan.train)
         self.val_samples: SampleArray = as_sample_array(scan.val)
@@ -279,15 +278,10 @@ class ImageFolderData:
         # Even unweighted runs draw through the tracking sampler (a seeded permutation per
         # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
         # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
-        self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
-            self.train_samples.targets.tolist(),
-            self.num_classes,
-            mode=sampler,
-            class_weights=weights_by_idx,
-            seed=seed,
-            num_replicas=get_world_size(),
-            rank=get_rank(),
-        )
+        self.sampler: TrackingWeightedRandomSampler = tracking_sampler(
+            self.train_samples.targets, self.num_classes, self.label_table, mode=sampler,
+            class_weights=weights_by_idx, seed=seed, num_replicas=get_world_size(), rank=get_rank()
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ counts
 
@@ -310,6 +304,8 @@ class ImageFolderData:
         return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
 
     def _count(self, samples: SampleArray) -> list[int]:
+        if self.label_table is not None:  # images carrying each label
+            return label_counts(samples.targets, self.label_table)
         return [int(n) for n in np.bincount(samples.targets, minlength=len(self.classes))]
 
     @property
@@ -332,7 +328,7 @@ class ImageFolderData:
         # worker. Reduced JPEG decoding: built-in pipelines only (a user's sees the full image).
         own = self.train_transform if split == "train" else self.val_transform
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
-                                reduced=own is None)  # fmt: skip
+                                reduced=own is None, label_table=self.label_table)  # fmt: skip
 
     def _skipping_loader(
         self,
@@ -450,6 +446,7 @@ class ImageFolderData:
             "resize_size": resize_size(self.img_size),
             "interpolation": "bilinear",
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            **({} if self.task == "multiclass" else {"task": self.task, "activation": "sigmoid"}),
         }
 
     def save_labels_mapping(self, path: str | os.PathLike[str]) -> None:
