@@ -76,6 +76,7 @@ class PredictBatches:
         if batch_size is not None and batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.skipped: list[tuple[int, Path, str]] = []
+        self.multilabel = getattr(data, "task", "multiclass") == "multilabel"  # sigmoid
         self.probs: list[torch.Tensor] = []
         self.items: list[Any] | None = None  # None: a loader
         self.loader: Any = ()
@@ -131,7 +132,7 @@ class PredictBatches:
 
     def score(self, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
         """Keep a batch's probabilities; the outputs ``on_predict_batch_end`` gets."""
-        self.probs.append(logits.softmax(1))
+        self.probs.append(logits.sigmoid() if self.multilabel else logits.softmax(1))
         return {"logits": logits, "probs": self.probs[-1]}
 
     def result(self, num_classes: int) -> torch.Tensor:
