@@ -59,6 +59,7 @@ with collector_paused():
     from trainer.io import free_space, is_disk_full
     from trainer.models import build_model
     from trainer.rng import seed_everything
+    from trainer.task import task_of
 
 log = logging.getLogger("trainer")
 new_run_dir = rf.new_run_dir  # tests name the folder through it
@@ -143,6 +144,9 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
     data = build_data(cfg, root)
+    if task_of(data).monitor(cfg.monitor) != cfg.monitor:  # multi-label: val/mAP by default
+        config["monitor"] = task_of(data).monitor(cfg.monitor)
+        cfg = TrainConfig.from_dict(config)
     log.info(data.summary())
     seed_everything(cfg.seed)  # the model's initial weights too
     model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)

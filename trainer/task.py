@@ -79,3 +79,9 @@ def task_of(data: Any) -> ClassificationTask:
 
         return MultiLabelTask()
     return ClassificationTask()
+
+
+def is_multilabel(data: Any) -> bool:
+    """Whether ``data`` (an engine's ``data``) is multi-label: the hooks that assume one label
+    per image switch themselves off, or adapt, by it."""
+    return getattr(data, "task", "multiclass") == "multilabel"

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from trainer.data import label_sets
 from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
 from trainer.data.decode import import_decoders, load_image
 from trainer.data.gpu_decode import EncodedImageDataset, collate_encoded
-from trainer.data.label_sets import label_counts, label_table_of, tracking_sampler
 from trainer.data.labelfile import scan_source
 from trainer.data.leakage import find_leaks
 from trainer.data.mix import BatchMix
@@ -208,7 +208,7 @@ class ImageFolderData:
         )
         self.classes: list[str] = scan.classes
         # Multi-label: targets index these (K, C) multi-hot rows (trainer.data.label_sets).
-        self.label_table, self.task = label_table_of(scan, decode)
+        self.label_table, self.task = label_sets.label_table_of(scan, decode)
         # No Python object per sample: see SampleArray.
         self.train_samples: SampleArray = as_sample_array(scan.train)
         self.val_samples: SampleArray = as_sample_array(scan.val)
@@ -278,7 +278,7 @@ class ImageFolderData:
         # Even unweighted runs draw through the tracking sampler (a seeded permutation per
         # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
         # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
-        self.sampler: TrackingWeightedRandomSampler = tracking_sampler(
+        self.sampler: TrackingWeightedRandomSampler = label_sets.tracking_sampler(
             self.train_samples.targets, self.num_classes, self.label_table, mode=sampler,
             class_weights=weights_by_idx, seed=seed, num_replicas=get_world_size(), rank=get_rank()
         )  # fmt: skip
@@ -305,7 +305,7 @@ class ImageFolderData:
 
     def _count(self, samples: SampleArray) -> list[int]:
         if self.label_table is not None:  # images carrying each label
-            return label_counts(samples.targets, self.label_table)
+            return label_sets.label_counts(samples.targets, self.label_table)
         return [int(n) for n in np.bincount(samples.targets, minlength=len(self.classes))]
 
     @property
@@ -446,7 +446,7 @@ class ImageFolderData:
             "resize_size": resize_size(self.img_size),
             "interpolation": "bilinear",
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
-            **({} if self.task == "multiclass" else {"task": self.task, "activation": "sigmoid"}),
+            **({} if self.label_table is None else label_sets.multilabel_mapping(self.num_classes)),
         }
 
     def save_labels_mapping(self, path: str | os.PathLike[str]) -> None:

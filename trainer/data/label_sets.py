@@ -149,6 +149,12 @@ def tracking_sampler(
     return LabelSetSampler(table[torch.as_tensor(targets)], **kwargs)
 
 
+def multilabel_mapping(num_classes: int) -> dict[str, Any]:
+    """What ``labels_mapping.json`` adds for multi-label data: the task, the activation and
+    the per-class thresholds (0.5 until validation tunes them)."""
+    return {"task": "multilabel", "activation": "sigmoid", "thresholds": [0.5] * num_classes}
+
+
 def label_table(label_sets: Sequence[tuple[int, ...]], num_classes: int) -> torch.Tensor:
     """``(K, C)`` float32: row k is the multi-hot vector of label set k."""
     table = torch.zeros(len(label_sets), num_classes)
