@@ -12,6 +12,7 @@ from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import class_metrics
 from trainer.run_files import PER_CLASS_CSV
+from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 HEADER = ["epoch", "step", "class_index", "class", "accuracy", "precision", "recall", "f1",
           "support"]  # fmt: skip
 METRICS = ["accuracy", "precision", "recall", "f1", "support"]
+# Multi-label data (``engine.state.label_metrics``): AP, and the F1-tuned threshold.
+LABEL_HEADER = ["epoch", "step", "class_index", "class", "ap", "precision", "recall", "f1",
+                "support", "threshold", "tp", "fp", "fn", "tn"]  # fmt: skip
 
 
 class PerClassMetricsHook(Hook):
@@ -32,6 +36,10 @@ class PerClassMetricsHook(Hook):
     count from 0 as in ``metrics.csv``; ``step`` tells apart the validations inside an epoch
     (``--val-every``). The sanity check is left out; rank 0 writes. A resumed run drops the
     rows after its checkpoint's step, so each validation appears once.
+
+    Multi-label data: the columns are ``LABEL_HEADER``, from ``engine.state.label_metrics``
+    (AP; precision, recall and F1 at the thresholds in force; the images carrying the class;
+    the threshold tuned on this validation; the 2x2 counts).
 
     Args:
         out_dir: the run folder.
@@ -53,11 +61,20 @@ class PerClassMetricsHook(Hook):
 
     @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
+        if is_multilabel(engine.data):
+            self.log = CsvLog(self.log.path, LABEL_HEADER)
         self.log.start(engine.state.step)
 
     @rank_zero_only
     def on_validation_end(self, engine: Engine) -> None:
         s = engine.state
+        if s.phase == "val" and s.label_metrics is not None:
+            table = s.label_metrics
+            self.latest = [
+                [s.epoch, s.step, i, name, *(round(table[k][i], 6) for k in LABEL_HEADER[4:])]
+                for i, name in enumerate(engine.data.classes)
+            ]
+            self.log.append(engine.artifacts, self.latest)
         if s.phase != "val" or s.confusion_matrix is None:
             return
         values = class_metrics(s.confusion_matrix)

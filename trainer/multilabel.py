@@ -15,8 +15,9 @@ What a validation (or test) pass records, counted on the device and read once:
   (the share of wrong yes/no decisions);
 - ``val/macro_f1_tuned``: macro F1 at the thresholds tuned on this very pass (optimistic);
 - ``state.label_metrics``: per class AP, precision, recall, F1, support, the threshold that
-  maximises the class's F1 on the pass (0.5 for a class without positives), and its
-  precision-recall curve on a grid of 101 thresholds.
+  maximises the class's F1 on the pass (0.5 for a class without positives) and that F1, the
+  2x2 counts at the thresholds in force (tp, fp, fn, tn), and the class's precision-recall
+  curve on a grid of 101 thresholds.
 
 At the best epoch (``trainer.metrics.track_best``) the tuned thresholds become
 ``state.thresholds``, which ``labels_mapping.json``, the checkpoints and the export carry.
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 DEFAULT_THRESHOLD = 0.5
 PR_POINTS = 101  # thresholds 0, 0.01, ..., 1 of the stored precision-recall curves
 # Per-class results, in the order they are packed for the one host read.
-PER_CLASS = ("ap", "precision", "recall", "f1", "support", "threshold", "f1_tuned")
+PER_CLASS = ("ap", "precision", "recall", "f1", "support", "threshold", "f1_tuned",
+             "tp", "fp", "fn", "tn")  # fmt: skip
 
 
 class MultiLabelTask(ClassificationTask):
@@ -169,7 +171,7 @@ def label_results(
         "support": positive.sum(0).double(),
         "threshold": tuned.double(),
         "f1_tuned": f1_tuned.double(),
-        "tp": tp, "fp": fp, "fn": fn,
+        "tp": tp, "fp": fp, "fn": fn, "tn": len(probs) - tp - fp - fn,
         "exact": (pred == positive).all(1).sum().double()[None],
         "wrong": (pred != positive).sum().double()[None],
         "pr_precision": pr_precision.double(), "pr_recall": pr_recall.double(),

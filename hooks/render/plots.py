@@ -247,6 +247,32 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
     return fig
 
 
+def plot_label_confusion(counts: np.ndarray, classes: Sequence[str], caption: str) -> Figure:
+    """Multi-label: each class's 2x2 confusion counts as one row (TP, FN, FP, TN), coloured
+    by the share of the class's row (its images' decisions).
+
+    Args:
+        counts: ``(C, 4)`` TP, FN, FP, TN per class.
+        classes: class names by index.
+        caption: what the title says the counts are of, e.g. ``"epoch 3"``.
+    """
+    counts = np.asarray(counts)
+    n = len(classes)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = _figure(6.0, float(np.clip(1.2 + 0.3 * n, 3.0, 40.0)))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    named = n <= MAX_NAMED
+    ax.set_yticks(range(n), [label(c, 18) for c in classes] if named else list(map(str, range(n))))
+    ax.set(title=f"per-class 2x2 confusion ({caption})", ylabel="class")
+    if n <= 4 * MAX_ANNOTATED:
+        for (i, j), v in np.ndenumerate(counts):
+            colour = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", color=colour, fontsize=7)
+    return fig
+
+
 def confused_pairs(counts: np.ndarray, k: int = SUMMARY_BARS) -> list[tuple[int, int, int]]:
     """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first.
 
