@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hooks.render.csv_log import CsvLog
+from hooks.render.plots import plot_pr_curves, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import class_metrics
-from trainer.run_files import PER_CLASS_CSV
+from trainer.run_files import PER_CLASS_CSV, PLOTS
 from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class PerClassMetricsHook(Hook):
 
     Multi-label data: the columns are ``LABEL_HEADER``, from ``engine.state.label_metrics``
     (AP; precision, recall and F1 at the thresholds in force; the images carrying the class;
-    the threshold tuned on this validation; the 2x2 counts).
+    the threshold tuned on this validation; the 2x2 counts), and ``plots/pr_curves.png``, the
+    latest validation's precision-recall curve of each class (``hooks.render.plots``).
 
     Args:
         out_dir: the run folder.
@@ -75,6 +77,7 @@ class PerClassMetricsHook(Hook):
                 for i, name in enumerate(engine.data.classes)
             ]
             self.log.append(engine.artifacts, self.latest)
+            self._pr_curves(engine, table)
         if s.phase != "val" or s.confusion_matrix is None:
             return
         values = class_metrics(s.confusion_matrix)
@@ -84,3 +87,14 @@ class PerClassMetricsHook(Hook):
             for i, name in enumerate(engine.data.classes)
         ]
         self.log.append(engine.artifacts, self.latest)
+
+    def _pr_curves(self, engine: Engine, table: dict[str, Any]) -> None:
+        path = self.log.path.parent / PLOTS / "pr_curves.png"
+        classes, epoch = list(engine.data.classes), engine.state.epoch
+
+        def draw() -> None:
+            fig = plot_pr_curves(table["pr_precision"], table["pr_recall"], table["ap"], classes,
+                                 f"epoch {epoch + 1}")  # fmt: skip
+            save_png(fig, path)
+
+        engine.artifacts.submit(draw, path)
