@@ -144,9 +144,13 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
     data = build_data(cfg, root)
-    if task_of(data).monitor(cfg.monitor) != cfg.monitor:  # multi-label: val/mAP by default
-        config["monitor"] = task_of(data).monitor(cfg.monitor)
+    changed = task_of(data).settings(config)  # multi-label: val/mAP, a whole-image crop
+    if changed:
+        log.info("%s data: %s", task_of(data).name,
+                 ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()))  # fmt: skip
+        config.update(changed)
         cfg = TrainConfig.from_dict(config)
+        data.crop_scale = float(cfg.crop_scale or data.crop_scale)  # read by train_pipeline()
     log.info(data.summary())
     seed_everything(cfg.seed)  # the model's initial weights too
     model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)

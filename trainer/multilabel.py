@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from trainer.data.demo import DATA_DEFAULTS
 from trainer.distributed import all_gather_object, all_reduce_sum, get_world_size
 from trainer.losses import BinaryCrossEntropy
 from trainer.metrics import ConfusionCounter, LossFn, TrainTally
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from trainer.state import EngineState
 
 DEFAULT_THRESHOLD = 0.5
+MULTILABEL_CROP_SCALE = 1.0  # the default --crop-scale of multi-label data
 PR_POINTS = 101  # thresholds 0, 0.01, ..., 1 of the stored precision-recall curves
 # Per-class results, in the order they are packed for the one host read.
 PER_CLASS = ("ap", "precision", "recall", "f1", "support", "threshold", "f1_tuned",
@@ -75,6 +77,14 @@ class MultiLabelTask(ClassificationTask):
 
     def monitor(self, monitor: str) -> str:
         return self.default_monitor if monitor == ClassificationTask.default_monitor else monitor
+
+    def settings(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``--monitor val/mAP``, and ``--crop-scale 1`` for the generic 0.08: a random crop
+        of a small part of the image would cut labelled objects out while their labels stay."""
+        changes: dict[str, Any] = {"monitor": self.monitor(config["monitor"])}
+        if config.get("crop_scale") == DATA_DEFAULTS["crop_scale"]:
+            changes["crop_scale"] = MULTILABEL_CROP_SCALE
+        return {k: v for k, v in changes.items() if config.get(k) != v}
 
 
 class LabelTally(TrainTally):

@@ -71,6 +71,11 @@ class ClassificationTask:
         """The metric to monitor: ``monitor``, or this task's own for the other task's default."""
         return monitor
 
+    def settings(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The settings of a parsed command line (``tools/train.py``) that this task changes:
+        those still at the generic default for which the task has its own."""
+        return {}
+
 
 def task_of(data: Any) -> ClassificationTask:
     """The task of ``data``: ``MultiLabelTask`` when ``data.task`` is "multilabel"."""

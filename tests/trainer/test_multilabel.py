@@ -119,3 +119,12 @@ def test_multilabel_resume_is_exact(tmp_path: Path) -> None:
     a, b = straight.model.state_dict(), resumed.model.state_dict()  # type: ignore[attr-defined]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.state.thresholds == resumed.state.thresholds  # type: ignore[attr-defined]
+
+
+def test_a_mapping_with_bad_thresholds_is_refused() -> None:
+    from trainer.onnx_mapping import OnnxModelError, validate_labels_mapping
+
+    mapping = MultiLabelStandIn().labels_mapping()
+    assert validate_labels_mapping({**mapping, "thresholds": [0.2, 0.5, 0.9]}, "m")["thresholds"]
+    with pytest.raises(OnnxModelError, match="'thresholds' must hold 3 numbers"):
+        validate_labels_mapping({**mapping, "thresholds": [0.5, 2.0, 0.5]}, "m")
