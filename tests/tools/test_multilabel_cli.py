@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,25 @@ def test_predict_and_evaluate_read_the_multilabel_model(run: dict[str, Any], tmp
     with open(out / "metrics.csv", newline="") as f:
         best = max(float(r["val/mAP"]) for r in csv.DictReader(f))
     assert result["metrics"]["val/mAP"] == pytest.approx(best, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, flags, expect",
+    [
+        ({"label": ["cat", 7.5]}, [], r"labels\.jsonl:1: the label list holds 7\.5"),
+        ({}, ["--task", "multiclass"], r"labels\.jsonl:1: a list of labels, but --task multiclass"),
+        ({}, ["--label-sep", ";"], r"labels\.jsonl:1: --label-sep splits a CSV label column"),
+    ],
+)
+def test_bad_multilabel_input_is_one_message_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict, flags: list, expect: str
+) -> None:
+    labels = write_multilabel_set(tmp_path / "data", n_train=4, n_val=2)
+    lines = labels.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), **change})
+    labels.write_text("\n".join(lines) + "\n")
+    argv = ["--data", str(labels), "--out", str(tmp_path / "run"), *FAST_CLI, *flags]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and re.search(expect, err.replace("\n", " "))
+    assert not (tmp_path / "run").exists()
