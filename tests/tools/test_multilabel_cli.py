@@ -57,7 +57,7 @@ def test_a_multilabel_run_leaves_its_outputs(run: dict[str, Any]) -> None:
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["state"]["thresholds"] == mapping["thresholds"]  # the best epoch's
     args = json.loads((out / "args.json").read_text())
-    assert args["monitor"] == "val/mAP" and args["crop_scale"] == 1.0  # the task's defaults
+    assert args["monitor"] == "val/mAP" and args["crop_scale"] == 0.766  # the task's defaults
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(0 <= float(r["val/mAP"]) <= 1 for r in rows)
@@ -98,6 +98,10 @@ def test_predict_and_evaluate_read_the_multilabel_model(run: dict[str, Any], tmp
     with open(csv_out, newline="") as f:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
     assert rows["40.png"]["labels"] == ";".join(label for label, _ in found)
+    predicted = {p.name: clf.predict(p, top_k=3) for p in sorted(image.parent.glob("*.png"))}
+    assert any(predicted.values())  # some image has labels, so an empty column shows
+    for name, labels in predicted.items():
+        assert rows[name]["labels"].split(";")[:3] == [la for la, _ in labels] or not labels
     assert float(rows["40.png"]["prob_sky"]) == pytest.approx(probs[2], abs=1e-6)
     assert evaluate.main([str(model), "--data", str(run["labels"]), "--out", str(tmp_path),
                           "--workers", "0"]) == 0  # fmt: skip
@@ -105,6 +109,8 @@ def test_predict_and_evaluate_read_the_multilabel_model(run: dict[str, Any], tmp
     with open(out / "metrics.csv", newline="") as f:
         best = max(float(r["val/mAP"]) for r in csv.DictReader(f))
     assert result["metrics"]["val/mAP"] == pytest.approx(best, abs=1e-4)
+    mapping = json.loads((out / "labels_mapping.json").read_text())
+    assert result["thresholds"] == pytest.approx(mapping["thresholds"])  # the model's own
 
 
 @pytest.mark.parametrize(
