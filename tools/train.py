@@ -231,7 +231,9 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
         best = s.best
         parts = [f"best epoch {int(best['epoch']) + 1}"]
         parts += [
-            f"{k} {best[k]:.4f}" for k in ("val/acc", "val/acc_top5", "val/loss") if k in best
+            f"{k} {best[k]:.4f}"
+            for k in ("val/acc", "val/acc_top5", "val/mAP", "val/macro_f1", "val/loss")
+            if k in best and (k != "val/macro_f1" or "val/mAP" in best)  # multi-label
         ]
         console.print("  " + ", ".join(parts))
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.
