@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hooks.render.plots import MAX_GRID, plot_confusion_matrix, save_png
+from hooks.render.plots import MAX_GRID, plot_confusion_matrix, plot_label_confusion, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_bytes, atomic_write_json
@@ -58,6 +58,9 @@ class ConfusionMatrixHook(Hook):
 
     @rank_zero_only
     def on_validation_epoch_end(self, engine: Engine) -> None:
+        table = engine.state.label_metrics
+        if engine.state.phase == "val" and table is not None:  # multi-label: a 2x2 per class
+            self._label_summary(engine, table)
         matrix = engine.state.confusion_matrix
         if engine.state.phase != "val" or matrix is None:
             return
@@ -89,3 +92,20 @@ class ConfusionMatrixHook(Hook):
 
         engine.artifacts.submit(save_data, npz)
         engine.artifacts.submit(draw, png)
+
+    def _label_summary(self, engine: Engine, table: dict[str, Any]) -> None:
+        """Multi-label: ``epoch_XXX.json`` and ``.png``, each class's 2x2 counts (TP, FN, FP,
+        TN at the thresholds in force) in place of the N x N matrix."""
+        epoch, classes = engine.state.epoch, list(engine.data.classes)
+        counts = np.array([table[k] for k in ("tp", "fn", "fp", "tn")]).T.astype(np.int64)
+        stem = self.dir / f"epoch_{epoch:03d}"
+        doc = {"epoch": epoch, "classes": classes, "columns": ["tp", "fn", "fp", "tn"],
+               "counts": counts.tolist()}  # fmt: skip
+        engine.artifacts.submit(lambda: atomic_write_json(stem.with_suffix(".json"), doc),
+                                stem.with_suffix(".json"))  # fmt: skip
+
+        def draw() -> None:
+            self.figure = plot_label_confusion(counts, classes, f"epoch {epoch + 1}")
+            save_png(self.figure, stem.with_suffix(".png"))
+
+        engine.artifacts.submit(draw, stem.with_suffix(".png"))

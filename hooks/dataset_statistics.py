@@ -11,6 +11,7 @@ from hooks.render.plots import plot_class_distribution, save_png
 from hooks.render.tables import MAX_NAMED_FEW, MAX_ROWS, class_distribution_table
 from hooks.render.verbosity import Verbosity, check_verbosity
 from trainer.artifacts import guarded
+from trainer.data.label_sets import labels_per_image
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv, atomic_write_json
@@ -29,6 +30,10 @@ CSV_NAME = CLASS_DISTRIBUTION_CSV
 
 class DatasetStatisticsHook(Hook):
     """Prints and saves how the images spread over classes and splits, once, at fit start.
+
+    Multi-label data: the counts are of labels (an image counts once per label it carries),
+    and ``labels_per_image`` (per split, how many images carry 0, 1, 2, ... labels) is added
+    to the JSON and printed under the table.
 
     Writes ``dataset_stats.json``::
 
@@ -91,6 +96,9 @@ class DatasetStatisticsHook(Hook):
             log.info("DatasetStatisticsHook: data has no class_counts; nothing to report")
             return
         self.stats = dataset_stats(classes, split_counts, self.few_threshold)
+        per_image = labels_per_image_by_split(data)
+        if per_image:  # multi-label: the counts are labels; and how many each image carries
+            self.stats["labels_per_image"] = per_image
         few = self.stats["few_images"]
         for item in few[:MAX_NAMED_FEW]:
             log.warning(
@@ -113,6 +121,9 @@ class DatasetStatisticsHook(Hook):
             table = class_distribution_table(classes, split_counts, self.stats,
                                              self.few_threshold, CSV_NAME, self.max_rows)  # fmt: skip
             (self.console or Console()).print(table)
+            for split, hist in per_image.items():
+                shown = ", ".join(f"{k}: {n}" for k, n in hist.items())
+                (self.console or Console()).print(f"{split} images by labels carried: {shown}")
         path = self.out_dir / DATASET_STATS_JSON
         with guarded(path):
             atomic_write_json(path, self.stats)
@@ -127,6 +138,20 @@ class DatasetStatisticsHook(Hook):
             save_png(self.figure, path)
 
         engine.artifacts.submit(job, path)
+
+
+def labels_per_image_by_split(data: Any) -> dict[str, dict[str, int]]:
+    """Multi-label data (a ``label_table``): per split, how many images carry 0, 1, 2, ...
+    labels (keys as text, for JSON); ``{}`` for single-label data."""
+    table = getattr(data, "label_table", None)
+    if table is None:
+        return {}
+    splits = {"train": data.train_samples, "val": data.val_samples, "test": data.test_samples}
+    return {
+        split: {str(k): n for k, n in labels_per_image(samples.targets, table).items()}
+        for split, samples in splits.items()
+        if len(samples)
+    }
 
 
 def dataset_stats(

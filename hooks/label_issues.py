@@ -17,6 +17,7 @@ from trainer.distributed import all_reduce_sum, get_world_size, rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 from trainer.run_files import LABEL_ISSUES_CSV, PLOTS
+from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,6 +109,8 @@ class LabelIssuesHook(Hook):
     def on_train_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
     ) -> None:
+        if is_multilabel(engine.data):  # margins need one label per image: off
+            return
         loader: Any = engine.train_loader
         index = getattr(loader, "indices", None)
         logits = outputs["logits"].float()

@@ -104,6 +104,8 @@ class OnnxExportHook(Hook):
             getattr(data, "seed", args.get("seed")),
             getattr(data, "val_fraction", args.get("val_fraction")),
         )
+        if engine.state.thresholds is not None:  # multi-label: the best epoch's, as best.pt's
+            mapping["thresholds"] = list(engine.state.thresholds)
         if split is not None:
             mapping["split"] = split  # so tools/evaluate.py scores the run's own val images
         try:

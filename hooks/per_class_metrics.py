@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hooks.render.csv_log import CsvLog
+from hooks.render.plots import plot_pr_curves, save_png
 from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import class_metrics
-from trainer.run_files import PER_CLASS_CSV
+from trainer.run_files import PER_CLASS_CSV, PLOTS
+from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
 HEADER = ["epoch", "step", "class_index", "class", "accuracy", "precision", "recall", "f1",
           "support"]  # fmt: skip
 METRICS = ["accuracy", "precision", "recall", "f1", "support"]
+# Multi-label data (``engine.state.label_metrics``): AP, and the F1-tuned threshold.
+LABEL_HEADER = ["epoch", "step", "class_index", "class", "ap", "precision", "recall", "f1",
+                "support", "threshold", "tp", "fp", "fn", "tn"]  # fmt: skip
 
 
 class PerClassMetricsHook(Hook):
@@ -32,6 +37,11 @@ class PerClassMetricsHook(Hook):
     count from 0 as in ``metrics.csv``; ``step`` tells apart the validations inside an epoch
     (``--val-every``). The sanity check is left out; rank 0 writes. A resumed run drops the
     rows after its checkpoint's step, so each validation appears once.
+
+    Multi-label data: the columns are ``LABEL_HEADER``, from ``engine.state.label_metrics``
+    (AP; precision, recall and F1 at the thresholds in force; the images carrying the class;
+    the threshold tuned on this validation; the 2x2 counts), and ``plots/pr_curves.png``, the
+    latest validation's precision-recall curve of each class (``hooks.render.plots``).
 
     Args:
         out_dir: the run folder.
@@ -53,11 +63,21 @@ class PerClassMetricsHook(Hook):
 
     @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
+        if is_multilabel(engine.data):
+            self.log = CsvLog(self.log.path, LABEL_HEADER)
         self.log.start(engine.state.step)
 
     @rank_zero_only
     def on_validation_end(self, engine: Engine) -> None:
         s = engine.state
+        if s.phase == "val" and s.label_metrics is not None:
+            table = s.label_metrics
+            self.latest = [
+                [s.epoch, s.step, i, name, *(round(table[k][i], 6) for k in LABEL_HEADER[4:])]
+                for i, name in enumerate(engine.data.classes)
+            ]
+            self.log.append(engine.artifacts, self.latest)
+            self._pr_curves(engine, table)
         if s.phase != "val" or s.confusion_matrix is None:
             return
         values = class_metrics(s.confusion_matrix)
@@ -67,3 +87,14 @@ class PerClassMetricsHook(Hook):
             for i, name in enumerate(engine.data.classes)
         ]
         self.log.append(engine.artifacts, self.latest)
+
+    def _pr_curves(self, engine: Engine, table: dict[str, Any]) -> None:
+        path = self.log.path.parent / PLOTS / "pr_curves.png"
+        classes, epoch = list(engine.data.classes), engine.state.epoch
+
+        def draw() -> None:
+            fig = plot_pr_curves(table["pr_precision"], table["pr_recall"], table["ap"], classes,
+                                 f"epoch {epoch + 1}")  # fmt: skip
+            save_png(fig, path)
+
+        engine.artifacts.submit(draw, path)

@@ -90,7 +90,7 @@ class ProgressBarHook(Hook):
         if engine.state.mid_epoch:  # a --val-every check: one line under the epoch's bar
             m = engine.state.metrics
             parts = [f"  step {engine.state.step}"]
-            parts += [f"{k} {m[k]:.4f}" for k in ("val/loss", "val/acc", "val/macro_f1") if k in m]
+            parts += [f"{k} {m[k]:.4f}" for k in ("val/loss", "val/acc", "val/mAP", "val/macro_f1") if k in m]
             tqdm.write("  ".join(parts), file=sys.stderr)
 
     @rank_zero_only  # under DDP, only rank 0 shows bars and epoch lines
@@ -98,7 +98,7 @@ class ProgressBarHook(Hook):
         self._close()
         m = engine.state.metrics
         parts = [f"epoch {engine.state.epoch + 1}/{engine.state.max_epochs}"]
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5"):
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/mAP"):
             if key in m:
                 parts.append(f"{key} {m[key]:.4f}")
         parts.append(f"{m.get('train/img_s', 0):.0f} img/s")

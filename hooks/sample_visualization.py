@@ -17,6 +17,7 @@ from trainer.distributed import get_rank, get_world_size, rank_zero_only
 from trainer.hook import Hook
 from trainer.metrics import keep_top
 from trainer.run_files import PLOTS
+from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,6 +42,9 @@ class SampleVisualizationHook(Hook):
     slices; the mistakes are a running top-k on the device, of which only the dataset
     indices are read at the epoch end, and those few images are then re-read from the
     validation dataset (``data.val_dataset()`` or ``data.val_loader().dataset``).
+
+    Multi-label data: the fixed grid captions the predicted and true label sets (at
+    ``state.thresholds``, else 0.5; see ``label_set_records``); no mistakes grid.
 
     Under DDP rank ``r`` validates images ``r, r + world_size, ...`` (``ShardSampler``): the
     grids are drawn on rank 0, from its shard, with dataset indices mapped accordingly.
@@ -121,7 +125,8 @@ class SampleVisualizationHook(Hook):
             self.fixed_images[g] = images[j].clone()
             self._fixed_logits[g] = logits[j].clone()
             self._fixed_targets[g] = targets[j].clone()
-        self._update_mistakes(logits, targets, start)
+        if not is_multilabel(engine.data):  # multi-label: the fixed grid only
+            self._update_mistakes(logits, targets, start)
 
     def _update_mistakes(self, logits: torch.Tensor, targets: torch.Tensor, start: int) -> None:
         conf, pred = logits.float().softmax(1).max(1)
@@ -144,9 +149,14 @@ class SampleVisualizationHook(Hook):
         if order:
             # One host read for all fixed images.
             logits = torch.stack([self._fixed_logits[g] for g in order]).float()
-            prob, pred = (t.tolist() for t in logits.softmax(1).max(1))
-            true = torch.stack([self._fixed_targets[g] for g in order]).tolist()
-            self.samples = _records(order, true, pred, prob)
+            targets = torch.stack([self._fixed_targets[g] for g in order])
+            if is_multilabel(data):  # captions name the label sets, true and predicted
+                self.samples, classes = label_set_records(
+                    order, logits.sigmoid(), targets, engine.state.thresholds, classes
+                )
+            else:
+                prob, pred = (t.tolist() for t in logits.softmax(1).max(1))
+                self.samples = _records(order, targets.tolist(), pred, prob)
             self._draw(
                 engine,
                 "figure",
@@ -232,6 +242,34 @@ def _records(
         {"index": g, "true": t, "pred": p, "prob": round(float(q), 4), "correct": t == p}
         for g, t, p, q in zip(index, true, pred, prob, strict=True)
     ]
+
+
+def label_set_records(
+    index: list[int],
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    thresholds: list[float] | None,
+    classes: list[str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Multi-label grid records: ``true`` and ``pred`` index the returned names, one per label
+    set (labels joined by ","; "-" for none); ``prob`` is the highest probability, and an image
+    is right when its predicted set is its true set."""
+    cut = torch.tensor(thresholds) if thresholds else torch.full((len(classes),), 0.5)
+    pred_sets, true_sets = (probs.cpu() >= cut).tolist(), (targets.cpu() > 0.5).tolist()
+    names: list[str] = []
+
+    def name(flags: list[bool]) -> int:
+        text = ",".join(c for c, on in zip(classes, flags, strict=True) if on) or "-"
+        if text not in names:
+            names.append(text)
+        return names.index(text)
+
+    records = [
+        {"index": g, "true": name(t), "pred": name(p), "prob": round(float(q), 4),
+         "correct": t == p}
+        for g, t, p, q in zip(index, true_sets, pred_sets, probs.max(1).values.tolist(), strict=True)
+    ]  # fmt: skip
+    return records, names
 
 
 def read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]:

@@ -100,7 +100,11 @@ class SamplerDistributionHook(Hook):
             return
         # A compare-and-sum rather than bincount: bincount reads the device on CUDA to size
         # its output, which would stall every step.
-        self._drawn += (outputs["targets"].unsqueeze(1) == self._class_ids).sum(0)
+        targets = outputs["targets"]
+        if targets.ndim == 2:  # multi-label: each drawn image counts once per label it carries
+            self._drawn += (targets > 0.5).sum(0)
+            return
+        self._drawn += (targets.unsqueeze(1) == self._class_ids).sum(0)
 
     def on_train_epoch_end(self, engine: Engine) -> None:
         if self._drawn is None:

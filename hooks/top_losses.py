@@ -17,6 +17,7 @@ from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 from trainer.metrics import keep_top
 from trainer.run_files import PLOTS, TOP_LOSSES_CSV
+from trainer.task import is_multilabel
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -85,7 +86,7 @@ class TopLossesHook(Hook):
     def on_validation_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
     ) -> None:
-        if engine.state.phase != "val":
+        if engine.state.phase != "val" or is_multilabel(engine.data):  # one label per image
             return
         logits, given = outputs["logits"].float(), outputs["targets"]
         if given.ndim > 1:  # soft targets: the label is the most probable class

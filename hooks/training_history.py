@@ -22,7 +22,12 @@ PLOTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     "accuracy": (
         "Accuracy",
         "accuracy",
-        [("train/acc", "train top-1"), ("val/acc", "val top-1"), ("val/acc_top5", "val top-5")],
+        [
+            ("train/acc", "train top-1"),
+            ("val/acc", "val top-1"),
+            ("val/acc_top5", "val top-5"),
+            ("val/mAP", "val mAP"),
+        ],
     ),
     "lr": ("Learning rate (end of epoch)", "lr", [("lr", "lr")]),
 }

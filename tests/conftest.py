@@ -223,6 +223,27 @@ class StandInData:
         atomic_write_json(path, self.labels_mapping())
 
 
+class MultiLabelStandIn(StandInData):
+    """``StandInData`` as a multi-label set: each image carries its class's label (which its
+    brightness shows) and, every third image, the next class's too; multi-hot float targets."""
+
+    task = "multilabel"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.train_y, self.val_y = self._multi_hot(self.train_y), self._multi_hot(self.val_y)
+        self.class_counts["train"] = [int(n) for n in self.train_y.sum(0).tolist()]
+        self.class_counts["val"] = [int(n) for n in self.val_y.sum(0).tolist()]
+
+    def _multi_hot(self, y: torch.Tensor) -> torch.Tensor:
+        hot = torch.nn.functional.one_hot(y, self.num_classes).float()
+        extra = (torch.arange(len(y)) % 3 == 0).float()[:, None]
+        return (hot + extra * hot.roll(1, 1)).clamp(max=1)
+
+    def labels_mapping(self) -> dict[str, Any]:
+        return {**super().labels_mapping(), "task": "multilabel", "activation": "sigmoid"}
+
+
 class KillAfterEpoch(Hook):
     """Raises KeyboardInterrupt at the end of epoch ``epoch`` (from 0), once its checkpoint is
     written: a run that died there, to resume from."""

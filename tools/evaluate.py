@@ -49,6 +49,7 @@ from torch.nn import functional as F
 
 from hooks.render.plots import plot_confusion_matrix, save_png
 from hooks.render.tables import MAX_ROWS, extreme_rows, more_caption
+from tools.evaluate_multilabel import evaluate_labels, print_label_report, write_label_outputs
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
@@ -85,6 +86,8 @@ class LoadedModel:
             a label file, the ``image_key`` and ``label_key`` it was read with).
         split_source: where ``split_args`` came from, for messages.
         resize: how its images are resized (its mapping's crop_pct and resize mode).
+        thresholds: a multi-label model's per-class thresholds (None: single-label, or 0.5).
+        multilabel: whether the model is multi-label (sigmoid outputs).
     """
 
     path: Path
@@ -98,6 +101,8 @@ class LoadedModel:
     split_args: dict[str, Any] = field(default_factory=dict)
     split_source: str = ""
     resize: EvalResize | None = None
+    thresholds: list[float] | None = None
+    multilabel: bool = False
 
 
 def load_model(
@@ -137,10 +142,14 @@ def load_model(
         logits=logits,
         weights=weights,
         split_args={
-            k: args[k] for k in ("val_fraction", "seed", "image_key", "label_key") if k in args
+            k: args[k]
+            for k in ("val_fraction", "seed", "image_key", "label_key", "task", "label_sep")
+            if k in args
         },
         split_source=f"the args of {path}",
         resize=EvalResize.from_mapping(mapping),
+        thresholds=(ckpt.get("state") or {}).get("thresholds"),
+        multilabel=mapping.get("task") == "multilabel" or args.get("task") == "multilabel",
     )
 
 
@@ -163,6 +172,8 @@ def _load_onnx(path: Path) -> LoadedModel:
         split_args=split_args,
         split_source=split_source,
         resize=onnx.resize,
+        thresholds=onnx.mapping.get("thresholds"),
+        multilabel=onnx.multilabel,
     )
 
 
@@ -288,13 +299,16 @@ def evaluate(
         raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
     check_tta(tta)
     model = load_model(model_path, device=device, img_size=img_size)
+    split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
+    if model.multilabel:
+        split_args["task"] = "multilabel"
     tree = ImageFolderData(
         data,
         **(model.resize or EvalResize(model.image_size)).data_kwargs(),
         batch_size=batch_size,
         workers=workers,
         verify=False,  # every image is decoded once below anyway
-        **split_args_for(model, Path(data).expanduser(), seed, val_fraction),
+        **split_args,
     )
     check_classes(model, tree)
     if split is None:
@@ -306,6 +320,8 @@ def evaluate(
             f"{tree.root} has no {split} images; add {split}/<class>/<images> or pass "
             f"--split {'val' if split == 'test' else 'test'}."
         )
+    if getattr(tree, "task", "multiclass") == "multilabel":
+        return evaluate_labels(model, tree, split, loader)
     # The engine's scoring: the same counts, hence the same numbers, as its validation.
     scorer, flip = (
         EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))
@@ -481,9 +497,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    print_report(result)
+    multilabel = result.get("task") == "multilabel"
+    print_label_report(result) if multilabel else print_report(result)
     try:
-        json_path, png_path = write_outputs(result, out)
+        if multilabel:
+            json_path, png_path = write_label_outputs(result, out, RESULT_NAME, PLOT_NAME)
+        else:
+            json_path, png_path = write_outputs(result, out)
     except OSError as e:
         space = f"; {free_space(out)}" if is_disk_full(e) else ""
         print(f"error: cannot write the results to {out} ({e.strerror or e}{space}). {OUT_HINT}",

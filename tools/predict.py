@@ -121,6 +121,7 @@ def predict_paths(
     on_skip: Callable[[Path, str], None] = _print_skip,
     progress: bool | None = None,
     tta: str = "none",
+    all_probs: bool = False,
 ) -> list[dict[str, Any]]:
     """Classify every image found at ``paths`` with the ONNX model at ``model_path``.
 
@@ -136,11 +137,14 @@ def predict_paths(
         on_skip: Called with the path and reason for each file that cannot be decoded.
         progress: Show a tqdm bar; None shows it only on a terminal.
         tta: "flip" averages the probabilities of each image and its mirror.
+        all_probs: Add ``"probs"``: every class's probability, by class name.
 
     Returns:
         One dict per image, in input order: ``{"path", "label", "prob", "topk": [{"label",
         "prob"}, ...]}``; for a file that cannot be decoded ``{"path", "label": None, "prob":
-        None, "topk": [], "skipped": reason}``.
+        None, "topk": [], "skipped": reason}``. A multi-label model's rows add ``"labels"``, the
+        labels at or above their thresholds, most likely first (``label`` and ``prob`` are the
+        first of them, None when there is none).
 
     Raises:
         UserError: The model is missing or unusable, or no images were found.
@@ -171,9 +175,15 @@ def predict_paths(
             if not inputs:
                 continue
             probs = classifier.probabilities(np.stack(inputs))
-            for at, top in zip(kept, classifier.top_k(probs, top_k), strict=True):
+            for at, top, row in zip(kept, classifier.top_k(probs, top_k), probs, strict=True):
                 topk = [{"label": label, "prob": prob} for label, prob in top]
-                results[at].update({**topk[0], "topk": topk})
+                results[at].update({**(topk[0] if topk else {"label": None, "prob": None}),
+                                    "topk": topk})  # fmt: skip
+                if classifier.multilabel:  # the whole predicted set, whatever top_k
+                    every = classifier.top_k(row[None], len(classifier.classes))[0]
+                    results[at]["labels"] = [label for label, _ in every]
+                if all_probs:
+                    results[at]["probs"] = dict(zip(classifier.classes, map(float, row), strict=True))
     return results
 
 
@@ -184,16 +194,22 @@ def _skipped_row(path: Path, reason: str) -> dict[str, Any]:
 def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
     """Write rows as JSON (a list), JSON Lines (one object per image, the same objects), or CSV
     ``path,label,prob,topk,skipped`` (``topk`` like ``cat:0.91;dog:0.05``; ``skipped`` empty,
-    or why the file could not be decoded)."""
+    or why the file could not be decoded), then ``labels`` (multi-label: the predicted set,
+    ``;``-joined) and one ``prob_<class>`` column per class (``--all-probs``) when rows have
+    them."""
     if output.suffix.lower() == ".json":
         atomic_write_json(output, list(rows))
         return
     if output.suffix.lower() == ".jsonl":
         atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return
+    multilabel = any("labels" in r for r in rows)
+    classes = next((list(r["probs"]) for r in rows if "probs" in r), [])
     atomic_write_csv(
         output,
-        ["path", "label", "prob", "topk", "skipped"],
+        ["path", "label", "prob", "topk", "skipped"]
+        + ["labels"] * multilabel
+        + [f"prob_{c}" for c in classes],
         (
             [
                 r["path"],
@@ -202,6 +218,8 @@ def write_predictions(rows: Sequence[dict[str, Any]], output: Path) -> None:
                 ";".join(f"{t['label']}:{t['prob']:.4f}" for t in r["topk"]),
                 r.get("skipped", ""),
             ]
+            + [";".join(r.get("labels", []))] * multilabel
+            + [f"{r['probs'][c]:.6f}" if "probs" in r else "" for c in classes]
             for r in rows
         ),
     )
@@ -221,8 +239,10 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     table.add_column("runners-up")
     for r in rows:
         others = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["topk"][1:])
+        label = ";".join(r["labels"]) if "labels" in r else r["label"]  # multi-label: the set
+        prob = "" if r["prob"] is None else f"{r['prob']:.3f}"
         # Paths and class names are data, not rich markup: "[red]" and "[/]" print as is.
-        table.add_row(escape(r["path"]), escape(r["label"]), f"{r['prob']:.3f}", escape(others))
+        table.add_row(escape(r["path"]), escape(label or "-"), prob, escape(others))
     Console().print(table)
 
 
@@ -238,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", choices=TTA_MODES, default="none",
         help="flip: average the probabilities of each image and its horizontal mirror",
     )  # fmt: skip
+    parser.add_argument(
+        "--all-probs", action="store_true", help="also write every class's probability"
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -256,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--output {args.output} has an unknown format; use a .csv, .json or .jsonl "
                 "file name."
             )
-        rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size, tta=args.tta)
+        rows = predict_paths(args.model, args.paths, args.top_k, args.batch_size, tta=args.tta,
+                             all_probs=args.all_probs)  # fmt: skip
         skipped = sum("skipped" in r for r in rows)
         if skipped == len(rows):
             raise UserError(

@@ -59,6 +59,7 @@ with collector_paused():
     from trainer.io import free_space, is_disk_full
     from trainer.models import build_model
     from trainer.rng import seed_everything
+    from trainer.task import task_of
 
 log = logging.getLogger("trainer")
 new_run_dir = rf.new_run_dir  # tests name the folder through it
@@ -143,6 +144,13 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
     data = build_data(cfg, root)
+    changed = task_of(data).settings(config)  # multi-label: val/mAP, a whole-image crop
+    if changed:
+        log.info("%s data: %s", task_of(data).name,
+                 ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()))  # fmt: skip
+        config.update(changed)
+        cfg = TrainConfig.from_dict(config)
+        data.crop_scale = float(cfg.crop_scale or data.crop_scale)  # read by train_pipeline()
     log.info(data.summary())
     seed_everything(cfg.seed)  # the model's initial weights too
     model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)
@@ -223,7 +231,9 @@ def _summary(engine: Engine, out: Path, seconds: float, verbose: bool = False) -
         best = s.best
         parts = [f"best epoch {int(best['epoch']) + 1}"]
         parts += [
-            f"{k} {best[k]:.4f}" for k in ("val/acc", "val/acc_top5", "val/loss") if k in best
+            f"{k} {best[k]:.4f}"
+            for k in ("val/acc", "val/acc_top5", "val/mAP", "val/macro_f1", "val/loss")
+            if k in best and (k != "val/macro_f1" or "val/mAP" in best)  # multi-label
         ]
         console.print("  " + ", ".join(parts))
     # Paths are data, not rich markup: a folder named "[red]" or "a[/]b" prints as is.

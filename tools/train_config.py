@@ -44,8 +44,13 @@ def build_data(cfg: TrainConfig, root: Path) -> ImageFolderData:
 
 def build_loss_from_config(cfg: TrainConfig, data: ImageFolderData) -> torch.nn.Module:
     """The run's loss (tools/train.py and tools/lr_find.py alike)."""
-    return build_loss(
-        cfg.loss,
-        label_smoothing=cfg.label_smoothing,
-        class_counts=data.class_counts["train"] if cfg.loss_weights == "balanced" else None,
-    )
+    multilabel = getattr(data, "task", "multiclass") == "multilabel"
+    try:
+        return build_loss(
+            cfg.loss,
+            label_smoothing=cfg.label_smoothing,
+            class_counts=data.class_counts["train"] if cfg.loss_weights == "balanced" else None,
+            num_images=len(data.train_samples) if multilabel else None,
+        )
+    except ValueError as e:
+        raise ConfigError(f"--loss {cfg.loss}: {e}; --task tells which data this is") from e

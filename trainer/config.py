@@ -140,10 +140,16 @@ class OptimConfig:
     weight_decay: float = setting(0.05, "AdamW weight decay", to=(ENGINE,))
     warmup_epochs: float = setting(1.0, "linear warmup length", to=(ENGINE,))
     label_smoothing: float = setting(0.1, "cross-entropy smoothing", to=(ENGINE,))
-    loss: str = setting("ce", "training loss", choices=("ce", "focal"))
+    loss: str = setting(
+        "ce",
+        "training loss: ce is cross-entropy, binary per class on multi-label data (also "
+        "named bce); asl: asymmetric loss (multi-label)",
+        choices=("ce", "focal", "bce", "asl"),
+    )
     loss_weights: str = setting(
         "none",
-        "balanced weights the loss by inverse class frequency",
+        "balanced weights the loss by inverse class frequency (multi-label: each class's "
+        "positives by its negatives/positives ratio)",
         choices=("none", "balanced"),
     )
     precision: str = setting(

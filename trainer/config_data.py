@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainer.config_fields import DATA, none_for_none, parse_class_weights, setting
+from trainer.data.labelfile import TASKS
 from trainer.data.preflight import VERIFY_MODES
 from trainer.data.sampler import SAMPLER_MODES
 from trainer.data.transforms import CROP_PCT, RESIZE_MODES, resize_problems
@@ -38,7 +39,8 @@ class DataConfig:
     )
     crop_scale: float | None = setting(
         None,
-        "smallest area share kept by RandomResizedCrop",
+        "smallest area share kept by RandomResizedCrop (multi-label data: 0.766, the share "
+        "validation's centre crop keeps, unless another value than 0.08 is given)",
         to=(DATA,),
         demo=True,
         metavar="LOW",
@@ -134,6 +136,20 @@ class DataConfig:
         "label file: the CSV column or JSONL key holding the label",
         to=(DATA,),
         metavar="KEY",
+    )
+    task: str = setting(
+        "auto",
+        "auto: multi-label when a label file's labels are lists (JSONL) or --label-sep splits "
+        "them, else multiclass; multilabel: every image carries a set of labels",
+        to=(DATA,),
+        choices=TASKS,
+    )
+    label_sep: str | None = setting(
+        None,
+        "CSV label file: split the label column into a set of labels at SEP (multi-label); "
+        "an empty field is an image with none of the classes",
+        to=(DATA,),
+        metavar="SEP",
     )
     check_leakage: bool = setting(
         False,

@@ -64,7 +64,7 @@ from trainer.distributed import (
 )
 from trainer.ema import ModelEMA
 from trainer.hook import Hook, HookPlan, describe_hook_plan
-from trainer.metrics import EvalScore, LossFn, TrainTally, confusion_counter, track_best
+from trainer.metrics import LossFn, confusion_counter, track_best
 from trainer.nonfinite import NonFiniteGuard, finite_flag
 from trainer.optim import default_optimizer, warmup_cosine
 from trainer.predict import PredictBatches, PredictSource
@@ -73,6 +73,7 @@ from trainer.rng import seed_everything, set_rng_state
 from trainer.signals import StopRequests, stop_on_signals
 from trainer.state import EngineState
 from trainer.step import backward, clip, optimizer_step, unscale
+from trainer.task import task_of
 from trainer.val_check import ValCheck
 
 log = logging.getLogger("trainer")
@@ -90,7 +91,7 @@ class Engine:
         max_epochs: epochs to train.
         optimizer: defaults to AdamW (fused on CUDA), no weight decay on biases and norms.
         scheduler: defaults to linear warmup then cosine decay, stepped per optimizer step.
-        loss: defaults to cross-entropy with ``label_smoothing``.
+        loss: the task's (``trainer.task``): label-smoothed (binary, multi-label) cross-entropy.
         lr: peak learning rate of the default optimizer.
         weight_decay: AdamW's decoupled weight decay.
         warmup_epochs: length of the linear warmup, in epochs (fractions allowed).
@@ -105,7 +106,7 @@ class Engine:
         hooks: ``Hook`` instances; lower ``order`` runs first, ties keep list order.
         seed: seeds Python, NumPy and torch.
         sanity_steps: validation batches run before training to catch errors early; 0 skips.
-        monitor: metric in ``state.metrics`` that picks ``state.best``.
+        monitor: metric in ``state.metrics`` that picks ``state.best`` (multi-label: val/mAP).
         mode: "max" or "min" for ``monitor``.
         val_every: also validate each fraction F of an epoch or N steps (``trainer.val_check``).
         compile: wrap the model in ``torch.compile`` for the training forward pass.
@@ -175,7 +176,8 @@ class Engine:
         self.precision = resolve_precision(precision, self.device)
         self.max_epochs, self.accumulate, self.grad_clip = max_epochs, accumulate, grad_clip
         self.sanity_steps, self.seed = sanity_steps, seed
-        self.monitor, self.mode = monitor, mode
+        self.task = task_of(data)  # multi-class or multi-label: loss, metrics, activation
+        self.monitor, self.mode = self.task.monitor(monitor), mode
         self.args = dict(args or {})
         self.state = EngineState(max_epochs=max_epochs)
 
@@ -188,9 +190,7 @@ class Engine:
         self._ddp, self._forward_model = training_forward(self.model, self.device, compile)
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
 
-        self.loss_fn: LossFn = (
-            loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        )
+        self.loss_fn: LossFn = loss if loss is not None else self.task.loss(label_smoothing)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
         self.optimizer = optimizer or default_optimizer(self.model, lr, weight_decay, self.device)
@@ -304,9 +304,9 @@ class Engine:
             end_workers(loader)
 
     def predict(self, source: PredictSource, batch_size: int | None = None, tta: str = "none") -> torch.Tensor:
-        """Class probabilities ``(N, C)`` on the CPU, a row per image of ``source`` (a folder,
-        paths and PIL images, or a loader; see ``trainer.predict``, also for ``tta="flip"``), in
-        order; an undecodable file's row is NaN (a warning names it). Missing file or empty folder: ``UserError``."""
+        """Class probabilities ``(N, C)`` (multi-label: sigmoids) on the CPU, a row per image of
+        ``source`` (a folder, paths and PIL images, or a loader; see ``trainer.predict``, also for
+        ``tta="flip"``), in order; an undecodable file's row is NaN (a warning names it)."""
         batches = PredictBatches(self.data, source, batch_size, tta=tta, engine=self)
         try:
             with self._entry("predict"):
@@ -348,7 +348,7 @@ class Engine:
             sampler.set_epoch(s.epoch)
         self.model.train()
         s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
-        tally, first_step = TrainTally(self.device), s.step
+        tally, first_step = self.task.train_tally(self.device), s.step
         t0 = time.perf_counter()
         self._call("on_train_epoch_start")
         for batch_idx, batch in enumerate(self._train_loader):
@@ -466,7 +466,7 @@ class Engine:
             return {}
         broadcast_buffers(self.eval_model)  # every rank evaluates the statistics rank 0 saves
         classes, confmat = self.data.classes, self._confmat
-        scorer = EvalScore(self.state, phase, classes, self.loss_fn, self.device, confmat)
+        scorer = self.task.scorer(self.state, phase, classes, self.loss_fn, self.device, confmat)
         self.run_eval(phase, loader, scorer.score, end=scorer.end, limit=limit)
         return scorer.metrics
 

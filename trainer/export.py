@@ -261,6 +261,7 @@ def verify_onnx(
     atol: float = 1e-3,
     min_agreement: float = 0.995,
     batch_size: int = 32,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Compare onnxruntime (CPU) logits with PyTorch's on the same normalised images.
 
@@ -275,6 +276,9 @@ def verify_onnx(
         atol: Tolerance on logits as described above.
         min_agreement: Smallest acceptable fraction of images with the same top-1 class.
         batch_size: Images per forward pass on each side.
+        thresholds: multi-label models: the agreement that must reach ``min_agreement`` is
+            ``label_agreement``, the share of (image, class) decisions ``sigmoid >= threshold``
+            that agree.
 
     Returns:
         ``{"top1_agreement", "max_abs_diff", "tolerance", "n_images", "atol", "min_agreement",
@@ -293,6 +297,10 @@ def verify_onnx(
     max_abs_diff = float(np.abs(actual - expected).max())
     tolerance = atol * max(1.0, float(np.abs(expected).max()))
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    labels = {}
+    if thresholds is not None:  # multi-label: per-label decisions at the thresholds
+        cut, sig = np.asarray(thresholds), lambda z: 1 / (1 + np.exp(-z))
+        labels["label_agreement"] = float(((sig(actual) >= cut) == (sig(expected) >= cut)).mean())
     opset = _default_opset(onnx.load(onnx_path, load_external_data=False))
     return {
         "top1_agreement": agreement,
@@ -301,7 +309,9 @@ def verify_onnx(
         "n_images": len(images),
         "atol": atol,
         "min_agreement": min_agreement,
-        "passed": agreement >= min_agreement and max_abs_diff <= tolerance,
+        **labels,
+        "passed": labels.get("label_agreement", agreement) >= min_agreement
+        and max_abs_diff <= tolerance,
         "onnxruntime_version": ort.__version__,
         "opset": opset,
     }
@@ -356,7 +366,9 @@ def export_and_verify(
             model_name=model_name,
             data_name=data_name,
         )
-        report = verify_onnx(tmp, model, images, atol=atol, min_agreement=min_agreement)
+        multilabel = labels_mapping.get("task") == "multilabel"
+        report = verify_onnx(tmp, model, images, atol=atol, min_agreement=min_agreement,
+                             thresholds=labels_mapping.get("thresholds") if multilabel else None)  # fmt: skip
         report["path"] = str(path)
         report_path = Path(report_path) if report_path else path.with_suffix(".verify.json")
         atomic_write_json(report_path, report)

@@ -50,6 +50,8 @@ def track_best(state: EngineState, monitor: str, mode: str) -> dict[str, float]:
     state.is_best = is_better(row.get(monitor), best, mode)
     if state.is_best:
         state.best = dict(row)
+        if state.label_metrics is not None:  # multi-label: the best epoch's tuned thresholds
+            state.thresholds = list(state.label_metrics["threshold"])
     return row
 
 

@@ -64,6 +64,9 @@ class OnnxClassifier:
         classes: class names, by output index.
         image_size: the side of the square images the model takes.
         resize: how images are resized to it (the mapping's ``crop_pct`` and ``resize_mode``).
+        multilabel: the mapping's ``"task"`` is "multilabel": probabilities are sigmoids and
+            ``predict`` lists the labels at or above their ``thresholds`` (0.5 without one).
+        thresholds: per-class decision thresholds ``(C,)`` of a multi-label model.
 
     Raises:
         OnnxModelError: the file is missing, a PyTorch checkpoint, not loadable by ONNX Runtime,
@@ -103,6 +106,8 @@ class OnnxClassifier:
         norm = self.mapping["normalization"]
         self._mean = np.asarray(norm["mean"], dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(norm["std"], dtype=np.float32).reshape(3, 1, 1)
+        self.multilabel = self.mapping.get("task") == "multilabel"
+        self.thresholds = np.asarray(self.mapping.get("thresholds") or [0.5] * len(self.classes))
         self._session = _open_session(self.path, providers or ["CPUExecutionProvider"])
         check_onnx_signature(self._session, self.path, self.mapping)
 
@@ -127,27 +132,36 @@ class OnnxClassifier:
         return np.asarray(logits)
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``;
-        with ``tta="flip"``, the mean of each row's and its mirror's."""
+        """Class probabilities ``(N, C)`` for a batch of preprocessed rows ``(N, 3, S, S)``
+        (multi-label: each class's sigmoid); with ``tta="flip"``, the mean of each row's and its
+        mirror's."""
         if self.tta == "flip":  # one call: the rows, then their mirrors
             both = self._probs(self.logits(np.concatenate([inputs, inputs[..., ::-1]])))
             return (both[: len(inputs)] + both[len(inputs) :]) / 2
         return self._probs(self.logits(inputs))
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
-        """Logits ``(N, C)`` to probabilities: the row-wise softmax, in float64."""
+        """Logits ``(N, C)`` to probabilities, in float64: the sigmoids of a multi-label model,
+        else the row-wise softmax."""
         logits = logits.astype(np.float64)
+        if self.multilabel:
+            return 1.0 / (1.0 + np.exp(-logits))
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most likely ``(label, probability)`` pairs of each row of ``probs``, most
-        likely first (ties in index order); ``k`` is capped at the number of classes."""
+        likely first (ties in index order); ``k`` is capped at the number of classes. A
+        multi-label model's rows keep only the labels at or above their thresholds."""
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {k}")
         order = np.argsort(-probs, axis=1, kind="stable")[:, : min(k, len(self.classes))]
         return [
-            [(self.classes[i], float(row[i])) for i in top]
+            [
+                (self.classes[i], float(row[i]))
+                for i in top
+                if not self.multilabel or row[i] >= self.thresholds[i]
+            ]
             for row, top in zip(probs, order, strict=True)
         ]
 

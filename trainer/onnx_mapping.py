@@ -92,6 +92,13 @@ def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
         and 0 <= split["val_fraction"] < 1
     ):
         raise bad("'split' must hold an integer 'seed' and a 'val_fraction' in [0, 1)")
+    cuts = mapping.get("thresholds")  # multi-label: one per class, probabilities
+    if cuts is not None and not (
+        isinstance(cuts, list) and len(cuts) == len(idx_to_class)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1
+                for x in cuts)
+    ):  # fmt: skip
+        raise bad(f"'thresholds' must hold {len(idx_to_class)} numbers in [0, 1], one per class")
     return {**mapping, "num_classes": num_classes}
 
 

@@ -97,6 +97,7 @@ class PredictBatches:
         if tta == "flip" and engine is None:
             raise ValueError("tta='flip' needs the engine that runs the mirrored batches")
         self.skipped: list[tuple[int, Path, str]] = []
+        self.multilabel = getattr(data, "task", "multiclass") == "multilabel"  # sigmoid
         self.probs: list[torch.Tensor] = []
         self.items: list[Any] | None = None  # None: a loader
         self.loader: Any = ()
@@ -164,8 +165,8 @@ class PredictBatches:
         return {"logits": logits, "probs": self.probs[-1]}
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """A batch's logits to probabilities (softmax)."""
-        return logits.softmax(1)
+        """A batch's logits to probabilities: sigmoids for a multi-label task, else softmax."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(1)
 
     def result(self, num_classes: int) -> torch.Tensor:
         """The probabilities kept, as one ``(N, C)`` CPU tensor, one row per image of the

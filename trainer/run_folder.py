@@ -148,12 +148,18 @@ def write_run_files(out: Path, args: dict[str, Any], data: Any) -> None:
         raise write_error(out, e) from e
 
 
-def write_labels_mapping(out: Path, data: Any) -> Path | None:
-    """``out/labels_mapping.json`` from ``data.labels_mapping()``; None when data has none."""
+def write_labels_mapping(
+    out: Path, data: Any, thresholds: list[float] | None = None
+) -> Path | None:
+    """``out/labels_mapping.json`` from ``data.labels_mapping()``, with multi-label
+    ``thresholds`` when given (``state.thresholds``); None when data has none."""
     if not hasattr(data, "labels_mapping"):
         return None
     path = out / LABELS_MAPPING_JSON
-    atomic_write_json(path, data.labels_mapping())
+    mapping = data.labels_mapping()
+    if thresholds is not None:
+        mapping["thresholds"] = list(thresholds)
+    atomic_write_json(path, mapping)
     return path
 
 

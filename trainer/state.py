@@ -29,6 +29,11 @@ class EngineState:
         calibration: the last validation's (or test's) confidence histogram over all ranks,
             CPU float64 ``(3, bins + 1)``: count, confidence sum, hit sum per bin (see
             ``trainer.metrics.EvalCounts``); None before any. The reliability diagram's data.
+        label_metrics: multi-label data: the last validation's (or test's) per-class results
+            (``trainer.multilabel.per_class_table``: AP, precision, recall, F1, support, tuned
+            threshold, precision-recall curves); None otherwise. Left out of checkpoints.
+        thresholds: multi-label data: the per-class thresholds tuned on the validation of
+            the best epoch (max F1), or None before one; the export and predictions use them.
         mid_epoch: True while a validation runs inside a training epoch (``val_every`` below
             an epoch); checkpoints written then are best-model files, not resume points.
         history: one dict per finished epoch (``epoch`` plus every metric); ``fit()`` returns it.
@@ -52,6 +57,8 @@ class EngineState:
     per_class_acc: dict[str, float | None] = field(default_factory=dict)
     confusion_matrix: torch.Tensor | None = None
     calibration: torch.Tensor | None = None
+    label_metrics: dict[str, Any] | None = None
+    thresholds: list[float] | None = None
     mid_epoch: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     step_log: list[dict[str, float]] = field(default_factory=list)
@@ -66,7 +73,7 @@ class EngineState:
         need not)."""
         # Not asdict: it would deep-copy the matrix (8 MB at 1,000 classes) only to drop it.
         fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-        del fields["confusion_matrix"], fields["calibration"]
+        del fields["confusion_matrix"], fields["calibration"], fields["label_metrics"]
         return copy.deepcopy(fields)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -247,6 +247,64 @@ def plot_confusion_matrix(counts: np.ndarray, classes: Sequence[str], caption: s
     return fig
 
 
+def plot_label_confusion(counts: np.ndarray, classes: Sequence[str], caption: str) -> Figure:
+    """Multi-label: each class's 2x2 confusion counts as one row (TP, FN, FP, TN), coloured
+    by the share of the class's row (its images' decisions).
+
+    Args:
+        counts: ``(C, 4)`` TP, FN, FP, TN per class.
+        classes: class names by index.
+        caption: what the title says the counts are of, e.g. ``"epoch 3"``.
+    """
+    counts = np.asarray(counts)
+    n = len(classes)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = _figure(6.0, float(np.clip(1.2 + 0.3 * n, 3.0, 40.0)))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(4), ["TP", "FN", "FP", "TN"])
+    named = n <= MAX_NAMED
+    ax.set_yticks(range(n), [label(c, 18) for c in classes] if named else list(map(str, range(n))))
+    ax.set(title=f"per-class 2x2 confusion ({caption})", ylabel="class")
+    if n <= 4 * MAX_ANNOTATED:
+        for (i, j), v in np.ndenumerate(counts):
+            colour = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", color=colour, fontsize=7)
+    return fig
+
+
+def plot_pr_curves(
+    precision: Sequence[Sequence[float]],
+    recall: Sequence[Sequence[float]],
+    ap: Sequence[float],
+    classes: Sequence[str],
+    caption: str,
+    most: int = 20,
+) -> Figure:
+    """Multi-label: each class's precision-recall curve, labelled with its AP; past ``most``
+    classes, the ``most`` with the lowest AP (the ones to look at).
+
+    Args:
+        precision, recall: per class, the curve's points (``trainer.multilabel.pr_curves``).
+        ap: per class average precision (NaN for a class without positives: left out).
+        classes: class names by index.
+        caption: what the title says the curves are of, e.g. ``"epoch 3"``.
+        most: the most curves drawn.
+    """
+    shown = [i for i in np.argsort(np.nan_to_num(np.asarray(ap, float), nan=2.0)) if ap[i] == ap[i]]
+    fig = _figure(7.0, 5.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for i in shown[:most]:
+        ax.plot(recall[i], precision[i], drawstyle="steps-post", lw=1.2,
+                label=f"{label(classes[i], 18)} (AP {ap[i]:.3f})")  # fmt: skip
+    lowest = f", the {most} lowest AP of {len(shown)}" if len(shown) > most else ""
+    ax.set(xlim=(0, 1.01), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+           title=f"Precision-recall per class ({caption}{lowest})")  # fmt: skip
+    if shown:
+        ax.legend(fontsize=7, loc="lower left", ncol=2 if len(shown[:most]) > 10 else 1)
+    return fig
+
+
 def confused_pairs(counts: np.ndarray, k: int = SUMMARY_BARS) -> list[tuple[int, int, int]]:
     """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first.
 

@@ -101,6 +101,7 @@ def render_report(out_dir: str | os.PathLike[str], run: RunFacts) -> str:
         ("curves", "Curves", _images(out, ["plots/loss.png", "plots/accuracy.png", "plots/lr.png"])),
         ("confusion", "Confusion matrix", _confusion(out)),
         ("per-class", "Per class, worst first", _per_class(out)),
+        ("pr-curves", "Precision-recall curves", _images(out, ["plots/pr_curves.png"], "latest validation")),
         ("most-confused", "Most confused pairs", _most_confused(out)),
         ("calibration", "Calibration", _images(out, ["plots/reliability.png"], "latest validation")),
         ("samples", "Samples", _samples(out)),
@@ -284,7 +285,7 @@ def _per_class(out: Path) -> Section:
             rows = list(csv.DictReader(f))
         last = [r for r in rows if (r["epoch"], r["step"]) == (rows[-1]["epoch"], rows[-1]["step"])]
         last.sort(key=lambda r: (float(r["f1"]), float(r["recall"]), int(r["class_index"])))
-        cols = ["f1", "precision", "recall", "support"]
+        cols = ["ap"] * ("ap" in last[0]) + ["f1", "precision", "recall", "support"]
         table = [
             {"name": r["class"], "index": r["class_index"],
              "cells": [r[c] if c == "support" else _num(float(r[c]), c) for c in cols]}

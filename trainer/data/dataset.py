@@ -51,6 +51,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
             strips it into ``indices``).
         disk: read large images from their resized copies there (``--cache disk``, see
             ``trainer.data.disk_cache``), then the whole transform, as from ``cache``.
+        label_table: multi-label data: the target is row ``target`` of this ``(K, C)`` table
+            (``trainer.data.label_sets``), a multi-hot float vector.
     """
 
     def __init__(
@@ -64,7 +66,9 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         reduced: bool = False,
         with_index: bool = False,
         disk: DiskCache | None = None,
+        label_table: torch.Tensor | None = None,
     ) -> None:
+        self.label_table = label_table
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
         self.transform = transform
         self.cache = cache
@@ -93,6 +97,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                     "the file, or construct the data with verify=True to skip unreadable files."
                 ) from e
             image = transform(img)
+        if self.label_table is not None:
+            target = self.label_table[target]  # type: ignore[assignment]
         return (image, target, index) if self.with_index else (image, target)  # type: ignore[return-value]
 
     def _load(

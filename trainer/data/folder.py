@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from trainer.data import label_sets
 from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
@@ -121,6 +122,10 @@ class ImageFolderData:
             decoded image in the worker, so they are refused with "gpu"; MixUp/CutMix work.
         image_key: a label file's column (CSV) or key (JSONL) holding the image path.
         label_key: a label file's column or key holding the label.
+        task: "auto", "multiclass" or "multilabel": a label file whose labels are lists (or
+            split by ``label_sep``) is multi-label under "auto" (``trainer.data.label_sets``):
+            targets are then multi-hot float rows ``(C,)``, ``task`` says which.
+        label_sep: splits a CSV label file's label column into a label set, e.g. ";".
         check_leakage: look for images in more than one split: identical files in ``leaks``,
             the same picture resized, re-encoded or cropped in ``near_duplicates`` (see
             ``trainer.data.leakage``); both in the report, and logged.
@@ -175,6 +180,8 @@ class ImageFolderData:
         cache_short_side: int | None = None,
         cache_disk_max_gb: float = 50.0,
         disk_cache_dir: str | os.PathLike[str] | None = None,
+        task: str = "auto",
+        label_sep: str | None = None,
     ) -> None:
         self.augment = augment or Augment()
         if isinstance(verify, bool):
@@ -214,8 +221,12 @@ class ImageFolderData:
             label_key=label_key,
             max_bad_fraction=max_bad_fraction,
             cache_dir=None if check_cache_dir is None else Path(check_cache_dir),
+            task=task,
+            label_sep=label_sep,
         )
         self.classes: list[str] = scan.classes
+        # Multi-label: targets index these (K, C) multi-hot rows (trainer.data.label_sets).
+        self.label_table, self.task = label_sets.label_table_of(scan, decode)
         # No Python object per sample: see SampleArray.
         self.train_samples: SampleArray = as_sample_array(scan.train)
         self.val_samples: SampleArray = as_sample_array(scan.val)
@@ -285,15 +296,10 @@ class ImageFolderData:
         # Even unweighted runs draw through the tracking sampler (a seeded permutation per
         # epoch): it records what was drawn, and a resumed run draws the same order. Under DDP
         # that permutation is exactly torch's DistributedSampler's, so it stands in for it.
-        self.sampler: TrackingWeightedRandomSampler = TrackingWeightedRandomSampler(
-            self.train_samples.targets.tolist(),
-            self.num_classes,
-            mode=sampler,
-            class_weights=weights_by_idx,
-            seed=seed,
-            num_replicas=get_world_size(),
-            rank=get_rank(),
-        )
+        self.sampler: TrackingWeightedRandomSampler = label_sets.tracking_sampler(
+            self.train_samples.targets, self.num_classes, self.label_table, mode=sampler,
+            class_weights=weights_by_idx, seed=seed, num_replicas=get_world_size(), rank=get_rank()
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ counts
 
@@ -316,6 +322,8 @@ class ImageFolderData:
         return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
 
     def _count(self, samples: SampleArray) -> list[int]:
+        if self.label_table is not None:  # images carrying each label
+            return label_sets.label_counts(samples.targets, self.label_table)
         return [int(n) for n in np.bincount(samples.targets, minlength=len(self.classes))]
 
     @property
@@ -339,7 +347,8 @@ class ImageFolderData:
         own = self.train_transform if split == "train" else self.val_transform
         disk = None if self._disk is None else self._disk.for_split(split, self.eval_resize.resize_size)
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
-                                reduced=own is None, disk=disk)  # fmt: skip
+                                reduced=own is None, disk=disk,
+                                label_table=self.label_table)  # fmt: skip
 
     def _skipping_loader(
         self,
@@ -454,6 +463,7 @@ class ImageFolderData:
             "num_classes": self.num_classes,
             **self.eval_resize.mapping(),  # image_size, crop_pct, resize_mode, ...
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            **({} if self.label_table is None else label_sets.multilabel_mapping(self.num_classes)),
         }
 
     def save_labels_mapping(self, path: str | os.PathLike[str]) -> None:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.data.label_sets import as_label_set, label_list, read_label_sets
 from trainer.data.scan import NOT_REGULAR, Sample, TreeScan, stratified_split
 from trainer.data.scan_cache import cached_scan
 from trainer.errors import DataError
@@ -41,15 +43,20 @@ SPLIT_KEY = "split"
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
+TASKS: tuple[str, ...] = ("auto", "multiclass", "multilabel")
+
+
 @dataclass(frozen=True)
 class Row:
     """One row of a label file: the image, its label, its split (None: to be split), and
-    where it is written (``file:line``)."""
+    where it is written (``file:line``). A multi-label row's label set is ``labels`` (its
+    ``label`` is then the set joined with ";", for messages); None in a single-label row."""
 
     path: Path
     label: str
     split: str | None
     where: str
+    labels: tuple[str, ...] | None = None
 
 
 def is_label_file(path: Path) -> bool:
@@ -66,6 +73,8 @@ def scan_source(
     label_key: str = "label",
     max_bad_fraction: float = 0.05,
     cache_dir: Path | None = None,
+    task: str = "auto",
+    label_sep: str | None = None,
 ) -> tuple[TreeScan, list[tuple[Path, str]]]:
     """The samples of ``--data``: a label file, or else an ImageFolder tree (``scan_tree``,
     read from ``cache_dir`` while the tree is unchanged: ``trainer.data.scan_cache``).
@@ -85,6 +94,8 @@ def scan_source(
             image_key=image_key,
             label_key=label_key,
             max_bad_fraction=max_bad_fraction,
+            task=task,
+            label_sep=label_sep,
         )
     if root.is_file():
         raise DataError(
@@ -92,7 +103,12 @@ def scan_source(
             "that holds train/ and val/ (or one folder per class), or a label file ending in "
             f"{' or '.join(LABEL_FILE_SUFFIXES)}; archives must be extracted first."
         )
+    if label_sep is not None:
+        raise DataError(f"--label-sep splits a CSV label file's label column, but {root} is a "
+                        "folder tree. Drop --label-sep, or pass a .csv label file with --data.")
     scan = cached_scan(root, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)
+    if task == "multilabel":  # a tree as a multi-label set: each image carries its folder's label
+        scan = dataclasses.replace(scan, label_sets=[(i,) for i in range(len(scan.classes))])
     return scan, [(p, NOT_REGULAR) for p in scan.not_regular]
 
 
@@ -104,6 +120,8 @@ def read_label_file(
     image_key: str = "path",
     label_key: str = "label",
     max_bad_fraction: float = 0.05,
+    task: str = "auto",
+    label_sep: str | None = None,
 ) -> tuple[TreeScan, list[tuple[Path, str]]]:
     """Read a CSV or JSONL label file into train/val/test samples.
 
@@ -114,10 +132,14 @@ def read_label_file(
         image_key: the column (CSV) or key (JSONL) holding the image path.
         label_key: the column or key holding the label.
         max_bad_fraction: largest share of rows whose image may be missing; they are dropped.
+        task: "auto" (multi-label when a JSONL label is a list, or ``label_sep`` is given),
+            "multiclass" or "multilabel" (``trainer.data.label_sets``).
+        label_sep: splits a CSV label column into a label set (e.g. ";").
 
     Returns:
         The scan (classes, samples per split, by class then path), and ``(path, reason)`` for
-        each image that does not exist, in file order.
+        each image that does not exist, in file order. A multi-label scan's sample targets are
+        indices into its ``label_sets``.
 
     Raises:
         DataError: the file is missing or unreadable, a row is malformed (``file:line`` named),
@@ -129,17 +151,37 @@ def read_label_file(
             f"Label file {path} does not exist. Pass an existing .csv or .jsonl file with "
             "--data (paths in it are relative to its folder), or an ImageFolder tree."
         )
-    reader = _csv_rows if path.suffix.lower() == ".csv" else _jsonl_rows
+    is_csv = path.suffix.lower() == ".csv"
+    if label_sep is not None and not is_csv:
+        raise DataError(
+            f"{path}:1: --label-sep splits a CSV label column, but this is a JSONL file, whose "
+            'label sets are lists ({"path": "a.jpg", "label": ["cat", "dog"]}). Drop --label-sep.'
+        )
     try:
-        rows = list(reader(path, image_key, label_key))
+        if is_csv:
+            rows = list(_csv_rows(path, image_key, label_key, label_sep))
+        else:
+            rows = list(_jsonl_rows(path, image_key, label_key))
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e}); save it as UTF-8.") from e
     except OSError as e:
         raise DataError(f"cannot read the label file {path} ({e.strerror or e}).") from e
     if not rows:
         raise DataError(f"Label file {path} has no rows. Add one row per image.")
+    multilabel = task == "multilabel" or (
+        task == "auto" and (label_sep is not None or any(r.labels is not None for r in rows))
+    )
+    if multilabel:
+        rows = [as_label_set(r) for r in rows]
+    elif (listed := next((r for r in rows if r.labels is not None), None)) is not None:
+        raise DataError(
+            f"{listed.where}: a list of labels, but --task multiclass takes one label per "
+            "image. Pass --task multilabel (or auto), or give this row a single label."
+        )
     stats = [_stat(r.path) for r in rows]
     _check_unique(rows, stats)
+    if multilabel:
+        return read_label_sets(path, rows, stats, val_fraction, seed, max_bad_fraction)
     train_labels = sorted({r.label for r in rows if r.split in (None, "train")})
     if len(train_labels) < 2:
         raise DataError(
@@ -152,21 +194,35 @@ def read_label_file(
                 f"{r.where}: label {r.label!r} has no training row ({r.split} only). Training "
                 f"labels: {', '.join(train_labels)}. Fix the label, or add training rows for it."
             )
+    kept, missing = drop_missing(path, rows, stats, max_bad_fraction)
+    scan = _split(path, train_labels, kept, val_fraction=val_fraction, seed=seed)
+    check_has_val(path, scan, rows)
+    return scan, [(r.path, why) for r, why in missing]
+
+
+def drop_missing(
+    path: Path, rows: list[Row], stats: list[os.stat_result | None], max_bad_fraction: float
+) -> tuple[list[Row], list[tuple[Row, str]]]:
+    """The rows whose image exists, and the others with why (too many: DataError)."""
     missing = [(r, f"{why} (listed at {r.where})") for r, st in zip(rows, stats, strict=True)
                if (why := _unusable(st)) is not None]  # fmt: skip
     _check_missing(path, rows, missing, max_bad_fraction)
     gone = {r for r, _ in missing}
-    kept = [r for r in rows if r not in gone]
-    scan = _split(path, train_labels, kept, val_fraction=val_fraction, seed=seed)
+    return [r for r in rows if r not in gone], missing
+
+
+def check_has_val(path: Path, scan: TreeScan, rows: list[Row]) -> None:
+    """A label file whose rows all name their split must name some val rows."""
     if not scan.val and not any(r.split is None for r in rows):
         raise DataError(
             f"{path} has no val rows: every row names its split, and none is val. Mark some "
             f"rows {SPLIT_KEY}=val, or leave the split empty to have them split automatically."
         )
-    return scan, [(r.path, why) for r, why in missing]
 
 
-def _csv_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
+def _csv_rows(
+    path: Path, image_key: str, label_key: str, label_sep: str | None = None
+) -> Iterator[Row]:
     # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark.
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, strict=True)
@@ -196,7 +252,10 @@ def _csv_rows(path: Path, image_key: str, label_key: str) -> Iterator[Row]:
                         f"{where}: {len(fields)} field(s), the header has {len(header)}. "
                         "Quote values that hold commas, and give every row every column."
                     )
-                values = dict(zip(header, fields, strict=True))
+                values: dict[str, Any] = dict(zip(header, fields, strict=True))
+                if label_sep is not None:  # a label set: "cat;dog", or "" for none
+                    text = values[label_key]
+                    values[label_key] = [t for t in text.split(label_sep) if t.strip()]
                 yield _row(path, where, values, image_key, label_key)
         except csv.Error as e:
             raise DataError(
@@ -243,10 +302,14 @@ def _row(path: Path, where: str, values: dict[str, Any], image_key: str, label_k
         raise DataError(f"{where}: empty or non-text image path {image!r}. Give the image's path.")
     if isinstance(label, int) and not isinstance(label, bool):
         label = str(label)  # numeric class ids, as some tools export them
+    labels = None
+    if isinstance(label, list):  # a multi-label row (trainer.data.label_sets)
+        labels = tuple(label_list(where, label))
+        label = ";".join(labels) or "(none)"
     if not isinstance(label, str):
         raise DataError(
-            f"{where}: label {label!r} is a {type(label).__name__}, not text. One label per "
-            "image (multi-label rows are not supported)."
+            f"{where}: label {label!r} is a {type(label).__name__}, not text. Give one label "
+            'as text, or a list of labels for a multi-label set (["cat", "outdoor"]).'
         )
     if not label.strip():
         raise DataError(f"{where}: empty label for {image.strip()}. Label it, or remove the row.")
@@ -260,7 +323,8 @@ def _row(path: Path, where: str, values: dict[str, Any], image_key: str, label_k
             "leave it empty to have the row split automatically."
         )
     file = Path(image.strip())
-    return Row(file if file.is_absolute() else path.parent / file, label.strip(), name, where)
+    file = file if file.is_absolute() else path.parent / file
+    return Row(file, label.strip(), name, where, labels)
 
 
 def _stat(path: Path) -> os.stat_result | None:

@@ -12,7 +12,8 @@ each step exactly as the straight run did, and nothing is read back from the dev
 Accuracy under mixing: lambda is folded to ``max(lambda, 1 - lambda)``, so each image's own
 label always holds the larger share of its mix (CutMix pastes at most half the image). The
 engine's ``outputs["targets"]`` stay the images' own labels, and ``train/acc`` counts the argmax
-against that dominant label.
+against that dominant label. Multi-label targets (multi-hot float rows) are mixed as they are:
+``lam * y + (1 - lam) * y_rolled``.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ class BatchMix:
             x, lam = self._paste(x, other, lam, rng)
         else:
             x = x * lam + other * (1.0 - lam)
-        one_hot = torch.zeros(y.shape[0], self.num_classes, device=y.device)
-        one_hot.scatter_(1, y[:, None], 1.0)  # not F.one_hot: it reads the labels back on CPU
+        if y.is_floating_point():  # multi-label: the label vectors themselves are mixed
+            one_hot = y.float()
+        else:
+            one_hot = torch.zeros(y.shape[0], self.num_classes, device=y.device)
+            one_hot.scatter_(1, y[:, None], 1.0)  # not F.one_hot: it reads labels back on CPU
         return x, one_hot * lam + one_hot.roll(1, 0) * (1.0 - lam)
 
     @staticmethod

@@ -46,6 +46,8 @@ class TreeScan:
         folders: every folder whose listing the scan read.
         listings: ``listing_digest`` of each of ``folders`` as the scan read it: a stored
             scan stands while every folder still lists the same (``trainer.data.scan_cache``).
+        label_sets: for a multi-label scan, the distinct label sets (tuples of class
+            indices) that the samples' targets index (``trainer.data.label_sets``); else None.
     """
 
     classes: list[str]
@@ -57,6 +59,7 @@ class TreeScan:
     not_regular: list[Path] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     listings: list[str] = field(default_factory=list)
+    label_sets: list[tuple[int, ...]] | None = None
 
 
 # A folder's entries as the scan reads them: (name, kind), sorted by name. The kind is "d" a

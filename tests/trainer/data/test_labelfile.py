@@ -117,7 +117,7 @@ BAD_JSONL = [
     ('{"path": "images/a/0.png", "choice": "a"}\n', ":1: no key 'label'.*--label-key"),
     ('{"path": "images/a/0.png", "label": "a"}\n{"path": "images/b/0.png", "label": "b"}\n'
      '{"path": "images/a/0.png", "label": "a"}\n', ":3: .* is listed again .*:1"),
-    ('{"path": "images/a/0.png", "label": ["a", "b"]}\n', ":1: label .* is a list"),
+    ('{"path": "images/a/0.png", "label": {"a": 1}}\n', ":1: label .* is a dict"),
     ('{"path": "", "label": "a"}\n', ":1: empty or non-text image path"),
     ('{"path": "images/a/0.png", "label": ' + "9" * 5000 + "}\n", ":1: cannot be read as JSON"),
 ]  # fmt: skip

@@ -1,0 +1,135 @@
+"""A tiny multi-label CLI run with the default hooks: every hook runs or stands down cleanly,
+the run folder holds the multi-label outputs, and predict.py / evaluate.py read them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import FAST_CLI
+from tools import evaluate, predict, train
+from trainer.checkpoint import load_checkpoint
+from trainer.onnx_classifier import OnnxClassifier
+
+CLASSES = ("cat", "dog", "sky")
+
+
+def write_multilabel_set(root: Path, n_train: int = 30, n_val: int = 15) -> Path:
+    """16 px images whose label set shows in their colour (red: cat, green: dog, blue: sky; a
+    channel at 200 when the image carries its label), some with no label, as a JSONL file."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for i in range(n_train + n_val):
+        on = [bool((i >> k) & 1) for k in range(3)]  # every set, the empty one included
+        pixels = rng.integers(0, 50, (16, 16, 3)) + np.array(on) * 150
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "img" / f"{i}.png")
+        labels = [c for c, o in zip(CLASSES, on, strict=True) if o]
+        split = "train" if i < n_train else "val"
+        lines.append(json.dumps({"path": f"img/{i}.png", "label": labels, "split": split}))
+    (root / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "labels.jsonl"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("multilabel")
+    labels = write_multilabel_set(base / "data")
+    out = base / "run"
+    argv = ["--data", str(labels), "--out", str(out), "--epochs", "2", *FAST_CLI,
+            "--lr", "0.01", "--mixup", "0.2"]  # fmt: skip
+    assert train.main(argv) == 0
+    return {"labels": labels, "out": out}
+
+
+def test_a_multilabel_run_leaves_its_outputs(run: dict[str, Any]) -> None:
+    out = run["out"]
+    mapping = json.loads((out / "labels_mapping.json").read_text())
+    assert mapping["task"] == "multilabel" and mapping["activation"] == "sigmoid"
+    assert len(mapping["thresholds"]) == 3 and mapping["thresholds"] != [0.5] * 3  # tuned
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["state"]["thresholds"] == mapping["thresholds"]  # the best epoch's
+    args = json.loads((out / "args.json").read_text())
+    assert args["monitor"] == "val/mAP" and args["crop_scale"] == 0.766  # the task's defaults
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(0 <= float(r["val/mAP"]) <= 1 for r in rows)
+    with open(out / "per_class.csv", newline="") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class[-3:]] == list(CLASSES) and "ap" in per_class[0]
+    for epoch in range(2):
+        summary = json.loads((out / "plots" / "confusion_matrix" / f"epoch_{epoch:03d}.json")
+                             .read_text())  # fmt: skip
+        assert summary["columns"] == ["tp", "fn", "fp", "tn"]
+        assert all(sum(row) == 15 for row in summary["counts"])  # each class: every val image
+        assert (out / "plots" / "samples" / f"epoch_{epoch:03d}_fixed.png").is_file()
+    for name in ("model.onnx", "report.html", "dataset_stats.json", "plots/loss.png",
+                 "sampler_distribution.csv", "plots/confusion_matrix/epoch_001.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not (out / "top_losses.csv").exists()  # one label per image: off
+    stats = json.loads((out / "dataset_stats.json").read_text())
+    assert stats["labels_per_image"]["train"] == {"0": 4, "1": 12, "2": 11, "3": 3}
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["label_agreement"] >= 0.995 and report["passed"]
+    html = (out / "report.html").read_text()
+    assert "Precision-recall" in html
+
+
+def test_predict_and_evaluate_read_the_multilabel_model(run: dict[str, Any], tmp_path: Path) -> None:
+    out, model = run["out"], run["out"] / "model.onnx"
+    clf = OnnxClassifier(model)
+    image = run["labels"].parent / "img" / "40.png"
+    probs = clf.probabilities(clf.preprocess(image)[None])[0]
+    found = clf.predict(image, top_k=3)
+    assert [label for label, _ in found] == [
+        CLASSES[i] for i in np.argsort(-probs) if probs[i] >= clf.thresholds[i]
+    ]
+    assert len(clf.predict(image, top_k=1)) <= 1
+    csv_out = tmp_path / "preds.csv"
+    assert predict.main(["--model", str(model), str(image.parent), "--output", str(csv_out),
+                         "--all-probs"]) == 0  # fmt: skip
+    with open(csv_out, newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert rows["40.png"]["labels"] == ";".join(label for label, _ in found)
+    predicted = {p.name: clf.predict(p, top_k=3) for p in sorted(image.parent.glob("*.png"))}
+    assert any(predicted.values())  # some image has labels, so an empty column shows
+    for name, labels in predicted.items():
+        assert rows[name]["labels"].split(";")[:3] == [la for la, _ in labels] or not labels
+    assert float(rows["40.png"]["prob_sky"]) == pytest.approx(probs[2], abs=1e-6)
+    assert evaluate.main([str(model), "--data", str(run["labels"]), "--out", str(tmp_path),
+                          "--workers", "0"]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    with open(out / "metrics.csv", newline="") as f:
+        best = max(float(r["val/mAP"]) for r in csv.DictReader(f))
+    assert result["metrics"]["val/mAP"] == pytest.approx(best, abs=1e-4)
+    mapping = json.loads((out / "labels_mapping.json").read_text())
+    assert result["thresholds"] == pytest.approx(mapping["thresholds"])  # the model's own
+
+
+@pytest.mark.parametrize(
+    "change, flags, expect",
+    [
+        ({"label": ["cat", 7.5]}, [], r"labels\.jsonl:1: the label list holds 7\.5"),
+        ({}, ["--task", "multiclass"], r"labels\.jsonl:1: a list of labels, but --task multiclass"),
+        ({}, ["--label-sep", ";"], r"labels\.jsonl:1: --label-sep splits a CSV label column"),
+    ],
+)
+def test_bad_multilabel_input_is_one_message_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict, flags: list, expect: str
+) -> None:
+    labels = write_multilabel_set(tmp_path / "data", n_train=4, n_val=2)
+    lines = labels.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), **change})
+    labels.write_text("\n".join(lines) + "\n")
+    argv = ["--data", str(labels), "--out", str(tmp_path / "run"), *FAST_CLI, *flags]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and re.search(expect, err.replace("\n", " "))
+    assert not (tmp_path / "run").exists()
