@@ -40,23 +40,18 @@ if not __package__:  # run as a file (python tools/evaluate.py), not imported as
     _here = Path(__file__).resolve().parent
     sys.path[:] = [str(_here.parent), *(p for p in sys.path if Path(p).resolve() != _here)]
 
-import numpy as np
 import torch
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from torch.nn import functional as F
 
-from hooks.render.plots import plot_confusion_matrix, save_png
-from hooks.render.tables import MAX_ROWS, extreme_rows, more_caption
 from tools.evaluate_multilabel import evaluate_labels, print_label_report, write_label_outputs
+from tools.evaluate_report import PLOT_NAME, RESULT_NAME, print_report, write_outputs
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
 from trainer.data.transforms import TTA_MODES, EvalResize, check_tta
 from trainer.device import resolve_device
 from trainer.errors import UserError
-from trainer.io import atomic_write_json, free_space, is_disk_full, unwritable
+from trainer.io import free_space, is_disk_full, unwritable
 from trainer.metrics import EvalScore, class_metrics
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
@@ -65,8 +60,6 @@ from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
 
-RESULT_NAME = "evaluation.json"
-PLOT_NAME = "confusion_matrix.png"
 
 
 @dataclass
@@ -375,66 +368,6 @@ def _result(
         "confusion_matrix": counts.tolist(),
         "metrics": metrics,
     }
-
-
-def print_report(result: dict[str, Any], console: Console | None = None) -> None:
-    """The per-class table and the overall numbers, on stdout (or ``console``).
-
-    Past 30 classes the table shows the 15 lowest and 15 highest F1 (all in evaluation.json).
-    """
-    title = (
-        f"{Path(result['model']).name} on {result['split']} ({result['n_images']} images): "
-        f"top-1 {result['top1']:.4f}"
-        + (f", top-5 {result['top5']:.4f}" if result["top5"] is not None else "")
-    )
-    if "without_tta" in result:  # both figures: with TTA (the table's) and without
-        plain = result["without_tta"]
-        title += f" with --tta {result['tta']}; without: top-1 {plain['top1']:.4f}" + (
-            f", top-5 {plain['top5']:.4f}" if plain["top5"] is not None else "")  # fmt: skip
-    # Class names and file names are data, not rich markup: "[red]" and "[/]" print as is.
-    table = Table(title=escape(title))
-    table.add_column("class", overflow="fold")
-    for name in ("precision", "recall", "F1", "support"):
-        table.add_column(name, justify="right")
-    pc = result["per_class"]
-    classes = result["classes"]
-    # Past MAX_ROWS classes: the lowest and the highest F1; every class is in evaluation.json.
-    shown = extreme_rows(pc["f1"])
-    more = more_caption(len(classes), len(shown), RESULT_NAME)
-    if more:
-        table.caption = f"the classes with the lowest and the highest F1; {more}"
-    for k, i in enumerate(shown):
-        if more and k == MAX_ROWS // 2:
-            table.add_section()
-        table.add_row(
-            escape(classes[i]),
-            f"{pc['precision'][i]:.4f}",
-            f"{pc['recall'][i]:.4f}",
-            f"{pc['f1'][i]:.4f}",
-            str(pc["support"][i]),
-        )
-    m = result["macro"]
-    table.add_section()
-    table.add_row(
-        "macro avg",
-        f"{m['precision']:.4f}",
-        f"{m['recall']:.4f}",
-        f"{m['f1']:.4f}",
-        str(result["n_images"]),
-    )
-    (console or Console()).print(table)
-
-
-def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``evaluation.json`` and ``confusion_matrix.png`` to ``out_dir``; return both."""
-    out = Path(out_dir)
-    json_path, png_path = out / RESULT_NAME, out / PLOT_NAME
-    atomic_write_json(json_path, result)
-    counts = np.asarray(result["confusion_matrix"], dtype=np.int64)
-    # The hook's titles name an epoch; here the split and its size say what was counted.
-    caption = f"{result['split']}, {result['n_images']} images"
-    save_png(plot_confusion_matrix(counts, result["classes"], caption), png_path)
-    return json_path, png_path
 
 
 OUT_HINT = "Pass --out FOLDER to write evaluation.json and the plot elsewhere."

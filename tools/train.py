@@ -59,7 +59,7 @@ with collector_paused():
     from trainer.io import free_space, is_disk_full
     from trainer.models import build_model
     from trainer.rng import seed_everything
-    from trainer.task import task_of
+    from trainer.tasks import task_of
 
 log = logging.getLogger("trainer")
 new_run_dir = rf.new_run_dir  # tests name the folder through it

@@ -73,7 +73,7 @@ from trainer.rng import seed_everything, set_rng_state
 from trainer.signals import StopRequests, stop_on_signals
 from trainer.state import EngineState
 from trainer.step import backward, clip, optimizer_step, unscale
-from trainer.task import task_of
+from trainer.tasks import task_of
 from trainer.val_check import ValCheck
 
 log = logging.getLogger("trainer")

@@ -3,7 +3,7 @@
 The model's ``C`` logits are ``C`` independent yes/no decisions: sigmoid probabilities, binary
 cross-entropy by default (``trainer.losses``), a class predicted where its probability reaches
 its threshold. The data side is ``trainer.data.label_sets``; this module is the engine's side,
-the ``MultiLabelTask`` that ``trainer.task.task_of`` picks for multi-label data.
+the ``MultiLabelTask`` that ``trainer.tasks.task_of`` picks for multi-label data.
 
 What a validation (or test) pass records, counted on the device and read once:
 

@@ -3,10 +3,11 @@
 Multi-class (one label per image, the default) and multi-label (a set of labels per image,
 ``trainer.multilabel``) differ in their default loss, in what training and validation count,
 in the monitored metric and in how logits become probabilities; the engine's loop is the same.
-``task_of(data)`` picks the task from ``data.task`` ("multiclass" when the data has none).
+``trainer.tasks.task_of(data)`` picks the task from ``data.task`` ("multiclass" when the data
+has none).
 
 Example:
-    >>> task = task_of(data)
+    >>> task = ClassificationTask()
     >>> task.probabilities(torch.zeros(1, 3)).sum().item()
     1.0
 """
@@ -75,15 +76,6 @@ class ClassificationTask:
         """The settings of a parsed command line (``tools/train.py``) that this task changes:
         those still at the generic default for which the task has its own."""
         return {}
-
-
-def task_of(data: Any) -> ClassificationTask:
-    """The task of ``data``: ``MultiLabelTask`` when ``data.task`` is "multilabel"."""
-    if getattr(data, "task", "multiclass") == "multilabel":
-        from trainer.multilabel import MultiLabelTask  # torchmetrics-free, but not needed else
-
-        return MultiLabelTask()
-    return ClassificationTask()
 
 
 def is_multilabel(data: Any) -> bool:

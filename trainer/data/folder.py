@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from trainer.data import label_sets
+from trainer.data import folder_report, label_sets
 from trainer.data.augment import Augment
 from trainer.data.cache import verify_and_cache
 from trainer.data.dataset import ImageListDataset
@@ -471,22 +471,9 @@ class ImageFolderData:
         atomic_write_json(path, self.labels_mapping())
 
     def report(self) -> dict[str, Any]:
-        """What the scan found, for ``data_report.json``: counts, unusable and ignored files."""
-        return {
-            "root": str(self.root),
-            "classes": list(self.classes),
-            "class_counts": {k: list(v) for k, v in self.class_counts.items()},
-            "verify": self.verify,
-            "bad_files": [{"path": str(p), "reason": r} for p, r in self.bad_files],
-            "skipped_in_training": [
-                {"path": p, "reason": r} for p, r in self.bad_images.skipped.items()
-            ],
-            "skip_events": self.bad_images.events,
-            "ignored_files": [str(p) for p in self.ignored_files],
-            "skipped_links": [{"path": str(p), "reason": r} for p, r in self.skipped_links],
-            **({} if self.leaks is None else {"leakage": self.leaks}),
-            **({} if self.near_duplicates is None else {"near_duplicates": self.near_duplicates}),
-        }
+        """What the scan found, for ``data_report.json``: counts, unusable and ignored files,
+        leaks (``trainer.data.folder_report``)."""
+        return folder_report.report(self)
 
     def write_report(self, path: str | os.PathLike[str]) -> None:
         """Write ``report()`` to ``path`` as JSON, and again after each loader pass that
@@ -496,20 +483,4 @@ class ImageFolderData:
 
     def summary(self) -> str:
         """A few lines on classes and split sizes, for the start of a run."""
-        lines = [f"data: {self.root} ({self.num_classes} classes)"]
-        for split, counts in self.class_counts.items():
-            if sum(counts):
-                lines.append(
-                    f"  {split}: {sum(counts)} images, per class min {min(counts)} "
-                    f"max {max(counts)}"
-                )
-        if self.bad_files:
-            lines.append(f"  skipped {len(self.bad_files)} unreadable file(s)")
-        if self.ignored_files:
-            lines.append(f"  ignored {len(self.ignored_files)} non-image file(s)")
-        if self.leaks or self.near_duplicates:
-            lines.append(
-                f"  leakage: {len(self.leaks or [])} image(s) in more than one split, "
-                f"{len(self.near_duplicates or [])} near-duplicate pair(s) (data_report.json)"
-            )
-        return "\n".join(lines)
+        return folder_report.summary(self)

@@ -26,17 +26,15 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.data.label_rows import Row, check_has_val, drop_missing
 from trainer.data.sampler import TrackingWeightedRandomSampler
 from trainer.data.scan import Sample, TreeScan, stratified_split
 from trainer.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from trainer.data.labelfile import Row
 
 logger = logging.getLogger("trainer.data")
 
@@ -80,7 +78,6 @@ def read_label_sets(
     max_bad_fraction: float,
 ) -> tuple[TreeScan, list[tuple[Path, str]]]:
     """``read_label_file`` for multi-label rows (every ``row.labels`` set)."""
-    from trainer.data.labelfile import check_has_val, drop_missing  # the reader imports us
 
     classes = sorted({lab for r in rows if r.split in (None, "train") for lab in r.labels or ()})
     if not classes:
