@@ -44,6 +44,7 @@ with collector_paused():
     from trainer.config_cli import PIPELINE_KEY, dump_config, saved_config
     from trainer.data.demo import demo_dataset
     from trainer.data.pipelines import describe_pipelines
+    from trainer.data.transforms import EvalResize
     from trainer.device import resolve_device
     from trainer.distributed import (
         barrier,
@@ -150,7 +151,11 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
                  ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()))  # fmt: skip
         config.update(changed)
         cfg = TrainConfig.from_dict(config)
+        if cfg.cache == "ram" and "val_resize" in changed:  # its copies were resized for crop
+            data.close()
+            data = build_data(cfg, root)
         data.crop_scale = float(cfg.crop_scale or data.crop_scale)  # read by train_pipeline()
+        data.eval_resize = EvalResize.of(data.img_size, cfg.crop_pct, cfg.val_resize)
     log.info(data.summary())
     seed_everything(cfg.seed)  # the model's initial weights too
     model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)

@@ -39,8 +39,8 @@ class DataConfig:
     )
     crop_scale: float | None = setting(
         None,
-        "smallest area share kept by RandomResizedCrop (multi-label data: 0.766, the share "
-        "validation's centre crop keeps, unless another value than 0.08 is given)",
+        "smallest area share kept by RandomResizedCrop (multi-label data: 1.0, the whole "
+        "image, unless another value than 0.08 is given)",
         to=(DATA,),
         demo=True,
         metavar="LOW",

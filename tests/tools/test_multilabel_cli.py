@@ -57,7 +57,8 @@ def test_a_multilabel_run_leaves_its_outputs(run: dict[str, Any]) -> None:
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["state"]["thresholds"] == mapping["thresholds"]  # the best epoch's
     args = json.loads((out / "args.json").read_text())
-    assert args["monitor"] == "val/mAP" and args["crop_scale"] == 0.766  # the task's defaults
+    assert args["monitor"] == "val/mAP" and args["crop_scale"] == 1.0  # the task's defaults
+    assert args["val_resize"] == "squash" and mapping["resize_mode"] == "squash"
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(0 <= float(r["val/mAP"]) <= 1 for r in rows)
