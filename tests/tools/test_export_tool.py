@@ -417,3 +417,14 @@ def test_the_verification_images_get_the_mappings_crop_pct_and_resize_mode(
     default = ImageFolderData(tree, img_size=16, batch_size=8, workers=0).val_loader()
     assert verified_on == "val" and torch.equal(images, expected)
     assert not torch.equal(images, normalize(next(iter(default))[0], data.mean, data.std))
+
+
+def test_the_readmes_deployment_lines_are_the_tested_snippets() -> None:
+    """The README's loaders are lines of docs/deployment.md's, which the test above runs."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"A deployer needs only.*?```python\n(.*?)```", text, flags=re.S)
+    assert block is not None
+    tested = {line.strip() for b in _doc_blocks() for line in b.splitlines()}
+    for line in block.group(1).splitlines():
+        code = line.split("#")[0].strip()
+        assert not code or code in tested, line
