@@ -118,10 +118,14 @@ class TrainTally:
         n = targets.shape[0]
         ok = torch.isfinite(loss) if finite is None else finite
         self.loss.add_(torch.where(ok, loss, 0.0), alpha=n)
-        self.correct.add_((logits.argmax(1) == targets).sum() * ok)
+        self.correct.add_(self.hits(logits, targets) * ok)
         self.counted.add_(ok, alpha=n)
         self.seen += n
 
+
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """A batch's right answers, counted for ``train/acc``: the top-1 hits."""
+        return (logits.argmax(1) == targets).sum()
     def compute(self) -> tuple[float, float, float]:
         """Over all ranks: mean loss and accuracy (NaN when no batch was finite), images seen."""
         counts = [

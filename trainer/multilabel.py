@@ -105,20 +105,9 @@ class LabelTally(TrainTally):
         super().__init__(device)
         self.correct = torch.zeros((), device=device)
 
-    def update(
-        self,
-        loss: torch.Tensor,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        finite: torch.Tensor | None = None,
-    ) -> None:
-        n = targets.shape[0]
-        ok = torch.isfinite(loss) if finite is None else finite
-        self.loss.add_(torch.where(ok, loss, 0.0), alpha=n)
-        hits = ((logits > 0) == (targets > 0.5)).float().mean(1).sum()
-        self.correct.add_(hits * ok)
-        self.counted.add_(ok, alpha=n)
-        self.seen += n
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's share of right yes/no decisions, summed over the batch."""
+        return ((logits > 0) == (targets > 0.5)).float().mean(1).sum()
 
 
 def _ranked(probs: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, ...]:
