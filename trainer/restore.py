@@ -136,7 +136,8 @@ def labels_mapping_from_checkpoint(
     The run folder's ``labels_mapping.json`` is used when its classes are the checkpoint's;
     otherwise the mapping is rebuilt from the checkpoint: its classes, ``args["img_size"]``
     (or ``img_size``), ``args["crop_pct"]`` and ``args["val_resize"]`` (runs before them: the
-    default recipe) and ImageNet mean/std, which is what ``ImageFolderData`` normalises with.
+    default recipe), ImageNet mean/std, which is what ``ImageFolderData`` normalises with,
+    and a multi-label checkpoint's task and thresholds.
 
     Raises:
         CheckpointError: the image size is nowhere to be found.
@@ -170,4 +171,13 @@ def labels_mapping_from_checkpoint(
         "num_classes": len(classes),
         **resize.mapping(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        **_task_fields(ckpt),
     }
+
+
+def _task_fields(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A multi-label checkpoint's mapping fields (its state holds the tuned thresholds)."""
+    thresholds = (ckpt.get("state") or {}).get("thresholds")
+    if thresholds is None:
+        return {}
+    return {"task": "multilabel", "activation": "sigmoid", "thresholds": list(thresholds)}

@@ -134,3 +134,16 @@ def test_bad_multilabel_input_is_one_message_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and re.search(expect, err.replace("\n", " "))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mapping_rebuilt_from_a_multilabel_checkpoint_keeps_the_task(
+    run: dict[str, Any],
+) -> None:
+    # Without the run's labels_mapping.json (a checkpoint copied elsewhere), the mapping an
+    # export or an evaluation rebuilds from the checkpoint is still multi-label.
+    from trainer.restore import labels_mapping_from_checkpoint
+
+    best = load_checkpoint(run["out"] / "checkpoints" / "best.pt")
+    mapping = labels_mapping_from_checkpoint(best, run["out"] / "elsewhere" / "best.pt")
+    assert mapping["task"] == "multilabel" and mapping["activation"] == "sigmoid"
+    assert mapping["thresholds"] == best["state"]["thresholds"]
