@@ -151,9 +151,6 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
                  ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()))  # fmt: skip
         config.update(changed)
         cfg = TrainConfig.from_dict(config)
-        if cfg.cache == "ram" and "val_resize" in changed:  # its copies were resized for crop
-            data.close()
-            data = build_data(cfg, root)
         data.crop_scale = float(cfg.crop_scale or data.crop_scale)  # read by train_pipeline()
         data.eval_resize = EvalResize.of(data.img_size, cfg.crop_pct, cfg.val_resize)
     log.info(data.summary())
