@@ -295,6 +295,11 @@ def evaluate(
     split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
     if model.multilabel:
         split_args["task"] = "multilabel"
+        if tta != "none":  # not silently ignored
+            raise UserError(
+                f"--tta {tta} is not available for multi-label models yet ({model_path}); "
+                "evaluate without --tta."
+            )
     tree = ImageFolderData(
         data,
         **(model.resize or EvalResize(model.image_size)).data_kwargs(),
