@@ -177,6 +177,7 @@ def preflight(
     cache_dir: Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     phash: bool = False,
+    encoded: bytes | None = None,
 ) -> PreflightResult:
     """Check ``paths`` (see the module docstring); returns the unusable ones with why.
 
@@ -189,6 +190,7 @@ def preflight(
         cache_dir: where the cache lives; default ``check_cache.default_cache_dir()``.
         max_pixels: the pixel budget: an image whose header declares more is unusable.
         phash: also compute (or read from the cache) each usable file's perceptual hash.
+        encoded: ``check_cache.encode_paths(paths)`` where the caller holds it already.
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
@@ -198,14 +200,17 @@ def preflight(
     check = Check(mode == "full", max_pixels, phash)
     if cache_key is not None:  # a verdict holds for one budget
         cache_key = f"{cache_key}\0max_pixels={max_pixels}"
+    if cache_key is not None and encoded is None:
+        encoded = check_cache.encode_paths(strs)
+    args = (strs, check, processes, cache_key, cache_dir, encoded or b"")
     if not is_distributed():
-        return _preflight(strs, check, processes, cache_key, cache_dir)
+        return _preflight(*args)
     # Local rank 0 checks; the others wait, then read its results from the cache (or check
     # themselves, should it not have been writable).
     first = get_local_rank() == 0
-    result = _preflight(strs, check, processes, cache_key, cache_dir) if first else None
+    result = _preflight(*args) if first else None
     barrier()
-    return result or _preflight(strs, check, processes, cache_key, cache_dir)
+    return result or _preflight(*args)
 
 
 def check_splits(
@@ -232,6 +237,8 @@ def check_splits(
         DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
     paths = [p for samples in splits.values() for p in samples.paths()]
+    # The splits hold their paths encoded already: the cache's key needs no second encoding.
+    encoded = b"\0".join(s.encoded_paths() for s in splits.values() if len(s))
     result = preflight(
         paths,
         mode=mode,
@@ -240,6 +247,7 @@ def check_splits(
         cache_dir=cache_dir,
         max_pixels=max_pixels,
         phash=phash,
+        encoded=encoded,
     )
     found = result.bad
     hashes = None if result.phashes is None else {paths[i]: h for i, h in result.phashes.items()}
@@ -285,15 +293,14 @@ def _preflight(
     processes: int,
     cache_key: str | None,
     cache_dir: Path | None,
+    blob: bytes,
 ) -> PreflightResult:
     t0 = time.perf_counter()
     level = FULL if check.full else HEADER
     stats = check_cache.stat_all(paths)
     where = None
-    blob = b""
     if cache_key is not None:
         where = check_cache.cache_file(cache_dir or check_cache.default_cache_dir(), cache_key)
-        blob = check_cache.encode_paths(paths)
         table = check_cache.load(where, paths, blob, stats)
     else:
         table = check_cache.CheckTable.empty(stats)

@@ -366,3 +366,27 @@ def test_under_ddp_rank_zero_checks_and_the_others_read(tmp_path: Path) -> None:
     bad = [[paths.index(root / "a" / "9.png"), ranks[0][2][0][1]]]
     assert ranks[0][:2] == [11, 0] and ranks[1][:2] == [0, 11]
     assert ranks[0][2] == ranks[1][2] == bad
+
+
+def test_check_splits_keys_the_cache_with_the_splits_encoded_paths(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # The splits hand their stored encoding to the cache instead of encoding every path again;
+    # it must be exactly what encode_paths gives (the fast path of check_cache.load compares it).
+    from trainer.data import check_cache
+    from trainer.data.samples import SampleArray
+
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 1}, size=(4, 4), splits=())
+    first = sorted((root / "a").iterdir())[0]
+    first.rename(first.with_name("caf\u00e9 x" + first.suffix))
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    splits = {"train": SampleArray([(files[0], 0), (files[1], 0)]), "val": SampleArray([]),
+              "test": SampleArray([(files[2], 1)])}  # fmt: skip
+    seen: list[bytes] = []
+    load = check_cache.load
+    monkeypatch.setattr(check_cache, "load", lambda w, p, blob, s: seen.append(blob) or load(w, p, blob, s))
+    kw: Any = dict(mode="header", processes=0, cache_key="k", cache_dir=tmp_path / "c",
+                   max_bad_fraction=0.0, root=root)  # fmt: skip
+    pf.check_splits(splits, **kw)
+    assert seen == [check_cache.encode_paths([str(p) for p in files])]
+    assert pf.check_splits(splits, **kw)[0]["train"] == splits["train"]
