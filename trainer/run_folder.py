@@ -54,6 +54,8 @@ RUN_OUTPUTS = (
     LR_FIND_PNG, PER_CLASS_CSV, STEPS_CSV, MOST_CONFUSED_CSV, TOP_LOSSES_CSV,
     LABEL_ISSUES_CSV,
 )  # fmt: skip
+# The folders a run writes into (and deletes old checkpoints from): never through a link.
+RUN_FOLDERS = (CHECKPOINTS, PLOTS, TENSORBOARD)
 # Settings that shape the weights a checkpoint holds: a resume must not change them.
 MODEL_SETTINGS = ("model", "img_size", "ema_decay")
 # Settings that draw the train/val split of a tree of class folders (or a label file's rows
@@ -111,6 +113,23 @@ def remove_run_outputs(out: Path) -> None:
             path.unlink()
 
 
+def check_no_links(out: Path) -> None:
+    """Refuse a run folder whose output folders are symbolic links: the run writes and deletes
+    files in them, and must never do so outside ``out``.
+
+    Raises:
+        OutputError: names the link and the fix.
+    """
+    for name in RUN_FOLDERS:
+        if (out / name).is_symlink():
+            raise OutputError(
+                f"{out / name} is a symbolic link (to {(out / name).readlink()}): a run writes, "
+                f"and deletes old checkpoints, only inside its run folder {out}. Replace the link "
+                "with a folder, or to keep a run on another disk, put the whole run folder there "
+                "(--out)."
+            )
+
+
 def claim(out: Path, overwrite: bool = False) -> None:
     """Make ``out`` ready to write: the earlier run's files gone with ``overwrite``, the folder
     made, and the temporary files a killed run left removed. Call it after every check.
@@ -118,6 +137,8 @@ def claim(out: Path, overwrite: bool = False) -> None:
     Raises:
         OutputError: the folder cannot be made or written.
     """
+    if not overwrite:  # --overwrite removes the links themselves (never what they point to)
+        check_no_links(out)
     try:
         if overwrite:
             remove_run_outputs(out)
@@ -134,6 +155,7 @@ def write_run_files(out: Path, args: dict[str, Any], data: Any) -> None:
     Raises:
         OutputError: naming the folder, when one cannot be written.
     """
+    check_no_links(out)
     new = not (out / ARGS_JSON).exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -27,3 +27,27 @@ def test_the_settings_given_to_the_engine_are_written_as_they_are(
     given = {"model": "small_cnn", "epochs": 1, "pipeline": {"source": "built-in"}}
     engine = run_fit([RunFolderHook(tmp_path)], data, epochs=1, args=given)
     assert json.loads((tmp_path / "args.json").read_text()) == given == engine.args
+
+
+def test_a_linked_output_folder_is_refused_before_anything_is_written(
+    tmp_path: Path, data: StandInData
+) -> None:
+    # A run folder (shared, downloaded, or left by a tool) whose checkpoints/ links elsewhere
+    # would have the run write there and delete old epochs there: refused, nothing touched.
+    import pytest
+
+    from hooks import CheckpointHook
+    from trainer.errors import OutputError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "epoch_000.pt").write_bytes(b"not yours")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    hooks = [RunFolderHook(out), CheckpointHook(out / "checkpoints", top_k=1)]
+    with pytest.raises(OutputError, match=r"checkpoints is a symbolic link .*elsewhere"):
+        run_fit(hooks, data, epochs=1, args={})
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["epoch_000.pt"]
+    assert (elsewhere / "epoch_000.pt").read_bytes() == b"not yours"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]

@@ -43,3 +43,16 @@ def test_an_older_checkpoint_is_refused_in_its_run_and_branches_into_a_new_one(
     assert _files(run) == before
     ckpt = torch.load(branch / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["state"]["history"]) == 2  # epoch 0 from the run, epoch 1 trained here
+
+    # A run folder whose checkpoints/ is a link elsewhere: a resume would write and delete
+    # there, outside the run folder. Refused before anything is written, on either side.
+    moved = tmp_path / "elsewhere"
+    (branch / "checkpoints").rename(moved)
+    (branch / "checkpoints").symlink_to(moved, target_is_directory=True)
+    kept = _files(moved)
+    capsys.readouterr()
+    assert train.main(["--resume", str(branch), "--epochs", "3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "Traceback" not in err
+    assert f"{branch / 'checkpoints'} is a symbolic link" in err
+    assert _files(moved) == kept
