@@ -44,7 +44,7 @@ class CsvLog:
         """At fit start: keep the whole rows up to ``step`` (none for a new run)."""
         with guarded(self.path):
             kept = [row for row in self.read() if float(row[self._step_col]) <= step]
-            if kept or self.path.exists():
+            if kept or self.path.exists() or self.path.is_symlink():  # a link: replaced
                 atomic_write_csv(self.path, self.header, kept)
 
     def read(self) -> list[list[str]]:

@@ -91,3 +91,22 @@ def test_survives_an_unwritable_run_folder(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert_survives_unwritable(PerClassMetricsHook, tmp_path, caplog)
+
+
+def test_a_linked_log_file_is_replaced_not_written_through(tmp_path: Path) -> None:
+    # per_class.csv and steps.csv are appended to: a link left in the run folder (dangling
+    # too) must not lead the appends outside it.
+    from hooks.render.csv_log import CsvLog
+    from trainer.artifacts import ArtifactWriter
+
+    outside = tmp_path / "outside.txt"
+    (tmp_path / "run").mkdir()
+    log_file = tmp_path / "run" / "steps.csv"
+    log_file.symlink_to(outside)
+    log = CsvLog(log_file, ["step", "loss"])
+    log.start(0)
+    writer = ArtifactWriter()
+    log.append(writer, [[1, 0.5]])
+    writer.close()
+    assert not outside.exists() and not log_file.is_symlink()
+    assert log.read() == [["1", "0.5"]]
