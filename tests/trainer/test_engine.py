@@ -323,3 +323,47 @@ def test_validation_passes_count_their_batches_and_record_metrics_before_epoch_e
     assert seen == [("sanity", 0, 1), ("val", 0, 3), ("val", 1, 3), ("val", 2, 3)]
     assert at_epoch_end[0] == ("sanity", None)
     assert at_epoch_end[1][0] == "val" and at_epoch_end[1][1] == engine.state.history[0]["val/acc"]
+
+
+def test_the_first_epochs_loader_starts_before_the_sanity_check_and_draws_the_same() -> None:
+    # Its workers load the first batches while the sanity check runs; the draw is the epoch's
+    # own all the same, and every epoch starts its loader once.
+    events: list[str] = []
+
+    class Logged:
+        def __init__(self, loader: Any) -> None:
+            self.loader = loader
+
+        def __iter__(self) -> Any:
+            events.append("iter")
+            return iter(self.loader)
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.loader, name)
+
+    class Data(StandInData):
+        def train_loader(self) -> Any:
+            return Logged(super().train_loader())
+
+    class Watch(Hook):
+        def on_sanity_check_start(self, engine: Engine) -> None:
+            events.append("sanity")
+
+        def on_train_epoch_start(self, engine: Engine) -> None:
+            events.append(f"epoch {engine.state.epoch}")
+
+        def on_train_batch_start(self, engine: Engine, batch: Any, batch_idx: int) -> None:
+            drawn.append(batch[1].clone())
+
+    runs = []
+    for sanity in (2, 0):
+        events.clear()
+        drawn: list[torch.Tensor] = []
+        make_engine([Watch()], Data.sized(24), sanity_steps=sanity).fit()
+        runs.append(torch.cat(drawn))
+        first = ["iter", "sanity", "epoch 0"] if sanity else ["iter", "epoch 0"]
+        assert events == [*first, "iter", "epoch 1"]
+    assert torch.equal(runs[0], runs[1])
