@@ -86,6 +86,7 @@ from tools.benchmarks.bench_loader import bench_loader, print_loader
 from tools.benchmarks.bench_startup import bench_startup, print_startup
 from tools.benchmarks.bench_steps import PRESETS, bench_workload, print_results
 from tools.runtime import steady_malloc
+from trainer.config_cli import program_name
 from trainer.device import resolve_device, resolve_precision
 from trainer.errors import UserError
 from trainer.io import atomic_write_json
@@ -94,7 +95,7 @@ from trainer.models import MODELS
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tools/bench.py",
+        prog=program_name("tools/bench.py"),
         description="Throughput of the Engine (no hooks, default hooks) against a hand-written "
         "loop, interleaved in one process; or, with --data, a real tree end to end.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -41,6 +41,7 @@ from rich.table import Table
 
 from tools.export import resolve_checkpoint, run_data
 from trainer.checkpoint import load_checkpoint
+from trainer.config_cli import program_name
 from trainer.errors import DataError, UserError
 from trainer.export_bench import benchmark, machine, ratios
 from trainer.export_check import sample_images
@@ -175,7 +176,7 @@ def print_result(result: dict[str, Any], console: Console | None = None) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tools/benchmark.py",
+        prog=program_name("tools/benchmark.py"),
         description="Time and score a run's exported formats and its PyTorch model on the CPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from tools.evaluate_multilabel import evaluate_labels, print_label_report, write_label_outputs
 from tools.evaluate_report import PLOT_NAME, RESULT_NAME, print_report, write_outputs
 from trainer.checkpoint import load_checkpoint
+from trainer.config_cli import program_name
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
 from trainer.data.transforms import TTA_MODES, EvalResize, check_tta
@@ -380,7 +381,7 @@ OUT_HINT = "Pass --out FOLDER to write evaluation.json and the plot elsewhere."
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tools/evaluate.py",
+        prog=program_name("tools/evaluate.py"),
         description="Evaluate a .pt checkpoint or an .onnx model on an ImageFolder split.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

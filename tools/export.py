@@ -42,6 +42,7 @@ import torch
 from hooks.onnx_export import REPORT_NAME
 from trainer import export_formats as ef
 from trainer.checkpoint import load_checkpoint
+from trainer.config_cli import program_name
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
 from trainer.data.transforms import EvalResize
@@ -293,7 +294,7 @@ def _random_entry(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tools/export.py",
+        prog=program_name("tools/export.py"),
         description="Export a checkpoint to ONNX and verify it against PyTorch with onnxruntime.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

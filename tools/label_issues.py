@@ -38,6 +38,7 @@ import numpy as np
 from hooks.label_issues import HEADER
 from tools.train_config import build_data, build_loss_from_config
 from trainer.config import TrainConfig
+from trainer.config_cli import program_name
 from trainer.data import ImageFolderData
 from trainer.data.demo import demo_dataset
 from trainer.engine import Engine
@@ -193,7 +194,7 @@ def run_config(run: Path) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="tools/label_issues.py",
+    parser = argparse.ArgumentParser(prog=program_name("tools/label_issues.py"),
                                      description=__doc__.splitlines()[0])  # fmt: skip
     parser.add_argument("run", type=Path, help="the run folder (tools/train.py's --out)")
     parser.add_argument("--folds", type=int, default=5, help="K: models trained, >= 2")

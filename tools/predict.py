@@ -36,6 +36,7 @@ if not __package__:  # run as a file (python tools/predict.py), not imported as 
 import numpy as np
 from tqdm import tqdm
 
+from trainer.config_cli import program_name
 from trainer.data import IMG_EXTENSIONS
 from trainer.data.transforms import TTA_MODES
 from trainer.errors import DataError, UserError
@@ -248,6 +249,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog=program_name("tools/predict.py"),
         description="Classify images with an exported ONNX model (validation preprocessing).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")

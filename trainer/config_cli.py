@@ -16,6 +16,8 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -78,6 +80,13 @@ def _help(f: Field[Any]) -> str:
     return text
 
 
+def program_name(script: str) -> str:
+    """What a tool's usage line calls it: the console script's name when run as one
+    (``imgtrainer-train``), else ``script`` (``tools/train.py``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name.startswith("imgtrainer-") else script
+
+
 def build_parser(
     groups: Sequence[type] | None = None,
     *,
@@ -93,7 +102,9 @@ def build_parser(
     holds exactly the flags of the command line.
     """
     p = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=program_name(prog),
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sections: dict[str, Any] = {}  # title -> argparse's argument group
     for name, (f, owner) in _owners(groups or _all_groups()).items():

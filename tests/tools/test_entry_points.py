@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +86,19 @@ def test_train_script_runs_from_another_folder_without_the_install(tmp_path: Pat
     assert Path(seen["tools"]) == ROOT / "tools" / "__init__.py"
     assert Path(seen["trainer"]) == ROOT / "trainer" / "__init__.py"
     assert str(ROOT / "tools") not in [str(Path(p).resolve()) for p in seen["path"]]
+
+
+def test_each_console_script_calls_itself_by_its_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for script, target in SCRIPTS.items():
+        module_name, _, attr = target.partition(":")
+        main = getattr(importlib.import_module(module_name), attr)
+        for argv0, name in ((f"/venv/bin/{script}", script),
+                            (f"tools/{module_name.split('.')[1]}.py", None)):  # fmt: skip
+            monkeypatch.setattr(sys, "argv", [argv0])
+            with pytest.raises(SystemExit) as done:
+                main(["--help"])
+            assert done.value.code == 0
+            usage = capsys.readouterr().out.split()[:2]
+            assert usage == ["usage:", name or f"tools/{module_name.split('.')[1]}.py"], script
