@@ -26,7 +26,7 @@ INTERPOLATION = "bilinear"
 def resize_size(img_size: int) -> int:
     """Short side validation resizes to before the centre crop, at the default crop_pct (256
     for 224)."""
-    return int(img_size / CROP_PCT)
+    return EvalResize(img_size).resize_size
 
 
 def resize_problems(crop_pct: Any, mode: Any) -> list[str]:
