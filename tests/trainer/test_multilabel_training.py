@@ -1,20 +1,26 @@
 """Multi-label training with what multi-class training has: AMP (bf16 and fp16 autocast on the
-CPU), the NaN guard and EMA validation. Exact resume is in test_multilabel.py, DDP in
-test_distributed.py, TensorBoard and W&B in tests/hooks."""
+CPU), the NaN guard, EMA validation and exact resume on a label file with the settings users
+train with. DDP is in test_distributed.py, TensorBoard and W&B in tests/hooks."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import MultiLabelStandIn, make_engine
+from hooks import CheckpointHook
+from tests.conftest import KillAfterEpoch, MultiLabelStandIn, make_engine
+from trainer.checkpoint import load_checkpoint
+from trainer.data import ImageFolderData
+from trainer.data.label_sets import LabelSetSampler
 from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.losses import build_loss
+from trainer.models import build_model
 from trainer.multilabel import average_precision, tuned_thresholds
 
 
@@ -127,3 +133,52 @@ def test_multilabel_validation_scores_the_ema_weights() -> None:
     assert table is not None
     tuned, _ = tuned_thresholds(ema_logits.sigmoid(), positive)
     assert table["threshold"] == pytest.approx(tuned.tolist(), abs=1e-6)
+
+
+def _same(x: Any, y: Any, where: str) -> None:
+    """Bitwise equality of nested checkpoint data."""
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor) and torch.equal(x, y), where
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), where
+        for k in x:
+            _same(x[k], y[k], f"{where}.{k}")
+    elif isinstance(x, list | tuple):
+        assert isinstance(y, list | tuple) and len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y, strict=True)):
+            _same(u, v, f"{where}[{i}]")
+    else:
+        assert x == y, where
+
+
+def test_multilabel_resume_on_a_label_file_is_exact(tmp_path: Path) -> None:
+    """A JSONL set with random crops and flips, the balanced label-set sampler, EMA and fp16
+    with its GradScaler: killed after epoch 1 of 2 and resumed, it equals the straight run."""
+    from tests.tools.test_multilabel_cli import write_multilabel_set
+
+    labels = write_multilabel_set(tmp_path / "data", n_train=16, n_val=8)
+
+    def fit(out: Path, hooks: list[Hook], resume: Path | None = None) -> Engine:
+        data = ImageFolderData(labels, img_size=16, batch_size=4, workers=0,
+                               sampler="balanced", crop_scale=0.5)  # fmt: skip
+        assert isinstance(data.sampler, LabelSetSampler)
+        torch.manual_seed(0)
+        engine = Engine(build_model("small_cnn", 3), data, max_epochs=2, device="cpu",
+                        lr=3e-3, ema_decay=0.9, precision="16-mixed", sanity_steps=1,
+                        hooks=[CheckpointHook(out), *hooks])  # fmt: skip
+        engine.fit(resume=resume)
+        return engine
+
+    straight = fit(tmp_path / "a", [])
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "b", [KillAfterEpoch(0)])
+    resumed = fit(tmp_path / "b", [], resume=tmp_path / "b")
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in "ab")
+    assert a["scaler"] is not None and a["ema"] is not None  # fp16 and EMA really ran
+    for part in ("model", "ema", "optimizer", "scaler", "sampler", "rng"):
+        _same(a[part], b[part], part)
+    rows = [[{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
+            for h in (straight.state.history, resumed.state.history)]  # fmt: skip
+    assert rows[0] == rows[1] and len(rows[0]) == 2 and "val/mAP" in rows[0][0]
+    assert a["state"]["thresholds"] == b["state"]["thresholds"] == resumed.state.thresholds
+    assert straight.state.label_metrics == resumed.state.label_metrics
