@@ -244,6 +244,12 @@ class MultiLabelStandIn(StandInData):
         return {**super().labels_mapping(), "task": "multilabel", "activation": "sigmoid"}
 
 
+# The scalars of a multi-label epoch row (besides lr and times) that the loggers must send.
+MULTILABEL_METRICS = ("train/loss", "train/acc", "val/loss", "val/mAP", "val/micro_f1",
+                      "val/macro_f1", "val/macro_f1_tuned", "val/exact_match",
+                      "val/hamming_loss")  # fmt: skip
+
+
 class KillAfterEpoch(Hook):
     """Raises KeyboardInterrupt at the end of epoch ``epoch`` (from 0), once its checkpoint is
     written: a run that died there, to resume from."""

@@ -10,7 +10,7 @@ import pytest
 from hooks.confusion_matrix import ConfusionMatrixHook
 from hooks.sample_visualization import SampleVisualizationHook
 from hooks.tensorboard import TensorBoardHook
-from tests.conftest import run_fit
+from tests.conftest import MULTILABEL_METRICS, MultiLabelStandIn, run_fit
 from trainer.errors import ConfigError
 
 
@@ -53,3 +53,25 @@ def test_missing_at_fit_start_is_the_same_error(
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(ConfigError, match="needs the tensorboard package"):
         run_fit([hook], epochs=1)
+
+
+def test_a_multilabel_run_logs_its_own_metrics_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hook = TensorBoardHook(tmp_path)
+    hooks = [ConfusionMatrixHook(tmp_path), SampleVisualizationHook(tmp_path, num_images=4), hook]
+    engine = run_fit(hooks, MultiLabelStandIn(), epochs=2)
+    events = EventAccumulator(str(hook.log_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in MULTILABEL_METRICS:
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx(
+            [row[tag] for row in engine.state.history]
+        ), tag
+    assert not [t for t in tags["scalars"] if t.endswith(("/acc_top5", "/balanced_acc", "/ece"))]
+    assert "val/acc" not in tags["scalars"]  # multi-class only
+    # The per-class 2x2 summary in place of the N x N matrix; no mistakes grid.
+    assert set(tags["images"]) == {"confusion_matrix", "samples/fixed"}
+    assert [e.step for e in events.Images("confusion_matrix")] == [1, 2]
+    assert "best/val/mAP" in tags["scalars"]  # the hparams' metric: the task's monitor

@@ -20,8 +20,10 @@ from hooks import (
 from hooks.wandb import check_api_key
 from tests.conftest import (
     FAST_CLI,
+    MULTILABEL_METRICS,
     NO_OUTPUTS,
     KillAfterEpoch,
+    MultiLabelStandIn,
     StandInData,
     make_engine,
     make_tree,
@@ -214,3 +216,22 @@ def test_offline_is_told_without_starting_wandbs_service(monkeypatch: pytest.Mon
     check_api_key()  # WANDB_MODE=offline, as every test here
     check_api_key("disabled")
     assert calls == []  # wandb.setup starts W&B's service process
+
+
+def test_a_multilabel_run_logs_its_own_metrics_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    hook = WandbHook(out)
+    plots = [ConfusionMatrixHook(out), SampleVisualizationHook(out, num_images=4)]
+    engine = run_fit([*plots, hook], MultiLabelStandIn(), 2)
+    (path,) = run_files(out)
+    rows = history(path)
+    epochs = [r for r in rows if "val/mAP" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for key in MULTILABEL_METRICS:
+        assert [r[key] for r in epochs] == pytest.approx([h[key] for h in engine.state.history])
+    assert not [k for r in rows for k in r if k in ("val/acc", "val/acc_top5", "val/ece")]
+    # The per-class 2x2 summary as the confusion matrix image; no mistakes grid.
+    images = [r for r in rows if r.get("confusion_matrix/_type") == "image-file"]
+    assert [r["epoch"] for r in images] == [0, 1]
+    assert all(r["samples/fixed/_type"] == "image-file" for r in images)
+    assert not [k for r in rows for k in r if k.startswith("samples/mistakes")]

@@ -45,6 +45,8 @@ TRAIN_COUNTS = {"bird": 4, "cat": 8, "dog": 4}
 VAL_COUNTS = {"bird": 5, "cat": 4, "dog": 4}
 BATCH = 4  # per rank; the 1-process run uses 2 * BATCH
 EPOCHS = 2
+# The multi-label set under the module's tmp folder: 16 training images, 13 validation ones.
+MULTILABEL = "multilabel/labels.jsonl"
 # How long a rank waits in a collective of the signal scenario before giving up.
 STOP_WAIT = timedelta(seconds=15)
 
@@ -187,6 +189,11 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
         resumed = make_engine(root, BATCH, resumed_hooks)
         resumed.fit(resume=tmp / "b")
 
+        # Multi-label: each rank scores its val shard; the probabilities are gathered.
+        multilabel = make_engine(tmp / MULTILABEL, BATCH, [])
+        multilabel.fit()
+        multilabel_val = multilabel.validate()
+
         signal_exit = _stop_after_a_signal_to_rank_1(rank, world, root, tmp)
 
         torch.save(
@@ -208,6 +215,11 @@ def _worker(rank: int, world: int, port: int, root: Path, tmp: Path) -> None:
                 "resumed_step_log": resumed.state.step_log,
                 "writes": writes,
                 "signal_exit": signal_exit,
+                "ml_history": multilabel.state.history,
+                "ml_val": multilabel_val,
+                "ml_model": multilabel.model.state_dict(),
+                "ml_thresholds": multilabel.state.thresholds,
+                "ml_label_metrics": multilabel.state.label_metrics,
             },
             tmp / f"rank{rank}.pt",
         )
@@ -243,6 +255,9 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp")
     root = make_tree(tmp / "tree", counts=TRAIN_COUNTS, size=(16, 16), splits=("train",))
     make_tree(root, counts=VAL_COUNTS, size=(16, 16), splits=("val",), seed=1)
+    from tests.tools.test_multilabel_cli import write_multilabel_set
+
+    write_multilabel_set((tmp / MULTILABEL).parent, n_train=16, n_val=13)
     run_ranks(_worker, root, tmp)
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {"root": root, "tmp": tmp, "ranks": ranks}
@@ -297,6 +312,32 @@ def test_val_metrics_equal_single_process_ones(ddp: dict[str, Any]) -> None:
     # The hook's matrix is the global one: every validation image counted exactly once.
     assert int(r0["confusion"].sum()) == sum(VAL_COUNTS.values())
     assert torch.equal(r0["confusion"], hook.matrix)
+
+
+def test_multilabel_ddp_matches_one_process_and_gathers_validation(ddp: dict[str, Any]) -> None:
+    r0, r1 = ddp["ranks"]
+    single = make_engine(ddp["tmp"] / MULTILABEL, 2 * BATCH, [])
+    assert single.data.task == "multilabel"
+    single.fit()
+    for key in ("train/loss", "train/acc", "val/loss", "val/mAP", "val/macro_f1_tuned"):
+        one = [row[key] for row in single.state.history]
+        assert [row[key] for row in r0["ml_history"]] == pytest.approx(one, rel=1e-4), key
+    assert r0["ml_thresholds"] == r1["ml_thresholds"] is not None
+    # The same weights on one process: the metrics, per-class results and tuned thresholds
+    # of the 2 shards (7 and 6 images) gathered are those of the 13 images in one process.
+    single.model.load_state_dict(r0["ml_model"])
+    single.state.thresholds = r0["ml_thresholds"]
+    val = single.validate()
+    table = single.state.label_metrics
+    assert table is not None and set(val) == set(r0["ml_val"])
+    for r in (r0, r1):
+        for key, value in val.items():
+            if not key.endswith("/time"):
+                assert r["ml_val"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        for key in ("threshold", "ap", "f1", "support", "tp", "fp", "fn", "tn"):
+            assert r["ml_label_metrics"][key] == pytest.approx(table[key], abs=1e-6), key
+    counts = zip(*(table[k] for k in ("tp", "fp", "fn", "tn")), strict=True)
+    assert all(sum(c) == sum(VAL_COUNTS.values()) for c in counts)  # every val image once
 
 
 def test_rank_zero_writes_every_file_once(ddp: dict[str, Any]) -> None:

@@ -116,10 +116,19 @@ def test_multilabel_resume_is_exact(tmp_path: Path) -> None:
     assert probe.state.thresholds == first.state.thresholds  # type: ignore[attr-defined]
     resumed = engine([CheckpointHook(tmp_path / "b")])
     resumed.fit(resume=tmp_path / "b")  # type: ignore[attr-defined]
-    a, b = straight.model.state_dict(), resumed.model.state_dict()  # type: ignore[attr-defined]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for attr in ("model", "eval_model"):  # the raw weights and the EMA ones
+        a = getattr(straight, attr).state_dict()
+        b = getattr(resumed, attr).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), attr
     assert straight.state.thresholds == resumed.state.thresholds  # type: ignore[attr-defined]
 
+    # The metric history too: val/mAP, and the F1 scores at the thresholds in force.
+    def timeless(e: object) -> list[dict[str, float]]:
+        rows = e.state.history  # type: ignore[attr-defined]
+        return [{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in rows]
+
+    assert timeless(resumed) == timeless(straight)
+    assert resumed.state.label_metrics == straight.state.label_metrics  # type: ignore[attr-defined]
 
 def test_a_mapping_with_bad_thresholds_is_refused() -> None:
     from trainer.onnx_mapping import OnnxModelError, validate_labels_mapping
