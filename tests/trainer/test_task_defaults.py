@@ -24,6 +24,8 @@ from trainer.config import TrainConfig
 from trainer.data.transforms import EvalResize
 from trainer.engine import Engine
 from trainer.models import build_model
+from trainer.restore import labels_mapping_from_checkpoint
+from trainer.run_folder import library_args
 
 TF_CENTRE_CROP = """
 from torchvision.transforms import v2
@@ -78,6 +80,14 @@ def test_a_list_label_file_in_python_is_seen_whole_and_monitored_by_map(
     engine.state.phase, engine.state.metrics = "val", {"val/mAP": 0.5, "val/loss": 0.7}
     stop.on_validation_end(engine)  # val/acc would be a KeyError: multi-label has none
     assert stop.best == 0.5 and (ckpt.monitor or engine.monitor) == "val/mAP"
+    # A run made in Python records the values in use (args.json, the checkpoints' args) ...
+    args = library_args(engine)
+    assert (args["crop_scale"], args["val_resize"], args["monitor"]) == (1.0, "squash", "val/mAP")
+    # ... and a checkpoint whose args leave the resize unset is read with the task's.
+    ckpt_dict = {"classes": ["a", "b"], "args": {"img_size": 8, "val_resize": None},
+                 "state": {"thresholds": [0.5, 0.5]}}  # fmt: skip
+    rebuilt = labels_mapping_from_checkpoint(ckpt_dict, tmp_path / "elsewhere" / "best.pt")
+    assert rebuilt["resize_mode"] == "squash" and rebuilt["task"] == "multilabel"
     # Single-label data keeps the generic defaults.
     single = small_data(make_tree(tmp_path / "tree"), img_size=8, verify="none")
     assert single.crop_scale == 0.08 and single.eval_resize == EvalResize(8)
