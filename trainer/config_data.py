@@ -39,8 +39,7 @@ class DataConfig:
     )
     crop_scale: float | None = setting(
         None,
-        "smallest area share kept by RandomResizedCrop (multi-label data: 1.0, the whole "
-        "image)",
+        "smallest area share kept by RandomResizedCrop (multi-label data: 1.0, the whole image)",
         to=(DATA,),
         demo=True,
         metavar="LOW",

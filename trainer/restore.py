@@ -165,9 +165,9 @@ def labels_mapping_from_checkpoint(
         )
     task = _task_fields(ckpt)
     # Unset (args made in Python): the task's default, as ImageFolderData picks it.
-    val_resize = args.get("val_resize") or TASK_DATA_DEFAULTS[task.get("task", "multiclass")][
-        "val_resize"
-    ]
+    val_resize = (
+        args.get("val_resize") or TASK_DATA_DEFAULTS[task.get("task", "multiclass")]["val_resize"]
+    )
     resize = EvalResize.of(int(size), args.get("crop_pct", CROP_PCT), val_resize)
     return {
         "class_to_idx": {c: i for i, c in enumerate(classes)},

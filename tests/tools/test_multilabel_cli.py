@@ -173,7 +173,11 @@ def test_a_multilabel_run_of_the_previous_version_resumes_with_its_settings(
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
     resumed = json.loads((copy / "args.json").read_text())
     assert {k: resumed[k] for k in ("crop_scale", "val_resize", "monitor", "crop_pct")} == {
-        "crop_scale": 0.5, "val_resize": "squash", "monitor": "val/mAP", "crop_pct": 0.875}
+        "crop_scale": 0.5,
+        "val_resize": "squash",
+        "monitor": "val/mAP",
+        "crop_pct": 0.875,
+    }
     assert "scale=(0.5, 1.0)" in resumed["pipeline"]["train"]
     assert json.loads((copy / "labels_mapping.json").read_text())["resize_mode"] == "squash"
     last = load_checkpoint(copy / "checkpoints" / "last.pt")
@@ -190,5 +194,7 @@ def test_flags_given_on_the_command_line_win_over_the_task_defaults(
     assert train.main(argv) == 0
     args = json.loads((out / "args.json").read_text())
     assert (args["crop_scale"], args["val_resize"], args["monitor"]) == (0.08, "crop", "val/mAP")
-    assert "scale=(0.08, 1.0)" in args["pipeline"]["train"] and "CenterCrop" in args["pipeline"]["val"]
+    assert (
+        "scale=(0.08, 1.0)" in args["pipeline"]["train"] and "CenterCrop" in args["pipeline"]["val"]
+    )
     assert json.loads((out / "labels_mapping.json").read_text())["resize_mode"] == "crop"
