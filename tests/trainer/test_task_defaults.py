@@ -23,6 +23,7 @@ from tools.train_config import build_data, parse_config, record_effective
 from trainer.config import TrainConfig
 from trainer.data.transforms import EvalResize
 from trainer.engine import Engine
+from trainer.errors import ConfigError
 from trainer.models import build_model
 from trainer.restore import labels_mapping_from_checkpoint
 from trainer.run_folder import library_args
@@ -45,7 +46,8 @@ def multilabel_file(root: Path) -> Path:
     (root / "img").mkdir(parents=True)
     rows = []
     for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(root / f"img/{i}.png")
+        pixels = rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"img/{i}.png")
         labels = [c for k, c in enumerate(("a", "b")) if (i >> k) & 1 or i % 3 == k]
         rows.append({"path": f"img/{i}.png", "label": labels, "split": "train" if i < 5 else "val"})
     path = root / "labels.jsonl"
@@ -130,14 +132,13 @@ def test_the_cli_keeps_explicit_flags_and_records_the_effective_values(
     tree = make_tree(labels.parent / "tree")
     config = parse_config(["--data", str(tree), "--img-size", "8", "--workers", "0"])
     assert record_effective(config, build_data(TrainConfig.from_dict(config), tree)) is None
-    assert (config["crop_scale"], config["val_resize"], config["monitor"]) == (0.08, "crop", "val/acc")
+    used = (config["crop_scale"], config["val_resize"], config["monitor"])
+    assert used == (0.08, "crop", "val/acc")
 
 
 def test_a_transforms_file_is_checked_against_the_task_default(labels: Path) -> None:
     tf = labels.parent / "tf.py"
     tf.write_text(TF_CENTRE_CROP)
-    from trainer.errors import ConfigError
-
     config = parse_config(["--data", str(labels), "--img-size", "8", "--workers", "0",
                            "--transforms", str(tf)])  # fmt: skip
     with pytest.raises(ConfigError, match=r"--transforms .*tf\.py.*--val-resize crop") as e:

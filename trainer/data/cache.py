@@ -65,9 +65,10 @@ def verify_and_cache(
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
 
     Kept images are pre-resized to the validation resize size (``EvalResize.resize_size``) when
-    larger; with a squash, the validation and test images are kept squashed, so they are
-    served with the pixels the disk path computes. If they need more than ``cache_max_bytes``, nothing is kept: decoding stops there,
-    it warns, and the data reads from disk (where an unreadable image is skipped in training).
+    larger; with a squash, the validation and test images are kept squashed, so that they are
+    served with the pixels the disk path computes. If they need more than ``cache_max_bytes``,
+    nothing is kept: decoding stops there, it warns, and the data reads from disk (where an
+    unreadable image is skipped in training).
 
     Args:
         splits: split name -> samples.
@@ -156,8 +157,8 @@ def _in_order(
     threads: int,
     stop: Callable[[], bool],
 ) -> Iterator[tuple[Sequence[tuple[str, Sample]], list[Decoded]]]:
-    """``(chunk of items, fn(its (split, path) pairs))`` in order, at most two chunks per thread in flight;
-    no new chunk once ``stop()`` is true (the ones in flight still come)."""
+    """``(chunk of items, fn(its (split, path) pairs))`` in order, at most two chunks per
+    thread in flight; no new chunk once ``stop()`` is true (the ones in flight still come)."""
     window: deque[tuple[Sequence[tuple[str, Sample]], Future[list[Decoded]]]] = deque()
     starts = iter(range(0, len(items), CHUNK))
     with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -102,9 +102,9 @@ def check_train_transform(
 def check_val_transform(
     transform: Transform, size: int | EvalResize, what: str = "val_transform"
 ) -> None:
-    """Refuse (``TransformError``) a validation pipeline that is random, or that computes something
-    else on the probe images than the resize ``size`` describes (an ``EvalResize``, what
-    ``labels_mapping.json`` records; an int: the default one at that size)."""
+    """Refuse (``TransformError``) a validation pipeline that is random, or that computes
+    something else on the probe images than the resize ``size`` describes (an ``EvalResize``,
+    what ``labels_mapping.json`` records; an int: the default one at that size)."""
     resize = as_resize(size)
     img_size = resize.img_size
     outputs = []
