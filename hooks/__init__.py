@@ -98,8 +98,8 @@ def default_hooks(
     except TypeError as e:
         raise TypeError(f"default_hooks: {e} (the names are TrainConfig's settings)") from None
     out = Path(out_dir)
-    monitor = cfg.monitor
-    mode = monitor_mode(monitor)
+    monitor = cfg.monitor  # None: the engine's, its task's metric
+    mode = None if monitor is None else monitor_mode(monitor)
     if verbosity is None:
         verbosity = "quiet" if cfg.quiet else "verbose" if cfg.verbose else "normal"
     verbosity = check_verbosity(verbosity)

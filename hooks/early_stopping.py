@@ -18,10 +18,11 @@ class EarlyStoppingHook(Hook):
     """Sets ``engine.state.should_stop`` after ``patience`` epochs without improvement.
 
     Args:
-        monitor: metric in ``engine.state.metrics``, e.g. "val/loss".
+        monitor: metric in ``engine.state.metrics``, e.g. "val/loss"; None: the engine's
+            (its task's metric unless told otherwise: val/acc, multi-label val/mAP).
         patience: epochs without improvement to tolerate.
         min_delta: an improvement must beat the best by more than this.
-        mode: "max" (higher is better) or "min".
+        mode: "max" (higher is better) or "min"; None: the engine's.
 
     Example:
         >>> Engine(model, data, hooks=[EarlyStoppingHook("val/loss", patience=5, mode="min")])
@@ -31,12 +32,12 @@ class EarlyStoppingHook(Hook):
 
     def __init__(
         self,
-        monitor: str = "val/acc",
+        monitor: str | None = None,
         patience: int = 5,
         min_delta: float = 0.0,
-        mode: str = "max",
+        mode: str | None = None,
     ) -> None:
-        if mode not in ("max", "min"):
+        if mode not in ("max", "min", None):
             raise ValueError(f"EarlyStoppingHook mode must be 'max' or 'min', got {mode!r}")
         if patience < 1:
             raise ValueError(f"EarlyStoppingHook patience must be >= 1, got {patience}")
@@ -47,20 +48,21 @@ class EarlyStoppingHook(Hook):
     def on_validation_end(self, engine: Engine) -> None:
         if engine.state.phase != "val":
             return
-        value = engine.state.metrics.get(self.monitor)
+        monitor, mode = self.monitor or engine.monitor, self.mode or engine.mode
+        value = engine.state.metrics.get(monitor)
         if value is None:
             raise KeyError(
-                f"EarlyStoppingHook monitors {self.monitor!r}, which the run does not produce; "
+                f"EarlyStoppingHook monitors {monitor!r}, which the run does not produce; "
                 f"available: {sorted(engine.state.metrics)}"
             )
-        if is_better(value, self.best, self.mode, self.min_delta):
+        if is_better(value, self.best, mode, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1
         if self.wait >= self.patience:
             engine.state.should_stop = True
             engine.state.stop_reason = (
-                f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                f"early stopping: {monitor} did not improve for {self.patience} epochs "
                 f"(best {self.best:.4g})"
                 if self.best is not None
                 else "early stopping"

@@ -36,7 +36,12 @@ with collector_paused():
     from hooks.render.verbosity import Verbosity
     from hooks.wandb import check_api_key
     from tools.lr_find import range_test, write_results
-    from tools.train_config import build_data, build_loss_from_config, parse_config
+    from tools.train_config import (
+        build_data,
+        build_loss_from_config,
+        parse_config,
+        record_effective,
+    )
     from trainer import run_files as files
     from trainer import run_folder as rf
     from trainer.checkpoint import checkpoint_file, load_checkpoint
@@ -44,7 +49,6 @@ with collector_paused():
     from trainer.config_cli import PIPELINE_KEY, dump_config, saved_config
     from trainer.data.demo import demo_dataset
     from trainer.data.pipelines import describe_pipelines
-    from trainer.data.transforms import EvalResize
     from trainer.device import resolve_device
     from trainer.distributed import (
         barrier,
@@ -60,7 +64,6 @@ with collector_paused():
     from trainer.io import free_space, is_disk_full
     from trainer.models import build_model
     from trainer.rng import seed_everything
-    from trainer.tasks import task_of
 
 log = logging.getLogger("trainer")
 new_run_dir = rf.new_run_dir  # tests name the folder through it
@@ -145,14 +148,10 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
     data = build_data(cfg, root)
-    changed = task_of(data).settings(config)  # multi-label: val/mAP, a whole-image crop
-    if changed:
-        log.info("%s data: %s", task_of(data).name,
-                 ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()))  # fmt: skip
-        config.update(changed)
-        cfg = TrainConfig.from_dict(config)
-        data.crop_scale = float(cfg.crop_scale or data.crop_scale)  # read by train_pipeline()
-        data.eval_resize = EvalResize.of(data.img_size, cfg.crop_pct, cfg.val_resize)
+    applied = record_effective(config, data)  # the values in use, for args.json
+    if applied:  # multi-label: val/mAP, the whole image
+        log.info(applied)
+    cfg = TrainConfig.from_dict(config)
     log.info(data.summary())
     seed_everything(cfg.seed)  # the model's initial weights too
     model = build_model(str(cfg.model), data.num_classes, pretrained=cfg.pretrained)

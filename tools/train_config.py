@@ -15,10 +15,12 @@ from hooks.wandb import MISSING as WANDB_MISSING
 from trainer.config import TrainConfig
 from trainer.config_cli import parse_config as parse_settings
 from trainer.data import ImageFolderData
-from trainer.data.pipelines import load_transforms_file
-from trainer.data.transforms import EvalResize
+from trainer.data.label_sets import TASK_DATA_DEFAULTS
+from trainer.data.pipelines import TransformError, load_transforms_file
 from trainer.errors import ConfigError
 from trainer.losses import build_loss
+from trainer.task import ClassificationTask
+from trainer.tasks import task_of
 
 
 def parse_config(argv: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
@@ -31,15 +33,39 @@ def parse_config(argv: Sequence[str] | None = None, **options: Any) -> dict[str,
 
 
 def build_data(cfg: TrainConfig, root: Path) -> ImageFolderData:
-    """The run's data: the tree or label file at ``root``, with ``--transforms``'s pipelines."""
-    resize = EvalResize.of(int(cfg.img_size or 0), cfg.crop_pct, cfg.val_resize)
-    pipelines = load_transforms_file(cfg.transforms, resize) if cfg.transforms else None
-    return ImageFolderData(
-        root,
-        **cfg.data_kwargs(),
-        train_transform=pipelines[0] if pipelines else None,
-        val_transform=pipelines[1] if pipelines else None,
-    )
+    """The run's data: the tree or label file at ``root``, with ``--transforms``'s pipelines.
+    The data checks the validation one against its resize, which the data's task picks when
+    ``--val-resize`` is not given."""
+    size = int(cfg.img_size or 0)
+    pipelines = None
+    if cfg.transforms:
+        pipelines = load_transforms_file(cfg.transforms, size, check_val=False)
+    try:
+        return ImageFolderData(
+            root,
+            **cfg.data_kwargs(),
+            train_transform=pipelines[0] if pipelines else None,
+            val_transform=pipelines[1] if pipelines else None,
+        )
+    except TransformError as e:  # only a pipeline of the file can be refused so
+        raise ConfigError(f"--transforms {cfg.transforms}: {e}") from e
+
+
+def record_effective(config: dict[str, Any], data: ImageFolderData) -> str | None:
+    """Put the values the run uses of ``TASK_SETTINGS`` in ``config`` (so args.json records
+    them): the given ones, and for those left unset the data's (its task's crop scale and
+    validation resize) and the task's monitor. Returns the log line that names the task's
+    defaults applied where they differ from the multi-class ones, or None."""
+    task = task_of(data)
+    used = {"crop_scale": data.crop_scale, "val_resize": data.val_resize,
+            "monitor": task.monitor(config.get("monitor"))}  # fmt: skip
+    generic = {**TASK_DATA_DEFAULTS["multiclass"], "monitor": ClassificationTask.default_monitor}
+    applied = {k: v for k, v in used.items() if config.get(k) != v and v != generic[k]}
+    config.update(used)
+    if not applied:
+        return None
+    flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in applied.items())
+    return f"{task.name} data: {flags}"
 
 
 def build_loss_from_config(cfg: TrainConfig, data: ImageFolderData) -> torch.nn.Module:

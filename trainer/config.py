@@ -181,7 +181,12 @@ class RunConfig:
     out: str | None = setting(None, "run folder; default runs/<timestamp>")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps", to=(ENGINE,))
     seed: int = setting(0, "seeds the split, sampling and init", to=(DATA, ENGINE))
-    monitor: str = setting("val/acc", "metric for best.pt and early stopping", to=(ENGINE, HOOKS))
+    monitor: str | None = setting(
+        None,
+        "metric for best.pt and early stopping; default: the task's, val/acc (multi-label "
+        "data: val/mAP)",
+        to=(ENGINE, HOOKS),
+    )
     top_k: int = setting(1, "also keep the k best epochs' checkpoints", to=(HOOKS,))
     early_stopping: int = setting(
         0,
@@ -364,7 +369,9 @@ class TrainConfig(
         """A copy with the None defaults filled: the demo's without ``data``, else --data's;
         ``class_weights`` implies the manual sampler."""
         base = DEMO_DEFAULTS if self.data is None else DATA_DEFAULTS
-        filled = {k: v for k, v in base.items() if getattr(self, k) is None}
+        # --data's crop scale is left unset: the data fills it by its task (ImageFolderData).
+        filled = {k: v for k, v in base.items() if getattr(self, k) is None
+                  and (self.data is None or k not in TASK_SETTINGS)}  # fmt: skip
         if self.class_weights and self.sampler == "none":
             filled["sampler"] = "manual"
         return dataclasses.replace(self, **filled)
@@ -389,12 +396,17 @@ class TrainConfig(
 
     def engine_kwargs(self) -> dict[str, Any]:
         """``Engine(model, data, **cfg.engine_kwargs())``'s keyword arguments."""
-        return {**self._for(ENGINE), "mode": monitor_mode(self.monitor)}
+        # Unset, the engine monitors its task's metric (val/acc, val/mAP): maxima both.
+        mode = "max" if self.monitor is None else monitor_mode(self.monitor)
+        return {**self._for(ENGINE), "mode": mode}
 
     def hook_kwargs(self) -> dict[str, Any]:
         """The settings ``hooks.default_hooks`` reads."""
         return self._for(HOOKS)
 
 
+# Settings whose unset value the data's task fills (trainer.data.label_sets.TASK_DATA_DEFAULTS)
+# and the engine's (``monitor``); tools/train.py records the values in use in args.json.
+TASK_SETTINGS: tuple[str, ...] = ("crop_scale", "val_resize", "monitor")
 # Names of the settings args.json leaves out (the invocation's own flags).
 NOT_SAVED: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CommandConfig))

@@ -39,8 +39,7 @@ class DataConfig:
     )
     crop_scale: float | None = setting(
         None,
-        "smallest area share kept by RandomResizedCrop (multi-label data: 1.0, the whole "
-        "image, unless another value than 0.08 is given)",
+        "smallest area share kept by RandomResizedCrop (multi-label data: 1.0, the whole image)",
         to=(DATA,),
         demo=True,
         metavar="LOW",
@@ -54,10 +53,11 @@ class DataConfig:
         check=crop_pct_problem,
         metavar="SHARE",
     )
-    val_resize: str = setting(
-        "crop",
+    val_resize: str | None = setting(
+        None,
         "crop resizes the short side and centre-crops (--crop-pct); squash resizes the whole "
-        "image to img_size x img_size, no crop (documents, full-frame objects); recorded in "
+        "image to img_size x img_size, no crop (documents, full-frame objects); default crop, "
+        "squash for multi-label data unless --crop-pct is given; recorded in "
         "labels_mapping.json",
         to=(DATA,),
         choices=RESIZE_MODES,

@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from trainer.data.demo import DATA_DEFAULTS
-from trainer.data.transforms import CROP_PCT
 from trainer.distributed import all_gather_object, all_reduce_sum, get_world_size
 from trainer.losses import BinaryCrossEntropy
 from trainer.metrics import ConfusionCounter, LossFn, TrainTally
@@ -43,14 +41,6 @@ if TYPE_CHECKING:
     from trainer.state import EngineState
 
 DEFAULT_THRESHOLD = 0.5
-# Multi-label data's defaults: the whole image, in training (crop scale 1: only the aspect
-# ratio is jittered) and in validation (--val-resize squash: no centre crop). A crop cuts
-# labelled objects out while their labels stay: on the digit mosaics of
-# tools/benchmarks/multilabel_bench.py the generic 0.08 reached val mAP 0.39 after 2 epochs,
-# crops of 0.766 and more with validation's centre crop 0.923 after 6, whole images 0.970
-# (a bare loop on whole images: 0.989).
-MULTILABEL_CROP_SCALE = 1.0
-MULTILABEL_VAL_RESIZE = "squash"
 PR_POINTS = 101  # thresholds 0, 0.01, ..., 1 of the stored precision-recall curves
 # Per-class results, in the order they are packed for the one host read.
 PER_CLASS = ("ap", "precision", "recall", "f1", "support", "threshold", "f1_tuned",
@@ -83,18 +73,10 @@ class MultiLabelTask(ClassificationTask):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
 
-    def monitor(self, monitor: str) -> str:
-        return self.default_monitor if monitor == ClassificationTask.default_monitor else monitor
-
-    def settings(self, config: dict[str, Any]) -> dict[str, Any]:
-        """``--monitor val/mAP``; ``MULTILABEL_CROP_SCALE`` for the generic 0.08, and
-        ``MULTILABEL_VAL_RESIZE`` for the generic centre crop at the default ``--crop-pct``."""
-        changes: dict[str, Any] = {"monitor": self.monitor(config["monitor"])}
-        if config.get("crop_scale") == DATA_DEFAULTS["crop_scale"]:
-            changes["crop_scale"] = MULTILABEL_CROP_SCALE
-        if config.get("val_resize") == "crop" and config.get("crop_pct") == CROP_PCT:
-            changes["val_resize"] = MULTILABEL_VAL_RESIZE
-        return {k: v for k, v in changes.items() if config.get(k) != v}
+    def monitor(self, monitor: str | None) -> str:
+        if monitor in (None, ClassificationTask.default_monitor):
+            return self.default_monitor
+        return monitor
 
 
 class LabelTally(TrainTally):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from trainer.data import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from trainer.data.label_sets import TASK_DATA_DEFAULTS
 from trainer.data.transforms import EvalResize
 from trainer.errors import CheckpointError
 from trainer.models import build_model
@@ -162,16 +163,19 @@ def labels_mapping_from_checkpoint(
             f"{path} does not record the image size (no args['img_size']) and there is no "
             f"matching {saved}; pass the size the model was trained at, e.g. --img-size 224."
         )
-    resize = EvalResize.of(
-        int(size), args.get("crop_pct", CROP_PCT), args.get("val_resize", "crop")
+    task = _task_fields(ckpt)
+    # Unset (args made in Python): the task's default, as ImageFolderData picks it.
+    val_resize = (
+        args.get("val_resize") or TASK_DATA_DEFAULTS[task.get("task", "multiclass")]["val_resize"]
     )
+    resize = EvalResize.of(int(size), args.get("crop_pct", CROP_PCT), val_resize)
     return {
         "class_to_idx": {c: i for i, c in enumerate(classes)},
         "idx_to_class": {str(i): c for i, c in enumerate(classes)},
         "num_classes": len(classes),
         **resize.mapping(),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        **_task_fields(ckpt),
+        **task,
     }
 
 

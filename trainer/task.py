@@ -68,14 +68,10 @@ class ClassificationTask:
         """Logits ``(B, C)`` to probabilities."""
         return logits.softmax(1)
 
-    def monitor(self, monitor: str) -> str:
-        """The metric to monitor: ``monitor``, or this task's own for the other task's default."""
-        return monitor
-
-    def settings(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The settings of a parsed command line (``tools/train.py``) that this task changes:
-        those still at the generic default for which the task has its own."""
-        return {}
+    def monitor(self, monitor: str | None) -> str:
+        """The metric to monitor: ``monitor``, or unset (None) this task's ``default_monitor``
+        (the multi-label task also takes the multi-class default, val/acc, for its own)."""
+        return self.default_monitor if monitor is None else monitor
 
 
 def is_multilabel(data: Any) -> bool:

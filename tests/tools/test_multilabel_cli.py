@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FAST_CLI
+from tests.conftest import FAST_CLI, NO_OUTPUTS
 from tools import evaluate, predict, train
 from trainer.checkpoint import load_checkpoint
 from trainer.onnx_classifier import OnnxClassifier
@@ -153,3 +153,48 @@ def test_a_mapping_rebuilt_from_a_multilabel_checkpoint_keeps_the_task(
     mapping = labels_mapping_from_checkpoint(best, run["out"] / "elsewhere" / "best.pt")
     assert mapping["task"] == "multilabel" and mapping["activation"] == "sigmoid"
     assert mapping["thresholds"] == best["state"]["thresholds"]
+
+
+def test_a_multilabel_run_of_the_previous_version_resumes_with_its_settings(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    # The previous version wrote the values in use into args.json (the task's defaults
+    # included); they replay as given values. The run as if made with --crop-scale 0.5 (which
+    # the previous version kept): a copy, so the fixture stays as it was.
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["out"], copy)
+    args = json.loads((copy / "args.json").read_text())
+    assert (args["crop_scale"], args["val_resize"], args["monitor"]) == (1.0, "squash", "val/mAP")
+    (copy / "args.json").write_text(json.dumps({**args, "crop_scale": 0.5}))
+    assert train.main(["--resume", str(copy), "--epochs", "3", *NO_OUTPUTS]) == 0
+    with open(copy / "metrics.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
+    resumed = json.loads((copy / "args.json").read_text())
+    assert {k: resumed[k] for k in ("crop_scale", "val_resize", "monitor", "crop_pct")} == {
+        "crop_scale": 0.5,
+        "val_resize": "squash",
+        "monitor": "val/mAP",
+        "crop_pct": 0.875,
+    }
+    assert "scale=(0.5, 1.0)" in resumed["pipeline"]["train"]
+    assert json.loads((copy / "labels_mapping.json").read_text())["resize_mode"] == "squash"
+    last = load_checkpoint(copy / "checkpoints" / "last.pt")
+    assert last["args"]["monitor"] == "val/mAP" and len(last["state"]["history"]) == 3
+    assert last["state"]["best"] is not None and "val/mAP" in last["state"]["best"]
+
+
+def test_flags_given_on_the_command_line_win_over_the_task_defaults(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = ["--data", str(run["labels"]), "--out", str(out), "--epochs", "1", *FAST_CLI,
+            *NO_OUTPUTS, "--crop-scale", "0.08", "--val-resize", "crop"]  # fmt: skip
+    assert train.main(argv) == 0
+    args = json.loads((out / "args.json").read_text())
+    assert (args["crop_scale"], args["val_resize"], args["monitor"]) == (0.08, "crop", "val/mAP")
+    assert (
+        "scale=(0.08, 1.0)" in args["pipeline"]["train"] and "CenterCrop" in args["pipeline"]["val"]
+    )
+    assert json.loads((out / "labels_mapping.json").read_text())["resize_mode"] == "crop"

@@ -65,8 +65,10 @@ def verify_and_cache(
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
 
     Kept images are pre-resized to the validation resize size (``EvalResize.resize_size``) when
-    larger. If they need more than ``cache_max_bytes``, nothing is kept: decoding stops there,
-    it warns, and the data reads from disk (where an unreadable image is skipped in training).
+    larger; with a squash, the validation and test images are kept squashed, so that they are
+    served with the pixels the disk path computes. If they need more than ``cache_max_bytes``,
+    nothing is kept: decoding stops there, it warns, and the data reads from disk (where an
+    unreadable image is skipped in training).
 
     Args:
         splits: split name -> samples.
@@ -85,16 +87,23 @@ def verify_and_cache(
         DataError: more than ``max_bad_fraction`` of the images are unusable.
     """
     total = sum(len(s) for s in splits.values())
-    short_side = as_resize(img_size).resize_size
+    eval_resize = as_resize(img_size)
+    short_side = eval_resize.resize_size
     resize = v2.Resize(short_side, antialias=True)
+    # Squash: the validation and test copies are the squashed images themselves, which the
+    # validation resize leaves as they are; a short-side copy would be resized twice, and
+    # differ from what the same image read from disk gives.
+    squash = eval_resize.transform() if eval_resize.mode == "squash" else None
     budget = cache_max_bytes if keep else 0
 
-    def decode(paths: Sequence[Path]) -> list[Decoded]:
+    def decode(items: Sequence[tuple[str, Path]]) -> list[Decoded]:
         out: list[Decoded] = []
-        for path in paths:
+        for split, path in items:
             try:
                 img = load_image(path, native=native)
-                if min(img.shape[-2:]) > short_side:
+                if squash is not None and split != "train":
+                    img = squash(img)
+                elif min(img.shape[-2:]) > short_side:
                     img = resize(img)
                 out.append((img if keep else None, None))
             except Exception as e:
@@ -143,13 +152,13 @@ def verify_and_cache(
 
 
 def _in_order(
-    fn: Callable[[list[Path]], list[Decoded]],
+    fn: Callable[[list[tuple[str, Path]]], list[Decoded]],
     items: Sequence[tuple[str, Sample]],
     threads: int,
     stop: Callable[[], bool],
 ) -> Iterator[tuple[Sequence[tuple[str, Sample]], list[Decoded]]]:
-    """``(chunk of items, fn(its paths))`` in order, at most two chunks per thread in flight;
-    no new chunk once ``stop()`` is true (the ones in flight still come)."""
+    """``(chunk of items, fn(its (split, path) pairs))`` in order, at most two chunks per
+    thread in flight; no new chunk once ``stop()`` is true (the ones in flight still come)."""
     window: deque[tuple[Sequence[tuple[str, Sample]], Future[list[Decoded]]]] = deque()
     starts = iter(range(0, len(items), CHUNK))
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -159,7 +168,7 @@ def _in_order(
                 if start is None:
                     break
                 chunk = items[start : start + CHUNK]
-                window.append((chunk, pool.submit(fn, [s[0] for _, s in chunk])))
+                window.append((chunk, pool.submit(fn, [(name, s[0]) for name, s in chunk])))
             if not window:
                 return
             chunk, future = window.popleft()

@@ -88,11 +88,16 @@ class ImageFolderData:
         workers: DataLoader worker processes; None means ``min(8, os.cpu_count())``.
         val_fraction: share of each class held out for val when the root is not split.
         seed: seeds the split, the sampler and each image's augmentation (see ``SeededDraw``).
-        crop_scale: smallest area share RandomResizedCrop keeps.
+        crop_scale: smallest area share RandomResizedCrop keeps; None: the task's default
+            (``label_sets.TASK_DATA_DEFAULTS``), 0.08, or 1.0 (the whole image) for
+            multi-label data. The value in use is ``self.crop_scale``.
         crop_pct: validation and test resize the short side to ``int(img_size / crop_pct)``,
             then centre-crop ``img_size`` (timm's name); with ``val_resize="squash"``, ignored.
         val_resize: "crop" (as ``crop_pct`` says) or "squash": the whole image resized to
-            ``img_size`` square, no crop. Both are in ``eval_resize`` and ``labels_mapping()``.
+            ``img_size`` square, no crop. None: the task's default, "crop", or "squash" for
+            multi-label data, unless ``crop_pct`` is not the default (then "crop"). The
+            value in use is ``self.val_resize``; both are in ``eval_resize`` and
+            ``labels_mapping()``.
         hflip: random horizontal flips in training.
         color_jitter: brightness/contrast/saturation strength (hue is ``min(0.1, s/4)``); 0 = off.
         sampler: "none" (plain shuffling), "balanced" (classes drawn equally often) or "manual"
@@ -157,9 +162,9 @@ class ImageFolderData:
         workers: int | None = None,
         val_fraction: float = 0.2,
         seed: int = 0,
-        crop_scale: float = 0.08,
+        crop_scale: float | None = None,
         crop_pct: float = CROP_PCT,
-        val_resize: str = "crop",
+        val_resize: str | None = None,
         hflip: bool = True,
         color_jitter: float = 0.0,
         sampler: str = "none",
@@ -192,12 +197,8 @@ class ImageFolderData:
             cache_short_side, cache_disk_max_gb, crop_pct=crop_pct, val_resize=val_resize,
         )  # fmt: skip
         check_augment(self.augment, decode, train_transform)
-        # How validation, test and prediction resize (labels_mapping.json records it).
-        self.eval_resize = EvalResize.of(img_size, crop_pct, val_resize)
         if train_transform is not None:
             check_train_transform(train_transform, img_size)
-        if val_transform is not None:
-            check_val_transform(val_transform, self.eval_resize)
         self.train_transform, self.val_transform = train_transform, val_transform
         self.root = Path(root).expanduser()
         self.img_size = img_size
@@ -205,7 +206,6 @@ class ImageFolderData:
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
         self.val_fraction = val_fraction
         self.seed = seed
-        self.crop_scale = crop_scale
         self.hflip = hflip
         self.color_jitter = color_jitter
         self.cache_max_bytes = cache_max_bytes
@@ -227,6 +227,16 @@ class ImageFolderData:
         self.classes: list[str] = scan.classes
         # Multi-label: targets index these (K, C) multi-hot rows (trainer.data.label_sets).
         self.label_table, self.task = label_sets.label_table_of(scan, decode)
+        # The task known, its defaults fill the settings left unset (see crop_scale, val_resize).
+        defaults = label_sets.TASK_DATA_DEFAULTS[self.task]
+        self.crop_scale: float = defaults["crop_scale"] if crop_scale is None else crop_scale
+        if val_resize is None:
+            val_resize = defaults["val_resize"] if crop_pct == CROP_PCT else "crop"
+        self.val_resize: str = val_resize
+        # How validation, test and prediction resize (labels_mapping.json records it).
+        self.eval_resize = EvalResize.of(img_size, crop_pct, val_resize)
+        if val_transform is not None:  # before the images are checked: a quick refusal
+            check_val_transform(val_transform, self.eval_resize)
         # No Python object per sample: see SampleArray.
         self.train_samples: SampleArray = as_sample_array(scan.train)
         self.val_samples: SampleArray = as_sample_array(scan.val)
@@ -280,7 +290,7 @@ class ImageFolderData:
             self.test_samples = as_sample_array(checked.samples["test"])
             self.bad_files += checked.bad_files
             self._cache = checked.images
-        side = cache_short_side or default_short_side(img_size, crop_scale)
+        side = cache_short_side or default_short_side(img_size, self.crop_scale)
         self._disk = None if cache != "disk" else open_disk_cache(
             disk_cache_dir, side, cache_disk_max_gb, self._splits(), self.root)  # fmt: skip
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)

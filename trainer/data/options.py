@@ -18,7 +18,7 @@ def check_options(
     batch_size: int,
     workers: int | None,
     val_fraction: float,
-    crop_scale: float,
+    crop_scale: float | None,
     color_jitter: float,
     sampler: str,
     class_weights: dict[str, float] | None,
@@ -31,7 +31,7 @@ def check_options(
     cache_disk_max_gb: float = 1.0,
     *,
     crop_pct: float = CROP_PCT,
-    val_resize: str = "crop",
+    val_resize: str | None = "crop",
 ) -> None:
     """Every invalid argument of ``ImageFolderData`` at once, as one ``ConfigError``."""
     problems = []
@@ -43,9 +43,9 @@ def check_options(
         problems.append(f"workers must be >= 0, got {workers}")
     if not 0 <= val_fraction < 1:
         problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if not 0 < crop_scale <= 1:
+    if crop_scale is not None and not 0 < crop_scale <= 1:  # None: the task's default
         problems.append(f"crop_scale must be in (0, 1], got {crop_scale}")
-    problems += resize_problems(crop_pct, val_resize)
+    problems += resize_problems(crop_pct, val_resize or "crop")
     if color_jitter < 0:
         problems.append(f"color_jitter must be >= 0, got {color_jitter}")
     if sampler not in SAMPLER_MODES:

@@ -37,6 +37,12 @@ from trainer.errors import ConfigError
 from trainer.rng import torch_seeded
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TransformError(ConfigError):
+    """A pipeline refused by ``check_train_transform`` or ``check_val_transform``."""
+
+
 # A validation pipeline may differ from the mapping's by this much (mean absolute difference in
 # uint8 levels on the probes), e.g. another but equivalent resize; a different crop or
 # colour change is far beyond it.
@@ -61,7 +67,7 @@ def _run(transform: Transform, img: torch.Tensor, img_size: int, what: str) -> t
     try:
         out = transform(img.clone())
     except Exception as e:
-        raise ConfigError(
+        raise TransformError(
             f"{what} failed on a uint8 (3, H, W) probe image ({type(e).__name__}: {e}); "
             "it must take and return uint8 (3, H, W) tensors"
         ) from e
@@ -75,7 +81,7 @@ def _run(transform: Transform, img: torch.Tensor, img_size: int, what: str) -> t
             if isinstance(out, torch.Tensor)
             else type(out).__name__
         )
-        raise ConfigError(
+        raise TransformError(
             f"{what} must return a uint8 tensor of shape (3, {img_size}, {img_size}) (the engine "
             f"normalises on the device), got a {got}; end it with a crop or resize to img_size "
             "and keep uint8 (no ToDtype/Normalize)"
@@ -86,7 +92,7 @@ def _run(transform: Transform, img: torch.Tensor, img_size: int, what: str) -> t
 def check_train_transform(
     transform: Transform, img_size: int, what: str = "train_transform"
 ) -> None:
-    """Refuse (ConfigError) a training pipeline that does not map uint8 images to uint8
+    """Refuse (``TransformError``) a training pipeline that does not map uint8 images to uint8
     ``(3, img_size, img_size)``."""
     for img in probe_images(img_size):
         with torch_seeded(0):
@@ -96,9 +102,9 @@ def check_train_transform(
 def check_val_transform(
     transform: Transform, size: int | EvalResize, what: str = "val_transform"
 ) -> None:
-    """Refuse (ConfigError) a validation pipeline that is random, or that computes something
-    else on the probe images than the resize ``size`` describes (an ``EvalResize``, what
-    ``labels_mapping.json`` records; an int: the default one at that size)."""
+    """Refuse (``TransformError``) a validation pipeline that is random, or that computes
+    something else on the probe images than the resize ``size`` describes (an ``EvalResize``,
+    what ``labels_mapping.json`` records; an int: the default one at that size)."""
     resize = as_resize(size)
     img_size = resize.img_size
     outputs = []
@@ -108,7 +114,7 @@ def check_val_transform(
         with torch_seeded(2):
             again = _run(transform, img, img_size, what).float()
         if not torch.equal(out, again):
-            raise ConfigError(
+            raise TransformError(
                 f"{what} is random (two runs on the same image differ); validation must be "
                 "deterministic: move random operations to the training pipeline"
             )
@@ -127,12 +133,12 @@ def check_val_transform(
     if found is not None and _difference(outputs, found) <= VAL_TOLERANCE:
         flags = f"--val-resize {found.mode}"
         flags += f" --crop-pct {found.crop_pct}" if found.mode == "crop" else ""
-        raise ConfigError(
+        raise TransformError(
             f"{problem} It computes what crop_pct {found.crop_pct}, resize_mode {found.mode} "
             f"describe ({_recipe(found)}): set those fields with {flags} (in Python: "
             f"ImageFolderData(crop_pct={found.crop_pct}, val_resize={found.mode!r}))"
         )
-    raise ConfigError(
+    raise TransformError(
         f"{problem} labels_mapping.json describes two recipes, set by --crop-pct and "
         "--val-resize (ImageFolderData's crop_pct and val_resize): crop (v2.Resize(int(img_size "
         "/ crop_pct), antialias=True), v2.CenterCrop(img_size)) and squash (v2.Resize((img_size, "
@@ -176,11 +182,13 @@ def _described_by(transform: Transform, img_size: int) -> EvalResize | None:
 
 
 def load_transforms_file(
-    path: str | Path, size: int | EvalResize
+    path: str | Path, size: int | EvalResize, check_val: bool = True
 ) -> tuple[Transform, Transform]:
     """``(train, val)`` pipelines from a Python file defining ``train_transforms(img_size)`` and
     ``val_transforms(img_size)``; each is checked (``check_*_transform``), the validation one
-    against the resize ``size`` (an ``EvalResize``; an int: the default one at that size)."""
+    against the resize ``size`` (an ``EvalResize``; an int: the default one at that size)
+    unless ``check_val`` is False (``ImageFolderData`` checks it against the resize its
+    data's task picks)."""
     path, resize = Path(path), as_resize(size)
     img_size = resize.img_size
     flag = f"--transforms {path}"
@@ -213,7 +221,8 @@ def load_transforms_file(
             raise ConfigError(f"{flag}: {fn}({img_size}) raised {type(e).__name__}: {e}") from e
     train, val = pipelines
     check_train_transform(train, img_size, f"{flag}: train_transforms({img_size})")
-    check_val_transform(val, resize, f"{flag}: val_transforms({img_size})")
+    if check_val:
+        check_val_transform(val, resize, f"{flag}: val_transforms({img_size})")
     return train, val
 
 
