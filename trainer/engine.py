@@ -106,8 +106,7 @@ class Engine:
         hooks: ``Hook`` instances; lower ``order`` runs first, ties keep list order.
         seed: seeds Python, NumPy and torch.
         sanity_steps: validation batches run before training to catch errors early; 0 skips.
-        monitor: metric in ``state.metrics`` that picks ``state.best``; None: the task's,
-            val/acc (multi-label data: val/mAP).
+        monitor: the metric that picks ``state.best``; None: val/acc (multi-label data: val/mAP).
         mode: "max" or "min" for ``monitor``.
         val_every: also validate each fraction F of an epoch or N steps (``trainer.val_check``).
         compile: wrap the model in ``torch.compile`` for the training forward pass.
