@@ -1,0 +1,124 @@
+"""A multi-label run through tools/export.py, tools/benchmark.py and tools/evaluate.py: every
+format is checked in the task's own measures (per-label agreement at the thresholds, val mAP),
+TTA averages sigmoids, and a CSV whose label column --label-sep splits is read back."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+from sklearn.metrics import average_precision_score
+
+from tests.tools.tiny_run import train_tiny_multilabel_run
+from tools import benchmark
+from tools import export as tool
+from trainer import export_check
+from trainer.checkpoint import load_checkpoint
+from trainer.data import ImageFolderData
+from trainer.export_formats import open_runner
+from trainer.onnx_classifier import OnnxClassifier
+from trainer.restore import model_from_checkpoint
+
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_multilabel_run(tmp_path_factory.mktemp("ml_export"))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z.astype(np.float64)))
+
+
+@pytest.fixture(scope="module")
+def exported(run: Path) -> tuple[dict[str, Any], str]:
+    """tools/export.py RUN --formats onnx,onnx-fp16,onnx-int8[,openvino when installed]: the
+    report, and what it printed."""
+    formats = FORMATS + (("openvino",) if importlib.util.find_spec("openvino") else ())
+    argv = [str(run), "--formats", ",".join(formats), "--calib-images", "8"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert tool.main(argv) == 0
+    return json.loads((run / "export_report.json").read_text()), out.getvalue()
+
+
+def test_each_format_of_a_multilabel_model_is_checked_by_label_agreement_and_map(
+    run: Path, exported: tuple[dict[str, Any], str]
+) -> None:
+    report, out = exported
+    report = json.loads((run / "export_report.json").read_text())
+    assert list(report["formats"])[:3] == list(FORMATS)
+    # What each runtime decides on the 16 val images, at the model's thresholds, recomputed.
+    clf = OnnxClassifier(run / "model.onnx")
+    data = ImageFolderData(run.parent / "data" / "labels.jsonl", img_size=16, workers=0)
+    images, labels = export_check.sample_images(clf, data.val_samples, 256,
+                                                label_table=data.label_table)  # fmt: skip
+    assert labels.shape == (16, 3)  # multi-hot
+    model, _ = model_from_checkpoint(load_checkpoint(run / "checkpoints" / "best.pt"), run)
+    reference = export_check.torch_logits(model, images)
+    cut = clf.thresholds
+    assert cut.tolist() != [0.5] * 3  # tuned: the thresholds matter
+    for fmt, entry in report["formats"].items():
+        assert entry["agreement"] == "label_agreement" and entry["metric"] == "mAP", fmt
+        assert not {"top1_agreement", "accuracy", "torch_accuracy"} & set(entry)
+        logits = export_check.run_batches(open_runner(fmt, entry["path"]), images)
+        decided = (_sigmoid(logits) >= cut) == (_sigmoid(reference) >= cut)
+        assert entry["label_agreement"] == pytest.approx(decided.mean()), fmt
+        assert entry["mAP"] == pytest.approx(
+            average_precision_score(labels, _sigmoid(logits), average="macro"), abs=1e-6
+        )
+        assert entry["torch_mAP"] == pytest.approx(
+            average_precision_score(labels, _sigmoid(reference), average="macro"), abs=1e-6
+        )
+        assert 0 <= entry["micro_f1"] <= 1 and entry["passed"] and entry["n_images"] == 16
+    assert "label agreement" in out and "val mAP" in out and "top-1" not in out
+
+
+def test_a_multilabel_format_below_its_bar_is_kept_as_failed_and_benchmarked_in_map(
+    run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "model.onnx"
+    monkeypatch.setitem(export_check.BARS, "onnx-int8", export_check.Bar(min_agreement=1.01))
+    argv = [str(run), "--out", str(out), "--formats", "onnx-int8", "--calib-images", "4"]
+    assert tool.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "onnx-int8 (label agreement 1.0000 < 1.01; kept as" in err
+    assert (tmp_path / "model.int8.FAILED.onnx").is_file()
+    assert not (tmp_path / "model.int8.onnx").exists()
+    # The benchmark's score and agreement columns are the task's, and say so.
+    argv = [str(tmp_path), "--runs", "1", "--batches", "1", "--num-images", "6", "--threads", "1"]
+    assert benchmark.main(argv) == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert result["metric"] == "mAP" and result["agreement"] == "label_agreement"
+    rows = {r["format"]: r for r in result["rows"]}
+    assert list(rows) == ["pytorch", "onnx", "onnx-int8"] and rows["onnx-int8"]["failed"]
+    for row in rows.values():
+        assert not {"accuracy", "top1_agreement"} & set(row)
+        assert 0 <= row["mAP"] <= 1 and 0 <= row["micro_f1"] <= 1
+    assert rows["pytorch"]["label_agreement"] == rows["onnx"]["label_agreement"] == 1.0
+    assert rows["onnx"]["mAP"] == pytest.approx(rows["pytorch"]["mAP"])
+    console = Console(width=200, record=True)
+    benchmark.print_result(result, console)
+    header = console.export_text()
+    assert "val mAP" in header and "label agree" in header and "val acc" not in header
+
+
+def test_the_openvino_format_of_a_multilabel_model_is_checked_alike(
+    exported: tuple[dict[str, Any], str],
+) -> None:
+    pytest.importorskip("openvino")
+    entry = exported[0]["formats"]["openvino"]
+    assert entry["agreement"] == "label_agreement" and entry["label_agreement"] == 1.0
+    assert entry["mAP"] == pytest.approx(entry["torch_mAP"]) and entry["passed"]
+    assert entry["max_abs_diff"] <= entry["tolerance"]
