@@ -295,11 +295,6 @@ def evaluate(
     split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
     if model.multilabel:
         split_args["task"] = "multilabel"
-        if tta != "none":  # not silently ignored
-            raise UserError(
-                f"--tta {tta} is not available for multi-label models yet ({model_path}); "
-                "evaluate without --tta."
-            )
     tree = ImageFolderData(
         data,
         **(model.resize or EvalResize(model.image_size)).data_kwargs(),
@@ -319,7 +314,7 @@ def evaluate(
             f"--split {'val' if split == 'test' else 'test'}."
         )
     if getattr(tree, "task", "multiclass") == "multilabel":
-        return evaluate_labels(model, tree, split, loader)
+        return evaluate_labels(model, tree, split, loader, tta)
     # The engine's scoring: the same counts, hence the same numbers, as its validation.
     scorer, flip = (
         EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))

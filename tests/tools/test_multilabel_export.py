@@ -5,24 +5,29 @@ TTA averages sigmoids, and a CSV whose label column --label-sep splits is read b
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from rich.console import Console
+import torch
 from sklearn.metrics import average_precision_score
 
 from tests.tools.tiny_run import train_tiny_multilabel_run
-from tools import benchmark
+from tools import benchmark, evaluate, predict
 from tools import export as tool
 from trainer import export_check
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
+from trainer.export import export_onnx
 from trainer.export_formats import open_runner
+from trainer.models import build_model
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import model_from_checkpoint
 
@@ -122,3 +127,49 @@ def test_the_openvino_format_of_a_multilabel_model_is_checked_alike(
     assert entry["agreement"] == "label_agreement" and entry["label_agreement"] == 1.0
     assert entry["mAP"] == pytest.approx(entry["torch_mAP"]) and entry["passed"]
     assert entry["max_abs_diff"] <= entry["tolerance"]
+
+
+@pytest.fixture(scope="module")
+def untrained(run: Path) -> Path:
+    """A multi-label model.onnx of untrained (seeded) weights on the run's classes, with
+    thresholds of its own: unlike the trained run, its mirror changes its decisions."""
+    data = ImageFolderData(run.parent / "data" / "labels.jsonl", img_size=16, workers=0)
+    torch.manual_seed(1)
+    mapping = {**data.labels_mapping(), "thresholds": [0.45, 0.5, 0.55]}
+    path = run.parent / "untrained" / "model.onnx"
+    return export_onnx(build_model("small_cnn", 3), path, labels_mapping=mapping)
+
+
+def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
+    run: Path, untrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = run.parent / "data" / "labels.jsonl"
+    argv = [str(untrained), "--data", str(labels), "--out", str(tmp_path), "--workers", "0"]
+    assert evaluate.main([*argv, "--tta", "flip"]) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    assert result["tta"] == "flip" and result["thresholds"] == pytest.approx([0.45, 0.5, 0.55])
+    # The numbers are those of OnnxClassifier's probabilities, with and without TTA.
+    data = ImageFolderData(labels, img_size=16, workers=0)
+    paths = data.val_samples.paths()
+    truth = data.label_table.numpy()[data.val_samples.targets]
+    for tta, metrics in (("flip", result["metrics"]), ("none", result["without_tta"]["metrics"])):
+        clf = OnnxClassifier(untrained, tta=tta)
+        probs = clf.probabilities(np.stack([clf.preprocess(p) for p in paths]))
+        expected = average_precision_score(truth, probs, average="macro")
+        assert metrics["val/mAP"] == pytest.approx(expected, abs=1e-6), tta
+        hits = (probs >= clf.thresholds) == (truth > 0.5)
+        assert metrics["val/hamming_loss"] == pytest.approx(1 - hits.mean(), abs=1e-9), tta
+    assert result["metrics"]["val/mAP"] != pytest.approx(result["without_tta"]["metrics"]["val/mAP"])
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "with --tta flip; without: mAP" in out
+    # tools/predict.py --tta flip: the labels of the mean probabilities at the thresholds.
+    csv_out = tmp_path / "preds.csv"
+    images = [str(p) for p in paths[:6]]
+    argv = ["--model", str(untrained), *images, "--tta", "flip", "--output", str(csv_out)]
+    assert predict.main(argv) == 0
+    with open(csv_out, newline="") as f:
+        rows = {r["path"]: r["labels"] for r in csv.DictReader(f)}
+    clf = OnnxClassifier(untrained, tta="flip")
+    assert [rows[p] for p in images] == [
+        ";".join(label for label, _ in clf.predict(p, top_k=3)) for p in images
+    ]
