@@ -36,7 +36,14 @@ FORMATS = ("onnx", "onnx-fp16", "onnx-int8")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_multilabel_run(tmp_path_factory.mktemp("ml_export"))
+    """The tiny multi-label run, trained on a CSV label file whose label column --label-sep ';'
+    splits (its checkpoints' args say so)."""
+    return train_tiny_multilabel_run(tmp_path_factory.mktemp("ml_export"), label_sep=";")
+
+
+def _data(run: Path) -> ImageFolderData:
+    return ImageFolderData(run.parent / "data" / "labels.csv", img_size=16, workers=0,
+                           label_sep=";")  # fmt: skip
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -63,7 +70,7 @@ def test_each_format_of_a_multilabel_model_is_checked_by_label_agreement_and_map
     assert list(report["formats"])[:3] == list(FORMATS)
     # What each runtime decides on the 16 val images, at the model's thresholds, recomputed.
     clf = OnnxClassifier(run / "model.onnx")
-    data = ImageFolderData(run.parent / "data" / "labels.jsonl", img_size=16, workers=0)
+    data = _data(run)
     images, labels = export_check.sample_images(clf, data.val_samples, 256,
                                                 label_table=data.label_table)  # fmt: skip
     assert labels.shape == (16, 3)  # multi-hot
@@ -133,7 +140,7 @@ def test_the_openvino_format_of_a_multilabel_model_is_checked_alike(
 def untrained(run: Path) -> Path:
     """A multi-label model.onnx of untrained (seeded) weights on the run's classes, with
     thresholds of its own: unlike the trained run, its mirror changes its decisions."""
-    data = ImageFolderData(run.parent / "data" / "labels.jsonl", img_size=16, workers=0)
+    data = _data(run)
     torch.manual_seed(1)
     mapping = {**data.labels_mapping(), "thresholds": [0.45, 0.5, 0.55]}
     path = run.parent / "untrained" / "model.onnx"
@@ -143,13 +150,14 @@ def untrained(run: Path) -> Path:
 def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
     run: Path, untrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    labels = run.parent / "data" / "labels.jsonl"
-    argv = [str(untrained), "--data", str(labels), "--out", str(tmp_path), "--workers", "0"]
+    labels = run.parent / "data" / "labels.csv"
+    argv = [str(untrained), "--data", str(labels), "--label-sep", ";", "--out", str(tmp_path),
+            "--workers", "0"]  # fmt: skip
     assert evaluate.main([*argv, "--tta", "flip"]) == 0
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert result["tta"] == "flip" and result["thresholds"] == pytest.approx([0.45, 0.5, 0.55])
     # The numbers are those of OnnxClassifier's probabilities, with and without TTA.
-    data = ImageFolderData(labels, img_size=16, workers=0)
+    data = _data(run)
     paths = data.val_samples.paths()
     truth = data.label_table.numpy()[data.val_samples.targets]
     for tta, metrics in (("flip", result["metrics"]), ("none", result["without_tta"]["metrics"])):
@@ -173,3 +181,38 @@ def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
     assert [rows[p] for p in images] == [
         ";".join(label for label, _ in clf.predict(p, top_k=3)) for p in images
     ]
+
+
+def test_a_csv_run_whose_labels_label_sep_splits_is_exported_and_evaluated(
+    run: Path, exported: tuple[dict[str, Any], str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    csv_run = run
+    labels = csv_run.parent / "data" / "labels.csv"
+    assert labels.read_text().splitlines()[4].endswith(",cat;dog,train")  # a label set
+    # The export read the run's data as it was trained: checked on its 16 val images.
+    report = json.loads((csv_run / "export_report.json").read_text())
+    assert report["verified_on"] == "val" and report["n_images"] == 16
+    results = {}
+    for name in ("checkpoints/best.pt", "model.onnx"):
+        argv = [str(csv_run / name), "--data", str(labels), "--label-sep", ";", "--workers", "0",
+                "--out", str(tmp_path)]  # fmt: skip
+        assert evaluate.main(argv) == 0, name
+        results[name] = json.loads((tmp_path / "evaluation.json").read_text())
+        assert results[name]["n_images"] == 16 and results[name]["task"] == "multilabel"
+    pt, onnx = results["checkpoints/best.pt"]["metrics"], results["model.onnx"]["metrics"]
+    assert onnx == pytest.approx(pt, abs=1e-5)
+    # Without --label-sep the ONNX model cannot know it: one clear message, exit 2 ...
+    argv = [str(csv_run / "model.onnx"), "--data", str(labels), "--workers", "0",
+            "--out", str(tmp_path)]  # fmt: skip
+    capsys.readouterr()
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--label-sep ';'" in err and err.count("error") == 1
+    # ... unless the run's args.json beside it says (a tools/train.py run has one).
+    (csv_run / "args.json").write_text(json.dumps({"label_sep": ";"}))
+    try:
+        assert evaluate.main(argv) == 0
+    finally:
+        (csv_run / "args.json").unlink()
+    assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == pytest.approx(pt)
