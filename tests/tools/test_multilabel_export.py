@@ -28,6 +28,7 @@ from trainer.data import ImageFolderData
 from trainer.export import export_onnx
 from trainer.export_formats import open_runner
 from trainer.models import build_model
+from trainer.multilabel import tuned_thresholds
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import model_from_checkpoint
 
@@ -139,12 +140,19 @@ def test_the_openvino_format_of_a_multilabel_model_is_checked_alike(
 @pytest.fixture(scope="module")
 def untrained(run: Path) -> Path:
     """A multi-label model.onnx of untrained (seeded) weights on the run's classes, with
-    thresholds of its own: unlike the trained run, its mirror changes its decisions."""
+    thresholds of its own: unlike the trained run, its mirror changes its decisions. Its last
+    layer is scaled up, so logits are a few units: where the mean of two sigmoids is not the
+    sigmoid of the mean logit."""
     data = _data(run)
     torch.manual_seed(1)
+    model = build_model("small_cnn", 3)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(40)
+        last.bias.mul_(40)
     mapping = {**data.labels_mapping(), "thresholds": [0.45, 0.5, 0.55]}
     path = run.parent / "untrained" / "model.onnx"
-    return export_onnx(build_model("small_cnn", 3), path, labels_mapping=mapping)
+    return export_onnx(model, path, labels_mapping=mapping)
 
 
 def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
@@ -167,6 +175,9 @@ def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
         assert metrics["val/mAP"] == pytest.approx(expected, abs=1e-6), tta
         hits = (probs >= clf.thresholds) == (truth > 0.5)
         assert metrics["val/hamming_loss"] == pytest.approx(1 - hits.mean(), abs=1e-9), tta
+        if tta == "flip":  # the F1-tuned thresholds lie between two of these probabilities
+            tuned, _ = tuned_thresholds(torch.from_numpy(probs), torch.from_numpy(truth > 0.5))
+            assert result["per_class"]["threshold"] == pytest.approx(tuned.tolist(), abs=1e-6)
     assert result["metrics"]["val/mAP"] != pytest.approx(result["without_tta"]["metrics"]["val/mAP"])
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert "with --tta flip; without: mAP" in out
