@@ -184,14 +184,17 @@ def test_flip_tta_of_a_multilabel_model_in_evaluate_and_predict(
     # tools/predict.py --tta flip: the labels of the mean probabilities at the thresholds.
     csv_out = tmp_path / "preds.csv"
     images = [str(p) for p in paths[:6]]
-    argv = ["--model", str(untrained), *images, "--tta", "flip", "--output", str(csv_out)]
+    argv = ["--model", str(untrained), *images, "--tta", "flip", "--output", str(csv_out),
+            "--all-probs"]  # fmt: skip
     assert predict.main(argv) == 0
     with open(csv_out, newline="") as f:
-        rows = {r["path"]: r["labels"] for r in csv.DictReader(f)}
+        rows = {r["path"]: r for r in csv.DictReader(f)}
     clf = OnnxClassifier(untrained, tta="flip")
-    assert [rows[p] for p in images] == [
-        ";".join(label for label, _ in clf.predict(p, top_k=3)) for p in images
-    ]
+    probs = clf.probabilities(np.stack([clf.preprocess(p) for p in images]))
+    for p, row in zip(images, probs, strict=True):
+        assert rows[p]["labels"] == ";".join(label for label, _ in clf.predict(p, top_k=3))
+        got = [float(rows[p][f"prob_{c}"]) for c in clf.classes]
+        assert got == pytest.approx(row.tolist(), abs=2e-6)
 
 
 def test_a_csv_run_whose_labels_label_sep_splits_is_exported_and_evaluated(
