@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rich.console import Console
 import torch
+from rich.console import Console
 from sklearn.metrics import average_precision_score
 
 from tests.tools.tiny_run import train_tiny_multilabel_run
