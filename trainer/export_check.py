@@ -209,7 +209,8 @@ def check_logits(
     diff = float(np.abs(logits - reference).max()) if fmt in FLOAT_FORMATS else None
     failures = []
     if agreement < bar.min_agreement:
-        failures.append(f"{measure.replace('_', ' ')} {agreement:.4f} < {bar.min_agreement}")
+        said = "top-1 agreement" if thresholds is None else "label agreement"
+        failures.append(f"{said} {agreement:.4f} < {bar.min_agreement}")
     tolerance = None
     if bar.atol is not None and diff is not None:
         tolerance = bar.atol * max(1.0, float(np.abs(reference).max()))
