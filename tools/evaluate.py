@@ -4,6 +4,7 @@ Usage:
     python tools/evaluate.py runs/demo/checkpoints/best.pt --data DIR
     python tools/evaluate.py runs/demo/model.onnx --data DIR --split val --out eval/
     python tools/evaluate.py runs/demo/model.onnx --data DIR --tta flip
+    python tools/evaluate.py runs/tags/model.onnx --data tags.csv --label-sep ';'
 
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
 as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
@@ -13,7 +14,10 @@ scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macr
 ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
 preprocessing (the model's ``crop_pct`` and resize mode, from its labels mapping). ``--tta flip``
 also scores the mean of each image's and its mirror's probabilities: the report is then the
-TTA one, with the figures without TTA beside it (``without_tta``). The split is ``test`` when
+TTA one, with the figures without TTA beside it (``without_tta``); a multi-label model's TTA
+averages sigmoids, then applies its thresholds. A multi-label run's CSV label file is read with
+the run's ``--label-sep`` (from the checkpoint, or the args.json beside an ONNX model; or pass
+``--label-sep``). The split is ``test`` when
 the tree has one, else ``val``. The model's classes must be the data's. A tree of class
 folders only is split as the run split it: with the seed and val_fraction recorded in the
 checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model

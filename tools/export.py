@@ -16,7 +16,10 @@ random images, and the report says so (``"verified_on": "random"``); the other f
 real validation images. ``onnx-int8`` is calibrated on a seeded sample of training images.
 Each format is written beside the ONNX model (``model.fp16.onnx``, ``model.int8.onnx``,
 ``openvino/model.xml``); one that misses its bar is kept under a ``FAILED`` name. The report,
-one entry per format under ``"formats"``, goes to ``export_report.json`` beside the model.
+one entry per format under ``"formats"``, goes to ``export_report.json`` beside the model; each
+entry names its measures (``"agreement"``, ``"metric"``): top-1 agreement and accuracy, or for a
+multi-label model the agreement of its per-label decisions at its thresholds and val mAP (with
+micro F1), for the format and for PyTorch (``trainer.export_check``).
 Exit status: 0 when every format passes, 1 when one does not, 2 for a mistake in the arguments
 or inputs.
 """
