@@ -311,6 +311,11 @@ def evaluate(
     model = load_model(model_path, device=device, img_size=img_size)
     split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
     if label_sep is not None:
+        if not model.multilabel:  # label sets would make the data multi-label
+            raise UserError(
+                f"--label-sep splits a multi-label run's label sets, but {model_path} is a "
+                "single-label model. Drop --label-sep."
+            )
         split_args["label_sep"] = label_sep
     if model.multilabel:
         split_args["task"] = "multilabel"
