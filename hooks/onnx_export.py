@@ -124,9 +124,9 @@ class OnnxExportHook(Hook):
             self.report = json.loads(report_path.read_text(encoding="utf-8"))
             raise
         log.info(
-            "exported %s: top-1 agreement %.4f on %d %s images, max |logit diff| %.2g",
+            "exported %s: %s on %d %s images, max |logit diff| %.2g",
             self.path,
-            self.report["top1_agreement"],
+            export.agreement_text(self.report),
             self.report["n_images"],
             verified_on,
             self.report["max_abs_diff"],

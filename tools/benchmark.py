@@ -10,7 +10,9 @@ each format found in the run folder (``model.onnx``, ``model.fp16.onnx``, ``mode
 ``openvino/model.xml``, or their ``FAILED`` names), a row: file size, latency p50/p95 at batch
 1, throughput at a batch of 32, in the format's own runtime, with the same number of threads
 for all; validation accuracy and top-1 agreement with PyTorch, on a seeded sample of the run's
-validation images, preprocessed as the model's labels mapping says. The table, the machine and
+validation images, preprocessed as the model's labels mapping says. For a multi-label model
+those two columns are val mAP and the per-label agreement at the model's thresholds (the
+header says so, and ``benchmark.json`` names them: ``"metric"``, ``"agreement"``). The table, the machine and
 the thread count are printed, and everything goes to ``benchmark.json`` in the run folder.
 The rows are timed one after the other: compare their ratios, and expect absolute figures to
 move with the machine's load (``benchmark.json`` records the load average). Exit status: 0,
@@ -44,7 +46,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.config_cli import program_name
 from trainer.errors import DataError, UserError
 from trainer.export_bench import benchmark, machine, ratios
-from trainer.export_check import sample_images
+from trainer.export_check import mapping_thresholds, sample_images
 from trainer.io import atomic_write_json
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.restore import model_from_checkpoint
@@ -110,7 +112,8 @@ def run_benchmark(
     classifier = OnnxClassifier(onnx_path)
     tree, root = run_data(ckpt, classifier.mapping, data=data)
     images, labels = (None, None) if tree is None else sample_images(
-        classifier, tree.val_samples, num_images, seed=int((ckpt.get("args") or {}).get("seed", 0))
+        classifier, tree.val_samples, num_images, seed=int((ckpt.get("args") or {}).get("seed", 0)),
+        label_table=tree.label_table,
     )  # fmt: skip
     if images is None or labels is None or len(images) == 0:
         raise DataError(
@@ -118,12 +121,16 @@ def run_benchmark(
             f"({f'none in {root}' if root else 'the run names no readable data'}). Pass --data "
             "DIR, a tree with a val/ split or a label file."
         )
+    thresholds = mapping_thresholds(classifier.mapping)
     rows = benchmark(
         model, onnx_path, images, labels, threads=threads, batch_size=batch_size,
-        latency_runs=latency_runs, throughput_batches=throughput_batches,
+        latency_runs=latency_runs, throughput_batches=throughput_batches, thresholds=thresholds,
     )  # fmt: skip
     result = {
         "machine": machine(threads),
+        # What the score and agreement columns hold: the task's own measures.
+        "metric": "accuracy" if thresholds is None else "mAP",
+        "agreement": "top1_agreement" if thresholds is None else "label_agreement",
         "checkpoint": str(checkpoint),
         "n_images": len(images),
         "batch_size": batch_size,
@@ -142,8 +149,11 @@ def print_result(result: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     m = result["machine"]
     table = Table(title=f"{result['n_images']} val images, {m['threads']} threads")
+    metric, agreement = result.get("metric", "accuracy"), result.get("agreement", "top1_agreement")
+    header = {"accuracy": "val acc", "mAP": "val mAP"}[metric]
+    agree = {"top1_agreement": "top-1 agree", "label_agreement": "label agree"}[agreement]
     for name in ("format", "size MB", "p50 ms", "p95 ms", f"img/s @{result['batch_size']}",
-                 "val acc", "agree"):  # fmt: skip
+                 header, agree):  # fmt: skip
         table.add_column(name, justify="left" if name == "format" else "right", no_wrap=True)
     for r in result["rows"]:
         table.add_row(
@@ -152,8 +162,8 @@ def print_result(result: dict[str, Any], console: Console | None = None) -> None
             f"{r['latency_ms_p50']:.2f}",
             f"{r['latency_ms_p95']:.2f}",
             f"{r['throughput_ips']:.1f}",
-            f"{r['accuracy']:.4f}",
-            f"{r['top1_agreement']:.4f}",
+            f"{r[metric]:.4f}",
+            f"{r[agreement]:.4f}",
         )
     console.print(table)
     runtimes = dict.fromkeys(r["runtime"] for r in result["rows"])  # once each, in row order

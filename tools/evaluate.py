@@ -4,6 +4,7 @@ Usage:
     python tools/evaluate.py runs/demo/checkpoints/best.pt --data DIR
     python tools/evaluate.py runs/demo/model.onnx --data DIR --split val --out eval/
     python tools/evaluate.py runs/demo/model.onnx --data DIR --tta flip
+    python tools/evaluate.py runs/tags/model.onnx --data tags.csv --label-sep ';'
 
 Reports top-1, top-5 (with 5 or more classes) and per-class precision, recall, F1 and support
 as a table, writes them to ``evaluation.json`` and draws ``confusion_matrix.png`` (in --out,
@@ -13,7 +14,10 @@ scored; ``metrics`` holds them under the engine's names (``val/acc``, ``val/macr
 ONNX models run through ``trainer.OnnxClassifier``. Images get exactly the validation
 preprocessing (the model's ``crop_pct`` and resize mode, from its labels mapping). ``--tta flip``
 also scores the mean of each image's and its mirror's probabilities: the report is then the
-TTA one, with the figures without TTA beside it (``without_tta``). The split is ``test`` when
+TTA one, with the figures without TTA beside it (``without_tta``); a multi-label model's TTA
+averages sigmoids, then applies its thresholds. A multi-label run's CSV label file is read with
+the run's ``--label-sep`` (from the checkpoint, or the args.json beside an ONNX model; or pass
+``--label-sep``). The split is ``test`` when
 the tree has one, else ``val``. The model's classes must be the data's. A tree of class
 folders only is split as the run split it: with the seed and val_fraction recorded in the
 checkpoint, in the ONNX model's labels mapping or in the run's args.json beside the model
@@ -60,6 +64,8 @@ from trainer.run_files import ARGS_JSON
 from trainer.state import EngineState
 
 log = logging.getLogger("trainer")
+# How a run read its label file: the data is read alike here.
+LABEL_FILE_ARGS = ("image_key", "label_key", "label_sep")
 
 
 
@@ -136,9 +142,7 @@ def load_model(
         logits=logits,
         weights=weights,
         split_args={
-            k: args[k]
-            for k in ("val_fraction", "seed", "image_key", "label_key", "task", "label_sep")
-            if k in args
+            k: args[k] for k in ("val_fraction", "seed", "task", *LABEL_FILE_ARGS) if k in args
         },
         split_source=f"the args of {path}",
         resize=EvalResize.from_mapping(mapping),
@@ -172,13 +176,23 @@ def _load_onnx(path: Path) -> LoadedModel:
 
 
 def _onnx_split(path: Path, mapping: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The run's seed and val_fraction: the labels mapping's ``split``, else the run's args.json.
+    """The run's seed and val_fraction: the labels mapping's ``split``, else the run's args.json;
+    and from its args.json how it read a label file (``image_key``, ``label_key``,
+    ``label_sep``).
 
     tools/train.py leaves ``model.onnx`` in the run folder beside ``args.json``; tools/export.py
     writes ``checkpoints/<name>.onnx``, one level below it.
     """
+    args, where = _run_args(path)
+    reading = {k: args[k] for k in LABEL_FILE_ARGS if args.get(k) is not None}
     if isinstance(mapping.get("split"), dict):
-        return dict(mapping["split"]), f"the labels mapping of {path}"
+        return {**mapping["split"], **reading}, f"the labels mapping of {path}"
+    found = {k: args[k] for k in ("val_fraction", "seed") if args.get(k) is not None}
+    return {**found, **reading}, where
+
+
+def _run_args(path: Path) -> tuple[dict[str, Any], str]:
+    """The args.json of the run the model at ``path`` came from, and its path; ``({}, "")``."""
     for args_path in (path.parent / ARGS_JSON, path.parent.parent / ARGS_JSON):
         if not args_path.is_file():
             continue
@@ -188,8 +202,7 @@ def _onnx_split(path: Path, mapping: dict[str, Any]) -> tuple[dict[str, Any], st
             log.warning("ignoring %s (%s)", args_path, e)
             continue
         if isinstance(args, dict):
-            found = {k: args[k] for k in ("val_fraction", "seed") if args.get(k) is not None}
-            return found, str(args_path)
+            return args, str(args_path)
     return {}, ""
 
 
@@ -261,6 +274,7 @@ def evaluate(
     seed: int | None = None,
     val_fraction: float | None = None,
     tta: str = "none",
+    label_sep: str | None = None,
 ) -> dict[str, Any]:
     """Score a model on one split of an ImageFolder tree.
 
@@ -275,6 +289,9 @@ def evaluate(
         seed: the run's split seed, for a tree of class folders; None: the one recorded.
         val_fraction: the run's val fraction, likewise.
         tta: "flip" scores the mean of each image's and its mirror's probabilities too.
+        label_sep: splits a CSV label file's label column into label sets, as the run's
+            ``--label-sep`` did; None: the one the run recorded (checkpoint args, or the
+            args.json beside an ONNX model).
 
     Returns:
         ``{"model", "format", "weights", "data", "split", "n_images", "classes", "top1",
@@ -294,12 +311,23 @@ def evaluate(
     check_tta(tta)
     model = load_model(model_path, device=device, img_size=img_size)
     split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
+    if label_sep is not None:
+        if not model.multilabel:  # label sets would make the data multi-label
+            raise UserError(
+                f"--label-sep splits a multi-label run's label sets, but {model_path} is a "
+                "single-label model. Drop --label-sep."
+            )
+        split_args["label_sep"] = label_sep
     if model.multilabel:
         split_args["task"] = "multilabel"
-        if tta != "none":  # not silently ignored
+        if Path(data).suffix.lower() == ".csv" and split_args.get("label_sep") is None:
+            where = ("its args name none" if model.format == "pytorch"
+                     else "no args.json of its run beside it names one")  # fmt: skip
             raise UserError(
-                f"--tta {tta} is not available for multi-label models yet ({model_path}); "
-                "evaluate without --tta."
+                f"{model_path} is a multi-label model and {data} a CSV label file, but the "
+                f"separator of the labels in its label column is unknown: no --label-sep, and "
+                f"{where}. Pass --label-sep as the run was trained with it (its args.json "
+                "says), e.g. --label-sep ';'."
             )
     tree = ImageFolderData(
         data,
@@ -320,7 +348,7 @@ def evaluate(
             f"--split {'val' if split == 'test' else 'test'}."
         )
     if getattr(tree, "task", "multiclass") == "multilabel":
-        return evaluate_labels(model, tree, split, loader)
+        return evaluate_labels(model, tree, split, loader, tta)
     # The engine's scoring: the same counts, hence the same numbers, as its validation.
     scorer, flip = (
         EvalScore(EngineState(), split, model.classes, F.cross_entropy, torch.device("cpu"))
@@ -402,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction", type=float, default=None, help="the run's val fraction (likewise)"
     )
     p.add_argument(
+        "--label-sep", default=None,
+        help="splits a CSV label file's label column into label sets (a multi-label run's "
+        "--label-sep); default: the one the run recorded",
+    )  # fmt: skip
+    p.add_argument(
         "--tta", choices=TTA_MODES, default="none",
         help="flip: also score the mean of each image's and its mirror's probabilities",
     )  # fmt: skip
@@ -429,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=a.seed,
             val_fraction=a.val_fraction,
             tta=a.tta,
+            label_sep=a.label_sep,
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

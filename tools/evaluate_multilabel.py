@@ -29,15 +29,38 @@ from trainer.state import EngineState
 
 
 def evaluate_labels(
-    model: Any, data: Any, split: str, loader: Iterable[Any]
+    model: Any, data: Any, split: str, loader: Iterable[Any], tta: str = "none"
 ) -> dict[str, Any]:
-    """Score ``model`` (``tools.evaluate.LoadedModel``) on ``loader``'s multi-label batches."""
-    state = EngineState(thresholds=getattr(model, "thresholds", None))
-    scorer = MultiLabelScore(state, split, model.classes, BinaryCrossEntropy(), torch.device("cpu"))
+    """Score ``model`` (``tools.evaluate.LoadedModel``) on ``loader``'s multi-label batches.
+
+    With ``tta="flip"`` the result is the score of the mean of each image's and its mirror's
+    sigmoid probabilities (at the same thresholds), with the image's own figures beside it:
+    ``"tta"`` and ``"without_tta"`` (``{"metrics"}``), as ``tools/evaluate.py`` reports a
+    single-label model's.
+    """
+    plain, flip = (_scorer(model, split) for _ in range(2))
     for images, targets in loader:
-        scorer.score(model.logits(normalize(images, model.mean, model.std)), (images, targets))
-    scorer.end()
-    table = state.label_metrics or {}
+        x = normalize(images, model.mean, model.std)
+        logits = model.logits(x)
+        plain.score(logits, (images, targets))
+        if tta == "flip":  # the logits of the mean probabilities: the scorer's sigmoid undoes it
+            probs = (logits.double().sigmoid() + model.logits(x.flip(-1)).double().sigmoid()) / 2
+            flip.score(torch.logit(probs), (images, targets))
+    plain.end()
+    if tta == "none":
+        return _label_result(model, data, split, plain)
+    flip.end()
+    without = {"metrics": _label_result(model, data, split, plain)["metrics"]}
+    return {**_label_result(model, data, split, flip), "tta": tta, "without_tta": without}
+
+
+def _scorer(model: Any, split: str) -> MultiLabelScore:
+    state = EngineState(thresholds=getattr(model, "thresholds", None))
+    return MultiLabelScore(state, split, model.classes, BinaryCrossEntropy(), torch.device("cpu"))
+
+
+def _label_result(model: Any, data: Any, split: str, scorer: MultiLabelScore) -> dict[str, Any]:
+    table = scorer.state.label_metrics or {}
     metrics = {k: v for k, v in scorer.metrics.items() if not k.endswith(("/loss", "/time"))}
     return {
         "model": str(model.path),
@@ -58,12 +81,13 @@ def evaluate_labels(
 def print_label_report(result: dict[str, Any], console: Console | None = None) -> None:
     """Per class AP, precision, recall, F1 and support, then the overall numbers."""
     m, split = result["metrics"], result["split"]
-    title = (
-        f"{Path(result['model']).name} on {split} ({result['n_images']} images): "
-        f"mAP {m.get(f'{split}/mAP', float('nan')):.4f}, "
-        f"micro F1 {m.get(f'{split}/micro_f1', 0.0):.4f}, "
-        f"exact match {m.get(f'{split}/exact_match', 0.0):.4f}"
+    title = f"{Path(result['model']).name} on {split} ({result['n_images']} images): " + _figures(
+        m, split
     )
+    if "without_tta" in result:  # both figures: with TTA (the table's) and without
+        title += f" with --tta {result['tta']}; without: " + _figures(
+            result["without_tta"]["metrics"], split
+        )
     table = Table(title=escape(title))
     table.add_column("class", overflow="fold")
     for name in ("AP", "precision", "recall", "F1", "support", "threshold"):
@@ -76,6 +100,14 @@ def print_label_report(result: dict[str, Any], console: Console | None = None) -
     table.add_row("macro", f"{m.get(f'{split}/mAP', float('nan')):.4f}", "", "",
                   f"{m.get(f'{split}/macro_f1', 0.0):.4f}", "", "")  # fmt: skip
     (console or Console()).print(table)
+
+
+def _figures(m: dict[str, float], split: str) -> str:
+    return (
+        f"mAP {m.get(f'{split}/mAP', float('nan')):.4f}, "
+        f"micro F1 {m.get(f'{split}/micro_f1', 0.0):.4f}, "
+        f"exact match {m.get(f'{split}/exact_match', 0.0):.4f}"
+    )
 
 
 def write_label_outputs(

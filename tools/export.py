@@ -16,7 +16,10 @@ random images, and the report says so (``"verified_on": "random"``); the other f
 real validation images. ``onnx-int8`` is calibrated on a seeded sample of training images.
 Each format is written beside the ONNX model (``model.fp16.onnx``, ``model.int8.onnx``,
 ``openvino/model.xml``); one that misses its bar is kept under a ``FAILED`` name. The report,
-one entry per format under ``"formats"``, goes to ``export_report.json`` beside the model.
+one entry per format under ``"formats"``, goes to ``export_report.json`` beside the model; each
+entry names its measures (``"agreement"``, ``"metric"``): top-1 agreement and accuracy, or for a
+multi-label model the agreement of its per-label decisions at its thresholds and val mAP (with
+micro F1), for the format and for PyTorch (``trainer.export_check``).
 Exit status: 0 when every format passes, 1 when one does not, 2 for a mistake in the arguments
 or inputs.
 """
@@ -50,6 +53,7 @@ from trainer.errors import DataError, OutputError, UserError
 from trainer.export import (
     MIN_OPSET,
     ExportVerificationError,
+    agreement_text,
     export_with_report,
     first_images,
     random_images,
@@ -121,6 +125,8 @@ def run_data(
             verify=False,
             image_key=str(args.get("image_key", "path")),  # a label file's, as trained
             label_key=str(args.get("label_key", "label")),
+            task=str(args.get("task") or "auto"),
+            label_sep=args.get("label_sep"),  # a CSV's label sets, split as trained
         )
     except DataError:
         if data is not None:
@@ -266,7 +272,9 @@ def check_formats(
     validation images, preprocessed by the model's own labels mapping (``OnnxClassifier``);
     ``onnx-int8`` calibrated on a seeded sample of its training images."""
     classifier = OnnxClassifier(onnx_path)
-    images, labels = sample_images(classifier, tree.val_samples, num_images, seed=seed)
+    table = tree.label_table  # multi-label: multi-hot labels, for mAP
+    images, labels = sample_images(classifier, tree.val_samples, num_images, seed=seed,
+                                   label_table=table)  # fmt: skip
     calibration = None
     if "onnx-int8" in formats:
         calibration, _ = sample_images(classifier, tree.train_samples, calib_images, seed=seed)
@@ -281,15 +289,32 @@ def check_formats(
 
 def _random_entry(report: Mapping[str, Any]) -> dict[str, Any]:
     """The fp32 ONNX entry of a check on random images: no labels, so no accuracies."""
-    keys = ("top1_agreement", "max_abs_diff", "tolerance", "n_images", "passed")
+    measure = "label_agreement" if "label_agreement" in report else "top1_agreement"
+    metric = "mAP" if measure == "label_agreement" else "accuracy"
+    keys = (measure, "max_abs_diff", "tolerance", "n_images", "passed")
     return {
         "format": "onnx",
         "path": report["path"],
+        "agreement": measure,
+        "metric": metric,
         **{k: report.get(k) for k in keys},
-        "accuracy": None,
-        "torch_accuracy": None,
+        metric: None,
+        f"torch_{metric}": None,
         "verified_on": "random",
     }
+
+
+def format_summary(entry: Mapping[str, Any]) -> str:
+    """A format's check in words, in the measures its entry holds: ``top-1 agreement 1.0000,
+    accuracy 0.9000 (PyTorch 0.9000) on 15 val images``; a multi-label model's ``label
+    agreement 1.0000, val mAP 0.9500 (PyTorch 0.9500), micro F1 0.9 (PyTorch 0.9) ...``."""
+    measure, metric = entry["agreement"], entry["metric"]
+    agreement = "top-1 agreement" if measure == "top1_agreement" else "label agreement"
+    figures = [f"{agreement} {entry[measure]:.4f}"]
+    names = {"accuracy": "accuracy", "mAP": "val mAP", "micro_f1": "micro F1"}
+    for key in (metric, "micro_f1") if metric == "mAP" else (metric,):
+        figures.append(f"{names[key]} {entry[key]:.4f} (PyTorch {entry[f'torch_{key}']:.4f})")
+    return f"{', '.join(figures)} on {entry['n_images']} val images"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,8 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     note = " (random images: no data was readable)" if report["verified_on"] == "random" else ""
     print(
-        f"exported {report['path']} ({report['weights']} weights): top-1 agreement "
-        f"{report['top1_agreement']:.4f} on {report['n_images']} images{note}, "
+        f"exported {report['path']} ({report['weights']} weights): {agreement_text(report)} "
+        f"on {report['n_images']} images{note}, "
         f"max |logit diff| {report['max_abs_diff']:.2g}; report: "
         f"{Path(report['path']).parent / REPORT_NAME}"
     )
@@ -381,10 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fmt, entry in report["formats"].items():
         if fmt == "onnx":
             continue  # the line above
-        summary = (
-            f"top-1 agreement {entry['top1_agreement']:.4f}, accuracy {entry['accuracy']:.4f} "
-            f"(PyTorch {entry['torch_accuracy']:.4f}) on {entry['n_images']} val images"
-        )
+        summary = format_summary(entry)
         if entry["passed"]:
             print(f"exported {fmt} {entry['path']}: {summary}")
         else:

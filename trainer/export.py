@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.export_check import label_agreement, mapping_thresholds
 from trainer.io import atomic_write_bytes, atomic_write_json, replace_durably, temp_path
 from trainer.onnx_classifier import OnnxClassifier
 from trainer.onnx_mapping import (
@@ -58,6 +59,7 @@ __all__ = [
     "ExportVerificationError",
     "OnnxClassifier",
     "OnnxModelError",
+    "agreement_text",
     "check_num_outputs",
     "check_onnx_signature",
     "export_and_verify",
@@ -299,8 +301,7 @@ def verify_onnx(
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
     labels = {}
     if thresholds is not None:  # multi-label: per-label decisions at the thresholds
-        cut, sig = np.asarray(thresholds), lambda z: 1 / (1 + np.exp(-z))
-        labels["label_agreement"] = float(((sig(actual) >= cut) == (sig(expected) >= cut)).mean())
+        labels["label_agreement"] = label_agreement(actual, expected, thresholds)
     opset = _default_opset(onnx.load(onnx_path, load_external_data=False))
     return {
         "top1_agreement": agreement,
@@ -366,9 +367,8 @@ def export_and_verify(
             model_name=model_name,
             data_name=data_name,
         )
-        multilabel = labels_mapping.get("task") == "multilabel"
         report = verify_onnx(tmp, model, images, atol=atol, min_agreement=min_agreement,
-                             thresholds=labels_mapping.get("thresholds") if multilabel else None)  # fmt: skip
+                             thresholds=mapping_thresholds(labels_mapping))  # fmt: skip
         report["path"] = str(path)
         report_path = Path(report_path) if report_path else path.with_suffix(".verify.json")
         atomic_write_json(report_path, report)
@@ -383,13 +383,20 @@ def export_and_verify(
         kept = f"{path} is as it was" if path.exists() else f"{path} was not written"
         raise ExportVerificationError(
             f"ONNX export to {path} does not match the PyTorch model on {report['n_images']} "
-            f"images: top-1 agreement {report['top1_agreement']:.4f} (need >= {min_agreement}), "
+            f"images: {agreement_text(report)} (need >= {min_agreement}), "
             f"max |logit diff| {report['max_abs_diff']:.3g} (allowed {report['tolerance']:.3g}); "
             f"{kept}. Report: {report_path}. Ops that export differently (custom ops, "
             "train-mode layers) are the usual cause; export with opset 18 and check the model "
             "is deterministic."
         )
     return report
+
+
+def agreement_text(report: Mapping[str, Any]) -> str:
+    """``top-1 agreement 0.9961``, or a multi-label model's ``label agreement 0.9961``."""
+    if "label_agreement" in report:
+        return f"label agreement {report['label_agreement']:.4f}"
+    return f"top-1 agreement {report['top1_agreement']:.4f}"
 
 
 def _remove_data_files(path: Path, keep: str | None, failed: str) -> None:

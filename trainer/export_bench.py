@@ -2,7 +2,8 @@
 machine's CPU in its own runtime and scored on validation images.
 
 A row per model: file size, latency p50/p95 at batch 1, throughput at a batch of 32, validation
-accuracy and top-1 agreement with PyTorch. Every runtime gets the same number of threads, and
+accuracy and top-1 agreement with PyTorch (a multi-label model's: val mAP and micro F1 at its
+thresholds, and per-label agreement; ``trainer.export_check.check_logits``). Every runtime gets the same number of threads, and
 the rows are timed one after the other in one process, so their ratios compare; absolute
 figures move with whatever else the machine runs (:func:`machine` records its load).
 
@@ -19,7 +20,7 @@ import io
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from trainer import export_formats as ef
-from trainer.export_check import check_logits, run_batches, runtime_version
+from trainer.export_check import check_logits, run_batches, runtime_version, task_scores
 
 __all__ = ["benchmark", "machine", "ratios", "time_runner", "torch_runner"]
 
@@ -122,6 +123,7 @@ def benchmark(
     batch_size: int = 32,
     latency_runs: int = 50,
     throughput_batches: int = 10,
+    thresholds: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """A row for the PyTorch model and for each format found beside ``onnx_path`` (under its
     name, or its ``FAILED`` one, which the row's ``failed`` flags).
@@ -130,16 +132,18 @@ def benchmark(
         model: the PyTorch model the formats were exported from.
         onnx_path: the fp32 ``model.onnx``; the other formats are looked for beside it.
         images: float32 preprocessed validation images to score and time on.
-        labels: their classes.
+        labels: their classes (multi-label: multi-hot rows).
         threads: intra-op threads for every runtime.
         batch_size: the batch of the throughput figure.
         latency_runs: batch-1 calls timed for the latency percentiles.
         throughput_batches: batches timed for the throughput.
+        thresholds: a multi-label model's per-class thresholds.
 
     Returns:
         Rows of ``format``, ``path``, ``runtime``, ``size_bytes``, ``latency_ms_p50``,
-        ``latency_ms_p95``, ``throughput_ips``, ``accuracy``, ``top1_agreement``,
-        ``max_abs_diff`` (float formats), ``failed``.
+        ``latency_ms_p95``, ``throughput_ips``, the scores (``accuracy``; multi-label ``mAP``
+        and ``micro_f1``), the agreement with PyTorch (``top1_agreement``; multi-label
+        ``label_agreement``), ``max_abs_diff`` (float formats), ``failed``.
     """
     timing = {
         "batch_size": batch_size,
@@ -149,6 +153,7 @@ def benchmark(
     with _torch_threads(threads):
         reference_run = torch_runner(model)
         reference = run_batches(reference_run, images, batch_size)
+        agreement = "top1_agreement" if thresholds is None else "label_agreement"
         rows = [
             {
                 "format": "pytorch",
@@ -156,8 +161,8 @@ def benchmark(
                 "runtime": f"torch {torch.__version__} (eager)",
                 "size_bytes": _state_dict_bytes(model),
                 **time_runner(reference_run, images, **timing),
-                "accuracy": float((reference.argmax(1) == labels).mean()),
-                "top1_agreement": 1.0,
+                **task_scores(reference, labels, thresholds),
+                agreement: 1.0,
                 "max_abs_diff": 0.0,
                 "failed": False,
             }
@@ -170,7 +175,8 @@ def benchmark(
             elif not path.is_file():
                 continue
             run = ef.open_runner(fmt, path, threads=threads)
-            check = check_logits(fmt, run_batches(run, images, batch_size), reference, labels)
+            logits = run_batches(run, images, batch_size)
+            check = check_logits(fmt, logits, reference, labels, thresholds)
             rows.append(
                 {
                     "format": fmt,
@@ -178,8 +184,8 @@ def benchmark(
                     "runtime": runtime_version(fmt),
                     "size_bytes": ef.model_size(path, fmt),
                     **time_runner(run, images, **timing),
-                    "accuracy": check["accuracy"],
-                    "top1_agreement": check["top1_agreement"],
+                    **task_scores(logits, labels, thresholds),
+                    agreement: check[agreement],
                     "max_abs_diff": check["max_abs_diff"],
                     "failed": failed,
                 }

@@ -147,8 +147,9 @@ def test_class_mismatch_names_the_difference(
         ("missing.onnx", [], "not found"),
         ("best", ["--split", "test", "--data", "NO_TEST"], "no test images"),
         ("best", ["--data", "MISSING_DATA"], "does not exist"),
+        ("best", ["--label-sep", ";"], "is a single-label model. Drop --label-sep"),
     ],
-    ids=["missing-checkpoint", "missing-onnx", "no-test-split", "missing-data"],
+    ids=["missing-checkpoint", "missing-onnx", "no-test-split", "missing-data", "label-sep"],
 )
 def test_user_mistakes_exit_2(
     run: dict[str, Path],

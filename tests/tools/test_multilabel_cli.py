@@ -114,10 +114,7 @@ def test_predict_and_evaluate_read_the_multilabel_model(
     assert result["metrics"]["val/mAP"] == pytest.approx(best, abs=1e-4)
     mapping = json.loads((out / "labels_mapping.json").read_text())
     assert result["thresholds"] == pytest.approx(mapping["thresholds"])  # the model's own
-    # TTA is not there for multi-label models yet: said, not silently left out.
-    argv = [str(model), "--data", str(run["labels"]), "--out", str(tmp_path), "--tta", "flip"]
-    assert evaluate.main(argv) == 2
-    assert "--tta flip is not available for multi-label models" in capsys.readouterr().err
+    # (--tta flip on a multi-label model: tests/tools/test_multilabel_export.py)
 
 
 @pytest.mark.parametrize(

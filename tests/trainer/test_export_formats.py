@@ -110,3 +110,45 @@ def test_sample_images_is_a_seeded_draw_across_the_classes_skipping_bad_files() 
     with_bad = SampleArray([("1.png", 0), ("bad.png", 1), ("2.png", 2)])
     images, labels = sample_images(_Classifier(), with_bad, 3)  # type: ignore[arg-type]
     assert images[:, 0, 0, 0].tolist() == [1, 2] and labels.tolist() == [0, 2]
+
+
+def _label_logits(flip: dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """100 images, 3 classes, every label set: PyTorch-like logits +2 on an image's labels and
+    -2 elsewhere, a format's the same but for class 0 of the images in ``flip`` (its logit)."""
+    labels = ((np.arange(100)[:, None] >> np.arange(3)) & 1).astype(np.float32)
+    reference = np.where(labels > 0, 2.0, -2.0).astype(np.float32)
+    logits = reference.copy()
+    for i, value in flip.items():
+        logits[i, 0] = value
+    return logits, reference, labels
+
+
+def test_a_multilabel_format_is_held_to_its_per_label_decisions_at_the_thresholds() -> None:
+    # Images 2 and 4 lack class 0; their other labels keep top-1 where it was, but class 0
+    # now reaches a 0.5 threshold: 2 of 300 decisions differ.
+    logits, reference, labels = _label_logits({2: 1.0, 4: 1.0})
+    assert (logits.argmax(1) == reference.argmax(1)).all()  # top-1 would see no difference
+    entry = check_logits("onnx-fp16", logits, reference, labels, [0.5, 0.5, 0.5])
+    assert entry["agreement"] == "label_agreement" and entry["metric"] == "mAP"
+    assert entry["label_agreement"] == pytest.approx(1 - 2 / 300)
+    assert not entry["passed"] and entry["failures"] == ["label agreement 0.9933 < 0.995"]
+    assert "top1_agreement" not in entry and "accuracy" not in entry
+    # At a class-0 threshold of 0.8 (sigmoid(1) is 0.73, sigmoid(2) 0.88) they are PyTorch's.
+    entry = check_logits("onnx-fp16", logits, reference, labels, [0.8, 0.5, 0.5])
+    assert entry["label_agreement"] == 1.0 and entry["passed"], entry["failures"]
+    # The figures are the engine's: mAP and micro F1 at the thresholds, for both runtimes.
+    assert entry["mAP"] == entry["torch_mAP"] == 1.0  # +1 still ranks below every +2
+    assert entry["torch_micro_f1"] == 1.0 and entry["micro_f1"] == 1.0
+
+
+def test_int8_of_a_multilabel_model_may_not_lose_more_than_a_point_of_map() -> None:
+    # Three images without class 0 now rank above all of its positives: 1% of the decisions
+    # (within INT8's 98%), but class 0's AP falls to 50/53 (its 50 positives tie below them).
+    logits, reference, labels = _label_logits({2: 3.0, 4: 3.0, 6: 3.0})
+    entry = check_logits("onnx-int8", logits, reference, labels, [0.5, 0.5, 0.5])
+    expected = (50 / 53 + 1 + 1) / 3
+    assert entry["mAP"] == pytest.approx(expected) and entry["torch_mAP"] == 1.0
+    assert entry["label_agreement"] == pytest.approx(0.99)
+    assert not entry["passed"] and entry["failures"] == [
+        f"mAP {expected:.4f} is more than 1 point below PyTorch's 1.0000"
+    ]

@@ -205,3 +205,22 @@ def test_tta_flip_averages_the_image_and_its_mirror(exported: dict[str, Any]) ->
     assert np.allclose([[p for _, p in t] for t in top], np.sort(expected)[:, ::-1])
     with pytest.raises(ConfigError, match=r"tta must be one of none, flip.*'flop'"):
         OnnxClassifier(exported["path"], tta="flop")
+
+
+def test_tta_flip_of_a_multilabel_model_averages_sigmoids_then_thresholds(
+    exported: dict[str, Any], tmp_path: Path
+) -> None:
+    fields = {"task": "multilabel", "activation": "sigmoid", "thresholds": [0.45, 0.5, 0.52, 0.55]}
+    path = _with_mapping(exported, tmp_path / "ml", **fields)
+    clf, plain = OnnxClassifier(path, tta="flip"), OnnxClassifier(path)
+    rows = np.stack([plain.preprocess(p) for p in exported["images"]])
+    sig = lambda z: 1 / (1 + np.exp(-z.astype(np.float64)))  # noqa: E731
+    expected = (sig(plain.logits(rows)) + sig(plain.logits(rows[..., ::-1].copy()))) / 2
+    assert np.allclose(clf.probabilities(rows), expected, atol=1e-7)
+    assert not np.allclose(expected, plain.probabilities(rows), atol=1e-3)
+    # The labels are those of the mean at the thresholds, most likely first.
+    found = clf.predict_batch(exported["images"], top_k=4)
+    for row, labels in zip(expected, found, strict=True):
+        kept = [i for i in np.argsort(-row) if row[i] >= fields["thresholds"][i]]
+        assert _same_top(labels, [(CLASSES[i], row[i]) for i in kept])
+    assert any(found) and not all(len(f) == 4 for f in found)  # the thresholds cut some

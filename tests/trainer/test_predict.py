@@ -179,3 +179,19 @@ def test_paths_and_pil_images_get_the_datas_crop_pct_and_resize_mode(
     assert torch.allclose(trained.predict(paths), expected, atol=1e-5)
     assert torch.allclose(trained.predict([Image.open(p) for p in paths]), expected, atol=1e-5)
     assert not torch.allclose(expected, default, atol=1e-3)
+
+
+def test_tta_flip_of_a_multilabel_task_averages_the_sigmoids() -> None:
+    from tests.conftest import MultiLabelStandIn
+
+    engine = make_engine(data=MultiLabelStandIn(), sanity_steps=0)  # its untrained weights
+    data: Any = engine.data
+    m, s = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        net = engine.eval_model.eval()
+        plain, mirrored = (net((x.float() / 255 - m) / s).float().sigmoid()
+                           for x in (data.val_x, data.val_x.flip(-1)))  # fmt: skip
+    probs = engine.predict(data.val_loader(), tta="flip")
+    assert torch.allclose(probs, (plain + mirrored) / 2, atol=1e-6)
+    assert torch.allclose(engine.predict(data.val_loader()), plain, atol=1e-6)
+    assert not torch.allclose(probs, plain, atol=1e-4)
