@@ -93,6 +93,11 @@ def _check_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["IMGTRAINER_CHECK_CACHE"] = str(tmp_path_factory.mktemp("check_cache"))
     # And the copies of --cache disk (trainer/data/disk_cache.py).
     os.environ["IMGTRAINER_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
+    # The tools, scripts and kernels the tests start use one intra-op thread, as this process
+    # does (_one_thread): on tiny images a second thread only spin-waits, and on a busy 2-core
+    # machine that made each subprocess run ~1.5x slower. (This process's torch is already
+    # initialised, so the variable changes only the children.)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
