@@ -336,6 +336,10 @@ def assert_survives_unwritable(
 
 
 # --------------------------------------------------------------------- processes of a group
+RANK_PRELOAD = ["torch", "torchmetrics.classification", "tests.conftest", "tools.train",
+                "tests.tools.crash_child"]  # fmt: skip
+
+
 def join_as_rank(rank: int, world: int, port: int) -> None:
     """In a spawned test process: torchrun's variables for ``rank`` of ``world``, one thread."""
     os.environ.update(
@@ -356,8 +360,13 @@ def run_ranks(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    # Each rank a fresh process forked from a fork server that has imported torch and the
+    # trainer once (a spawned rank took seconds to import them anew). The server is
+    # multiprocessing's one per test session; the list is a superset of
+    # tests/tools/test_crash_consistency.py's, so whichever test starts it, both get theirs.
+    mp.set_forkserver_preload(RANK_PRELOAD)
     ctx = mp.start_processes(
-        worker, args=(world, port, *args), nprocs=world, join=False, start_method="spawn"
+        worker, args=(world, port, *args), nprocs=world, join=False, start_method="forkserver"
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
