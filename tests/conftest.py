@@ -22,6 +22,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainer import artifacts
 from trainer.data.sampler import TrackingWeightedRandomSampler
 from trainer.engine import Engine
 from trainer.hook import Hook
@@ -93,6 +94,23 @@ def _check_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["IMGTRAINER_CHECK_CACHE"] = str(tmp_path_factory.mktemp("check_cache"))
     # And the copies of --cache disk (trainer/data/disk_cache.py).
     os.environ["IMGTRAINER_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
+    # The tools, scripts and kernels the tests start use one intra-op thread, as this process
+    # does (_one_thread): on tiny images a second thread only spin-waits, and on a busy 2-core
+    # machine that made each subprocess run ~1.5x slower. (This process's torch is already
+    # initialised, so the variable changes only the children.)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _writer_at_normal_priority() -> Iterator[None]:
+    # The artefact writer thread runs at nice 19 (trainer/artifacts.py), so plots yield to
+    # training. On a machine shared with other work that leaves it a sliver of a core, and
+    # each fit's end waited seconds for its plots. tests/trainer/test_artifacts.py checks the
+    # nice value itself.
+    saved = artifacts.WRITER_NICE
+    artifacts.WRITER_NICE = 0
+    yield
+    artifacts.WRITER_NICE = saved
 
 
 @pytest.fixture(autouse=True)
@@ -337,6 +355,10 @@ def assert_survives_unwritable(
 
 
 # --------------------------------------------------------------------- processes of a group
+RANK_PRELOAD = ["torch", "torchmetrics.classification", "tests.conftest", "tools.train",
+                "tests.tools.crash_child"]  # fmt: skip
+
+
 def join_as_rank(rank: int, world: int, port: int) -> None:
     """In a spawned test process: torchrun's variables for ``rank`` of ``world``, one thread."""
     os.environ.update(
@@ -357,8 +379,13 @@ def run_ranks(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    # Each rank a fresh process forked from a fork server that has imported torch and the
+    # trainer once (a spawned rank took seconds to import them anew). The server is
+    # multiprocessing's one per test session; the list is a superset of
+    # tests/tools/test_crash_consistency.py's, so whichever test starts it, both get theirs.
+    mp.set_forkserver_preload(RANK_PRELOAD)
     ctx = mp.start_processes(
-        worker, args=(world, port, *args), nprocs=world, join=False, start_method="spawn"
+        worker, args=(world, port, *args), nprocs=world, join=False, start_method="forkserver"
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
+
+import pytest
 
 from tests.conftest import make_tree
 
@@ -20,30 +21,16 @@ from tests.conftest import make_tree
 HEAVY = ("jinja2", "matplotlib", "matplotlib.pyplot", "onnx", "onnxruntime", "rich", "torchmetrics")
 
 
-def _loaded_after_import() -> list[str]:
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> list[list[str]]:
+    """In one fresh interpreter (this test process has imported everything already): the
+    heavy modules loaded after ``import trainer, hooks``, then after building an engine."""
+    tree = make_tree(tmp_path_factory.mktemp("import_cost") / "tree")
     code = (
         "import json, sys\n"
         "import torch, torchvision\n"
         "import trainer, hooks\n"
         f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))\n"
-    )
-    # A fresh interpreter: this test process has imported everything already.
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
-    return list(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def test_import_trainer_and_hooks_loads_no_heavy_optional_library() -> None:
-    assert _loaded_after_import() == []
-
-
-def test_building_an_engine_loads_no_heavy_optional_library(tmp_path: Path) -> None:
-    # torchmetrics (with scipy and matplotlib: over a second) counts the first validation's
-    # confusion matrix; building the engine and the first training step go without it.
-    tree = make_tree(tmp_path / "tree")
-    code = (
-        "import json, sys\n"
         "from trainer import Engine, ImageFolderData, build_model\n"
         f"data = ImageFolderData({str(tree)!r}, img_size=16, batch_size=4, workers=0)\n"
         "engine = Engine(build_model('small_cnn', data.num_classes), data, device='cpu')\n"
@@ -52,4 +39,16 @@ def test_building_an_engine_loads_no_heavy_optional_library(tmp_path: Path) -> N
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    return [list(json.loads(line)) for line in out.stdout.strip().splitlines()[-2:]]
+
+
+def test_import_trainer_and_hooks_loads_no_heavy_optional_library(
+    loaded: list[list[str]],
+) -> None:
+    assert loaded[0] == []
+
+
+def test_building_an_engine_loads_no_heavy_optional_library(loaded: list[list[str]]) -> None:
+    # torchmetrics (with scipy and matplotlib: over a second) counts the first validation's
+    # confusion matrix; building the engine and the first training step go without it.
+    assert loaded[1] == []
