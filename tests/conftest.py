@@ -22,7 +22,6 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer import artifacts
 from trainer.data.sampler import TrackingWeightedRandomSampler
 from trainer.engine import Engine
 from trainer.hook import Hook
@@ -99,18 +98,6 @@ def _check_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     # machine that made each subprocess run ~1.5x slower. (This process's torch is already
     # initialised, so the variable changes only the children.)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _writer_at_normal_priority() -> Iterator[None]:
-    # The artefact writer thread runs at nice 19 (trainer/artifacts.py), so plots yield to
-    # training. On a machine shared with other work that leaves it a sliver of a core, and
-    # each fit's end waited seconds for its plots. tests/trainer/test_artifacts.py checks the
-    # nice value itself.
-    saved = artifacts.WRITER_NICE
-    artifacts.WRITER_NICE = 0
-    yield
-    artifacts.WRITER_NICE = saved
 
 
 @pytest.fixture(autouse=True)

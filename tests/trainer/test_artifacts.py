@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_fit
-from trainer import artifacts
 from trainer.artifacts import WRITER_NICE, ArtifactWriter
 from trainer.hook import Hook
 
@@ -101,9 +100,7 @@ def test_each_writer_is_its_own(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_the_writer_thread_runs_niced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The product's value, which tests/conftest.py sets to 0 for the rest of the suite.
-    monkeypatch.setattr(artifacts, "WRITER_NICE", WRITER_NICE)
+def test_the_writer_thread_runs_niced(tmp_path: Path) -> None:
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     writer = ArtifactWriter()
     seen: list[int] = []
