@@ -19,11 +19,11 @@ Each entry point ends its loaders' workers on its way out (``close()``; a ``with
 
 Under torchrun (``torchrun --nproc_per_node N tools/train.py ...``) the same loop runs in every
 process: the engine joins the process group (and leaves it at exit if it joined it; call
-``trainer.distributed.init_distributed`` first to shard the data from the start), trains
-through DistributedDataParallel, each rank validates its shard of the split and the metrics are
-summed over ranks, so every rank holds the same ``state``. Give every rank the same hooks (some
-reduce over ranks); those that write files or print do so on rank 0 only. A stop asked on any
-rank stops every rank after the same step (``trainer.signals.StopRequests``).
+``trainer.distributed.init_distributed`` first to shard the data from the start), trains through
+DistributedDataParallel, each rank validates its shard of the split and the metrics are summed
+over ranks, so every rank holds the same ``state``. Give every rank the same hooks (some reduce
+over ranks); those that write files or print do so on rank 0 only. A stop asked on any rank
+stops every rank after the same step (``trainer.signals.StopRequests``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from trainer.batch import BatchToDevice
 from trainer.checkpoint import checkpoint_file, save_checkpoint
 from trainer.data.mix import keep_batch
 from trainer.data.source import DataSource
-from trainer.data.workers import end_workers, start_epoch
+from trainer.data.workers import end_workers
 from trainer.device import autocast, autocast_dtype, place_model, resolve_device, resolve_precision
 from trainer.distributed import (
     all_reduce_sum,
@@ -123,8 +123,9 @@ class Engine:
         to_device: a loader's batch on the device, uint8 images normalised there, as the model
             takes them: ``(images, targets)``, or ``(images,)`` for images alone (a callable).
 
-    Signals: in ``fit`` SIGINT and SIGTERM end the current step, then raise ``Interrupted``
-    (``on_exception``, CheckpointHook saves ``interrupted.pt``); a second exits at once.
+    Signals: during ``fit`` SIGINT and SIGTERM finish the current step, then raise
+    ``trainer.errors.Interrupted`` (hooks get ``on_exception``; ``CheckpointHook`` saves
+    ``checkpoints/interrupted.pt``). A second signal exits at once.
 
     Example:
         >>> data = ImageFolderData("shapes/", img_size=64, batch_size=32)
@@ -213,7 +214,6 @@ class Engine:
         # Hooks draw their plots and reports on it; closed (flushed) when each entry point ends.
         self.artifacts = ArtifactWriter()
         self._pending_rng: dict[str, Any] | None = None
-        self._started: Iterator[Any] | None = None  # epoch 0's, begun during the sanity check
         self.resume_path: Path | None = None
         self._nonfinite = NonFiniteGuard(self.device, max_nonfinite, self.model)
         self._stop = StopRequests(self.state, self.world_size)
@@ -266,7 +266,6 @@ class Engine:
         try:
             self._call("on_fit_start")
             if resume is None and self.sanity_steps > 0 and self._val_loader is not None:
-                self._started = start_epoch(self._train_loader, 0)  # loads during the check
                 self._call("on_sanity_check_start")
                 self._eval_loop("sanity", self._val_loader, limit=self.sanity_steps)
                 self._call("on_sanity_check_end")
@@ -319,7 +318,6 @@ class Engine:
     def close(self) -> None:
         """End the loaders' workers and flush the hooks' plots (every entry point does, on its
         way out); the engine stays usable."""
-        self._started = None
         end_workers(self._train_loader)
         end_workers(self._val_loader)
         self.artifacts.close()
@@ -345,13 +343,15 @@ class Engine:
     def _train_epoch(self) -> None:
         s = self.state
         s.phase, s.metrics = "train", {}
-        batches, self._started = self._started or start_epoch(self._train_loader, s.epoch), None
+        sampler: Any = getattr(self._train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(s.epoch)
         self.model.train()
         s.num_batches = len(self._train_loader)  # type: ignore[arg-type]
         tally, first_step = self.task.train_tally(self.device), s.step
         t0 = time.perf_counter()
         self._call("on_train_epoch_start")
-        for batch_idx, batch in enumerate(batches):
+        for batch_idx, batch in enumerate(self._train_loader):
             s.batch_idx = batch_idx
             batch = self.to_device(batch)  # hooks get it as the model does (as in Lightning)
             self._call("on_train_batch_start", batch, batch_idx)

@@ -157,11 +157,7 @@ class SkippingLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[Any]:
-        # The loader's iter() now, not at the first next(): its workers start loading at once.
-        return self._batches(iter(self.loader))
-
-    def _batches(self, loader: Iterator[Any]) -> Iterator[Any]:
-        for batch, skipped in loader:
+        for batch, skipped in self.loader:
             if skipped:
                 self.bad.record(skipped)
             if batch is None and self.replace_empty:

@@ -18,7 +18,7 @@ import atexit
 import multiprocessing.util  # noqa: F401  (its exit handler must be registered before ours)
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
@@ -35,15 +35,6 @@ _KILL_WAIT = 5.0
 _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
 _WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
 _PID = os.getpid()  # a forked child inherits the set, not the pools
-
-
-def start_epoch(loader: Iterable[Any], epoch: int) -> Iterator[Any]:
-    """``epoch``'s batches of ``loader``: its sampler set to the epoch (``set_epoch``), and its
-    workers started, loading, before the first batch is asked for."""
-    sampler: Any = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    return iter(loader)
 
 
 def end_workers(loader: Any) -> None:

@@ -239,21 +239,3 @@ def test_training_batches_name_their_samples_when_shuffled_with_skips_and_replac
     assert shrunk and replaced, "no draw met both cases: pick other epochs"
     val = data.val_loader()  # evaluation batches are left as they were
     assert getattr(val, "indices", None) is None
-
-
-def test_iter_starts_the_loader_at_once(tmp_path: Path) -> None:
-    # The engine takes the first epoch's iterator before its sanity check so that the workers
-    # load meanwhile: iter() must start the loader, not wait for the first next().
-    from trainer.data.skipping import BadImages
-
-    started: list[int] = []
-
-    class Loader:
-        def __iter__(self) -> object:
-            started.append(1)
-            return iter([(torch.zeros(2), []), (torch.ones(2), [])])
-
-    skipping = SkippingLoader(Loader(), BadImages(tmp_path, 2, [], 0.5))  # type: ignore[arg-type]
-    batches = iter(skipping)
-    assert started == [1]
-    assert [b.sum().item() for b in batches] == [0.0, 2.0]
