@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from hooks import CheckpointHook
 from tests.conftest import KillAfterEpoch, MultiLabelStandIn, make_engine
+from tests.tools.test_resume import assert_equal
 from trainer.checkpoint import load_checkpoint
 from trainer.data import ImageFolderData
 from trainer.data.label_sets import LabelSetSampler
@@ -135,22 +136,6 @@ def test_multilabel_validation_scores_the_ema_weights() -> None:
     assert table["threshold"] == pytest.approx(tuned.tolist(), abs=1e-6)
 
 
-def _same(x: Any, y: Any, where: str) -> None:
-    """Bitwise equality of nested checkpoint data."""
-    if isinstance(x, torch.Tensor):
-        assert isinstance(y, torch.Tensor) and torch.equal(x, y), where
-    elif isinstance(x, dict):
-        assert isinstance(y, dict) and x.keys() == y.keys(), where
-        for k in x:
-            _same(x[k], y[k], f"{where}.{k}")
-    elif isinstance(x, list | tuple):
-        assert isinstance(y, list | tuple) and len(x) == len(y), where
-        for i, (u, v) in enumerate(zip(x, y, strict=True)):
-            _same(u, v, f"{where}[{i}]")
-    else:
-        assert x == y, where
-
-
 def test_multilabel_resume_on_a_label_file_is_exact(tmp_path: Path) -> None:
     """A JSONL set with random crops and flips, the balanced label-set sampler, EMA and fp16
     with its GradScaler: killed after epoch 1 of 2 and resumed, it equals the straight run."""
@@ -176,7 +161,7 @@ def test_multilabel_resume_on_a_label_file_is_exact(tmp_path: Path) -> None:
     a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in "ab")
     assert a["scaler"] is not None and a["ema"] is not None  # fp16 and EMA really ran
     for part in ("model", "ema", "optimizer", "scaler", "sampler", "rng"):
-        _same(a[part], b[part], part)
+        assert_equal(a[part], b[part], part)
     rows = [[{k: v for k, v in r.items() if "time" not in k and "img_s" not in k} for r in h]
             for h in (straight.state.history, resumed.state.history)]  # fmt: skip
     assert rows[0] == rows[1] and len(rows[0]) == 2 and "val/mAP" in rows[0][0]
