@@ -7,8 +7,9 @@ agreement with PyTorch, both accuracies, the largest logit difference (float for
 whether it meets its bar (:data:`BARS`). A multi-label model (its mapping's ``"task"``) is
 held to the same bars in its own measures: the agreement of its per-label decisions at the
 mapping's thresholds (:func:`label_agreement`), and val mAP (and micro F1) for accuracy; each
-entry names the measures it holds (``"agreement"``, ``"metric"``). :func:`export_formats` converts, checks and files
-each format: under its name when it passes, under a ``FAILED`` name when it does not.
+entry names the measures it holds (``"agreement"``, ``"metric"``). :func:`export_formats`
+converts, checks and files each format: under its name when it passes, under a ``FAILED``
+name when it does not.
 
 Example:
     >>> clf = OnnxClassifier("runs/a/model.onnx")
