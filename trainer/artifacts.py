@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 log = logging.getLogger("trainer.hooks")
 
@@ -75,6 +75,7 @@ class ArtifactWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0  # the process that started the pool
         self._replaceable: dict[str, Future[None]] = {}  # the latest replacing job, by file
+        self._queued: list[tuple[Future[None], Callable[[], None], str]] = []  # not done yet
 
     def submit(
         self, fn: Callable[[], None], path: str | os.PathLike[str], *, replace: bool = False
@@ -106,6 +107,9 @@ class ArtifactWriter:
             future = self._executor().submit(self._run_job, fn, path)
             if key is not None:
                 self._replaceable[key] = future
+            # Done ones (a dropped one is: cancelled) leave; close() runs what is left.
+            self._queued = [q for q in self._queued if not q[0].done()]
+            self._queued.append((future, fn, path))
 
     def flush(self) -> None:
         """Wait until every submitted job has run."""
@@ -118,13 +122,25 @@ class ArtifactWriter:
             marker.result()
 
     def close(self) -> None:
-        """``flush``, then end the thread (the next ``submit`` starts a new one), so an engine
-        that is done leaves no idle thread behind."""
+        """Run every job submitted, then end the thread (the next ``submit`` starts a new one),
+        so an engine that is done leaves no idle thread behind.
+
+        The jobs not started yet run here, in the caller's thread and in order: the writer's
+        low priority keeps it off the cores while training has work, and at close the caller
+        only waits; on a busy machine a nice-19 thread could wait long for a core.
+        """
         with self._lock:
             pool, self._pool = self._pool, None
+            queued, self._queued = self._queued, []
             self._replaceable.clear()
-        if pool is not None and self._pid == os.getpid():
-            pool.shutdown(wait=True)  # runs every queued job first
+        if pool is None or self._pid != os.getpid():
+            return
+        pool.shutdown(wait=False, cancel_futures=True)  # the jobs not started are ours now
+        wait([f for f, _, _ in queued if not f.cancelled()])  # the one under way, if any
+        for future, fn, path in queued:
+            if future.cancelled():  # in submission order, after the job that was under way
+                self._job(fn, path)
+        pool.shutdown(wait=True)  # the thread ends
 
     def _executor(self) -> ThreadPoolExecutor:
         # Started lazily, and again in a forked child, where the parent's thread is gone.
@@ -134,12 +150,17 @@ class ArtifactWriter:
         return self._pool
 
     def _run_job(self, fn: Callable[[], None], path: str) -> None:
+        try:
+            self._job(fn, path)
+        except BaseException:  # a job must never kill the writer
+            log.warning("artefact job for %s failed", path, exc_info=True)
+
+    def _job(self, fn: Callable[[], None], path: str) -> None:
+        """``fn`` under ``guarded``, its CPU time counted (a Ctrl-C still goes through)."""
         cpu = time.thread_time()
         try:
             with guarded(path):
                 fn()
-        except BaseException:  # a job must never kill the writer
-            log.warning("artefact job for %s failed", path, exc_info=True)
         finally:
             self.cpu_seconds += time.thread_time() - cpu
 

@@ -163,10 +163,11 @@ def test_close_runs_every_job_then_ends_the_thread_and_a_submit_starts_anew(
     tmp_path: Path,
 ) -> None:
     writer = ArtifactWriter()
+    threads: list[threading.Thread] = []
+    writer.submit(lambda: threads.append(threading.current_thread()), tmp_path / "who")
     release = _blocked(writer, tmp_path)
     ran: list[int] = []
-    threads: list[threading.Thread] = []
-    writer.submit(lambda: (ran.append(1), threads.append(threading.current_thread())), tmp_path / "a")
+    writer.submit(lambda: ran.append(1), tmp_path / "a")
     release.set()
     writer.close()
     assert ran == [1] and not threads[0].is_alive()
@@ -201,3 +202,45 @@ def test_a_forked_child_gets_its_own_thread(tmp_path: Path) -> None:
         child.join()
     assert child.exitcode == 0
     writer.close()
+
+
+def test_close_runs_the_jobs_not_started_in_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer runs at nice 19 so as not to take cores from training; at close training is
+    # over, and on a busy machine a nice-19 thread can wait long for a core: close() runs
+    # what has not started yet itself, in order, and still drops a replaced job.
+    from trainer import artifacts
+
+    release = threading.Event()  # the writer thread is stuck before its first job (starved)
+    monkeypatch.setattr(artifacts, "_name_and_lower_priority", lambda: release.wait(30))
+    writer, ran = ArtifactWriter(), []
+    here = threading.current_thread()
+    writer.submit(lambda: ran.append(("a", threading.current_thread() is here)), tmp_path / "a")
+    writer.submit(lambda: ran.append(("old", True)), tmp_path / "p", replace=True)
+    writer.submit(lambda: ran.append(("new", threading.current_thread() is here)),
+                  tmp_path / "p", replace=True)  # fmt: skip
+    writer.submit(lambda: (ran.append(("b", threading.current_thread() is here)), release.set()),
+                  tmp_path / "b")  # fmt: skip
+    writer.close()
+    assert ran == [("a", True), ("new", True), ("b", True)]
+
+
+def test_a_ctrl_c_during_close_is_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import artifacts
+
+    release = threading.Event()
+    monkeypatch.setattr(artifacts, "_name_and_lower_priority", lambda: release.wait(30))
+    writer, ran = ArtifactWriter(), []
+
+    def interrupted() -> None:
+        release.set()
+        raise KeyboardInterrupt
+
+    writer.submit(interrupted, tmp_path / "a")
+    writer.submit(lambda: ran.append("b"), tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert ran == []
