@@ -197,3 +197,12 @@ def unwritable(folder: str | os.PathLike[str]) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{path} is not writable (a read-only folder or file system)"
     return None
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for a message: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -25,6 +25,7 @@ from trainer.data.preflight import progress_bar
 from trainer.data.scan import Sample
 from trainer.data.transforms import EvalResize, as_resize
 from trainer.errors import DataError
+from trainer.io import human_bytes
 
 logger = logging.getLogger("trainer.data")
 
@@ -141,13 +142,13 @@ def verify_and_cache(
         # stacklevel 3: past this function and ImageFolderData.__init__, to the caller's line.
         warnings.warn(
             f"The decoded images of {root} need more than cache_max_bytes="
-            f"{_human(cache_max_bytes)}; not caching, reading from disk instead. "
+            f"{human_bytes(cache_max_bytes)}; not caching, reading from disk instead. "
             "Raise cache_max_bytes or use a smaller img_size to cache.",
             stacklevel=3,
         )
-        logger.warning("RAM cache does not fit in %s; reading from disk.", _human(cache_max_bytes))
+        logger.warning("RAM cache does not fit in %s; reading from disk.", human_bytes(cache_max_bytes))
         return CheckedSamples(kept, bad_files, None)
-    logger.info("Cached %d images in RAM (%s).", total - len(bad_files), _human(used))
+    logger.info("Cached %d images in RAM (%s).", total - len(bad_files), human_bytes(used))
     return CheckedSamples(kept, bad_files, images)
 
 
@@ -202,11 +203,3 @@ def _check_fraction(
         "; ".join(f"{p} ({r})" for p, r in bad_files[:5]),
         " ..." if len(bad_files) > 5 else "",
     )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

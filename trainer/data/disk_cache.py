@@ -47,6 +47,7 @@ from torchvision.transforms import v2
 
 from trainer.data.reduced import ReducedDecode
 from trainer.data.transforms import resize_size
+from trainer.io import human_bytes
 
 logger = logging.getLogger("trainer.data")
 
@@ -209,7 +210,7 @@ class DiskCache:
                     "The disk cache in %s reached its limit (%s this run); the images not "
                     "cached yet are read from the originals. Raise --cache-disk-max-gb, free "
                     "space, or lower --cache-short-side.",
-                    self.folder, _human(self.shared.budget),
+                    self.folder, human_bytes(self.shared.budget),
                 )  # fmt: skip
             return
         tmp = None
@@ -285,10 +286,10 @@ def open_disk_cache(
     need = int(images * short_side * short_side * 4 / 3 * BYTES_PER_PIXEL)
     if need > budget:
         _warn(
-            f"The disk cache may need up to {_human(need)} for the {images} images of {root} "
+            f"The disk cache may need up to {human_bytes(need)} for the {images} images of {root} "
             f"at a {short_side} px short side, more than it may use in {folder} "
-            f"({_human(budget)}: --cache-disk-max-gb={max_bytes / 1024**3:g}, "
-            f"{_human(free)} free less {_human(RESERVE)} kept free). The images past that "
+            f"({human_bytes(budget)}: --cache-disk-max-gb={max_bytes / 1024**3:g}, "
+            f"{human_bytes(free)} free less {human_bytes(RESERVE)} kept free). The images past that "
             "are read from the originals each epoch. Free space, raise --cache-disk-max-gb, "
             "lower --cache-short-side, or set IMGTRAINER_CACHE to a larger disk."
         )
@@ -299,11 +300,3 @@ def _warn(message: str) -> None:
     # stacklevel 4: past this module and ImageFolderData.__init__, to the caller's line.
     warnings.warn(message, stacklevel=4)
     logger.warning("%s", message)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
