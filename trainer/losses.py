@@ -97,7 +97,6 @@ class FocalLoss(nn.Module):
             return (loss * w).sum() / w.sum()
         return loss.mean()
 
-
     def _soft(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = logits.log_softmax(dim=1)
         ce = -(smooth(target, self.label_smoothing) * logp).sum(1)

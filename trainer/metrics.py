@@ -122,10 +122,10 @@ class TrainTally:
         self.counted.add_(ok, alpha=n)
         self.seen += n
 
-
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """A batch's right answers, counted for ``train/acc``: the top-1 hits."""
         return (logits.argmax(1) == targets).sum()
+
     def compute(self) -> tuple[float, float, float]:
         """Over all ranks: mean loss and accuracy (NaN when no batch was finite), images seen."""
         counts = [

@@ -85,7 +85,7 @@ class LabelTally(TrainTally):
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
-        self.correct = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)  # sums of per-image shares: float
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each image's share of right yes/no decisions, summed over the batch."""
