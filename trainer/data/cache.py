@@ -61,6 +61,7 @@ def verify_and_cache(
     max_bad_fraction: float,
     workers: int,
     native: bool = True,
+    max_pixels: int | None = None,
     known_bad: Sequence[tuple[Path, str]] = (),
 ) -> CheckedSamples:
     """Decode every image once, on threads; drop the unreadable ones; optionally keep the rest.
@@ -81,6 +82,7 @@ def verify_and_cache(
         max_bad_fraction: largest share of unusable images tolerated.
         workers: the loader's worker count; up to 16 threads decode.
         native: decode with torchvision.io where it applies (see ``load_image``).
+        max_pixels: the pixel budget (``load_image``): a larger image counts as unusable.
         known_bad: images already left out of ``splits`` as unusable (the start-up check's
             rejects, a label file's missing images): they count with the ones found here.
 
@@ -101,7 +103,7 @@ def verify_and_cache(
         out: list[Decoded] = []
         for split, path in items:
             try:
-                img = load_image(path, native=native)
+                img = load_image(path, native=native, max_pixels=max_pixels)
                 if squash is not None and split != "train":
                     img = squash(img)
                 elif min(img.shape[-2:]) > short_side:

@@ -6,13 +6,15 @@ It holds the checked paths as one byte blob and, as numpy arrays, each file's si
 inode and ctime, and its check level and failure reason: 1.28 M entries load in well under a
 second and take no Python object per image until they are looked up.
 
-A result stands only while the file's (size, mtime, inode, ctime) are as they were. Size and
-mtime alone are not enough: a file rewritten in place by a tool that puts its mtime back
-(``cp -p``, ``rsync -t``, ``tar x``, ``touch -r``) at the same size would keep a stale verdict.
-Its ctime cannot be put back (the kernel sets it on every write, and no call sets it), and
-the inode changes when a file is replaced. Both come with the ``stat`` the check already
-makes, so the key costs nothing more. What no key short of reading every byte can see (bit
-rot under the file system) is left to the loaders, which decode with Pillow and skip a file
+Each result is stored with the file's version, (size, mtime, inode, ctime), and dropped
+(``CheckTable.refresh``) when the version it is compared with differs. Size and mtime alone
+are not enough: a file rewritten in place by a tool that puts its mtime back (``cp -p``,
+``rsync -t``, ``tar x``, ``touch -r``) at the same size would keep a stale verdict. Its ctime
+cannot be put back (the kernel sets it on every write, and no call sets it), and the inode
+changes when a file is replaced. Which results are compared is the check's choice
+(``preflight``'s ``listed``): all of them, or, for the samples of a tree just listed, only
+the failures and the missing ones. What no key short of reading every byte can see (bit rot
+under the file system) is left to the loaders, which decode with Pillow and skip a file
 that fails (``trainer.data.skipping``).
 """
 
@@ -133,6 +135,17 @@ class CheckTable:
         return cls(stats, np.zeros(n, np.int8), np.full(n, -1, np.int32), [],
                    np.zeros(n, np.uint64), np.zeros(n, np.int8))  # fmt: skip
 
+    def refresh(self, idx: np.ndarray, now: FileStats) -> None:
+        """Take ``now``, the versions of the files at ``idx``, as theirs: the result of each
+        whose version differs from the one it was checked at is dropped (level 0)."""
+        changed = now.size < 0
+        for old, new in zip(self.stats.fields(), now.fields(), strict=True):
+            changed |= old[idx] != new
+            old[idx] = new
+        gone = idx[changed]
+        self.level[gone], self.reason[gone] = 0, -1
+        self.phash[gone], self.hashed[gone] = 0, NOT_HASHED
+
     def set_reason(self, i: int, text: str | None) -> None:
         if text is None:
             self.reason[i] = -1
@@ -144,14 +157,15 @@ class CheckTable:
             self.reason[i] = len(self.reasons) - 1
 
 
-def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> CheckTable:
-    """The results stored at ``path`` for the files whose version (``FileStats``) still
-    matches; ``blob`` is ``encode_paths(paths)``.
+def load(path: Path, paths: Sequence[str], blob: bytes) -> CheckTable:
+    """The results stored at ``path`` for ``paths``, with the versions of the files they
+    were found at (``CheckTable.refresh`` drops those of the files changed since); ``blob``
+    is ``encode_paths(paths)``.
 
-    Files not in the cache, or changed since, come back with level 0 (to be checked). A
-    missing, unreadable or inconsistent cache file is simply a miss.
+    A path not in the cache comes back with level 0 (to be checked) and a ``MISSING``
+    version. A missing, unreadable or inconsistent cache file is simply a miss.
     """
-    table = CheckTable.empty(stats)
+    table = CheckTable.empty(FileStats.empty(len(paths)))
     stored = cache_store.read(path, _KIND, _VERSION, _DTYPES, _OPTIONAL)
     if stored is None:
         return table
@@ -181,10 +195,8 @@ def load(path: Path, paths: Sequence[str], blob: bytes, stats: FileStats) -> Che
         found = [(i, where.get(p, -1)) for i, p in enumerate(paths)]
         pos = np.array([i for i, j in found if j >= 0], np.int64)
         src = np.array([j for _, j in found if j >= 0], np.int64)
-    same = stats.size[pos] >= 0
-    for name, now in zip(_KEY_FIELDS, stats.fields(), strict=True):
-        same &= z[name][src] == now[pos]
-    pos, src = pos[same], src[same]
+    for name, field in zip(_KEY_FIELDS, table.stats.fields(), strict=True):
+        field[pos] = z[name][src]
     table.level[pos] = z["level"][src]
     table.reason[pos] = z["reason"][src]
     table.reasons = list(reasons)

@@ -53,6 +53,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
             ``trainer.data.disk_cache``), then the whole transform, as from ``cache``.
         label_table: multi-label data: the target is row ``target`` of this ``(K, C)`` table
             (``trainer.data.label_sets``), a multi-hot float vector.
+        max_pixels: the pixel budget every file read from disk is held to (``load_image``),
+            whatever the start-up check found: a file can change after it.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         with_index: bool = False,
         disk: DiskCache | None = None,
         label_table: torch.Tensor | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.label_table = label_table
         self.samples = samples if isinstance(samples, SampleArray) else SampleArray(samples)
@@ -76,7 +79,8 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
         self.native = native
         self.with_index = with_index
         self.disk = disk if cache is None else None
-        self.reduced = ReducedDecode.of(transform) if reduced and cache is None else None
+        self.max_pixels = max_pixels
+        self.reduced = ReducedDecode.of(transform, max_pixels) if reduced and cache is None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,7 +117,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
                 return copy
         if self.reduced is not None:
             return self.reduced(path), self.reduced.rest
-        return load_image(path, native=self.native), self.transform
+        return load_image(path, native=self.native, max_pixels=self.max_pixels), self.transform
 
     def _from_bytes(
         self, raw: bytes

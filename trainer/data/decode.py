@@ -108,14 +108,28 @@ def image_to_tensor(image: Any) -> torch.Tensor:
     return _to_rgb_uint8(arr.permute(2, 0, 1))
 
 
-def decode_bytes(raw: bytes) -> torch.Tensor:
-    """What ``load_image(path, native=False)`` returns, from the file's bytes."""
-    _refuse_bombs(raw)
+def decode_bytes(raw: bytes, max_pixels: int | None = None) -> torch.Tensor:
+    """What ``load_image(path, native=False, max_pixels=...)`` returns, from the file's bytes."""
+    _refuse_bombs(raw, max_pixels)
     return _load_with_pil(raw)
 
 
-def _refuse_bombs(raw: bytes) -> None:
-    """Refuse images over twice PIL's decompression-bomb limit (about 179 million pixels).
+def over_budget(size: tuple[int, int], max_pixels: int | None) -> str | None:
+    """Why an image of ``size`` (width, height) is refused under the pixel budget
+    (``max_image_pixels``), or None where it fits (or there is no budget)."""
+    width, height = size
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    return (
+        f"{width}x{height} pixels, over the pixel budget of {max_pixels:,} (max_image_pixels): "
+        "decoding it would take seconds and gigabytes. Downscale it, or raise "
+        "--max-image-pixels"
+    )
+
+
+def _refuse_bombs(raw: bytes, max_pixels: int | None = None) -> None:
+    """Refuse images over twice PIL's decompression-bomb limit (about 179 million pixels), and
+    over ``max_pixels`` where given (``over_budget``).
 
     Only the header is read. Such a file (often a few KB claiming 50,000 x 50,000 pixels) would
     need gigabytes to decode; it is reported as unusable instead of crashing the run.
@@ -127,16 +141,21 @@ def _refuse_bombs(raw: bytes) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.open(io.BytesIO(raw)).close()
+            with Image.open(io.BytesIO(raw)) as im:
+                size = im.size
     except Image.DecompressionBombError as e:
         raise ValueError(
             f"too large to decode safely ({e}); downscale it, or remove it from the tree"
         ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        pass  # not for this check to judge: the decoders below report it
+        return  # not for this check to judge: the decoders below report it
+    if (problem := over_budget(size, max_pixels)) is not None:
+        raise ValueError(problem)
 
 
-def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike[str], *, native: bool = True, max_pixels: int | None = None
+) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor ``(3, H, W)``, EXIF orientation applied.
 
     torchvision.io decodes JPEG, PNG and WebP; GIF, WebP with EXIF (torchvision would ignore
@@ -153,6 +172,9 @@ def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Te
     Args:
         path: the image file.
         native: use torchvision.io's decoders where they apply.
+        max_pixels: the pixel budget: a larger image is refused (ValueError) from its header,
+            before any pixel is decoded. The loaders hold every file to it, since a file can
+            change after the start-up check passed it; None: Pillow's bomb limit only.
 
     Raises:
         OSError or ValueError (or another decoder error) when the file cannot be decoded.
@@ -161,8 +183,8 @@ def load_image(path: str | os.PathLike[str], *, native: bool = True) -> torch.Te
     raw = data.numpy().tobytes()
     mode = _torchvision_mode(raw) if native else None
     if mode is None:
-        return decode_bytes(raw)
-    _refuse_bombs(raw)
+        return decode_bytes(raw, max_pixels)
+    _refuse_bombs(raw, max_pixels)
     try:
         img = decode_image(data, mode=mode, apply_exif_orientation=True)
     except Exception:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from trainer.data.decode import over_budget
 from trainer.data.reduced import ReducedDecode
 from trainer.data.transforms import resize_size
 from trainer.io import human_bytes
@@ -120,10 +121,13 @@ class DiskCache:
     sharing the folder, the budget and the flags.
     """
 
-    def __init__(self, folder: Path, short_side: int, shared: _Shared) -> None:
+    def __init__(
+        self, folder: Path, short_side: int, shared: _Shared, max_pixels: int | None = None
+    ) -> None:
         self.folder = folder
         self.short_side = short_side
         self.shared = shared
+        self.max_pixels = max_pixels  # a larger original gets no copy: its decode refuses it
         shrink = ReducedDecode.of(v2.Compose([v2.Resize(short_side, antialias=True)]))
         assert shrink is not None
         self._shrink = shrink
@@ -134,7 +138,7 @@ class DiskCache:
         that its resize leaves them as they are."""
         if split == "train":
             return self
-        return DiskCache(self.folder, eval_side, self.shared)
+        return DiskCache(self.folder, eval_side, self.shared, self.max_pixels)
 
     def entry(self, path: str) -> Path:
         """Where the copy of the current version of ``path`` lives."""
@@ -186,7 +190,8 @@ class DiskCache:
 
     def _make(self, path: str) -> bytes:
         """The copy's JPEG bytes, or ``ORIGINAL`` for an image no larger than the copy would
-        be, or whose header the cache cannot read (its decode reports it)."""
+        be, or whose header the cache cannot read or that is over the pixel budget (its
+        decode reports it)."""
         from PIL import Image
 
         with open(path, "rb") as f:
@@ -194,9 +199,10 @@ class DiskCache:
         try:
             with Image.open(io.BytesIO(source)) as img:
                 small = min(img.size) <= self.short_side
+                refused = over_budget(img.size, self.max_pixels) is not None
         except Exception:
             return ORIGINAL  # not for the cache to judge: the original's decode reports it
-        if small:
+        if small or refused:
             return ORIGINAL
         img = self._shrink.from_bytes(source)
         buf = io.BytesIO()
@@ -261,12 +267,14 @@ def open_disk_cache(
     max_gb: float,
     splits: Mapping[str, Sized],
     root: Path,
+    max_pixels: int | None = None,
 ) -> DiskCache | None:
     """The disk cache in ``folder`` (default ``default_cache_dir()``) for training copies at
     ``short_side``, or None, with one warning, when the folder cannot be written.
 
     Warns when the copies of the images of ``splits`` may not fit: ``max_gb`` GiB or the
     disk's free space (less ``RESERVE``), whichever is lower, bounds what is written.
+    An original over ``max_pixels`` gets no copy (its decode refuses it).
     """
     folder = default_cache_dir() if folder is None else Path(folder)
     max_bytes = int(max_gb * 1024**3)
@@ -293,7 +301,7 @@ def open_disk_cache(
             "are read from the originals each epoch. Free space, raise --cache-disk-max-gb, "
             "lower --cache-short-side, or set IMGTRAINER_CACHE to a larger disk."
         )
-    return DiskCache(folder, short_side, _Shared(budget))
+    return DiskCache(folder, short_side, _Shared(budget), max_pixels)
 
 
 def _warn(message: str) -> None:

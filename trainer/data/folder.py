@@ -116,7 +116,8 @@ class ImageFolderData:
         verify: "header" checks every header up front, "full" decodes every image too (in
             child processes, which a decoder crash cannot take the run with), "none" nothing.
         max_image_pixels: an image whose header declares more pixels is refused by the
-            start-up check (in ``bad_files``); see ``preflight.DEFAULT_MAX_PIXELS``.
+            start-up check (in ``bad_files``) and, should a file change after it, skipped by
+            the loaders; see ``preflight.DEFAULT_MAX_PIXELS``.
         check_cache_dir: where the start-up caches live; default ``default_cache_dir()``.
         decode: "cpu" decodes and augments training images in the loader's workers; "gpu"
             has the workers only read the files and draw the crops, and the engine decode
@@ -212,6 +213,7 @@ class ImageFolderData:
         self.max_bad_fraction = max_bad_fraction
         self.decode = decode
         self.verify = verify
+        self.max_image_pixels = max_image_pixels
 
         scan, missing = scan_source(
             self.root,
@@ -266,6 +268,11 @@ class ImageFolderData:
                 known_bad=missing,
                 max_pixels=max_image_pixels,
                 phash=check_leakage,
+                # scan_source has just seen every sample listed as a regular file (its tree
+                # listings or its label file's stat): a usable file's cached result stands
+                # without a stat of it. A file rewritten since its check is read by the
+                # loaders, which skip it (named, counted) should it fail now.
+                listed=True,
             )
             self.train_samples, self.val_samples = kept["train"], kept["val"]
             self.test_samples = kept["test"]
@@ -283,6 +290,7 @@ class ImageFolderData:
                 max_bad_fraction=max_bad_fraction,
                 workers=self.workers,
                 native=False,  # see _dataset
+                max_pixels=max_image_pixels,
                 known_bad=self.bad_files,  # they count together against max_bad_fraction
             )
             self.train_samples = as_sample_array(checked.samples["train"])
@@ -292,7 +300,8 @@ class ImageFolderData:
             self._cache = checked.images
         side = cache_short_side or default_short_side(img_size, self.crop_scale)
         self._disk = None if cache != "disk" else open_disk_cache(
-            disk_cache_dir, side, cache_disk_max_gb, self._splits(), self.root)  # fmt: skip
+            disk_cache_dir, side, cache_disk_max_gb, self._splits(), self.root,
+            max_pixels=max_image_pixels)  # fmt: skip
         self.bad_images = BadImages(self.root, total, self.bad_files, max_bad_fraction)
         self._check_counts()
         self.leaks: list[dict[str, Any]] | None = None  # None: not checked
@@ -357,8 +366,8 @@ class ImageFolderData:
         own = self.train_transform if split == "train" else self.val_transform
         disk = None if self._disk is None else self._disk.for_split(split, self.eval_resize.resize_size)
         return ImageListDataset(samples, transform, cache, skip_bad=skip_bad, native=False,
-                                reduced=own is None, disk=disk,
-                                label_table=self.label_table)  # fmt: skip
+                                reduced=own is None, disk=disk, label_table=self.label_table,
+                                max_pixels=self.max_image_pixels)  # fmt: skip
 
     def _skipping_loader(
         self,
@@ -434,7 +443,8 @@ class ImageFolderData:
                 crop_scale=self.crop_scale,
                 hflip=self.hflip,
                 # With Pillow only, as the CPU path (see _dataset).
-                load=functools.partial(load_image, native=False), disk=self._disk)  # fmt: skip
+                load=functools.partial(load_image, native=False, max_pixels=self.max_image_pixels),
+                disk=self._disk, max_pixels=self.max_image_pixels)  # fmt: skip
             jitter = jitter_transform(self.color_jitter) if self.color_jitter > 0 else None
             collate = functools.partial(collate_encoded, size=self.img_size, jitter=jitter)
             return self._skipping_loader(encoded, collate, replace_empty=True, sampler=sampler)

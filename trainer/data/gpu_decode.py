@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from trainer.data.dataset import SampleKey, split_key
-from trainer.data.decode import decode_bytes
+from trainer.data.decode import decode_bytes, over_budget
 from trainer.data.disk_cache import DiskCache
 from trainer.data.skipping import Skipped
 from trainer.errors import DataError
@@ -107,6 +107,7 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         hflip: bool,
         load: Callable[[Path], torch.Tensor],
         disk: DiskCache | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.img_size = img_size
@@ -114,6 +115,7 @@ class EncodedImageDataset(Dataset[EncodedItem]):
         self.hflip = hflip
         self.load = load
         self.disk = disk
+        self.max_pixels = max_pixels  # a larger JPEG goes to ``load``, which refuses it
         self.skip_bad = False
 
     def __len__(self) -> int:
@@ -138,7 +140,7 @@ class EncodedImageDataset(Dataset[EncodedItem]):
                 # A copy: read_file's own tensor failed to cross from a loader worker (its
                 # queue feeder hit EBADF pickling it, torch 2.14) and the loader waited forever.
                 data = read_file(str(path)).clone()
-            header = _jpeg_header(data) if on_device else None
+            header = _jpeg_header(data, self.max_pixels) if on_device else None
             if header is None:  # not for nvjpeg: decoded here, like the CPU path
                 img = self.load(path) if copy is None else decode_bytes(copy)
                 size, orientation = (int(img.shape[1]), int(img.shape[2])), 1
@@ -198,8 +200,11 @@ def _whole_jpeg(raw: bytes) -> bytes:
     return raw
 
 
-def _jpeg_header(data: torch.Tensor) -> tuple[tuple[int, int], int] | None:
-    """``((height, width) upright, EXIF orientation)`` of a colour JPEG, else None."""
+def _jpeg_header(
+    data: torch.Tensor, max_pixels: int | None = None
+) -> tuple[tuple[int, int], int] | None:
+    """``((height, width) upright, EXIF orientation)`` of a colour JPEG within PIL's limit and
+    ``max_pixels``, else None (the CPU path decodes it, or refuses it with its reason)."""
     raw = data.numpy().tobytes()
     if raw[:2] != b"\xff\xd8":
         return None
@@ -213,6 +218,8 @@ def _jpeg_header(data: torch.Tensor) -> tuple[tuple[int, int], int] | None:
         width, height = im.size
         if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
             return None  # the CPU path refuses it, with its reason
+        if over_budget((width, height), max_pixels) is not None:
+            return None
         orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
     if orientation not in range(1, 9):
         orientation = 1

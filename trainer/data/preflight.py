@@ -17,6 +17,11 @@ With ``phash=True`` (``--check-leakage``) each usable file's perceptual hash
 
 Results are cached by path and file version (``trainer.data.check_cache``): a second run on the
 same files, a resume, and the other ranks of a DDP run read them instead of checking again.
+For the samples of a tree or label file just read (``listed``), a file's usable verdict stands
+by its path, with no ``stat`` of each file: on 120k files those stats were most of a warm
+start's own cost. The loaders read every file anyway, and skip one that fails or exceeds the
+pixel budget, named and counted, so a file rewritten since its check changes nothing that
+is trained on. A failure is looked at again whenever the file has changed.
 Under torch.distributed, local rank 0 checks while the other ranks wait, then they read.
 
 Example:
@@ -45,6 +50,7 @@ import numpy as np
 
 from trainer.data import check_cache
 from trainer.data.check_cache import FULL, HASH_FAILED, HASHED, HEADER, NOT_HASHED
+from trainer.data.decode import over_budget
 from trainer.data.phash import phash as perceptual_hash
 from trainer.data.samples import SampleArray
 from trainer.data.scan import NOT_REGULAR
@@ -106,13 +112,7 @@ def header_problem(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | Non
         return f"its content is {fmt}, not one of {', '.join(sorted(KNOWN_FORMATS))}"
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         return f"its header claims an implausible size of {w}x{h} pixels"
-    if w * h > max_pixels:
-        return (
-            f"{w}x{h} pixels, over the pixel budget of {max_pixels:,} (max_image_pixels): "
-            "decoding it would take seconds and gigabytes. Downscale it, or raise "
-            "--max-image-pixels"
-        )
-    return None
+    return over_budget((w, h), max_pixels)
 
 
 def decode_problem(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -178,6 +178,7 @@ def preflight(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     phash: bool = False,
     encoded: bytes | None = None,
+    listed: bool = False,
 ) -> PreflightResult:
     """Check ``paths`` (see the module docstring); returns the unusable ones with why.
 
@@ -191,6 +192,12 @@ def preflight(
         max_pixels: the pixel budget: an image whose header declares more is unusable.
         phash: also compute (or read from the cache) each usable file's perceptual hash.
         encoded: ``check_cache.encode_paths(paths)`` where the caller holds it already.
+        listed: the caller has just seen each of ``paths`` listed as a regular file (a tree
+            scan, which re-reads every folder's listing on each run, or a label file's
+            ``stat``): a cached result that the file is usable then stands for its path,
+            with no ``stat`` of the file. One that it is not, or none, is looked at as
+            without ``listed``: each such file's version now is compared with the one it was
+            checked at. Ignored with ``phash`` (a hash is of one version of a file).
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"mode must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
@@ -202,7 +209,7 @@ def preflight(
         cache_key = f"{cache_key}\0max_pixels={max_pixels}"
     if cache_key is not None and encoded is None:
         encoded = check_cache.encode_paths(strs)
-    args = (strs, check, processes, cache_key, cache_dir, encoded or b"")
+    args = (strs, check, processes, cache_key, cache_dir, encoded or b"", listed and not phash)
     if not is_distributed():
         return _preflight(*args)
     # Local rank 0 checks; the others wait, then read its results from the cache (or check
@@ -225,13 +232,14 @@ def check_splits(
     known_bad: Sequence[tuple[Path, str]] = (),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     phash: bool = False,
+    listed: bool = False,
 ) -> tuple[dict[str, SampleArray], list[tuple[Path, str]], dict[str, int] | None]:
     """``preflight`` over every split's samples: the splits without the unusable files,
     ``(path, reason)`` of those, and with ``phash`` the perceptual hash of each file that has
     one (``path -> hash``; None without ``phash``).
 
     ``known_bad`` are images already left out of ``splits`` (a label file's missing ones): they
-    count with the unusable ones against ``max_bad_fraction``.
+    count with the unusable ones against ``max_bad_fraction``. ``listed``: as ``preflight``'s.
 
     Raises:
         DataError: more than ``max_bad_fraction`` of the images are unusable.
@@ -248,6 +256,7 @@ def check_splits(
         max_pixels=max_pixels,
         phash=phash,
         encoded=encoded,
+        listed=listed,
     )
     found = result.bad
     hashes = None if result.phashes is None else {paths[i]: h for i, h in result.phashes.items()}
@@ -294,16 +303,23 @@ def _preflight(
     cache_key: str | None,
     cache_dir: Path | None,
     blob: bytes,
+    listed: bool,
 ) -> PreflightResult:
     t0 = time.perf_counter()
     level = FULL if check.full else HEADER
-    stats = check_cache.stat_all(paths)
     where = None
     if cache_key is not None:
         where = check_cache.cache_file(cache_dir or check_cache.default_cache_dir(), cache_key)
-        table = check_cache.load(where, paths, blob, stats)
+        table = check_cache.load(where, paths, blob)
     else:
-        table = check_cache.CheckTable.empty(stats)
+        table = check_cache.CheckTable.empty(check_cache.FileStats.empty(len(paths)))
+    # The results in doubt: none at this level, a failure (the file may be fixed since), or
+    # every one unless the caller has just seen the files listed (see ``listed``). Those
+    # files' versions now are taken, and a result found at another version dropped.
+    doubt = (table.level < level) | (table.reason >= 0) if listed else np.ones(len(paths), bool)
+    look = np.flatnonzero(doubt)
+    table.refresh(look, check_cache.stat_all([paths[i] for i in look] if listed else paths))
+    stats = table.stats
     redo = table.level < level
     if check.phash:  # a usable file not hashed yet is checked again, and hashed
         redo |= (table.hashed == NOT_HASHED) & (table.reason < 0)

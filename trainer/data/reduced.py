@@ -33,7 +33,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from trainer.data.decode import decode_bytes, image_to_tensor
+from trainer.data.decode import decode_bytes, image_to_tensor, over_budget
 from trainer.data.transforms import EvalResize, as_resize, val_transform
 
 REDUCTIONS = (8, 4, 2)  # what libjpeg's DCT scaling offers, largest first
@@ -82,15 +82,22 @@ class ReducedDecode:
     Build it with ``ReducedDecode.of(transform)``, which returns None for a pipeline whose
     first step is not a bilinear, antialiased ``RandomResizedCrop``, ``Resize(int)`` or
     ``Resize((h, w))``.
-    Call it under the generator the pipeline would draw from.
+    Call it under the generator the pipeline would draw from. An image over ``max_pixels``
+    is refused (ValueError) as ``load_image`` refuses it.
     """
 
-    def __init__(self, first: v2.RandomResizedCrop | v2.Resize, rest: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        first: v2.RandomResizedCrop | v2.Resize,
+        rest: Callable[..., Any],
+        max_pixels: int | None = None,
+    ) -> None:
         self.first = first
         self.rest = rest
+        self.max_pixels = max_pixels
 
     @classmethod
-    def of(cls, transform: Any) -> ReducedDecode | None:
+    def of(cls, transform: Any, max_pixels: int | None = None) -> ReducedDecode | None:
         """The reduced decoder of ``transform``, or None where it does not apply."""
         if not isinstance(transform, v2.Compose) or not transform.transforms:
             return None
@@ -101,7 +108,7 @@ class ReducedDecode:
         bilinear = first.interpolation in ("bilinear", InterpolationMode.BILINEAR)
         if not bilinear or first.antialias is not True:
             return None
-        return cls(first, v2.Compose(rest) if rest else v2.Identity())
+        return cls(first, v2.Compose(rest) if rest else v2.Identity(), max_pixels)
 
     def __call__(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """The first step's output for the image at ``path``, a uint8 ``(3, h, w)`` tensor.
@@ -115,14 +122,16 @@ class ReducedDecode:
     def from_bytes(self, raw: bytes) -> torch.Tensor:
         """What ``self(path)`` returns, from the file's bytes."""
         if raw[:2] != b"\xff\xd8":  # not a JPEG
-            return self.first(decode_bytes(raw))
+            return self.first(decode_bytes(raw, self.max_pixels))
         from PIL import Image
 
         try:
             pil = Image.open(io.BytesIO(raw))
-        except Exception:
-            return self.first(decode_bytes(raw))  # reports it as a full decode would
+        except Exception:  # reports it as a full decode would
+            return self.first(decode_bytes(raw, self.max_pixels))
         with pil:
+            if (problem := over_budget(pil.size, self.max_pixels)) is not None:
+                raise ValueError(problem)
             orientation = int(pil.getexif().get(_ORIENTATION, 1))
             w, h = pil.size
             shown = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -132,7 +141,7 @@ class ReducedDecode:
             try:
                 return self._reduced(pil, orientation, shown, params, scale)
             except Exception:
-                return self._full(decode_bytes(raw), params)
+                return self._full(decode_bytes(raw, self.max_pixels), params)
 
     def plan(self, width: int, height: int) -> tuple[dict[str, Any] | None, int]:
         """``(the crop box drawn, or None for Resize; the reduction)`` for a displayed size."""

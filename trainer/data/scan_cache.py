@@ -12,8 +12,8 @@ walked again. Folder mtimes are not trusted: an update extracted from an archive
 normalised mtimes (``tar --mtime=...``) over the old copy leaves them as they were, and a
 change within the file system's clock tick leaves them too. Re-reading the listings costs
 one ``scandir`` per folder, far less than the walk (which also builds every path, splits and
-sorts). A file rewritten in place changes no listing; the image check compares each file's
-version (``check_cache``) and checks the changed ones again.
+sorts). A file rewritten in place changes no listing: the loaders, which read every file,
+skip it should it fail (``trainer.data.preflight`` says why no stat of each file is made).
 
 Loading one takes no Python object per image: 1.28 M samples are a few numpy arrays.
 """

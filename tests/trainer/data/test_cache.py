@@ -145,7 +145,7 @@ def test_decoding_stops_once_the_cache_cannot_fit(
 ) -> None:
     splits = _two_class_splits(tmp_path / "t", 200)
     calls = []
-    monkeypatch.setattr(cache, "load_image", lambda p, native: calls.append(p) or load_image(p))
+    monkeypatch.setattr(cache, "load_image", lambda p, **kw: calls.append(p) or load_image(p))
     with pytest.warns(UserWarning, match="cache_max_bytes"):
         out = cache.verify_and_cache(
             splits, root=tmp_path, img_size=8, keep=True, cache_max_bytes=1000,

@@ -301,6 +301,23 @@ def test_decode_gpu_a_png_damaged_after_the_check_is_skipped_with_pillow(
     assert native == []
 
 
+def test_decode_gpu_a_jpeg_grown_over_the_pixel_budget_after_the_check_is_skipped(
+    tmp_path: Path,
+) -> None:
+    # A JPEG the device could decode, but over --max-image-pixels since the check: the header
+    # sends it to the CPU path, which refuses it by the budget.
+    root = make_tree(tmp_path / "tree", counts={"a": 3, "b": 3}, size=(30, 26))
+    data = ImageFolderData(root, img_size=16, batch_size=8, workers=0, decode="gpu",
+                           max_image_pixels=40 * 40, max_bad_fraction=0.3)  # fmt: skip
+    assert data.bad_files == []
+    grown = root / "train" / "a" / "1.jpg"
+    Image.fromarray(_smooth(60, 45, 0)).save(grown, quality=90)  # 2,700 pixels
+    for _ in data.train_loader():
+        pass
+    assert list(data.bad_images.skipped) == [str(grown)]
+    assert "pixel budget" in data.bad_images.skipped[str(grown)]
+
+
 def test_decode_gpu_failures_count_toward_max_bad_fraction(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree", counts={"a": 4, "b": 4}, size=(30, 26))
     for i in range(2):

@@ -384,9 +384,60 @@ def test_check_splits_keys_the_cache_with_the_splits_encoded_paths(
               "test": SampleArray([(files[2], 1)])}  # fmt: skip
     seen: list[bytes] = []
     load = check_cache.load
-    monkeypatch.setattr(check_cache, "load", lambda w, p, blob, s: seen.append(blob) or load(w, p, blob, s))
+    monkeypatch.setattr(check_cache, "load", lambda w, p, blob: seen.append(blob) or load(w, p, blob))
     kw: Any = dict(mode="header", processes=0, cache_key="k", cache_dir=tmp_path / "c",
                    max_bad_fraction=0.0, root=root)  # fmt: skip
     pf.check_splits(splits, **kw)
     assert seen == [check_cache.encode_paths([str(p) for p in files])]
     assert pf.check_splits(splits, **kw)[0]["train"] == splits["train"]
+
+
+def _stat_spy(monkeypatch: Any) -> list[str]:
+    """The paths each ``check_cache.stat_all`` call is given, from now on."""
+    from trainer.data import check_cache
+
+    seen: list[str] = []
+    real = check_cache.stat_all
+    monkeypatch.setattr(check_cache, "stat_all", lambda paths: seen.extend(paths) or real(paths))
+    return seen
+
+
+def test_a_warm_start_stats_only_the_files_whose_result_is_in_doubt(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # 120k stats were most of a warm start's own cost. On a tree just listed, a usable file's
+    # result stands by its path; only a failure (it may be fixed) is looked at again.
+    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8))
+    bad = root / "train" / "a" / "2.png"
+    bad.write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    first = small_data(root, check_cache_dir=cache, max_bad_fraction=0.2)
+    assert [p for p, _ in first.bad_files] == [bad]
+    seen = _stat_spy(monkeypatch)
+    again = small_data(root, check_cache_dir=cache, max_bad_fraction=0.2)
+    assert seen == [str(bad)]
+    assert again.bad_files == first.bad_files
+    assert again.train_samples == first.train_samples
+    # A file rewritten since its check: see test_scan_cache (the loader skips it).
+
+
+def test_a_file_found_unusable_then_fixed_in_place_is_checked_again(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8))
+    bad = root / "train" / "a" / "2.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    cache = tmp_path / "cache"
+    assert [p for p, _ in small_data(root, check_cache_dir=cache, max_bad_fraction=0.2).bad_files] == [bad]
+    bad.write_bytes(good)  # the same name, fixed: it must count again
+    fixed = small_data(root, check_cache_dir=cache, max_bad_fraction=0.2)
+    assert fixed.bad_files == [] and bad in [p for p, _ in fixed.train_samples]
+
+
+def test_with_the_leakage_check_every_file_is_looked_at(tmp_path: Path, monkeypatch: Any) -> None:
+    # A perceptual hash is of one version of a file: a stale one would find leaks that are not.
+    root = make_tree(tmp_path / "t", {"a": 3, "b": 3}, size=(8, 8))
+    cache = tmp_path / "cache"
+    small_data(root, check_cache_dir=cache, check_leakage=True)
+    seen = _stat_spy(monkeypatch)
+    small_data(root, check_cache_dir=cache, check_leakage=True)
+    assert len(seen) == 12

@@ -84,6 +84,31 @@ def test_a_file_damaged_after_a_full_check_passed_is_skipped_not_a_worker_crash(
     assert full.bad_images.events == 1
 
 
+@pytest.mark.parametrize("how", ["built-in pipeline", "own transform", "disk cache"])
+def test_a_file_grown_over_the_pixel_budget_after_the_check_is_skipped_by_the_loader(
+    tmp_path: Path, how: str
+) -> None:
+    # The start-up check held every file to --max-image-pixels; then two were replaced by
+    # larger images (a PNG and a JPEG: the reduced JPEG decode has its own path). The loaders
+    # hold every file they read to the budget too, rather than decode a huge image.
+    from torchvision.transforms import v2
+
+    root = make_tree(tmp_path / "t", {"a": 4, "b": 4}, size=(8, 8))
+    kw: dict[str, object] = {"max_image_pixels": 40 * 40, "batch_size": 8, "max_bad_fraction": 0.3}
+    if how == "own transform":
+        kw["train_transform"] = v2.Compose([v2.Resize((16, 16), antialias=True)])
+    if how == "disk cache":
+        kw.update(cache="disk", disk_cache_dir=tmp_path / "copies", cache_short_side=16)
+    data = small_data(root, **kw)
+    assert data.bad_files == []
+    grown = [root / "train" / "a" / "0.png", root / "train" / "a" / "1.jpg"]
+    for path in grown:
+        Image.new("RGB", (50, 50), (200, 10, 10)).save(path)  # 2,500 pixels: over 1,600
+    assert sum(len(t) for _, t in data.train_loader()) == 6
+    assert sorted(data.bad_images.skipped) == sorted(map(str, grown))
+    assert all("pixel budget" in r for r in data.bad_images.skipped.values())
+
+
 def test_collate_skipping() -> None:
     good = (torch.zeros(3, 2, 2, dtype=torch.uint8), 1)
     batch, skipped = collate_skipping([good, Skipped("x.png", "bad"), good])
