@@ -119,8 +119,9 @@ class DataConfig:
     )
     max_image_pixels: int = setting(
         50_000_000,
-        "the start-up check refuses (skips and reports) an image whose header declares more "
-        "pixels than this; decoding one would take seconds and gigabytes",
+        "an image whose header declares more pixels than this is refused (skipped and "
+        "reported) by the start-up check and the loaders; decoding one would take seconds "
+        "and gigabytes",
         to=(DATA,),
         metavar="N",
     )
@@ -161,7 +162,7 @@ class DataConfig:
     )
     verify: str = setting(
         "header",
-        "start-up check of every image, cached by path, size, mtime, inode and ctime: header "
+        "start-up check of every image, cached by path (see docs/data.md): header "
         "reads headers only; full decodes every image (in child processes a crash cannot end "
         "the run); none skips it. Images that fail later are skipped and counted either way",
         to=(DATA,),
