@@ -268,10 +268,8 @@ class ImageFolderData:
                 known_bad=missing,
                 max_pixels=max_image_pixels,
                 phash=check_leakage,
-                # scan_source has just seen every sample listed as a regular file (its tree
-                # listings or its label file's stat): a usable file's cached result stands
-                # without a stat of it. A file rewritten since its check is read by the
-                # loaders, which skip it (named, counted) should it fail now.
+                # scan_source has just seen every sample listed as a regular file: a usable
+                # file's cached result stands without a stat (the loaders skip one that fails).
                 listed=True,
             )
             self.train_samples, self.val_samples = kept["train"], kept["val"]
