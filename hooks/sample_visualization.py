@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import random
@@ -36,8 +35,8 @@ class SampleVisualizationHook(Hook):
     ``epoch_XXX_mistakes.png``: the epoch's most confident wrong predictions. ``XXX`` is
     ``engine.state.epoch`` (from 0, as in ``metrics.csv``). The sanity check is skipped.
 
-    No second forward pass and no per-batch host read: the validation loader is not
-    shuffled, so an image's index is the count of images before its batch plus its position.
+    No second forward pass and no per-batch host read: an image's index is the one the
+    validation loader names (``val_batch_indices``), right when it skipped an image.
     The fixed images' pixels are copied from the (host) batch, their logits kept as device
     slices; the mistakes are a running top-k on the device, of which only the dataset
     indices are read at the epoch end, and those few images are then re-read from the
@@ -47,7 +46,7 @@ class SampleVisualizationHook(Hook):
     ``state.thresholds``, else 0.5; see ``label_set_records``); no mistakes grid.
 
     Under DDP rank ``r`` validates images ``r, r + world_size, ...`` (``ShardSampler``): the
-    grids are drawn on rank 0, from its shard, with dataset indices mapped accordingly.
+    grids are drawn on rank 0, from its shard.
 
     Args:
         out_dir: the run folder.
@@ -81,15 +80,14 @@ class SampleVisualizationHook(Hook):
         self.fixed_images: dict[int, torch.Tensor] = {}
         self.figure: Image.Image | None = None
         self.mistakes_figure: Image.Image | None = None
-        self._lookup: list[int] = []  # fixed_indices ascending, for bisect
-        self._rank, self._world = 0, 1  # this rank's shard: indices rank, rank + world, ...
+        self._fixed: set[int] = set()
         self._seen = 0
         self._fixed_logits: dict[int, torch.Tensor] = {}
         self._fixed_targets: dict[int, torch.Tensor] = {}
         self._top: tuple[torch.Tensor, ...] | None = None  # score, index, pred, target
 
     def on_fit_start(self, engine: Engine) -> None:
-        r, w = self._rank, self._world = get_rank(), get_world_size()
+        r, w = get_rank(), get_world_size()  # this rank's shard: indices r, r + w, ...
         samples = getattr(engine.data, "val_samples", None)
         if samples is not None:
             held = getattr(samples, "targets", None)  # a SampleArray's, without a Path each
@@ -99,7 +97,7 @@ class SampleVisualizationHook(Hook):
         else:  # no per-image labels to stratify by: the first images will do
             local = list(range(self.num_images))
         self.fixed_indices = [r + w * i for i in local]
-        self._lookup = sorted(self.fixed_indices)
+        self._fixed = set(self.fixed_indices)
 
     def on_validation_epoch_start(self, engine: Engine) -> None:
         self._seen = 0
@@ -113,27 +111,27 @@ class SampleVisualizationHook(Hook):
         if engine.state.phase != "val":
             return
         images, logits, targets = batch[0], outputs["logits"], outputs["targets"]
-        start, size = self._seen, len(targets)  # a shape, not a device read
-        self._seen += size
-        r, w = self._rank, self._world
-        lo = bisect.bisect_left(self._lookup, r + w * start)
-        hi = bisect.bisect_left(self._lookup, r + w * (start + size))
-        for g in self._lookup[lo:hi]:
-            j = (g - r) // w - start  # position in this batch
+        index = val_batch_indices(engine, self._seen, len(targets))  # a shape, not a device read
+        self._seen += len(targets)
+        if index is None:
+            return
+        for j, g in enumerate(index.tolist()):  # a host tensor
+            if g not in self._fixed:
+                continue
             # Copies, so the batch and its logits can be freed; they stay on the device (the
             # batch hooks get the images as the model does: normalised floats).
             self.fixed_images[g] = images[j].clone()
             self._fixed_logits[g] = logits[j].clone()
             self._fixed_targets[g] = targets[j].clone()
         if not is_multilabel(engine.data):  # multi-label: the fixed grid only
-            self._update_mistakes(logits, targets, start)
+            self._update_mistakes(logits, targets, index.to(logits.device, non_blocking=True))
 
-    def _update_mistakes(self, logits: torch.Tensor, targets: torch.Tensor, start: int) -> None:
+    def _update_mistakes(
+        self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor
+    ) -> None:
         conf, pred = logits.float().softmax(1).max(1)
         # Right answers and NaN scores rank below every mistake.
         score = torch.where((pred != targets) & conf.isfinite(), conf, -1.0)
-        index = torch.arange(start, start + len(targets), device=logits.device)
-        index = self._rank + self._world * index  # dataset indices of this rank's shard
         new: tuple[torch.Tensor, ...] = (score, index, pred, targets)
         self._top = keep_top(self._top, new, self.num_images)
 
@@ -270,6 +268,21 @@ def label_set_records(
         for g, t, p, q in zip(index, true_sets, pred_sets, probs.max(1).values.tolist(), strict=True)
     ]  # fmt: skip
     return records, names
+
+
+def val_batch_indices(engine: Any, start: int, size: int) -> torch.Tensor | None:
+    """The validation dataset indices (a host int64 tensor) of the batch just scored.
+
+    The loader's ``indices`` where it names them (``SkippingLoader``: right when it skipped an
+    image); else, for a loader that names none (a custom data object's, which skips none), the
+    ``start`` images before the batch counted, mapped to this rank's shard. None when the named
+    ones do not match the batch's ``size`` (``--decode gpu`` dropped an image on the device):
+    the caller leaves that batch out rather than mislabel it.
+    """
+    named = getattr(getattr(engine, "val_loader", None), "indices", None)
+    if named is None:
+        return get_rank() + get_world_size() * torch.arange(start, start + size)
+    return named if len(named) == size else None
 
 
 def read_val_images(data: Any, indices: list[int]) -> list[torch.Tensor | None]:

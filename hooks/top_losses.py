@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from hooks.render.plots import plot_grid, save_image
-from hooks.sample_visualization import read_val_images
+from hooks.sample_visualization import read_val_images, val_batch_indices
 from trainer.artifacts import guarded
-from trainer.distributed import get_rank, get_world_size, rank_zero_only
+from trainer.distributed import rank_zero_only
 from trainer.hook import Hook
 from trainer.io import atomic_write_csv
 from trainer.metrics import keep_top
@@ -42,13 +42,13 @@ class TopLossesHook(Hook):
 
     No second forward pass and no per-batch host read: each validation batch's per-image loss
     is computed on the device from the logits the engine hands the hooks, and merged into a
-    running top-k there; the host reads the k rows once, at the end of the validation. The
-    validation loader is not shuffled, so an image's index is the count of images before its
-    batch plus its position (as in ``SampleVisualizationHook``, whose image re-reading and
-    grid this hook shares); paths come from ``data.val_samples``.
+    running top-k there; the host reads the k rows once, at the end of the validation. An
+    image's index is the one the validation loader names (``val_batch_indices``, shared with
+    ``SampleVisualizationHook``, as are the image re-reading and the grid); paths come from
+    ``data.val_samples``.
 
     Under DDP rank ``r`` validates images ``r, r + world_size, ...``: rank 0 ranks and writes
-    the top losses of its own shard only, with the indices mapped back to the whole set.
+    the top losses of its own shard only.
 
     Args:
         out_dir: the run folder.
@@ -91,12 +91,13 @@ class TopLossesHook(Hook):
         logits, given = outputs["logits"].float(), outputs["targets"]
         if given.ndim > 1:  # soft targets: the label is the most probable class
             given = given.argmax(1)
-        start, size = self._seen, len(given)  # a shape, not a device read
-        self._seen += size
+        index = val_batch_indices(engine, self._seen, len(given))  # a shape, not a device read
+        self._seen += len(given)
+        if index is None:
+            return
+        index = index.to(logits.device, non_blocking=True)
         loss = F.cross_entropy(logits, given, reduction="none")
         prob, pred = logits.softmax(1).max(1)
-        index = torch.arange(start, start + size, device=logits.device)
-        index = get_rank() + get_world_size() * index  # dataset indices of this rank's shard
         new: tuple[torch.Tensor, ...] = (loss, index, pred, prob, given)
         self._top = keep_top(self._top, new, self.num_images)
 

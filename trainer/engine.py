@@ -233,6 +233,11 @@ class Engine:
         """The training loader, built once: its sampler's position is saved in checkpoints."""
         return self._train_loader
 
+    @property
+    def val_loader(self) -> Iterable[Any] | None:
+        """The validation loader, built once (``indices`` after each batch, where it names them)."""
+        return self._val_loader
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The run's mixed precision around a forward pass (nothing at precision "32")."""
         return autocast(self.device, self._amp_dtype)

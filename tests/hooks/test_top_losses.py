@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hooks.top_losses as top_losses
+import hooks.sample_visualization as sample_visualization
 from hooks.top_losses import TopLossesHook
 from tests.conftest import StandInData, png_size, run_fit
 from trainer.artifacts import ArtifactWriter
@@ -76,8 +76,9 @@ def test_sanity_check_is_left_out(tmp_path: Path) -> None:
 def test_ddp_shard_indices_map_to_the_whole_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Rank 0 of 2 validates images 0, 2, 4, ...: its positions map back to those.
-    monkeypatch.setattr(top_losses, "get_world_size", lambda: 2)
+    # Rank 0 of 2 validates images 0, 2, 4, ...: its positions map back to those (a loader
+    # that names no indices, as a custom data object's).
+    monkeypatch.setattr(sample_visualization, "get_world_size", lambda: 2)
     data = StandInData()
     shard = data.val_y[0::2]
     logits = torch.zeros(6, 3)
@@ -110,3 +111,39 @@ def test_in_a_fit_matches_the_final_model(tmp_path: Path) -> None:
 def test_num_images_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_images must be >= 1"):
         TopLossesHook(tmp_path, num_images=0)
+
+
+def test_an_image_skipped_by_the_loader_shifts_no_row(tmp_path: Path) -> None:
+    # A validation image whose header passes the start-up check but whose pixels do not
+    # decode: the loader drops it from its batch. Every listed row must still name its own
+    # image (path, label, loss), and the skipped one none.
+    from hooks.sample_visualization import SampleVisualizationHook
+    from tests.conftest import make_engine, make_tree
+    from tests.trainer.data.conftest import small_data
+    from tests.trainer.data.malformed import damage, good_bytes
+
+    root = make_tree(tmp_path / "t", {"cat": 4, "dog": 4, "fox": 4}, size=(16, 16))
+    bad = root / "val" / "cat" / "0a.png"  # second in validation order: every later one shifts
+    bad.write_bytes(damage("png", "corrupt_data", good_bytes("png")))
+    data = small_data(root, batch_size=5, max_bad_fraction=0.2)
+    assert data.bad_files == []
+    top = TopLossesHook(tmp_path / "run", num_images=13)
+    vis = SampleVisualizationHook(tmp_path / "run", num_images=13)
+    engine = make_engine([top, vis], data=data, max_epochs=1, sanity_steps=0)  # type: ignore[arg-type]
+    engine.fit()
+    assert str(bad) in data.bad_images.skipped
+    paths = [str(p) for p, _ in data.val_samples]
+    probs = engine.predict([Path(p) for p in paths if p != str(bad)])
+    good = [p for p in paths if p != str(bad)]
+    assert sorted(r["path"] for r in top.losses) == sorted(good)  # all 12, the bad one not
+    for r in top.losses:
+        assert Path(r["path"]).parent.name == r["given"]
+        assert paths[r["index"]] == r["path"]
+        p = probs[good.index(r["path"])]
+        assert r["loss"] == pytest.approx(-math.log(p[r["given_index"]].item()), abs=2e-3)
+    assert vis.mistakes and all(paths[m["index"]] != str(bad) for m in vis.mistakes)
+    for m in vis.mistakes + vis.samples:
+        i = good.index(paths[m["index"]])
+        assert data.val_samples[m["index"]][1] == m["true"]
+        assert m["pred"] == probs[i].argmax().item()
+        assert m["prob"] == pytest.approx(probs[i].max().item(), abs=2e-3)

@@ -374,12 +374,12 @@ class ImageFolderData:
         replace_empty: bool = False,
         **kwargs: Any,
     ) -> SkippingLoader:
-        """A loader that skips (and records in ``bad_images``) images it cannot decode;
-        ``replace_empty`` (training; it also names each batch's samples): see ``SkippingLoader``."""
+        """A loader that skips (and records in ``bad_images``) images it cannot decode and names
+        each batch's samples (``indices``); ``replace_empty`` (training): see ``SkippingLoader``."""
         dataset.skip_bad = True
         collate_fn = functools.partial(collate_skipping, collate=collate)
         loader = self._loader(dataset, collate_fn=collate_fn, **kwargs)
-        return SkippingLoader(loader, self.bad_images, replace_empty, indexed=replace_empty)
+        return SkippingLoader(loader, self.bad_images, replace_empty, indexed=True)
 
     def _loader(self, dataset: Dataset[Any], **kwargs: Any) -> DataLoader[Any]:
         if self.workers > 0:

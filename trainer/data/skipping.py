@@ -12,9 +12,10 @@ training loader draws replacements instead (``SkippingLoader.replace``): for eac
 image, the next sample in dataset order that decodes, under the failed draw's seed, so a
 resumed run draws the same ones.
 
-An ``indexed`` loader (training) also says which samples each batch holds: its dataset
+An ``indexed`` loader also says which samples each batch holds: its dataset
 appends each sample's index to the item, and the loader strips it from the batch into
-``indices`` before yielding, so the skipped images and the replacements are accounted for.
+``indices`` before yielding, so the skipped images and the replacements are accounted for
+(the label-issue scores of training; the top losses and mistakes of validation).
 """
 
 from __future__ import annotations
