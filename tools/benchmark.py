@@ -94,6 +94,12 @@ def run_benchmark(
             raise UserError(f"{name} must be >= 1, got {value}.")
     run = Path(run)
     onnx_path = run / MODEL_ONNX
+    if not run.is_dir():
+        hint = (f"; for {run.name}, pass its folder: {run.parent}" if run.is_file() else "")
+        raise UserError(
+            f"{run} is not a run folder{'' if run.exists() else ' (it does not exist)'}: pass "
+            f"the folder tools/train.py wrote (runs/NAME), which holds {MODEL_ONNX}{hint}."
+        )
     if not onnx_path.is_file():
         raise UserError(
             f"{run} holds no {MODEL_ONNX} to benchmark. Export the run first: python "

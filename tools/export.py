@@ -204,6 +204,8 @@ def export_checkpoint(
     path = resolve_checkpoint(checkpoint)
     if out is not None:
         out_path = Path(out)
+        if out_path.is_dir() or str(out).endswith(("/", os.sep)):  # a folder: model.onnx in it
+            out_path /= MODEL_ONNX
     elif Path(checkpoint).is_dir():
         out_path = Path(checkpoint) / MODEL_ONNX
     else:
@@ -327,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="the .onnx file (other formats go beside it); default: RUN/model.onnx for a run "
-        "folder, CHECKPOINT with .onnx for a checkpoint",
+        help="the .onnx file (other formats go beside it), or a folder to write model.onnx in; "
+        "default: RUN/model.onnx for a run folder, CHECKPOINT with .onnx for a checkpoint",
     )
     p.add_argument(
         "--formats",

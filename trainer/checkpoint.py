@@ -45,15 +45,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path to the .pt file")
+    fix = "Pass a run's checkpoints/best.pt or last.pt, or the run folder."
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as e:
+    except pickle.UnpicklingError as e:  # torch's text: pages, and advice to load it unsafely
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(e).__name__}: {e}); it may be truncated "
-            "or not a checkpoint of this trainer. Use another file, e.g. checkpoints/best.pt."
+            f"checkpoint {path} could not be read: it is not a PyTorch file of tensors and plain "
+            f"Python data (a truncated file, or another kind of file). {fix}"
+        ) from e
+    except Exception as e:  # torch.load fails on foreign bytes with any error (KeyError, ...)
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(e).__name__}: {reason}); it may be "
+            f"truncated or not a checkpoint of this trainer. {fix}"
         ) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer (no 'model' entry)")
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (no 'model' entry). {fix}")
     return ckpt
 
 
@@ -65,8 +72,8 @@ def checkpoint_file(path: str | os.PathLike[str]) -> Path:
     last = path / CHECKPOINTS / LAST_PT
     if not last.is_file():
         raise CheckpointError(
-            f"no checkpoint to resume in {path}: expected {last}. Pass the .pt file itself, "
-            "or the --out folder of an earlier run."
+            f"no checkpoint in {path}: expected {last}. Pass the .pt file itself, or the "
+            "--out folder of an earlier run."
         )
     return last
 

@@ -61,6 +61,18 @@ def test_exports_best_ema_weights_verified_on_val(run: Path, tmp_path: Path) -> 
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("spelling", ["existing", "trailing-slash"])
+def test_out_naming_a_folder_writes_model_onnx_in_it(
+    run: Path, tmp_path: Path, spelling: str
+) -> None:
+    folder = tmp_path / "deploy"
+    if spelling == "existing":
+        folder.mkdir()
+    out = str(folder) + ("/" if spelling == "trailing-slash" else "")
+    assert tool.main([str(run), "--out", out, "--num-images", "4"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["export_report.json", "model.onnx"]
+
+
 def test_random_images_when_no_data_and_raw_weights(run: Path, tmp_path: Path) -> None:
     """A checkpoint moved away from its data still exports, and the report says how."""
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -390,8 +402,11 @@ def test_benchmark_has_a_row_for_pytorch_and_each_format(
         (lambda tmp, run: [str(tmp)], "tools/export.py"),  # nothing exported there
         (lambda tmp, run: [str(run), "--data", str(tmp / "nope")], "does not exist"),
         (lambda tmp, run: [str(run), "--threads", "0"], "--threads"),
+        # The model file, not its folder: named, with the folder to pass instead.
+        (lambda tmp, run: [str(run / "model.onnx")], "for model.onnx, pass its folder: /"),
+        (lambda tmp, run: [str(tmp / "gone")], "does not exist"),
     ],
-    ids=["no-export", "bad-data", "no-threads"],
+    ids=["no-export", "bad-data", "no-threads", "the-onnx-file", "missing"],
 )
 def test_benchmark_mistakes_exit_2(
     exported: Path,

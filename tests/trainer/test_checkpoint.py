@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,51 @@ def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def _onnx_bytes() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    return helper.make_model(graph).SerializeToString()
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    f = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(f, "PNG")
+    return f.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not a checkpoint at all",
+        b"hello\n",  # torch.load: KeyError
+        b"epoch,step,lr\n0,1,0.1\n",  # metrics.csv: IndexError
+        b'{"0": "cat"}',  # labels_mapping.json
+        _png_bytes(),
+        _onnx_bytes(),  # weights_only's UnpicklingError: pages of advice, load it unsafely
+        pickle.dumps({"model": object()}, protocol=2),  # a pickle of other objects
+        pickle.dumps([1, 2], protocol=2),  # plain data, not a checkpoint
+    ],
+    ids=["empty", "text", "hello", "csv", "json", "png", "onnx", "objects", "list"],
+)
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content) -> None:
+    # Any file that is not a checkpoint is one CheckpointError paragraph naming it and the fix
+    # (the tools print it as their error: exit 2), never torch's own text, which advises
+    # loading with weights_only=False.
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match="bad.pt") as info:
         load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message, message
+    assert "best.pt" in message and len(message) < 400, message
 
 
 def test_missing_checkpoint_errors(tmp_path) -> None:
