@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def run(config: dict[str, Any]) -> Engine:
 
 
 def _train(config: dict[str, Any]) -> Engine:
+    if config["data"]:  # absolute in args.json, which --resume replays from any folder
+        config["data"] = os.path.abspath(os.path.expanduser(config["data"]))
     resume = config["resume"]
     if resume == "auto":
         if not config["out"]:

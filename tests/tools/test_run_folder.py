@@ -213,6 +213,23 @@ def test_resume_refuses_other_data_with_the_same_class_names(
     assert tree_digest(run_copy, mtimes=True) == before
 
 
+def test_a_run_trained_on_a_relative_data_path_resumes_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # args.json (what --resume replays) names the data by its absolute path: a relative one
+    # would point elsewhere from another working directory, and --data with the absolute
+    # path of the same tree counts as the same data.
+    make_tree(tmp_path / "project" / "tree", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path / "project")
+    _one_epoch(Path("tree"), Path("runs") / "rel")
+    run = tmp_path / "project" / "runs" / "rel"
+    assert _data_of(run) == str(tmp_path / "project" / "tree")
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume", str(run), "--epochs", "2", *ARGS]) == 0
+    assert train.main(["--resume", str(run), "--epochs", "3", "--data", "project/tree", *ARGS]) == 0
+    assert len(torch.load(run / "checkpoints" / "last.pt")["state"]["history"]) == 3
+
+
 def test_a_split_setting_may_change_on_a_split_tree(tmp_path: Path) -> None:
     """train/ and val/ folders fix the split: another seed changes the sampling only."""
     from trainer.run_folder import check_resume_settings
