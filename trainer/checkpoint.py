@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import pickle
 from pathlib import Path
@@ -34,10 +35,42 @@ def host_copy(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+        out = copy.copy(obj)  # its own type and attributes (an OrderedDict, a Counter)
+        for k, v in obj.items():
+            out[k] = host_copy(v)
+        return out
     if type(obj) in (list, tuple):
         return type(obj)(host_copy(v) for v in obj)
     return copy.deepcopy(obj)
+
+
+_PLAIN = (str, int, float, bool, bytes, complex, type(None))
+
+
+def unloadable(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """``(where, type name)`` of the first value in ``obj`` that ``load_checkpoint`` (torch's
+    ``weights_only`` loader) would refuse, e.g. a numpy array or a defaultdict; None if none.
+
+    Plain values, tensors, dicts, lists and tuples are walked; anything else is tried: saved
+    and loaded back."""
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):
+        return None
+    if type(obj) is dict:
+        for k, v in obj.items():
+            found = unloadable(k, f"{where} (a key)") or unloadable(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if type(obj) in (list, tuple):
+        return next((f for i, v in enumerate(obj) if (f := unloadable(v, f"{where}[{i}]"))), None)
+    buffer = io.BytesIO()
+    try:
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception:
+        return where, type(obj).__name__
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:

@@ -161,7 +161,8 @@ class Hook:
     def on_exception(self, engine: Engine, exception: BaseException) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
-        """State saved in checkpoints (plain Python data and tensors only)."""
+        """State saved in checkpoints: plain Python data (dicts, an OrderedDict or Counter too,
+        lists, tuples, numbers, strings) and tensors; anything else is refused at the first save."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from trainer.checkpoint import check_resumable, load_checkpoint
+from trainer.checkpoint import check_resumable, load_checkpoint, unloadable
 from trainer.distributed import all_gather_object, rank_seed
 from trainer.ema import ModelEMA
 from trainer.hook import Hook, hook_keys
@@ -62,7 +62,7 @@ def engine_checkpoint(engine: Resumable) -> dict[str, Any]:
         "state": engine.state.state_dict(),
         "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
         "rng": rng,
-        "hooks": {key: h.state_dict() for key, h in hook_keys(engine.hooks).items()},
+        "hooks": {key: _hook_state(h) for key, h in hook_keys(engine.hooks).items()},
         "classes": list(engine.data.classes),
         "args": engine.args,
         "precision": engine.precision,
@@ -70,6 +70,22 @@ def engine_checkpoint(engine: Resumable) -> dict[str, Any]:
     if engine.world_size > 1:
         ckpt["rng_per_rank"] = all_gather_object(rng)
     return ckpt
+
+
+def _hook_state(hook: Hook) -> dict[str, Any]:
+    """``hook.state_dict()``, refused (at the first save, not at resume) when a checkpoint
+    could not load it back."""
+    state = hook.state_dict()
+    found = unloadable(state)
+    if found is not None:
+        where, kind = found
+        raise TypeError(
+            f"{type(hook).__name__}.state_dict() holds a {kind} at state{where}, which a "
+            "checkpoint cannot load back (torch.load(weights_only=True): tensors and plain "
+            "Python data only). Return dicts, lists, numbers, strings and tensors, e.g. dict(d), "
+            "array.tolist() or torch.as_tensor(array)."
+        )
+    return state
 
 
 def restore_engine(

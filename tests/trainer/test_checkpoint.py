@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +195,45 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_copy(
         assert all(torch.equal(saved[k], at_end[k]) for k in at_end)  # not later weights
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert len(last["state"]["history"]) == 3  # fit waited for the last write
+
+
+class _Stateful(Hook):
+    """A hook whose state is ``state``; keeps what it is given back."""
+
+    def __init__(self, state: Any) -> None:
+        self.state, self.loaded = state, None
+
+    def state_dict(self) -> Any:
+        return self.state
+
+    def load_state_dict(self, state: Any) -> None:
+        self.loaded = state
+
+
+def test_a_hook_state_of_dict_subclasses_comes_back_as_it_was(tmp_path) -> None:
+    state = {"seen": collections.Counter(cat=3, dog=1), "order": collections.OrderedDict(b=1, a=2)}
+    make_engine([_Stateful(state), CheckpointHook(tmp_path)], max_epochs=1).fit()
+    again = _Stateful({})
+    make_engine([again, CheckpointHook(tmp_path)], max_epochs=2).fit(resume=tmp_path)
+    assert again.loaded == state
+    assert type(again.loaded["seen"]) is collections.Counter
+    assert list(again.loaded["order"]) == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (collections.defaultdict(int, cat=3), "defaultdict"),
+        (np.zeros(2), "ndarray"),
+        ([1, np.float64(0.5)], "float64"),
+    ],
+    ids=["defaultdict", "numpy-array", "numpy-scalar"],
+)
+def test_a_hook_state_a_checkpoint_cannot_load_is_refused_at_the_first_save(
+    tmp_path, value: Any, kind: str
+) -> None:
+    # Saved, it would only fail at resume, epochs later: refused at the first save instead,
+    # naming the hook, the value and what to return.
+    engine = make_engine([_Stateful({"x": value}), CheckpointHook(tmp_path)], max_epochs=1)
+    with pytest.raises(TypeError, match=rf"_Stateful.state_dict\(\) holds a {kind} at state\['x'\]"):
+        engine.fit()
