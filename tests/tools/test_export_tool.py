@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import make_tree
 from tests.tools.tiny_run import train_tiny_run
@@ -347,6 +348,16 @@ def test_the_deployment_snippets_need_only_their_runtime(exported: Path) -> None
         assert "model.int8.onnx" in onnx_block  # what this test swaps
         script += [onnx_block.replace("model.int8.onnx", name), f"results[{name!r}] = probs"]
     script += [openvino_block, "results['openvino'] = probs"]
+    # Files the trainer decodes with care: transparency over white, 16-bit scaled to 8 bits.
+    rng = np.random.default_rng(0)
+    odd = {"rgba": run.parent / "rgba.png", "gray16": run.parent / "gray16.png",
+           "palette": run.parent / "palette.png"}  # fmt: skip
+    Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), "RGBA").save(odd["rgba"])
+    Image.fromarray(rng.integers(0, 65536, (40, 30), dtype=np.uint16)).save(odd["gray16"])
+    pal = Image.fromarray(rng.integers(0, 8, (40, 30), dtype=np.uint8), "P")
+    pal.putpalette([v for i in range(8) for v in (30 * i, 200 - 20 * i, 90)])
+    pal.save(odd["palette"], transparency=3)
+    script += [f"results[{k!r}] = preprocess({str(p)!r})" for k, p in odd.items()]
     script += [
         f"results['x'] = preprocess({str(photo)!r})",
         "import sys",
@@ -362,6 +373,9 @@ def test_the_deployment_snippets_need_only_their_runtime(exported: Path) -> None
     # The snippet's preprocessing is the trainer's, up to a grey level of resampling.
     clf = OnnxClassifier(exported)
     np.testing.assert_allclose(got["x"], clf.preprocess(photo)[None], atol=3 / 255 / 0.224)
+    for key, path in odd.items():
+        np.testing.assert_allclose(got[key], clf.preprocess(path)[None], atol=3 / 255 / 0.224,
+                                   err_msg=key)  # fmt: skip
     # Each runtime computes its model's probabilities on that input.
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         expected = OnnxClassifier(run / name).probabilities(got["x"])[0]
