@@ -81,6 +81,23 @@ print("top:", sorted(label for label, _ in top))
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+def test_notebook_example_trains_the_same_model_twice(tmp_path: Path) -> None:
+    """The example seeds the model's initial weights as well as the fit: two processes
+    running it print the same losses (the first epoch's row, timings left out)."""
+    losses = []
+    for attempt in range(2):
+        script = tmp_path / f"again{attempt}.py"
+        code = _notebook_example(tmp_path).replace(repr(str(tmp_path / "run")),
+                                                   repr(str(tmp_path / f"run{attempt}")))  # fmt: skip
+        script.write_text(code + '\nprint("losses:", history[0]["train/loss"], history[0]["val/loss"])\n')
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=180
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        losses.append([line for line in proc.stdout.splitlines() if line.startswith("losses:")])
+    assert losses[0] and losses[0] == losses[1]
+
+
 def test_hook_example_stops_the_fit(tmp_path: Path) -> None:
     scope: dict[str, object] = {}
     exec(compile(_python_block("## Writing a hook"), "README.md (Writing a hook)", "exec"), scope)

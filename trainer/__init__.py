@@ -7,6 +7,7 @@ from trainer.engine import Engine
 from trainer.hook import Hook
 from trainer.models import build_model
 from trainer.onnx_classifier import OnnxClassifier
+from trainer.rng import seed_everything
 from trainer.state import EngineState
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "OnnxClassifier",
     "TrackingWeightedRandomSampler",
     "build_model",
+    "seed_everything",
 ]
