@@ -66,6 +66,7 @@ def default_hooks(
     *,
     progress: bool = True,
     verbosity: Verbosity | None = None,
+    overwrite: bool = False,
     **settings: Any,
 ) -> list[Hook]:
     """The standard hooks for a run folder; each output setting switches one off.
@@ -88,6 +89,8 @@ def default_hooks(
         verbosity: what the console hooks print, "quiet", "normal" or "verbose"
             (``hooks.render.verbosity``); "quiet" also hides the progress bars, not the epoch lines.
             Default: from the settings ``quiet`` and ``verbose``.
+        overwrite: a fit into a folder that holds another run replaces that run's files;
+            without it, it is refused (``RunFolderHook``).
         **settings: single settings by name, e.g. ``early_stopping=5``, ``export=False``.
 
     Example:
@@ -103,7 +106,7 @@ def default_hooks(
     if verbosity is None:
         verbosity = "quiet" if cfg.quiet else "verbose" if cfg.verbose else "normal"
     verbosity = check_verbosity(verbosity)
-    hooks: list[Hook] = [RunFolderHook(out), MetricsLogger(out)]
+    hooks: list[Hook] = [RunFolderHook(out, overwrite=overwrite), MetricsLogger(out)]
     if cfg.per_class:
         hooks.append(PerClassMetricsHook(out))
     if cfg.log_every > 0:

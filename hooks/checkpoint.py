@@ -80,11 +80,15 @@ class CheckpointHook(Hook):
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None  # the epoch's files, being written
         self.write_cpu_s = 0.0  # CPU time the background writes took, for benchmarks
+        self._from_step: int | None = None  # the step training started from, in this fit
 
     @rank_zero_only
     def on_fit_start(self, engine: Engine) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temp_files(self.dir)
+
+    def on_train_start(self, engine: Engine) -> None:
+        self._from_step = engine.state.step
 
     def on_validation_end(self, engine: Engine) -> None:
         """A validation inside the epoch (``val_every``) that improves: ``best.pt`` alone."""
@@ -157,6 +161,7 @@ class CheckpointHook(Hook):
             ) from e
 
     def on_fit_end(self, engine: Engine) -> None:
+        self._from_step = None
         try:
             self.wait()  # the files exist when fit returns (export reads best.pt next)
         finally:
@@ -171,8 +176,10 @@ class CheckpointHook(Hook):
         """Emergency checkpoint: ``checkpoints/interrupted.pt``, the weights as they are now.
 
         ``last.pt`` keeps the last finished epoch, so ``--resume`` stays exact; this file keeps
-        the work of the unfinished one (a resume refuses it when it was saved inside an epoch). Under DDP only a signal (which reaches every rank)
-        triggers it, since building a checkpoint is a collective the other ranks may not join.
+        the work of the unfinished one (a resume refuses it when it was saved inside an epoch).
+        None before a training step of this fit (a refused start, the sanity check): there is
+        no such work. Under DDP only a signal (which reaches every rank) triggers it, since
+        building a checkpoint is a collective the other ranks may not join.
         """
         try:
             self.wait()  # the last finished epoch's files, whole
@@ -180,6 +187,9 @@ class CheckpointHook(Hook):
             log.error("%s", e)
         finally:
             self._close()
+        from_step, self._from_step = self._from_step, None
+        if from_step is None or engine.state.step == from_step:
+            return
         if get_world_size() > 1 and not isinstance(exception, Interrupted):
             return
         path = self.dir / INTERRUPTED_PT

@@ -91,11 +91,16 @@ def new_run_dir(base: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds what a run writes first (its args, metrics or checkpoints)."""
+    return any((out / name).exists() for name in RUN_MARKERS)
+
+
 def out_problem(out: Path, overwrite: bool) -> str | None:
     """Why a new run must not start in ``out``, or None when it may."""
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder; pick another --out"
-    if overwrite or not any((out / name).exists() for name in RUN_MARKERS):
+    if overwrite or not holds_run(out):
         return None
     return (
         f"the run folder {out} already holds a run; a new run there would overwrite its "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hooks.run_folder import RunFolderHook
 from tests.conftest import StandInData, run_fit
+from trainer.hook import Hook
 
 
 def test_a_python_run_records_what_its_engine_and_data_know(
@@ -51,3 +53,38 @@ def test_a_linked_output_folder_is_refused_before_anything_is_written(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["epoch_000.pt"]
     assert (elsewhere / "epoch_000.pt").read_bytes() == b"not yours"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one_until_told_to_replace_it(
+    tmp_path: Path, data: StandInData
+) -> None:
+    # As tools/train.py refuses it: a second run's last.pt beside the first run's epoch files
+    # would mix two runs. Nothing of the first run changes; overwrite=True replaces it (its
+    # files only), and resuming it, or the same hooks fitting again, goes on as before.
+    import pytest
+
+    from hooks import default_hooks
+    from tests.conftest import make_engine, tree_digest
+    from trainer.errors import ConfigError
+
+    out = tmp_path / "run"
+
+    def hooks(**kw: Any) -> list[Hook]:
+        return default_hooks(out, top_k=3, export=False, report=False, progress=False, **kw)
+
+    first = hooks()
+    run_fit(first, data, epochs=3, args={})
+    assert len(list((out / "checkpoints").glob("epoch_*.pt"))) == 3
+    (out / "notes.txt").write_text("mine")
+    before = tree_digest(out, mtimes=True)
+    with pytest.raises(ConfigError, match=r"already holds a run.*overwrite=True") as info:
+        run_fit(hooks(), data, epochs=1, args={})
+    assert "resume=" in str(info.value) and str(out) in str(info.value)
+    assert tree_digest(out, mtimes=True) == before
+    run_fit(first, data, epochs=1, args={})  # the same hooks again: this process's own run
+    run_fit(hooks(overwrite=True), data, epochs=1, args={})
+    assert [p.name for p in (out / "checkpoints").glob("epoch_*.pt")] == ["epoch_000.pt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    engine = make_engine(hooks(), data, max_epochs=2, args={})
+    engine.fit(resume=out)
+    assert len(engine.state.history) == 2
