@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import ConfigError
-from trainer.io import atomic_write_bytes
+from trainer.io import atomic_write_bytes, temp_path
 from trainer.onnx_mapping import INPUT_NAME, OUTPUT_NAME, SIDECAR_NAME
 
 __all__ = [
@@ -203,7 +203,8 @@ def to_openvino(
 def staged(final: Path, fmt: str) -> Iterator[Path]:
     """A temporary path to write ``fmt`` to; the caller then calls :func:`keep`."""
     if fmt == "openvino":
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.parent.name}-", dir=final.parent.parent))
+        folder = temp_path(final.parent)
+        folder.mkdir()  # the umask's mode, as the run's other folders (mkdtemp's is 0700)
         try:
             yield folder / final.name
         finally:

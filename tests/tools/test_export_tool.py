@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +234,12 @@ def test_every_format_is_written_checked_and_carries_the_labels_mapping(exported
         "onnx-int8": run / "model.int8.onnx",
         "openvino": run / "openvino" / "model.xml",
     }
+    # Readable as the run's other files are (the umask's modes), for the service deploying them.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in [*paths.values(), run / "openvino"]:
+        wanted = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == wanted, path
     for fmt, entry in entries.items():
         assert entry["passed"] and entry["n_images"] == 15 and entry["verified_on"] == "val", fmt
         assert entry["top1_agreement"] >= 0.8 and 0 <= entry["accuracy"] <= 1
