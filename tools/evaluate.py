@@ -220,8 +220,8 @@ def split_args_for(
         found["seed"] = seed
     if val_fraction is not None:
         found["val_fraction"] = val_fraction
-    if not data.is_dir() or has_split_folders(data):
-        return found  # the folders say which image is which; nothing to reproduce
+    if not data.is_dir() or has_split_folders(data) or not any(p.is_dir() for p in data.iterdir()):
+        return found  # the folders say which image is which (or the scan says what is wrong)
     missing = [k for k in ("seed", "val_fraction") if k not in found]
     if missing:
         looked = model.split_source or (

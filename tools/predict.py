@@ -253,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images with an exported ONNX model (validation preprocessing).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or globs")
-    parser.add_argument("--model", required=True, type=Path, help="the exported .onnx file")
+    parser.add_argument(
+        "--model", required=True, type=Path,
+        help="the exported .onnx file, or a run folder (its model.onnx)",
+    )  # fmt: skip
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image")
     parser.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call")
     parser.add_argument(

@@ -88,6 +88,13 @@ class OnnxClassifier:
     ):
         self.tta = check_tta(tta)
         self.path = Path(path)
+        if self.path.is_dir():  # a run folder: its model.onnx
+            if not (self.path / "model.onnx").is_file():
+                raise OnnxModelError(
+                    f"{self.path} is a folder with no model.onnx. Pass a run folder that holds "
+                    "one, or the .onnx file itself (tools/export.py writes one)."
+                )
+            self.path = self.path / "model.onnx"
         if not self.path.is_file():
             raise OnnxModelError(
                 f"Model file not found: {self.path}. Pass the model.onnx from a run folder "

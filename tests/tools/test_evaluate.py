@@ -148,20 +148,32 @@ def test_class_mismatch_names_the_difference(
         ("best", ["--split", "test", "--data", "NO_TEST"], "no test images"),
         ("best", ["--data", "MISSING_DATA"], "does not exist"),
         ("best", ["--label-sep", ";"], "is a single-label model. Drop --label-sep"),
+        ("best", ["--data", "EMPTY_DATA"], "holds no folders"),  # said once, and only that
     ],
-    ids=["missing-checkpoint", "missing-onnx", "no-test-split", "missing-data", "label-sep"],
+    ids=[
+        "missing-checkpoint",
+        "missing-onnx",
+        "no-test-split",
+        "missing-data",
+        "label-sep",
+        "empty-data",
+    ],
 )
 def test_user_mistakes_exit_2(
     run: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
     model: str,
     extra: list[str],
     expected: str,
 ) -> None:
+    caplog.set_level("INFO")
     model_path = run["best"] if model == "best" else tmp_path / model
     no_test = make_tree(tmp_path / "no_test", splits=("train", "val"))
-    data = {"NO_TEST": str(no_test), "MISSING_DATA": str(tmp_path / "nowhere")}
+    (tmp_path / "empty").mkdir()
+    data = {"NO_TEST": str(no_test), "MISSING_DATA": str(tmp_path / "nowhere"),
+            "EMPTY_DATA": str(tmp_path / "empty")}  # fmt: skip
     extra = [data.get(x, x) for x in extra]
     if "--data" not in extra:
         extra += ["--data", str(run["tree"])]
@@ -169,6 +181,7 @@ def test_user_mistakes_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert "class folders only" not in caplog.text  # no tree here is one
 
 
 def test_report_prints_brackets_literally() -> None:

@@ -117,6 +117,10 @@ def test_user_errors(exported: dict[str, Any], tmp_path: Path) -> None:
     (tmp_path / "best.pt").write_bytes(b"x")
     with pytest.raises(OnnxModelError, match="PyTorch checkpoint.*tools/export.py"):
         OnnxClassifier(tmp_path / "best.pt")
+    with pytest.raises(OnnxModelError, match=r"folder with no model\.onnx"):
+        OnnxClassifier(tmp_path)
+    # A run folder stands for its model.onnx.
+    assert OnnxClassifier(Path(exported["path"]).parent).path == Path(exported["path"])
     clf = OnnxClassifier(exported["path"])
     with pytest.raises(ValueError, match="uint8"):
         clf.predict(np.zeros((8, 8, 3), np.float32))

@@ -144,8 +144,8 @@ def scan_tree(root: Path, *, val_fraction: float, seed: int) -> TreeScan:
     """
     if not root.exists():
         raise DataError(
-            f"Data folder {root} does not exist. Pass the folder that holds train/ and val/ "
-            "(or one folder per class) with --data, or omit --data to use the demo dataset."
+            f"Data folder {root} does not exist. Check the path: pass the folder that holds "
+            "train/ and val/ (or one folder per class) with --data."
         )
     if not root.is_dir():
         raise DataError(
