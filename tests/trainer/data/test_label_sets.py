@@ -93,6 +93,15 @@ def test_bad_multilabel_rows(tmp_path: Path, case: str, expect: str) -> None:
         read_label_file(labels, val_fraction=0.25, seed=0, **kwargs)  # type: ignore[arg-type]
 
 
+def test_integer_labels_in_a_list_are_read_as_their_text() -> None:
+    from trainer.data.label_sets import label_list
+
+    assert label_list("labels.jsonl:1", ["red", 3]) == ["red", "3"]  # as docs/data.md says
+    for bad in (True, 1.5, {"a": 1}, " "):
+        with pytest.raises(DataError, match="labels.jsonl:1: the label list holds"):
+            label_list("labels.jsonl:1", ["red", bad])
+
+
 def test_duplicate_labels_in_a_row_warn_and_count_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
