@@ -111,6 +111,7 @@ def restore_engine(
     if engine.scaler is not None and ckpt.get("scaler") is not None:
         engine.scaler.load_state_dict(ckpt["scaler"])
     engine.state.load_state_dict(ckpt["state"])
+    _say_if_rescheduled(engine, path)
     sampler: Any = getattr(engine.train_loader, "sampler", None)
     if ckpt.get("sampler") is not None and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(ckpt["sampler"])
@@ -129,6 +130,25 @@ def restore_engine(
         )  # fmt: skip
         seed_everything(rank_seed(engine.seed + len(engine.state.history), engine.rank))
     return ckpt, rng
+
+
+def _say_if_rescheduled(engine: Any, path: str | Path) -> None:
+    """Warn when the fit runs another number of epochs than the run's schedule was laid out
+    for: the lr schedule is a function of the step and the fit's length, so it jumps."""
+    planned, epochs, done = engine.state.max_epochs, engine.max_epochs, len(engine.state.history)
+    if planned in (0, epochs) or done >= epochs:
+        return
+    sched = engine.scheduler
+    now = engine.optimizer.param_groups[0]["lr"]
+    change = ""
+    if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+        new = sched.base_lrs[0] * sched.lr_lambdas[0](sched.last_epoch)
+        change = f": the lr goes from {now:.3g} to {new:.3g} at the next step"
+    log.warning(
+        "%s trained %d epochs of a %d-epoch learning-rate schedule; this fit runs %d, so the "
+        "schedule is laid out over %d epochs from the start%s",
+        path, done, planned, epochs, epochs, change,
+    )  # fmt: skip
 
 
 def already_finished(state: EngineState, max_epochs: int, resume: str | Path) -> bool:

@@ -227,6 +227,23 @@ def test_resume_finished_run_trains_nothing(tmp_path, caplog) -> None:
     assert not all(torch.equal(before[k], v) for k, v in engine.model.state_dict().items())
 
 
+def test_resume_with_more_epochs_says_the_lr_schedule_is_laid_out_again(tmp_path, caplog) -> None:
+    # Raising the epochs of a finished run (what "already finished" advises) stretches the
+    # warmup-cosine schedule over the new length: the lr jumps back up, and the log says so.
+    make_engine([CheckpointHook(tmp_path)], max_epochs=2).fit()
+    with caplog.at_level("WARNING"):
+        make_engine([CheckpointHook(tmp_path)], max_epochs=2).fit(resume=tmp_path)
+    assert "schedule" not in caplog.text
+    engine = make_engine([CheckpointHook(tmp_path)], max_epochs=4)
+    with caplog.at_level("WARNING"):
+        engine.fit(resume=tmp_path)
+    lrs = [row["lr"] for row in engine.state.history]
+    assert lrs[2] > 10 * lrs[1]  # back up from the end of the 2-epoch cosine
+    message = caplog.text
+    assert "trained 2 epochs of a 2-epoch learning-rate schedule" in message
+    assert "laid out over 4 epochs" in message and f"{lrs[1]:.3g}" in message
+
+
 def test_resume_with_other_classes_is_an_error(tmp_path) -> None:
     from trainer.errors import CheckpointError
 
