@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainer.data import IMG_EXTENSIONS, eval_preprocess, image_to_tensor, load_preprocessed
@@ -38,7 +39,7 @@ from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
 
-# A folder, one image path, a list of paths or PIL images, or a loader of batches.
+# A folder, one image path, a list of paths, PIL images or uint8 arrays, or a loader of batches.
 PredictSource = str | os.PathLike[str] | Sequence[Any] | Iterable[Any]
 DEFAULT_BATCH_SIZE = 32
 
@@ -59,15 +60,16 @@ def predict_paths(folder: str | os.PathLike[str]) -> list[Path]:
 class PredictBatches:
     """The batches of a predict source, and the probabilities that come back for them.
 
-    A loader's batches pass as they are. Paths and PIL images become uint8 ``(B, 3, S, S)``
-    batches through the validation transform, ``batch_size`` at a time; a file that cannot be
-    decoded is left out of its batch, logged, and listed in ``skipped``.
+    A loader's batches pass as they are. Paths, PIL images and arrays become uint8
+    ``(B, 3, S, S)`` batches through the validation transform, ``batch_size`` at a time; a file
+    that cannot be decoded is left out of its batch, logged, and listed in ``skipped``.
 
     Args:
         data: the engine's data; its ``img_size`` (needed for paths and PIL images) and
             ``batch_size`` (the default batch size).
-        source: a folder (see :func:`predict_paths`), an image path, a list of image paths and
-            PIL images, or an iterable of batches (``images`` or ``(images, targets, ...)``).
+        source: a folder (see :func:`predict_paths`), an image path, a list of image paths,
+            PIL images and uint8 arrays (``(H, W)`` or ``(H, W, C)``, RGB), or an iterable of
+            batches (``images`` or ``(images, targets, ...)``).
         batch_size: images per batch for paths and PIL images; default the data's, else 32.
         tta: "flip" averages each image's probabilities with its mirror's; "none" (default).
         engine: the engine whose ``eval_model`` (under its ``autocast``) scores the mirrored
@@ -183,7 +185,7 @@ class PredictBatches:
 
 
 def _is_loader(source: Any) -> bool:
-    """Anything but a path, or a list or tuple of paths and PIL images."""
+    """Anything but a path, or a list or tuple of paths, PIL images and uint8 arrays."""
     if isinstance(source, (str, os.PathLike)):
         return False
     if isinstance(source, (list, tuple)):
@@ -192,8 +194,11 @@ def _is_loader(source: Any) -> bool:
 
 
 def _is_image_item(x: Any) -> bool:
+    """A path, a PIL image, or a uint8 array of one image (``(H, W)`` or ``(H, W, C)``)."""
     from PIL import Image
 
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.uint8 and x.ndim in (2, 3)
     return isinstance(x, (str, os.PathLike, Image.Image))
 
 

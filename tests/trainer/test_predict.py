@@ -83,6 +83,11 @@ def test_folder_paths_and_pil_images_use_the_validation_transform(
     pil = [Image.open(p) for p in paths]
     mixed = [pil[0], paths[1], *pil[2:]]
     assert torch.allclose(trained.predict(mixed), expected, atol=1e-5)
+    arrays = [np.asarray(p.convert("RGB")) for p in pil]  # uint8 HWC, as OnnxClassifier takes
+    arrays[0] = arrays[0][:, :, 0]  # and HW: grey, repeated
+    grey = eval_preprocess(load_image(paths[0]), 16)[:1].expand(3, -1, -1)
+    expected[0] = _expected(trained, grey[None])[0]
+    assert torch.allclose(trained.predict(arrays), expected, atol=1e-5)
     assert torch.allclose(trained.predict(paths[3]), expected[3:4], atol=1e-5)
     assert tree_digest(root, mtimes=True) == before  # user data is only read
 
