@@ -159,17 +159,17 @@ class OnnxClassifier:
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``k`` most likely ``(label, probability)`` pairs of each row of ``probs``, most
         likely first (ties in index order); ``k`` is capped at the number of classes. A
-        multi-label model's rows keep only the labels at or above their thresholds."""
+        multi-label model's rows are its labels at or above their thresholds, ``k`` at most."""
         if k < 1:
             raise ValueError(f"top_k must be >= 1, got {k}")
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : min(k, len(self.classes))]
+        kept = np.ones_like(probs, dtype=bool)
+        if self.multilabel:  # the thresholds pick the labels first; k caps them after
+            kept = probs >= np.asarray(self.thresholds, dtype=probs.dtype)[None]
+        key = np.where(kept, -probs, np.inf)
+        order = np.argsort(key, axis=1, kind="stable")[:, : min(k, len(self.classes))]
         return [
-            [
-                (self.classes[i], float(row[i]))
-                for i in top
-                if not self.multilabel or row[i] >= self.thresholds[i]
-            ]
-            for row, top in zip(probs, order, strict=True)
+            [(self.classes[i], float(row[i])) for i in top if ok[i]]
+            for row, ok, top in zip(probs, kept, order, strict=True)
         ]
 
     def predict(self, image: ImageInput, top_k: int = 5) -> list[tuple[str, float]]:

@@ -228,3 +228,18 @@ def test_tta_flip_of_a_multilabel_model_averages_sigmoids_then_thresholds(
         kept = [i for i in np.argsort(-row) if row[i] >= fields["thresholds"][i]]
         assert _same_top(labels, [(CLASSES[i], row[i]) for i in kept])
     assert any(found) and not all(len(f) == 4 for f in found)  # the thresholds cut some
+
+
+def test_a_multilabel_top_k_caps_the_labels_at_their_thresholds_not_the_classes(
+    exported: dict[str, Any], tmp_path: Path
+) -> None:
+    # The thresholds pick the labels, then top_k caps that list: a label above its threshold
+    # is kept even when more probable classes sit below theirs.
+    fields = {"task": "multilabel", "activation": "sigmoid", "thresholds": [0.9, 0.9, 0.9, 0.0]}
+    clf = OnnxClassifier(_with_mapping(exported, tmp_path / "ml", **fields))
+    probs = np.array([[0.8, 0.7, 0.6, 0.1], [0.95, 0.2, 0.3, 0.4]])
+    assert clf.top_k(probs, 1) == [[(CLASSES[3], pytest.approx(0.1))],
+                                   [(CLASSES[0], pytest.approx(0.95))]]  # fmt: skip
+    assert [[c for c, _ in row] for row in clf.top_k(probs, 5)] == [
+        [CLASSES[3]], [CLASSES[0], CLASSES[3]]
+    ]  # fmt: skip
