@@ -49,7 +49,7 @@ from torch.nn import functional as F
 
 from tools.evaluate_multilabel import evaluate_labels, print_label_report, write_label_outputs
 from tools.evaluate_report import PLOT_NAME, RESULT_NAME, print_report, write_outputs
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import class_difference, load_checkpoint
 from trainer.config_cli import program_name
 from trainer.data import ImageFolderData
 from trainer.data.scan import has_split_folders
@@ -247,15 +247,9 @@ def split_args_for(
 
 def check_classes(model: LoadedModel, data: ImageFolderData) -> None:
     """Raise a UserError naming the difference when the model's classes are not the data's."""
-    if model.classes == data.classes:
+    detail = class_difference(model.classes, data.classes)
+    if detail is None:
         return
-    only_model = sorted(set(model.classes) - set(data.classes))
-    only_data = sorted(set(data.classes) - set(model.classes))
-    detail = (
-        f"only in the model: {only_model}; only in the data: {only_data}"
-        if only_model or only_data
-        else f"same names in another order (model: {model.classes}, data: {data.classes})"
-    )
     raise UserError(
         f"{model.path} was trained on other classes than {data.root} holds: {detail}. "
         "Evaluate on a tree with the classes the model was trained on."
@@ -311,6 +305,8 @@ def evaluate(
     check_tta(tta)
     model = load_model(model_path, device=device, img_size=img_size)
     split_args = split_args_for(model, Path(data).expanduser(), seed, val_fraction)
+    if Path(data).suffix.lower() != ".csv":
+        split_args.pop("label_sep", None)  # the run's CSV separator: other data needs none
     if label_sep is not None:
         if not model.multilabel:  # label sets would make the data multi-label
             raise UserError(

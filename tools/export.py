@@ -44,7 +44,7 @@ import torch
 
 from hooks.onnx_export import REPORT_NAME
 from trainer import export_formats as ef
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import class_difference, load_checkpoint
 from trainer.config_cli import program_name
 from trainer.data import ImageFolderData
 from trainer.data.demo import default_demo_root
@@ -114,6 +114,12 @@ def run_data(
     if root is None:
         log.warning("no data folder known for this checkpoint")
         return None, None
+    csv = root.suffix.lower() == ".csv"
+    label_sep = args.get("label_sep") if csv else None  # a CSV's, as trained; JSONL has lists
+    if csv and label_sep is None and mapping.get("task") == "multilabel":
+        problem = (f"the run trained on another kind of label file, so the separator of {root}'s "
+                   "label column is unknown")  # fmt: skip
+        return _unusable(root, data, problem, "Pass a JSONL label file or a tree instead.")
     try:
         tree = ImageFolderData(
             root,
@@ -126,14 +132,27 @@ def run_data(
             image_key=str(args.get("image_key", "path")),  # a label file's, as trained
             label_key=str(args.get("label_key", "label")),
             task=str(args.get("task") or "auto"),
-            label_sep=args.get("label_sep"),  # a CSV's label sets, split as trained
+            label_sep=label_sep,
         )
     except DataError:
         if data is not None:
             raise
         log.warning("the run's data at %s cannot be read", root)
         return None, None
+    classes = [mapping["idx_to_class"][str(i)] for i in range(len(mapping["idx_to_class"]))]
+    detail = class_difference(classes, tree.classes)
+    if detail is not None:  # its labels would index other classes: every figure wrong
+        problem = f"the model was trained on other classes than it holds ({detail})"
+        return _unusable(root, data, problem, "Pass data with the model's classes.")
     return tree, root
+
+
+def _unusable(root: Path, given: Any, problem: str, fix: str) -> tuple[None, None]:
+    """Refuse data the user passed (``given``); for the run's own data, warn and go on without."""
+    if given is not None:
+        raise UserError(f"cannot check the export on {root}: {problem}. {fix}")
+    log.warning("the run's data at %s is not used: %s", root, problem)
+    return None, None
 
 
 def verification_images(

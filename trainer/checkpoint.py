@@ -6,6 +6,7 @@ import copy
 import io
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,17 +112,23 @@ def checkpoint_file(path: str | os.PathLike[str]) -> Path:
     return last
 
 
+def class_difference(model: Sequence[str], data: Sequence[str]) -> str | None:
+    """How the classes a model was trained on differ from the data's, or None if they match."""
+    if list(model) == list(data):
+        return None
+    only_model, only_data = sorted(set(model) - set(data)), sorted(set(data) - set(model))
+    if only_model or only_data:
+        return f"only in the model: {only_model}; only in the data: {only_data}"
+    return f"the same names in another order (model: {list(model)}, data: {list(data)})"
+
+
 def check_classes(ckpt: dict[str, Any], classes: list[str], path: str | os.PathLike[str]) -> None:
     """Raise ``CheckpointError`` naming the difference unless ``ckpt`` has these classes."""
-    saved = list(ckpt.get("classes", []))
-    if saved != list(classes):
-        gone = sorted(set(saved) - set(classes))
-        new = sorted(set(classes) - set(saved))
+    detail = class_difference(list(ckpt.get("classes", [])), classes)
+    if detail is not None:
         raise CheckpointError(
-            f"checkpoint {path} was trained on other classes: only in the checkpoint: {gone}, "
-            f"only in the data: {new}"
-            + ("" if gone or new else " (same names, different order)")
-            + ". Resume with the data it was trained on, or start a new run."
+            f"checkpoint {path} was trained on other classes ({detail}). Resume with the data "
+            "it was trained on, or start a new run."
         )
 
 

@@ -129,6 +129,8 @@ def _bad_checkpoint(tmp_path: Path, run: Path) -> Path:
         (lambda tmp, run: [str(_text_file(tmp))], "could not be read"),
         (lambda tmp, run: [str(_bad_checkpoint(tmp, run))], "--model"),
         (lambda tmp, run: [str(run), "--data", str(tmp / "nope")], "does not exist"),
+        # Other classes: their labels would index the model's wrongly (accuracy 0, rc 0).
+        (lambda tmp, run: [str(run), "--data", str(_zoo(tmp))], "other classes"),
         (lambda tmp, run: [str(run), "--opset", "12"], "--opset"),
         (lambda tmp, run: [str(run), "--formats", "onnx,tflite"], "onnx-int8, openvino"),
         (lambda tmp, run: [str(run), "--calib-images", "0"], "--calib-images"),
@@ -140,6 +142,7 @@ def _bad_checkpoint(tmp_path: Path, run: Path) -> Path:
         "not-a-checkpoint",
         "no-architecture",
         "bad-data",
+        "other-classes",
         "old-opset",
         "unknown-format",
         "no-calibration-images",
@@ -165,6 +168,10 @@ def _moved(tmp_path: Path, run: Path) -> Path:
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     ckpt["args"]["data"] = str(tmp_path / "gone")
     return save_checkpoint(ckpt, tmp_path / "moved.pt")
+
+
+def _zoo(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "zoo", {"ant": 3, "bee": 3, "cat": 3}, size=(16, 16))
 
 
 def _text_file(tmp_path: Path) -> Path:

@@ -230,3 +230,48 @@ def test_a_csv_run_whose_labels_label_sep_splits_is_exported_and_evaluated(
     finally:
         (csv_run / "args.json").unlink()
     assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == pytest.approx(pt)
+
+
+def test_a_csv_run_is_evaluated_and_export_checked_on_a_jsonl_file_of_its_data(
+    run: Path, exported: tuple[dict[str, Any], str], tmp_path: Path
+) -> None:
+    # The run's recorded --label-sep belongs to its CSV: a JSONL file of the same data (list
+    # labels) needs none, and gets the same figures; the user passed no --label-sep to drop.
+    jsonl = run.parent / "data" / "labels.jsonl"
+    argv = [str(run / "checkpoints" / "best.pt"), "--data", str(jsonl), "--workers", "0",
+            "--out", str(tmp_path / "jsonl")]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    on_jsonl = json.loads((tmp_path / "jsonl" / "evaluation.json").read_text())
+    argv = [str(run / "checkpoints" / "best.pt"), "--data", str(run.parent / "data" / "labels.csv"),
+            "--workers", "0", "--out", str(tmp_path / "csv")]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    on_csv = json.loads((tmp_path / "csv" / "evaluation.json").read_text())
+    assert on_jsonl["n_images"] == on_csv["n_images"] == 16
+    assert on_jsonl["metrics"] == pytest.approx(on_csv["metrics"])
+    out = tmp_path / "export" / "model.onnx"
+    assert tool.main([str(run), "--out", str(out), "--data", str(jsonl)]) == 0
+    report = json.loads((out.parent / "export_report.json").read_text())
+    assert report["verified_on"] == "val" and report["n_images"] == 16
+
+
+def test_export_and_benchmark_refuse_data_of_other_labels(
+    run: Path, exported: tuple[dict[str, Any], str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tools import benchmark
+
+    rows = [json.loads(line) for line in (run.parent / "data" / "labels.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["path"] = str(run.parent / "data" / r["path"])
+        r["label"] = [x for x in r["label"] if x != "cat"]  # one label fewer
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = (run / "export_report.json").read_bytes()
+    for main, argv in ((tool.main, [str(run), "--out", str(tmp_path / "m.onnx")]),
+                       (benchmark.main, [str(run)])):  # fmt: skip
+        capsys.readouterr()
+        assert main([*argv, "--data", str(fewer)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "other classes" in err and "['cat']" in err, err
+        assert "Traceback" not in err
+    assert (run / "export_report.json").read_bytes() == before
