@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
         root = Path(cfg.data) if cfg.data else demo_dataset()
         data = build_data(dataclasses.replace(cfg, check_leakage=False), root)
+        if data.task == "multilabel":
+            raise ConfigError(
+                f"{args.run} is a multi-label run: confident learning finds wrong single labels "
+                "(one per image), not wrong label sets. Run it on a single-label run."
+            )
         labels = np.asarray(data.train_samples.targets)
         with tempfile.TemporaryDirectory() as work:
             probs = out_of_fold_probs(cfg, data, args.folds, Path(work))

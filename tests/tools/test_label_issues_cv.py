@@ -78,11 +78,15 @@ def test_writes_every_training_image_ranked(tmp_path: Path, capsys: pytest.Captu
     assert scores[flagged:] == sorted(scores[flagged:]) and all(-1 <= s <= 1 for s in scores)
 
 
-@pytest.mark.parametrize("case", ["one_fold", "no_args", "no_train_split"])
+@pytest.mark.parametrize("case", ["one_fold", "no_args", "no_train_split", "multilabel"])
 def test_bad_input_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
-    if case == "no_train_split":
+    if case == "multilabel":  # label sets: confident learning ranks single labels only
+        from tests.tools.test_multilabel_cli import write_multilabel_set
+
+        run = write_run(tmp_path, write_multilabel_set(tmp_path / "ml", n_train=12, n_val=6))
+    elif case == "no_train_split":
         empty = tmp_path / "empty"
         (empty / "val" / "a").mkdir(parents=True)
         run = write_run(tmp_path, empty)
@@ -94,5 +98,6 @@ def test_bad_input_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert {"one_fold": "at least 2 folds", "no_args": f"{run} is not a run folder",
-            "no_train_split": str(tmp_path / "empty")}[case] in err  # fmt: skip
+            "no_train_split": str(tmp_path / "empty"),
+            "multilabel": "is a multi-label run"}[case] in err  # fmt: skip
     assert not (run / tool.CSV_NAME).exists()
