@@ -11,6 +11,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -130,7 +131,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as strict JSON: a NaN or infinite number (a metric without a value) is null,
+    which every JSON reader takes (a browser's ``JSON.parse`` refuses ``NaN``)."""
+    text = json.dumps(json_safe(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, containers rebuilt."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_csv(

@@ -112,3 +112,18 @@ def test_clean_stale_temp_files_removes_ours_everywhere_and_nothing_else(tmp_pat
     assert clean_stale_temp_files(tmp_path) == len(ours)
     assert not any(p.exists() for p in ours)
     assert all(p.exists() for p in theirs)
+
+
+def test_json_files_are_strict_json_with_null_for_a_missing_number(tmp_path: Path) -> None:
+    # A metric with no value (an AP without positives) is NaN in Python; JSON has no NaN, and
+    # strict readers (a browser's JSON.parse, jq) refuse the file: it is written as null.
+    import json
+
+    from trainer.io import atomic_write_json
+
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"ap": [0.5, float("nan")], "inf": float("inf"), "n": 3, "s": "NaN"})
+    text = path.read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "ap": [0.5, None], "inf": None, "n": 3, "s": "NaN"
+    }  # fmt: skip
