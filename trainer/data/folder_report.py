@@ -28,12 +28,14 @@ def report(data: Any) -> dict[str, Any]:
 def summary(data: Any) -> str:
     """A few lines on classes and split sizes, for the start of a run."""
     lines = [f"data: {data.root} ({data.num_classes} classes)"]
+    multilabel = getattr(data, "task", "multiclass") == "multilabel"
     for split, counts in data.class_counts.items():
-        if sum(counts):
-            lines.append(
-                f"  {split}: {sum(counts)} images, per class min {min(counts)} "
-                f"max {max(counts)}"
-            )
+        samples = getattr(data, f"{split}_samples", None)
+        images = len(samples) if samples is not None else sum(counts)
+        if not images:
+            continue
+        per = f"{sum(counts)} labels, per label" if multilabel else "per class"  # counts: labels
+        lines.append(f"  {split}: {images} images, {per} min {min(counts)} max {max(counts)}")
     if data.bad_files:
         lines.append(f"  skipped {len(data.bad_files)} unreadable file(s)")
     if data.ignored_files:

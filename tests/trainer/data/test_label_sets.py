@@ -125,3 +125,12 @@ def test_balanced_sampler_weights_by_rarest_label_and_counts_labels() -> None:
     assert torch.allclose(groups, torch.full((3,), 1 / 3), atol=0.05)  # each group a third
     assert sampler.class_counts == multi_hot[drawn].sum(0).long().tolist()
     assert len(sampler.expected_counts) == 2
+
+
+def test_the_summary_counts_images_and_labels_apart(tmp_path: Path) -> None:
+    from tests.tools.test_multilabel_cli import write_multilabel_set
+
+    data = small_data(write_multilabel_set(tmp_path / "ml", n_train=8, n_val=8))
+    text = data.summary()  # 8 images a split, every label set once: 12 labels, 4 of each
+    assert "train: 8 images, 12 labels, per label min 4 max 4" in text, text
+    assert "val: 8 images, 12 labels" in text
