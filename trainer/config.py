@@ -34,6 +34,7 @@ from trainer.config_fields import (
     lr_problem,
     lr_value,
     model_problem,
+    number,
     setting,
     val_every_problem_text,
 )
@@ -91,12 +92,14 @@ class AugmentConfig:
         0.0, "probability of a random perspective warp (distortion 0.3)", metavar="P"
     )
     mixup: float = setting(
-        0.0, "MixUp on the device, Beta(ALPHA, ALPHA); 0 is off", metavar="ALPHA"
+        0.0, "MixUp on the device, Beta(ALPHA, ALPHA); 0 is off", metavar="ALPHA",
+        check=number("mixup", 0, hint=" (0 is off)"),
     )
     cutmix: float = setting(
         0.0,
         "CutMix on the device, Beta(ALPHA, ALPHA); 0 is off (both on: one per batch)",
         metavar="ALPHA",
+        check=number("cutmix", 0, hint=" (0 is off)"),
     )
     transforms: str | None = setting(
         None,
@@ -127,7 +130,8 @@ class ModelConfig:
 class OptimConfig:
     group: ClassVar[str] = "optimisation"
 
-    epochs: int | None = setting(None, "epochs", to=(ENGINE,), engine_name="max_epochs", demo=True)
+    epochs: int | None = setting(None, "epochs", to=(ENGINE,), engine_name="max_epochs", demo=True,
+                                 check=number("epochs", 1))  # fmt: skip
     lr: float | str | None = setting(
         None,
         "peak learning rate; auto: run the LR range test first (tools/lr_find.py) and use "
@@ -137,9 +141,12 @@ class OptimConfig:
         parse=lr_value,
         check=lr_problem,
     )
-    weight_decay: float = setting(0.05, "AdamW weight decay", to=(ENGINE,))
-    warmup_epochs: float = setting(1.0, "linear warmup length", to=(ENGINE,))
-    label_smoothing: float = setting(0.1, "cross-entropy smoothing", to=(ENGINE,))
+    weight_decay: float = setting(0.05, "AdamW weight decay", to=(ENGINE,),
+                                  check=number("weight_decay", 0))  # fmt: skip
+    warmup_epochs: float = setting(1.0, "linear warmup length", to=(ENGINE,),
+                                   check=number("warmup_epochs", 0))  # fmt: skip
+    label_smoothing: float = setting(0.1, "cross-entropy smoothing", to=(ENGINE,),
+                                     check=number("label_smoothing", 0, 1, below_high=True))  # fmt: skip
     loss: str = setting(
         "ce",
         "training loss: ce is cross-entropy, binary per class on multi-label data (also "
@@ -162,9 +169,12 @@ class OptimConfig:
         0.0,
         "EMA of the weights (e.g. 0.999), used for val and export; 0 disables",
         to=(ENGINE,),
+        check=number("ema_decay", 0, 1, below_high=True, hint=" (e.g. 0.999; 0 disables)"),
     )
-    grad_clip: float = setting(0.0, "clip gradient norm; 0 disables", to=(ENGINE,))
-    accumulate: int = setting(1, "batches per optimizer step", to=(ENGINE,))
+    grad_clip: float = setting(0.0, "clip gradient norm; 0 disables", to=(ENGINE,),
+                               check=number("grad_clip", 0, hint=" (0 disables)"))  # fmt: skip
+    accumulate: int = setting(1, "batches per optimizer step", to=(ENGINE,),
+                              check=number("accumulate", 1))  # fmt: skip
     compile: bool = setting(False, "torch.compile the model", to=(ENGINE,), switch=True)
     sync_bn: bool = setting(
         False,
@@ -187,19 +197,23 @@ class RunConfig:
         "data: val/mAP)",
         to=(ENGINE, HOOKS),
     )
-    top_k: int = setting(1, "also keep the k best epochs' checkpoints", to=(HOOKS,))
+    top_k: int = setting(1, "also keep the k best epochs' checkpoints", to=(HOOKS,),
+                         check=number("top_k", 0))  # fmt: skip
     early_stopping: int = setting(
         0,
         "stop after this many epochs without improvement; 0 disables",
         to=(HOOKS,),
         metavar="PATIENCE",
+        check=number("early_stopping", 0, hint=" (0 disables)"),
     )
     min_delta: float = setting(
         0.0,
         "for --early-stopping: an improvement must beat the best by more than this",
         to=(HOOKS,),
+        check=number("min_delta", 0),
     )
-    sanity_steps: int = setting(2, "val batches before training", to=(ENGINE,))
+    sanity_steps: int = setting(2, "val batches before training", to=(ENGINE,),
+                                check=number("sanity_steps", 0, hint=" (0 skips the check)"))  # fmt: skip
     quiet: bool = setting(
         False, "only the epoch lines, warnings and the final summary", switch=True
     )

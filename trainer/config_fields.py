@@ -68,6 +68,25 @@ def setting(
 
 
 # ------------------------------------------------------------------------------ checks
+def number(
+    name: str, low: float, high: float = math.inf, *, below_high: bool = False, hint: str = ""
+) -> Callable[[Any], str | None]:
+    """The check of a numeric setting: a finite number from ``low`` up to ``high`` (excluded
+    with ``below_high``); None (unset) passes. ``hint`` ends the message (what 0 means...)."""
+    flag = "--" + name.replace("_", "-")
+    span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}{')' if below_high else ']'}"
+
+    def problem(value: Any) -> str | None:
+        if value is None:
+            return None
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)
+              and math.isfinite(value) and low <= value
+              and (value < high if below_high else value <= high))  # fmt: skip
+        return None if ok else f"{flag} must be a number {span}, got {value!r}{hint}"
+
+    return problem
+
+
 def lr_value(text: str) -> float | str:
     """``--lr``: a finite number above 0, or ``auto`` (the LR range test picks it)."""
     if str(text).strip().lower() == "auto":

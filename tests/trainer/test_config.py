@@ -115,6 +115,39 @@ def test_other_checks_run_for_every_source() -> None:
         parse_config(["--log-every", "-2"])
 
 
+@pytest.mark.parametrize(
+    ("name", "bad", "good"),
+    [
+        ("epochs", [0, -1], [1, 30]),
+        ("accumulate", [0, -1], [1, 4]),
+        ("ema_decay", [1.0, 1.5, -0.1, math.nan], [0.0, 0.999]),
+        ("warmup_epochs", [-1.0, math.nan], [0.0, 2.5]),
+        ("label_smoothing", [1.0, 1.2, -0.1], [0.0, 0.1]),
+        ("weight_decay", [-1.0, math.nan], [0.0, 0.05]),
+        ("grad_clip", [-1.0, math.inf], [0.0, 1.0]),
+        ("mixup", [-1.0, math.inf, math.nan], [0.0, 0.2]),
+        ("cutmix", [-1.0, math.nan], [0.0, 1.0]),
+        ("top_k", [-1], [0, 3]),
+        ("early_stopping", [-1], [0, 5]),
+        ("min_delta", [-0.1, math.nan], [0.0, 0.01]),
+        ("sanity_steps", [-1], [0, 2]),
+    ],
+)
+def test_numbers_out_of_their_range_are_refused_naming_the_flag(
+    name: str, bad: list[float], good: list[float]
+) -> None:
+    # Each once crashed later with a traceback (accumulate 0, ema-decay 1.5, warmup nan,
+    # label-smoothing 1.2, cutmix nan) or trained on nonsense (epochs 0, weight-decay -1).
+    flag = "--" + name.replace("_", "-")
+    for value in bad:
+        with pytest.raises(ConfigError, match=f"^{flag} must be a number"):
+            TrainConfig(**{name: value})
+        with pytest.raises(ConfigError, match=f"^{flag} must be a number"):
+            parse_config([flag, str(value)])
+    for value in good:
+        assert getattr(TrainConfig(**{name: value}), name) == value
+
+
 @pytest.mark.parametrize("crop_pct", [0, -0.5, 1.5, math.nan, True, "0.9"])
 def test_crop_pct_outside_0_1_is_refused(crop_pct: object) -> None:
     with pytest.raises(ConfigError, match=r"--crop-pct: crop_pct must be a number in \(0, 1\]"):
