@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
 
+from trainer.errors import ConfigError
 from trainer.hook import Hook
 from trainer.metrics import is_better
 
@@ -45,15 +47,24 @@ class EarlyStoppingHook(Hook):
         self.best: float | None = None
         self.wait = 0
 
+    def on_fit_start(self, engine: Engine) -> None:
+        loader: Any = getattr(engine, "val_loader", None)
+        if loader is None or (isinstance(loader, Sized) and len(loader) == 0):
+            raise ConfigError(
+                f"early stopping watches {self.monitor or engine.monitor} on the validation "
+                "images, but this data has none (--val-fraction 0, or no val/ folder). Keep a "
+                "validation split, or drop --early-stopping."
+            )
+
     def on_validation_end(self, engine: Engine) -> None:
         if engine.state.phase != "val":
             return
         monitor, mode = self.monitor or engine.monitor, self.mode or engine.mode
         value = engine.state.metrics.get(monitor)
         if value is None:
-            raise KeyError(
-                f"EarlyStoppingHook monitors {monitor!r}, which the run does not produce; "
-                f"available: {sorted(engine.state.metrics)}"
+            raise ConfigError(
+                f"--monitor {monitor}: early stopping watches a metric this run does not have; "
+                f"it has {', '.join(sorted(engine.state.metrics))}. Pass one of those."
             )
         if is_better(value, self.best, mode, self.min_delta):
             self.best, self.wait = value, 0

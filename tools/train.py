@@ -151,6 +151,12 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
     if cfg.data is None:
         log.info("no --data given: training on the built-in demo dataset at %s", root)
     data = build_data(cfg, root)
+    if cfg.early_stopping and not len(data.val_samples):  # as its hook says, before any file
+        raise ConfigError(
+            f"--early-stopping watches the validation images, but {root} has none "
+            "(--val-fraction 0, or no val/ folder). Keep a validation split, or drop "
+            "--early-stopping."
+        )
     applied = record_effective(config, data)  # the values in use, for args.json
     if applied:  # multi-label: val/mAP, the whole image
         log.info(applied)

@@ -179,6 +179,7 @@ class Engine:
         self.sanity_steps, self.seed = sanity_steps, seed
         self.task = task_of(data)  # multi-class or multi-label: loss, metrics, activation
         self.monitor, self.mode = self.task.monitor(monitor), mode
+        self._monitor_given = monitor is not None  # one that is missing is then an error
         self.args = dict(args or {})
         self.state = EngineState(max_epochs=max_epochs)
 
@@ -378,7 +379,7 @@ class Engine:
             self._eval_loop("val", self._val_loader)
         s.metrics["epoch_time"] = train_time + s.metrics.get("val/time", 0.0)
         s.phase = "train"
-        s.history.append(track_best(s, self.monitor, self.mode))  # best tracking by monitor
+        s.history.append(track_best(s, self.monitor, self.mode, self._monitor_given))
         self._call("on_train_epoch_end")
 
     def _train_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -409,7 +410,7 @@ class Engine:
         where, s.mid_epoch = (s.num_batches, s.batch_idx), True
         self._eval_loop("val", self._val_loader)
         (s.num_batches, s.batch_idx), s.mid_epoch, s.phase = where, False, "train"
-        track_best(s, self.monitor, self.mode)
+        track_best(s, self.monitor, self.mode, self._monitor_given)
 
     def _optimizer_step(self) -> None:
         """Unscale, clip, step (skipped where the loss or the gradients are not finite on any

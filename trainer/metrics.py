@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from trainer.distributed import all_reduce_sum
+from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainer.state import EngineState
@@ -42,10 +43,19 @@ def monitor_mode(metric: str) -> str:
     return "min" if metric.endswith(("loss", "ece")) else "max"
 
 
-def track_best(state: EngineState, monitor: str, mode: str) -> dict[str, float]:
+def track_best(state: EngineState, monitor: str, mode: str, strict: bool = False) -> dict[str, float]:
     """The row of the validation that just ran (``epoch``, ``step`` and ``state.metrics``);
-    sets ``state.is_best`` by ``monitor`` under ``mode`` and, when it is, ``state.best``."""
+    sets ``state.is_best`` by ``monitor`` under ``mode`` and, when it is, ``state.best``.
+
+    Raises:
+        ConfigError: with ``strict`` (a monitor the user chose), the row has no ``monitor``.
+    """
     row = {"epoch": float(state.epoch), "step": float(state.step), **state.metrics}
+    if strict and monitor not in row:
+        raise ConfigError(
+            f"--monitor {monitor}: this run has no such metric (a typo, or one its data does "
+            f"not give); it has {', '.join(sorted(state.metrics))}. Pass one of those."
+        )
     best = None if state.best is None else state.best.get(monitor)
     state.is_best = is_better(row.get(monitor), best, mode)
     if state.is_best:

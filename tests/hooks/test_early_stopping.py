@@ -76,3 +76,33 @@ def test_a_resumed_run_stops_at_the_epoch_the_straight_run_stops(tmp_path: Path)
     with pytest.raises(KeyboardInterrupt):
         fit(tmp_path / "resumed", KillAfterEpoch(1))
     assert fit(tmp_path / "resumed", resume=tmp_path / "resumed") == 3
+
+
+def test_a_monitor_the_run_does_not_have_is_a_config_error_naming_what_it_has(
+    tmp_path: Path,
+) -> None:
+    # A typo in --monitor once left the run without best.pt (exported from its last weights)
+    # and said nothing; early stopping raised a KeyError traceback.
+    from trainer.errors import ConfigError
+
+    for hooks in ([CheckpointHook(tmp_path / "a")], [EarlyStoppingHook(patience=1)]):
+        engine = make_engine(hooks, max_epochs=2, monitor="val/accuracy")
+        with pytest.raises(ConfigError, match=r"--monitor val/accuracy: .*val/acc, "):
+            engine.fit()
+    make_engine([CheckpointHook(tmp_path / "b")], max_epochs=1, monitor="val/loss", mode="min").fit()
+    assert (tmp_path / "b" / "checkpoints" / "best.pt").is_file()
+
+
+def test_early_stopping_without_validation_images_is_refused_before_any_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import FAST_CLI, make_tree
+    from tools import train
+
+    flat = make_tree(tmp_path / "flat", splits=())
+    out = tmp_path / "run"
+    argv = ["--data", str(flat), "--val-fraction", "0", "--early-stopping", "2", "--out", str(out)]
+    assert train.main([*argv, *FAST_CLI]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --early-stopping") and "--val-fraction 0" in err
+    assert not out.exists()

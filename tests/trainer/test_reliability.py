@@ -20,7 +20,7 @@ from hooks.early_stopping import EarlyStoppingHook
 from tests.conftest import FAST_CLI, NaNAt, StandInData, make_engine, make_tree
 from trainer.checkpoint import load_checkpoint
 from trainer.engine import Engine
-from trainer.errors import CheckpointError, Interrupted, NonFiniteLossError
+from trainer.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
 from trainer.hook import Hook
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train.py"
@@ -251,7 +251,7 @@ def test_state_hook_failure_saves_an_emergency_checkpoint_and_names_the_hook(
     engine = make_engine(
         [CheckpointHook(tmp_path), EarlyStoppingHook(monitor="val/nonexistent")], max_epochs=2
     )
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(ConfigError, match="--monitor val/nonexistent") as info:
         engine.fit()
     assert "EarlyStoppingHook.on_validation_end" in "".join(info.value.__notes__)
     assert (tmp_path / "checkpoints" / "interrupted.pt").is_file()
