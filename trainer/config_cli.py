@@ -292,6 +292,12 @@ def parse_config(
         raw.pop(PIPELINE_KEY, None)
         saved = check_config_values(raw, replay, groups, source)
         for key in NOT_SAVED:
+            if given.get("config") and saved.get(key) not in (None, False):
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"--config {replay}: {key!r} is a flag of one command, not a setting a file "
+                    f"replays; pass {flag} on the command line and remove it from the file"
+                )
             saved.pop(key, None)
         if not given.get("config"):
             # A resumed run stays in the folder resumed from, wherever it has been moved to.

@@ -56,8 +56,12 @@ def test_print_config_yaml_round_trips(
         ("sampler: weighted\n", ["'sampler'", "balanced"]),
         ("epochs: [3\n", ["not valid YAML"]),
         ("- epochs\n- 3\n", ["not a mapping"]),
+        # Flags of one command: once dropped without a word (a fresh run, not the resume).
+        ("resume: runs/a\nepochs: 2\n", ["'resume'", "pass --resume on the command line"]),
+        ("overwrite: true\n", ["'overwrite'", "pass --overwrite"]),
     ],
-    ids=["unknown-key", "epochs-ten", "lr-text", "bool", "choice", "bad-yaml", "a-list"],
+    ids=["unknown-key", "epochs-ten", "lr-text", "bool", "choice", "bad-yaml", "a-list",
+         "resume", "overwrite"],
 )
 def test_bad_config_file_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: list[str]
