@@ -52,6 +52,9 @@ def check_options(
         problems.append(f"sampler must be one of {', '.join(SAMPLER_MODES)}, got {sampler!r}")
     if sampler == "manual" and not class_weights:
         problems.append("sampler='manual' needs class_weights (class name -> weight)")
+    if class_weights and sampler != "manual":  # they would be ignored
+        problems.append(f"class_weights (--class-weights) are drawn by sampler='manual', not "
+                        f"{sampler!r} (--sampler {sampler}); drop one of the two")  # fmt: skip
     if cache not in (None, "ram", "disk"):
         problems.append(f"cache must be None, 'ram' or 'disk', got {cache!r}")
     if cache_short_side is not None and cache_short_side < img_size:

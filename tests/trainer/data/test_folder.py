@@ -60,6 +60,10 @@ def test_manual_class_weights_by_name(tiny_tree: Path) -> None:
     assert set(targets.tolist()) == {data.class_to_idx["bird"]}
     with pytest.raises(DataError, match=r"'lion'.*Known classes: bird, cat, dog"):
         small_data(tiny_tree, sampler="manual", class_weights={"lion": 2.0})
+    # Weights with another sampler would be ignored: refused, naming both.
+    for sampler in ("balanced", "none"):
+        with pytest.raises(ValueError, match=rf"drawn by sampler='manual', not '{sampler}'"):
+            small_data(tiny_tree, sampler=sampler, class_weights={"cat": 2.0})
 
 
 def test_labels_mapping_contract(tiny_tree: Path, tmp_path: Path) -> None:
