@@ -39,6 +39,14 @@ def build_data(cfg: TrainConfig, root: Path) -> ImageFolderData:
     size = int(cfg.img_size or 0)
     pipelines = None
     if cfg.transforms:
+        ignored = cfg.augment().per_image_flags + (["--color-jitter"] if cfg.color_jitter else [])
+        ignored += [] if cfg.hflip else ["--no-hflip"]
+        if ignored:  # the file's pipeline is the whole of training's: they would do nothing
+            raise ConfigError(
+                f"--transforms {cfg.transforms} is the whole training pipeline, so "
+                f"{', '.join(ignored)} would not run: drop them, or add those operations to "
+                "the file's train_transforms."
+            )
         pipelines = load_transforms_file(cfg.transforms, size, check_val=False)
     try:
         return ImageFolderData(

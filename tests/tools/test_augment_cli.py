@@ -76,6 +76,9 @@ def test_a_transforms_file_is_used_and_recorded(tiny_tree: Path, tmp_path: Path)
         (["--random-erasing", "2"], "--random-erasing"),
         (["--transforms", "missing_tf.py"], "missing_tf.py"),
         (["--transforms", "TF_BAD_VAL"], "set those fields with --val-resize crop --crop-pct 1.0"),
+        # The file's pipeline replaces the built-in one: flags it would ignore are refused.
+        (["--transforms", "TF_GOOD", "--blur", "1", "--color-jitter", "0.4", "--no-hflip"],
+         "--blur, --color-jitter, --no-hflip would not run"),
     ],
 )
 def test_bad_augmentation_input_exits_2_with_the_flag_named(
@@ -84,7 +87,9 @@ def test_bad_augmentation_input_exits_2_with_the_flag_named(
 ) -> None:  # fmt: skip
     bad = tmp_path / "bad_val.py"
     bad.write_text(TRANSFORMS.replace("int(img_size / 0.875)", "img_size"))
-    flags = [str(bad) if f == "TF_BAD_VAL" else f for f in flags]
+    good = tmp_path / "good.py"
+    good.write_text(TRANSFORMS)
+    flags = [{"TF_BAD_VAL": str(bad), "TF_GOOD": str(good)}.get(f, f) for f in flags]
     out = tmp_path / "run"
     code = train.main(["--data", str(tiny_tree), "--out", str(out), *FAST_CLI, *flags])
     err = capsys.readouterr().err
