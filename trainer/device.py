@@ -34,6 +34,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(
             f"--device {device} asked for CUDA, but no CUDA GPU is available; use --device cpu"
         )
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(
+            f"--device {device} asked for Apple's MPS, which this machine or PyTorch build does "
+            "not have; use --device cpu (or auto)"
+        )
     return dev
 
 

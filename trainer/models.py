@@ -183,7 +183,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
             "or timm/<name> for a timm model"
         )
     if pretrained and name == "small_cnn":
-        raise ConfigError("small_cnn has no pretrained weights; drop --pretrained or pick resnet18")
+        raise ConfigError(
+            "small_cnn has no pretrained weights; drop --pretrained (pass --no-pretrained after "
+            "--recipe finetune), or pick resnet18"
+        )
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     try:

@@ -21,7 +21,7 @@ import math
 def val_every_problem(value: float) -> str | None:
     """Why ``value`` is not a valid ``val_every``, or None when it is."""
     if not math.isfinite(value) or value <= 0:
-        return f"must be above 0, got {value:g}"
+        return f"must be a finite number above 0, got {value:g}"
     if value > 1 and not float(value).is_integer():
         return (
             f"is a fraction of an epoch (0 < F <= 1) or a whole number of steps (N > 1), "

@@ -23,9 +23,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--val-every", "0"], "--val-every must be above 0"),
+        (["--val-every", "0"], "--val-every must be a finite number above 0"),
         (["--val-every", "2.5"], "--val-every is a fraction of an epoch"),
-        (["--val-every", "nan"], "--val-every must be above 0"),
+        (["--val-every", "nan"], "--val-every must be a finite number above 0"),
         (["--log-every", "-1"], "--log-every must be >= 0"),
     ],
 )

@@ -39,3 +39,6 @@ def test_device_auto_and_errors(monkeypatch) -> None:
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="not a device"):
         resolve_device("gpu0")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="asked for Apple's MPS.*--device cpu"):
+        resolve_device("mps")  # once torch's RuntimeError at the model's move

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 from trainer.distributed import all_gather_object
+from trainer.errors import ConfigError
 from trainer.rng import derive_seed
 
 SAMPLER_MODES: tuple[str, ...] = ("none", "balanced", "manual")
@@ -123,7 +124,10 @@ class TrackingWeightedRandomSampler(Sampler[int]):
             per_class[cls] = float(w)
         weights = per_class[self.targets]
         if float(weights.sum()) <= 0:
-            raise ValueError("class_weights give every sample weight 0; nothing could be drawn.")
+            raise ConfigError(
+                "class_weights (--class-weights) give every training image weight 0, so nothing "
+                "could be drawn; give at least one class present in training a weight above 0."
+            )
         return weights
 
     def set_replicas(self, num_replicas: int, rank: int) -> None:

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import make_tree, tree_digest
 from tests.trainer.data.conftest import small_data
 from trainer.data import ImageFolderData, eval_preprocess, load_image, resize_size
-from trainer.errors import DataError
+from trainer.errors import ConfigError, DataError
 
 
 def test_tiny_tree_classes_counts_and_batches(tiny_tree: Path) -> None:
@@ -60,6 +60,8 @@ def test_manual_class_weights_by_name(tiny_tree: Path) -> None:
     assert set(targets.tolist()) == {data.class_to_idx["bird"]}
     with pytest.raises(DataError, match=r"'lion'.*Known classes: bird, cat, dog"):
         small_data(tiny_tree, sampler="manual", class_weights={"lion": 2.0})
+    with pytest.raises(ConfigError, match="every training image weight 0"):
+        small_data(tiny_tree, sampler="manual", class_weights={"cat": 0.0, "dog": 0.0, "bird": 0.0})
     # Weights with another sampler would be ignored: refused, naming both.
     for sampler in ("balanced", "none"):
         with pytest.raises(ValueError, match=rf"drawn by sampler='manual', not '{sampler}'"):
