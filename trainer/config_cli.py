@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -87,6 +87,14 @@ def program_name(script: str) -> str:
     return name if name.startswith("imgtrainer-") else script
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, whose usage errors are one ``error:`` paragraph (not the usage of every flag
+    first): what is wrong, and where the flags are listed. Exit code 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}. `{self.prog} --help` lists the flags.\n")
+
+
 def build_parser(
     groups: Sequence[type] | None = None,
     *,
@@ -101,7 +109,7 @@ def build_parser(
     ``suppress_defaults``: a flag not given is left out of the namespace, so the namespace
     holds exactly the flags of the command line.
     """
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=program_name(prog),
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -131,9 +131,14 @@ def test_bad_crop_pct_and_val_resize_exit_2(tiny_tree: Path, tmp_path: Path, cap
     assert train.main([*base, "--crop-pct", "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --crop-pct") and "(0, 1]" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as e:
-        train.main([*base, "--val-resize", "letterbox"])
-    assert e.value.code == 2 and "invalid choice: 'letterbox'" in capsys.readouterr().err
+    for flags, says in ((["--val-resize", "letterbox"], "invalid choice: 'letterbox'"),
+                        (["--batch-size", "2.5"], "--batch-size: invalid int value: '2.5'")):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            train.main([*base, *flags])
+        err = capsys.readouterr().err
+        # One paragraph (argparse printed the usage of every flag first): what, and where to look.
+        assert e.value.code == 2 and err.startswith("error: argument ") and says in err, err
+        assert len(err.strip().splitlines()) == 1 and "--help` lists the flags" in err
     assert not (tmp_path / "run").exists()
 
 
