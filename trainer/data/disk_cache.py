@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sized
 from pathlib import Path
 from typing import Any, TypeVar
@@ -296,7 +295,7 @@ def open_disk_cache(
         _warn(
             f"The disk cache may need up to {human_bytes(need)} for the {images} images of {root} "
             f"at a {short_side} px short side, more than it may use in {folder} "
-            f"({human_bytes(budget)}: --cache-disk-max-gb={max_bytes / 1024**3:g}, "
+            f"({human_bytes(budget)}: --cache-disk-max-gb {max_gb:g}, "
             f"{human_bytes(free)} free less {human_bytes(RESERVE)} kept free). The images past that "
             "are read from the originals each epoch. Free space, raise --cache-disk-max-gb, "
             "lower --cache-short-side, or set IMGTRAINER_CACHE to a larger disk."
@@ -305,6 +304,6 @@ def open_disk_cache(
 
 
 def _warn(message: str) -> None:
-    # stacklevel 4: past this module and ImageFolderData.__init__, to the caller's line.
-    warnings.warn(message, stacklevel=4)
+    # A log record only: tools/train.py prints it once (a warnings.warn too printed it twice),
+    # and without logging set up Python's last-resort handler still shows it.
     logger.warning("%s", message)
