@@ -219,7 +219,7 @@ class RunConfig:
     )
     verbose: bool = setting(
         False,
-        "everything: the model table, the sampler table every epoch, every file written",
+        "everything: the model table and the sampler table every epoch",
         switch=True,
     )
 

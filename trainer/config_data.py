@@ -67,7 +67,7 @@ class DataConfig:
     )
     color_jitter: float = setting(
         0.0,
-        "brightness/contrast/saturation jitter; 0 is off",
+        "brightness/contrast/saturation jitter, and hue up to min(0.1, STRENGTH/4); 0 is off",
         to=(DATA,),
         metavar="STRENGTH",
     )
