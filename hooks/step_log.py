@@ -27,7 +27,8 @@ HEADER = ["step", "epoch", "lr", "loss", "img_s"]
 class StepLogHook(Hook):
     """A row every ``every`` optimizer steps, in ``engine.state.step_log`` and ``steps.csv``.
 
-    Columns: ``step`` (optimizer steps so far), ``epoch`` (from 0), ``lr`` (after the step),
+    Columns: ``step`` (optimizer steps so far), ``epoch`` (from 0), ``lr`` (the row's last
+    step trained with it; the scheduler moves it on after the step),
     ``loss`` (the mean training loss per image since the previous row, over all ranks;
     batches with a NaN or infinite loss left out, as in ``train/loss``) and ``img_s``
     (training images per second since the previous row, over all ranks; the time spent
@@ -58,6 +59,7 @@ class StepLogHook(Hook):
         self._sums: torch.Tensor | None = None  # on the device: loss * images, finite images
         self._saved = [0.0, 0.0]  # the sums a checkpoint held, where the device sums start
         self._images = 0
+        self._lr = math.nan  # the lr of the batch being trained
         self._clock = 0.0  # training seconds since the last row, validation left out
         self._since: float | None = None
 
@@ -78,6 +80,9 @@ class StepLogHook(Hook):
         if self._since is not None:
             self._clock += time.perf_counter() - self._since
             self._since = None
+
+    def on_train_batch_start(self, engine: Engine, batch: Any, batch_idx: int) -> None:
+        self._lr = float(engine.optimizer.param_groups[0]["lr"])  # a Python float: no device read
 
     def on_train_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
@@ -107,7 +112,7 @@ class StepLogHook(Hook):
         s.step_log.append({
             "step": float(s.step),
             "epoch": float(s.epoch),
-            "lr": float(engine.optimizer.param_groups[0]["lr"]),
+            "lr": self._lr,
             "loss": loss_sum / counted if counted else math.nan,
             "img_s": images / max(self._clock, 1e-9),
         })  # fmt: skip

@@ -34,10 +34,13 @@ class _Batches(Hook):
         self.batches: list[tuple[int, float, int]] = []  # (rows by then, loss, images)
         self.lr: dict[int, float] = {}
 
+    def on_train_batch_start(self, engine: Engine, batch: Any, i: int) -> None:
+        # The lr step N + 1 trains with (the scheduler moves it on after each step).
+        self.lr[engine.state.step + 1] = engine.optimizer.param_groups[0]["lr"]
+
     def on_train_batch_end(self, engine: Engine, outputs: Any, batch: Any, i: int) -> None:
         s = engine.state
         self.batches.append((len(s.step_log), outputs["loss"].item(), len(outputs["targets"])))
-        self.lr[s.step] = engine.optimizer.param_groups[0]["lr"]
 
 
 def test_a_row_every_n_steps_with_the_mean_loss_since_the_last(tmp_path: Path) -> None:
