@@ -48,10 +48,11 @@ def track_best(state: EngineState, monitor: str, mode: str, strict: bool = False
     sets ``state.is_best`` by ``monitor`` under ``mode`` and, when it is, ``state.best``.
 
     Raises:
-        ConfigError: with ``strict`` (a monitor the user chose), the row has no ``monitor``.
+        ConfigError: with ``strict`` (a monitor the user chose), a validation ran and the row
+            has no ``monitor`` (without validation images a val/ metric is simply absent).
     """
     row = {"epoch": float(state.epoch), "step": float(state.step), **state.metrics}
-    if strict and monitor not in row:
+    if strict and monitor not in row and any(k.startswith("val/") for k in row):
         raise ConfigError(
             f"--monitor {monitor}: this run has no such metric (a typo, or one its data does "
             f"not give); it has {', '.join(sorted(state.metrics))}. Pass one of those."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,3 +107,7 @@ def test_early_stopping_without_validation_images_is_refused_before_any_file(
     err = capsys.readouterr().err
     assert err.startswith("error: --early-stopping") and "--val-fraction 0" in err
     assert not out.exists()
+    # Without early stopping such a run trains: the task's monitor (val/acc, which the CLI
+    # passes on) is absent, not an error, when there is no validation.
+    assert train.main([*argv[:-4], "--out", str(out), "--no-export", *FAST_CLI]) == 0
+    assert len(json.loads((out / "args.json").read_text())) > 0
