@@ -116,7 +116,8 @@ def run_data(
         return None, None
     csv = root.suffix.lower() == ".csv"
     label_sep = args.get("label_sep") if csv else None  # a CSV's, as trained; JSONL has lists
-    if csv and label_sep is None and mapping.get("task") == "multilabel":
+    trained_on_csv = str(args.get("data") or "").lower().endswith(".csv")
+    if csv and not trained_on_csv and mapping.get("task") == "multilabel":
         problem = (f"the run trained on another kind of label file, so the separator of {root}'s "
                    "label column is unknown")  # fmt: skip
         return _unusable(root, data, problem, "Pass a JSONL label file or a tree instead.")

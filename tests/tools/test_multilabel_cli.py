@@ -195,3 +195,22 @@ def test_flags_given_on_the_command_line_win_over_the_task_defaults(
         "scale=(0.08, 1.0)" in args["pipeline"]["train"] and "CenterCrop" in args["pipeline"]["val"]
     )
     assert json.loads((out / "labels_mapping.json").read_text())["resize_mode"] == "crop"
+
+
+def test_a_jsonl_run_export_checked_on_a_csv_is_refused_not_misread(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its CSV label column's separator is unknown to the run (JSONL has lists): once read as
+    # single labels ("empty label" for an image with none), or a traceback.
+    from tools import export
+
+    rows = [json.loads(line) for line in run["labels"].read_text().splitlines()]
+    table = tmp_path / "labels.csv"
+    with open(table, "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"]] + [
+            [str(run["labels"].parent / r["path"]), ";".join(r["label"]), r["split"]] for r in rows
+        ])  # fmt: skip
+    assert export.main([str(run["out"]), "--out", str(tmp_path / "m.onnx"), "--data", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot check the export on") and "separator" in err, err
+    assert not (tmp_path / "m.onnx").exists()
