@@ -157,6 +157,12 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
             "(--val-fraction 0, or no val/ folder). Keep a validation split, or drop "
             "--early-stopping."
         )
+    if data.task == "multilabel" and len(data.val_samples) and not sum(data.class_counts["val"]):
+        log.warning(
+            "no validation image of %s carries a label: val/mAP is undefined (nan), so no "
+            "epoch is best and best.pt is not written. Give validation images their labels.",
+            root,
+        )
     applied = record_effective(config, data)  # the values in use, for args.json
     if applied:  # multi-label: val/mAP, the whole image
         log.info(applied)

@@ -214,3 +214,21 @@ def test_a_jsonl_run_export_checked_on_a_csv_is_refused_not_misread(
     err = capsys.readouterr().err
     assert err.startswith("error: cannot check the export on") and "separator" in err, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_validation_images_without_any_label_are_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # val/mAP is nan all run long, so no best.pt: said at start, not left to be found.
+    labels = write_multilabel_set(tmp_path / "data", n_train=8, n_val=2)
+    rows = [json.loads(line) for line in labels.read_text().splitlines()]
+    for r in rows:
+        if r["split"] == "val":
+            r["label"] = []
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["--data", str(labels), "--out", str(tmp_path / "run"), "--epochs", "1", *FAST_CLI,
+            *NO_OUTPUTS]  # fmt: skip
+    with caplog.at_level("WARNING", logger="trainer"):
+        assert train.main(argv) == 0
+    assert "no validation image of" in caplog.text and "best.pt is not written" in caplog.text
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
