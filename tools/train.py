@@ -63,7 +63,7 @@ with collector_paused():
     from trainer.errors import ConfigError, NonFiniteLossError, UserError
     from trainer.export import ExportVerificationError
     from trainer.io import free_space, is_disk_full
-    from trainer.models import build_model
+    from trainer.models import SmallCNN, build_model
     from trainer.rng import seed_everything
 
 log = logging.getLogger("trainer")
@@ -143,6 +143,11 @@ def _train_in(config: dict[str, Any], out: Path, resume: str | None) -> Engine:
         raise ConfigError(
             f"--decode gpu decodes JPEGs with nvjpeg on a CUDA device, but the device is "
             f"{resolve_device(cfg.device)}; drop --decode gpu, or use --device cuda"
+        )
+    if cfg.model == "small_cnn" and int(cfg.img_size or SmallCNN.MIN_SIZE) < SmallCNN.MIN_SIZE:
+        raise ConfigError(  # else torch's "Output size is too small" at the first forward
+            f"--img-size {cfg.img_size} is too small for small_cnn, which halves the image four "
+            f"times: give at least {SmallCNN.MIN_SIZE}, or another --model"
         )
     if cfg.data is None and get_local_rank() == 0:
         demo_dataset()  # one process per machine generates it; the others wait, then reuse it

@@ -26,6 +26,8 @@ class SmallCNN(nn.Module):
         width: channels of the first block; each later block doubles it (capped at 4x).
     """
 
+    MIN_SIZE = 16  # four 2x2 max-pools: a smaller input has nothing left to pool
+
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 4]

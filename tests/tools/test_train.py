@@ -170,3 +170,14 @@ def test_cli_writes_report_html(tiny_tree: Path, tmp_path: Path) -> None:
     argv = ["--data", str(tiny_tree), "--out", str(out), "--epochs", "1", *FAST_CLI, *NO_OUTPUTS]
     assert train.main([*argv, "--report"]) == 0
     assert "metrics.csv" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_an_image_size_small_cnn_cannot_pool_exits_2(
+    tiny_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["--data", str(tiny_tree), "--out", str(out), *FAST_CLI, "--img-size", "12"]
+    assert train.main(argv) == 2  # was torch's RuntimeError at the sanity check
+    err = capsys.readouterr().err
+    assert err.startswith("error: --img-size 12 is too small for small_cnn") and "16" in err
+    assert not out.exists()
