@@ -59,6 +59,7 @@ from trainer.errors import UserError
 from trainer.io import free_space, is_disk_full, unwritable
 from trainer.metrics import EvalScore, class_metrics
 from trainer.onnx_classifier import OnnxClassifier
+from trainer.onnx_mapping import classes_of
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint, normalize
 from trainer.run_files import ARGS_JSON
 from trainer.state import EngineState
@@ -135,7 +136,7 @@ def load_model(
     return LoadedModel(
         path=path,
         format="pytorch",
-        classes=[mapping["idx_to_class"][str(i)] for i in range(len(mapping["idx_to_class"]))],
+        classes=classes_of(mapping),
         image_size=int(mapping["image_size"]),
         mean=list(mapping["normalization"]["mean"]),
         std=list(mapping["normalization"]["std"]),

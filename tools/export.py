@@ -62,6 +62,7 @@ from trainer.export import (
 from trainer.export_check import export_formats, sample_images
 from trainer.io import atomic_write_json, free_space, is_disk_full, unwritable
 from trainer.onnx_classifier import OnnxClassifier
+from trainer.onnx_mapping import classes_of
 from trainer.restore import labels_mapping_from_checkpoint, model_from_checkpoint
 from trainer.run_files import BEST_PT, CHECKPOINTS, LAST_PT, MODEL_ONNX
 
@@ -140,8 +141,7 @@ def run_data(
             raise
         log.warning("the run's data at %s cannot be read", root)
         return None, None
-    classes = [mapping["idx_to_class"][str(i)] for i in range(len(mapping["idx_to_class"]))]
-    detail = class_difference(classes, tree.classes)
+    detail = class_difference(classes_of(mapping), tree.classes)
     if detail is not None:  # its labels would index other classes: every figure wrong
         problem = f"the model was trained on other classes than it holds ({detail})"
         return _unusable(root, data, problem, "Pass data with the model's classes.")

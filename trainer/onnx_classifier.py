@@ -39,6 +39,7 @@ from trainer.onnx_mapping import (
     OnnxModelError,
     check_num_outputs,
     check_onnx_signature,
+    classes_of,
     read_onnx_metadata,
 )
 
@@ -106,8 +107,7 @@ class OnnxClassifier:
                 "first with tools/export.py and pass the resulting .onnx file."
             )
         self.mapping = read_onnx_metadata(self.path)  # validated: the keys below exist
-        idx_to_class = self.mapping["idx_to_class"]
-        self.classes: list[str] = [str(idx_to_class[str(i)]) for i in range(len(idx_to_class))]
+        self.classes: list[str] = classes_of(self.mapping)
         self.image_size = int(self.mapping["image_size"])
         self.resize = EvalResize.from_mapping(self.mapping)
         norm = self.mapping["normalization"]

@@ -36,6 +36,12 @@ def split_entry(seed: Any, val_fraction: Any) -> dict[str, Any] | None:
     return {"seed": int(seed), "val_fraction": float(val_fraction)}
 
 
+def classes_of(mapping: Mapping[str, Any]) -> list[str]:
+    """A labels mapping's class names, by output index."""
+    idx_to_class = mapping["idx_to_class"]
+    return [str(idx_to_class[str(i)]) for i in range(len(idx_to_class))]
+
+
 def validate_labels_mapping(mapping: Any, source: str) -> dict[str, Any]:
     """Check a labels mapping's structure before anything trusts it; return it as a dict,
     with ``num_classes`` filled in when it lacks one (files written before it was added).
