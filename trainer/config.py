@@ -30,7 +30,6 @@ from trainer.config_fields import (
     ENGINE,
     HOOKS,
     RECIPES,
-    log_every_problem,
     lr_problem,
     lr_value,
     model_problem,
@@ -309,7 +308,7 @@ class MetricsConfig:
         "a steps.csv row (loss, lr, img/s) every N optimizer steps; 0: no steps.csv",
         to=(HOOKS,),
         metavar="N",
-        check=log_every_problem,
+        check=number("log_every", 0, hint=" (0 turns steps.csv off)"),
     )
     per_class: bool = setting(
         True, "per_class.csv: accuracy, precision, recall, F1 and support per class", to=(HOOKS,)

@@ -130,12 +130,6 @@ def val_every_problem_text(value: float) -> str | None:
     )
 
 
-def log_every_problem(value: int) -> str | None:
-    if value >= 0:
-        return None
-    return f"--log-every must be >= 0 (0 turns steps.csv off), got {value}"
-
-
 def parse_class_weights(text: str | None) -> dict[str, float] | None:
     """``--class-weights cat=2,dog=1`` as ``{"cat": 2.0, "dog": 1.0}``."""
     if not text:

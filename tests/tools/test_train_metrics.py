@@ -26,7 +26,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         (["--val-every", "0"], "--val-every must be a finite number above 0"),
         (["--val-every", "2.5"], "--val-every is a fraction of an epoch"),
         (["--val-every", "nan"], "--val-every must be a finite number above 0"),
-        (["--log-every", "-1"], "--log-every must be >= 0"),
+        (["--log-every", "-1"], "--log-every must be a number >= 0"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(
