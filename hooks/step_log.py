@@ -59,7 +59,7 @@ class StepLogHook(Hook):
         self._sums: torch.Tensor | None = None  # on the device: loss * images, finite images
         self._saved = [0.0, 0.0]  # the sums a checkpoint held, where the device sums start
         self._images = 0
-        self._lr = math.nan  # the lr of the batch being trained
+        self._lr: Any = math.nan  # the lr of the batch being trained
         self._clock = 0.0  # training seconds since the last row, validation left out
         self._since: float | None = None
 
@@ -82,7 +82,7 @@ class StepLogHook(Hook):
             self._since = None
 
     def on_train_batch_start(self, engine: Engine, batch: Any, batch_idx: int) -> None:
-        self._lr = float(engine.optimizer.param_groups[0]["lr"])  # a Python float: no device read
+        self._lr = engine.optimizer.param_groups[0]["lr"]  # as it is: float() at the row
 
     def on_train_batch_end(
         self, engine: Engine, outputs: dict[str, torch.Tensor], batch: Any, batch_idx: int
@@ -112,7 +112,7 @@ class StepLogHook(Hook):
         s.step_log.append({
             "step": float(s.step),
             "epoch": float(s.epoch),
-            "lr": self._lr,
+            "lr": float(self._lr),
             "loss": loss_sum / counted if counted else math.nan,
             "img_s": images / max(self._clock, 1e-9),
         })  # fmt: skip

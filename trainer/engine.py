@@ -104,7 +104,7 @@ class Engine:
         accumulate: micro-batches per optimizer step.
         device: "auto" (cuda, then mps, then cpu) or a torch device string.
         hooks: ``Hook`` instances; lower ``order`` runs first, ties keep list order.
-        seed: seeds Python, NumPy and torch at fit start (the model exists by then: call
+        seed: seeds Python, NumPy and torch here (the model exists by then: call
             ``trainer.seed_everything`` before building it for the same initial weights).
         sanity_steps: validation batches run before training to catch errors early; 0 skips.
         monitor: the metric that picks ``state.best``; None: val/acc (multi-label data: val/mAP).
